@@ -1,0 +1,14 @@
+# fluxbuild. `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+ORT_VERSION := 1.32.0
+export ORT_DYLIB_PATH := $(CURDIR)/.cache/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
+CARGO ?= cargo
+
+.PHONY: setup test
+setup: $(ORT_DYLIB_PATH)
+
+$(ORT_DYLIB_PATH):
+	ORT_VERSION=$(ORT_VERSION) bash scripts/fetch-onnxruntime.sh
+
+test: setup
+	$(CARGO) test --workspace

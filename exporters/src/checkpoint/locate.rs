@@ -1,0 +1,131 @@
+//! Finding the safetensors files of one submodel: a diffusers pipeline folder, a diffusers
+//! component folder (single or sharded), or a single black-forest-labs / ComfyUI file.
+
+use super::safetensors_file::refuse_pickle_name;
+use anyhow::{bail, Context, Result};
+use std::path::{Component, Path, PathBuf};
+
+/// Where a submodel's weights were found.
+#[derive(Clone, Debug)]
+pub struct Located {
+    pub files: Vec<PathBuf>,
+    /// `config.json` of the component folder, or one beside a single file.
+    pub config: Option<PathBuf>,
+    /// The shard index, when the weights are sharded.
+    pub index: Option<PathBuf>,
+    pub kind: SourceKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A folder with `config.json` and `diffusion_pytorch_model*.safetensors` or `model*.safetensors`.
+    DiffusersFolder,
+    /// One `.safetensors` file (black-forest-labs, ComfyUI).
+    SingleFile,
+}
+
+/// Weight file stems of a diffusers/transformers component folder, in order of preference.
+const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+
+/// Locates a component. `path` may be a pipeline folder (then `subfolder` is entered),
+/// a component folder, or a single file.
+pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
+    if path.is_file() {
+        return single_file(path);
+    }
+    if !path.is_dir() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    if path.join("model_index.json").is_file() {
+        let component = path.join(subfolder);
+        if !component.is_dir() {
+            bail!("{}: pipeline folder has no `{subfolder}/` component", path.display());
+        }
+        return component_folder(&component);
+    }
+    component_folder(path)
+}
+
+fn single_file(path: &Path) -> Result<Located> {
+    refuse_pickle_name(path)?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(ext, "safetensors" | "sft") {
+        bail!("{}: expected a .safetensors file", path.display());
+    }
+    let beside = path.with_file_name("config.json");
+    Ok(Located {
+        files: vec![path.to_path_buf()],
+        config: beside.is_file().then_some(beside),
+        index: None,
+        kind: SourceKind::SingleFile,
+    })
+}
+
+fn component_folder(dir: &Path) -> Result<Located> {
+    let config = Some(dir.join("config.json")).filter(|p| p.is_file());
+    for stem in WEIGHT_STEMS {
+        let index = dir.join(format!("{stem}.safetensors.index.json"));
+        if index.is_file() {
+            let files = shards_from_index(dir, &index)?;
+            return Ok(Located { files, config, index: Some(index), kind: SourceKind::DiffusersFolder });
+        }
+        let single = dir.join(format!("{stem}.safetensors"));
+        if single.is_file() {
+            return Ok(Located { files: vec![single], config, index: None, kind: SourceKind::DiffusersFolder });
+        }
+    }
+    let pickles: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list folder", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| refuse_pickle_name(p).is_err())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    if !pickles.is_empty() {
+        bail!(
+            "{}: only pickle weights found ({}): refusing to load pickles; provide .safetensors",
+            dir.display(),
+            pickles.join(", ")
+        );
+    }
+    bail!(
+        "{}: no weights found (expected diffusion_pytorch_model.safetensors, model.safetensors or a *.safetensors.index.json)",
+        dir.display()
+    )
+}
+
+/// The shard files an index names, in first-seen order. A shard name must stay inside its folder;
+/// the file itself may be a symlink (the Hugging Face cache links snapshots to blobs elsewhere).
+fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).with_context(|| format!("{}: cannot read", index.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: missing `weight_map` object", index.display()))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, shard) in map {
+        let shard = shard.as_str().with_context(|| format!("{}: weight_map[{tensor}] is not a string", index.display()))?;
+        let escapes = Path::new(shard).components().any(|c| !matches!(c, Component::Normal(_)))
+            || Path::new(shard).components().count() != 1;
+        if escapes {
+            bail!(
+                "{}: weight_map[{tensor}] names shard `{shard}`, which is outside the index's folder; refusing",
+                index.display()
+            );
+        }
+        let path = dir.join(shard);
+        if !files.contains(&path) {
+            if !path.is_file() {
+                bail!("{}: shard `{shard}` (for tensor {tensor}) does not exist", index.display());
+            }
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        bail!("{}: weight_map is empty", index.display());
+    }
+    Ok(files)
+}

@@ -1,0 +1,170 @@
+//! Stage 1 input: FLUX checkpoints as memory-mapped safetensors.
+
+mod dtype;
+mod locate;
+mod safetensors_file;
+
+pub use dtype::DType;
+pub use locate::{locate, Located, SourceKind};
+pub use safetensors_file::{refuse_pickle_name, SafetensorsFile, TensorInfo};
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// All tensors of one submodel, possibly spread over shards, with a key prefix stripped.
+pub struct Checkpoint {
+    pub located: Located,
+    pub files: Vec<SafetensorsFile>,
+    /// Tensor name (prefix stripped) -> (file index, info).
+    tensors: BTreeMap<String, (usize, TensorInfo)>,
+    /// The prefix that was stripped from every key ("" if none).
+    pub prefix: String,
+}
+
+/// A borrowed view of one tensor.
+#[derive(Clone, Copy)]
+pub struct TensorRef<'a> {
+    pub name: &'a str,
+    pub file: &'a SafetensorsFile,
+    pub info: &'a TensorInfo,
+}
+
+impl<'a> TensorRef<'a> {
+    pub fn shape(&self) -> &'a [usize] {
+        &self.info.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.info.dtype
+    }
+    pub fn bytes(&self) -> &'a [u8] {
+        self.file.bytes(self.info)
+    }
+    /// The whole tensor as f32 (for small tensors and tests; exporters stream instead).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.dtype().decode_into(self.bytes(), &mut out);
+        out
+    }
+    pub fn release(&self) {
+        self.file.release(self.info)
+    }
+}
+
+impl Checkpoint {
+    /// Opens a located submodel. The first of `prefixes` that any key carries is stripped from
+    /// every key that has it, so prefixed and bare layouts look the same downstream.
+    pub fn open(located: Located, prefixes: &[&str]) -> Result<Checkpoint> {
+        let files: Vec<SafetensorsFile> =
+            located.files.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<_>>()?;
+        let prefix = prefixes
+            .iter()
+            .find(|p| files.iter().any(|f| f.tensors.keys().any(|k| k.starts_with(*p))))
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let mut tensors = BTreeMap::new();
+        for (index, file) in files.iter().enumerate() {
+            for (name, info) in &file.tensors {
+                let key = name.strip_prefix(prefix.as_str()).unwrap_or(name).to_string();
+                if let Some((other, _)) = tensors.insert(key.clone(), (index, info.clone())) {
+                    bail!(
+                        "tensor {key} is stored twice: in {} and {}",
+                        files[other].path.display(),
+                        file.path.display()
+                    );
+                }
+            }
+        }
+        let checkpoint = Checkpoint { located, files, tensors, prefix };
+        checkpoint.check_index()?;
+        Ok(checkpoint)
+    }
+
+    /// Convenience: locate + open.
+    pub fn load(path: &Path, subfolder: &str, prefixes: &[&str]) -> Result<Checkpoint> {
+        Checkpoint::open(locate(path, subfolder)?, prefixes)
+    }
+
+    /// A shard index must not lie about where tensors are.
+    fn check_index(&self) -> Result<()> {
+        let Some(index) = &self.located.index else { return Ok(()) };
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index)?)?;
+        for (tensor, shard) in json["weight_map"].as_object().into_iter().flatten() {
+            let key = tensor.strip_prefix(self.prefix.as_str()).unwrap_or(tensor);
+            let found = self.tensors.get(key).map(|(i, _)| self.files[*i].path.file_name().unwrap().to_owned());
+            if found.as_deref().and_then(|f| f.to_str()) != shard.as_str() {
+                bail!(
+                    "{}: index says tensor {tensor} is in {shard}, but {}",
+                    index.display(),
+                    found.map_or("no shard holds it".to_string(), |f| format!("it is in {}", f.to_string_lossy()))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
+        self.tensors.get_key_value(name).map(|(key, (file, info))| TensorRef { name: key, file: &self.files[*file], info })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|k| k.as_str())
+    }
+
+    pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
+        self.tensors.iter().map(|(key, (file, info))| TensorRef { name: key, file: &self.files[*file], info })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn param_count(&self) -> u64 {
+        self.tensors.values().map(|(_, t)| t.numel() as u64).sum()
+    }
+
+    pub fn byte_count(&self) -> u64 {
+        self.tensors.values().map(|(_, t)| (t.end - t.start) as u64).sum()
+    }
+
+    pub fn dtypes(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for (_, t) in self.tensors.values() {
+            *counts.entry(t.dtype.name().to_string()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// `config.json` of the component (or beside a single file), if there is one.
+    pub fn config(&self) -> Result<Option<serde_json::Value>> {
+        read_json(self.located.config.as_deref())
+    }
+
+    /// First-level names under a prefix, e.g. the block indices of `transformer_blocks.`.
+    pub fn indices_under(&self, prefix: &str) -> BTreeSet<usize> {
+        self.names()
+            .filter_map(|n| n.strip_prefix(prefix))
+            .filter_map(|rest| rest.split('.').next()?.parse().ok())
+            .collect()
+    }
+
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path.clone()).collect()
+    }
+}
+
+/// Reads an optional JSON file (a `--config` override or a `config.json`).
+pub fn read_json(path: Option<&Path>) -> Result<Option<serde_json::Value>> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    Ok(Some(value))
+}

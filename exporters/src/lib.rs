@@ -1,0 +1,6 @@
+//! fluxbuild's first two stages: checkpoints in, one ONNX graph per FLUX submodel out.
+
+pub mod checkpoint;
+pub mod models;
+pub mod onnx;
+pub mod util;

@@ -1,0 +1,215 @@
+//! Serializing a `Graph` to `model.onnx` plus an external data file `model.onnx.data`.
+//!
+//! Weights are streamed one at a time from the checkpoint mapping into the data file (aligned
+//! to 4096 bytes so runtimes can map them), hashed on the way. Both files are written under
+//! temporary names and renamed only when everything succeeded: no half-written model is left.
+
+use super::encode::{encode_plan, ConversionStats};
+use super::ir::{Attr, Dim, Graph, InitData, Initializer, Node, ValueInfo};
+use crate::util::{sha256_file, AtomicFile, Sha256Writer};
+use anyhow::{Context, Result};
+use onnx_protobuf as pb;
+use protobuf::{EnumOrUnknown, Message, MessageField};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const DATA_ALIGNMENT: u64 = 4096;
+/// Initializers at most this large stay inside the protobuf.
+const INLINE_LIMIT: usize = 1024;
+
+/// What was written, for manifests.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WrittenModel {
+    pub model: PathBuf,
+    pub model_sha256: String,
+    pub model_bytes: u64,
+    pub data: PathBuf,
+    pub data_sha256: String,
+    pub data_bytes: u64,
+    pub initializers: usize,
+    pub nodes: usize,
+    /// Tensors whose values were saturated converting to a narrower float type.
+    pub saturated: Vec<(String, u64)>,
+}
+
+/// Progress callback: (initializer name, bytes just written).
+pub type Progress<'p> = &'p mut dyn FnMut(&str, u64);
+
+/// Writes `graph` as `dir/model.onnx` + `dir/model.onnx.data`.
+pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Result<WrittenModel> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let model_path = dir.join("model.onnx");
+    let data_path = dir.join("model.onnx.data");
+    let data_name = "model.onnx.data";
+
+    let data_file = AtomicFile::create(&data_path)?;
+    let mut data = Sha256Writer::new(std::io::BufWriter::with_capacity(8 << 20, data_file));
+    let mut tensors = Vec::with_capacity(graph.initializers.len());
+    let mut saturated = Vec::new();
+    for init in &graph.initializers {
+        let (tensor, stats) = write_initializer(init, &mut data, data_name)
+            .with_context(|| format!("writing initializer {}", init.name))?;
+        if stats.saturated > 0 {
+            saturated.push((init.name.clone(), stats.saturated));
+        }
+        progress(&init.name, init.byte_len() as u64);
+        tensors.push(tensor);
+    }
+    let (buffered, data_sha256, data_bytes) = data.finish();
+    let data_file = buffered.into_inner().map_err(|e| e.into_error()).context("flushing model data")?;
+
+    let model = to_proto(graph, tensors);
+    let bytes = model.write_to_bytes().context("serializing ONNX protobuf")?;
+    let mut model_file = AtomicFile::create(&model_path)?;
+    model_file.write_all(&bytes)?;
+    data_file.commit()?;
+    model_file.commit()?;
+    Ok(WrittenModel {
+        model_sha256: sha256_file(&model_path)?,
+        model_bytes: bytes.len() as u64,
+        model: model_path,
+        data: data_path,
+        data_sha256,
+        data_bytes,
+        initializers: graph.initializers.len(),
+        nodes: graph.nodes.len(),
+        saturated,
+    })
+}
+
+fn write_initializer<W: Write>(
+    init: &Initializer<'_>,
+    data: &mut Sha256Writer<W>,
+    data_name: &str,
+) -> Result<(pb::TensorProto, ConversionStats)> {
+    let mut tensor = pb::TensorProto::new();
+    tensor.name = init.name.clone();
+    tensor.dims = init.dims.iter().map(|&d| d as i64).collect();
+    tensor.data_type = init.elem.onnx_code();
+    let (bytes, stats) = match &init.data {
+        InitData::Bytes(bytes) => (std::borrow::Cow::Borrowed(bytes.as_slice()), ConversionStats::default()),
+        InitData::Weights(plan) => encode_plan(plan, init.elem)?,
+    };
+    anyhow::ensure!(
+        bytes.len() == init.byte_len(),
+        "produced {} bytes, dims {:?} of {:?} need {}",
+        bytes.len(),
+        init.dims,
+        init.elem,
+        init.byte_len()
+    );
+    if bytes.len() <= INLINE_LIMIT {
+        tensor.raw_data = bytes.into_owned();
+    } else {
+        let offset = data.pad_to(DATA_ALIGNMENT)?;
+        data.write_all(&bytes)?;
+        tensor.data_location = EnumOrUnknown::new(pb::tensor_proto::DataLocation::EXTERNAL);
+        for (key, value) in [("location", data_name.to_string()), ("offset", offset.to_string()), ("length", bytes.len().to_string())] {
+            let mut entry = pb::StringStringEntryProto::new();
+            entry.key = key.to_string();
+            entry.value = value;
+            tensor.external_data.push(entry);
+        }
+    }
+    if let InitData::Weights(plan) = &init.data {
+        plan.parts.iter().for_each(|p| p.tensor.release());
+    }
+    Ok((tensor, stats))
+}
+
+/// ONNX IR version matching an opset (the oldest IR that carries it, for the widest reach).
+pub fn ir_version_for(opset: i64) -> i64 {
+    match opset {
+        ..=16 => 8,
+        17..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        _ => 11,
+    }
+}
+
+fn to_proto(graph: &Graph<'_>, initializers: Vec<pb::TensorProto>) -> pb::ModelProto {
+    let mut g = pb::GraphProto::new();
+    g.name = graph.name.clone();
+    g.input = graph.inputs.iter().map(value_info).collect();
+    g.output = graph.outputs.iter().map(value_info).collect();
+    g.node = graph.nodes.iter().map(node).collect();
+    g.initializer = initializers;
+
+    let mut model = pb::ModelProto::new();
+    model.ir_version = ir_version_for(graph.opset);
+    model.producer_name = "fluxbuild".into();
+    model.producer_version = env!("CARGO_PKG_VERSION").into();
+    let mut opset = pb::OperatorSetIdProto::new();
+    opset.domain = String::new();
+    opset.version = graph.opset;
+    model.opset_import.push(opset);
+    for (key, value) in &graph.metadata {
+        let mut entry = pb::StringStringEntryProto::new();
+        entry.key = key.clone();
+        entry.value = value.clone();
+        model.metadata_props.push(entry);
+    }
+    model.graph = MessageField::some(g);
+    model
+}
+
+fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
+    let mut shape = pb::TensorShapeProto::new();
+    for d in &v.dims {
+        let mut dim = pb::tensor_shape_proto::Dimension::new();
+        dim.value = Some(match d {
+            Dim::Fixed(n) => pb::tensor_shape_proto::dimension::Value::DimValue(*n),
+            Dim::Sym(s) => pb::tensor_shape_proto::dimension::Value::DimParam(s.clone()),
+        });
+        shape.dim.push(dim);
+    }
+    let mut tensor = pb::type_proto::Tensor::new();
+    tensor.elem_type = v.elem.onnx_code();
+    tensor.shape = MessageField::some(shape);
+    let mut ty = pb::TypeProto::new();
+    ty.value = Some(pb::type_proto::Value::TensorType(tensor));
+    let mut info = pb::ValueInfoProto::new();
+    info.name = v.name.clone();
+    info.type_ = MessageField::some(ty);
+    info
+}
+
+fn node(n: &Node) -> pb::NodeProto {
+    use pb::attribute_proto::AttributeType as T;
+    let mut p = pb::NodeProto::new();
+    p.op_type = n.op.clone();
+    p.domain = n.domain.clone();
+    p.name = n.name.clone();
+    p.input = n.inputs.clone();
+    p.output = n.outputs.clone();
+    for (name, attr) in &n.attrs {
+        let mut a = pb::AttributeProto::new();
+        a.name = name.clone();
+        let ty = match attr {
+            Attr::Int(i) => {
+                a.i = *i;
+                T::INT
+            }
+            Attr::Ints(v) => {
+                a.ints = v.clone();
+                T::INTS
+            }
+            Attr::Float(f) => {
+                a.f = *f;
+                T::FLOAT
+            }
+            Attr::Floats(v) => {
+                a.floats = v.clone();
+                T::FLOATS
+            }
+            Attr::Str(s) => {
+                a.s = s.as_bytes().to_vec();
+                T::STRING
+            }
+        };
+        a.type_ = EnumOrUnknown::new(ty);
+        p.attribute.push(a);
+    }
+    p
+}

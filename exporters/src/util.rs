@@ -1,0 +1,113 @@
+//! File plumbing shared by every stage: atomic writes and sha256.
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A file written under a temporary name (`NAME.tmp`) and renamed into place by `commit`.
+/// Dropped without `commit` (an error on the way), the temporary file is removed.
+pub struct AtomicFile {
+    file: Option<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        Ok(AtomicFile { file: Some(file), tmp, path: path.to_path_buf() })
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("committed once");
+        file.sync_all().with_context(|| format!("{}: cannot flush", self.tmp.display()))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("not committed").write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
+    file.commit()
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct Sha256Writer<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Sha256Writer<W> {
+    pub fn new(inner: W) -> Self {
+        Sha256Writer { inner, hasher: Sha256::new(), written: 0 }
+    }
+
+    /// Pads with zeros to a multiple of `align`; returns the new offset.
+    pub fn pad_to(&mut self, align: u64) -> std::io::Result<u64> {
+        let pad = (align - self.written % align) % align;
+        self.write_all(&vec![0u8; pad as usize])?;
+        Ok(self.written)
+    }
+
+    /// (inner writer, hex digest, bytes written)
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex(&self.hasher.finalize()), self.written)
+    }
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a file, read in 8 MiB chunks.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("{}: read failed", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}

@@ -1,0 +1,11 @@
+//! `fluxbuild generate` (not yet implemented).
+
+use crate::output::Output;
+use anyhow::{bail, Result};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args, _out: &Output) -> Result<()> {
+    bail!("`fluxbuild generate` is not implemented yet")
+}

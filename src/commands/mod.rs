@@ -1,0 +1,12 @@
+//! One module per subcommand: its arguments and how it calls the stages.
+
+pub mod accuracy;
+pub mod build;
+pub mod calibrate;
+pub mod export;
+pub mod generate;
+pub mod inspect;
+pub mod lint;
+pub mod package;
+pub mod profile;
+pub mod serve;

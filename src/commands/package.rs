@@ -1,0 +1,11 @@
+//! `fluxbuild package` (not yet implemented).
+
+use crate::output::Output;
+use anyhow::{bail, Result};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args, _out: &Output) -> Result<()> {
+    bail!("`fluxbuild package` is not implemented yet")
+}

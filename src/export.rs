@@ -1,0 +1,1 @@
+//! Stage 2: checkpoint -> one ONNX graph per submodel.

@@ -1,0 +1,8 @@
+//! The fluxbuild pipeline: each stage is a module with a narrow input and output.
+//! checkpoint -> graphs (`export`) -> engines (`fluxbuild-engines`) -> repository (`package`),
+//! plus local generation (`generate`) and serving (`serve`, `client`).
+
+pub mod commands;
+pub mod export;
+pub mod output;
+pub mod runtime;

@@ -1,0 +1,63 @@
+//! `fluxbuild`: FLUX.1 checkpoints -> ONNX -> TensorRT -> Triton.
+
+use clap::{Parser, Subcommand};
+use fluxbuild::commands;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fluxbuild", version, about = "FLUX.1 safetensors -> ONNX graphs -> TensorRT engines -> Triton model repository")]
+struct Cli {
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a checkpoint (file, component folder or pipeline folder) and report its problems.
+    Inspect(commands::inspect::Args),
+    /// Export submodels to ONNX graphs (checkpoint -> graphs).
+    Export(commands::export::Args),
+    /// Generate images from a text prompt with the exported graphs (ONNX Runtime) or a Triton server.
+    Generate(commands::generate::Args),
+    /// Write a Triton model repository from exported graphs or engines.
+    Package(commands::package::Args),
+    /// Start a Triton server on a model repository and wait until it is ready.
+    Serve(commands::serve::Args),
+    /// Build TensorRT engines from exported graphs with an optimization profile.
+    Build(commands::build::Args),
+    /// Show or validate optimization-profile presets.
+    Profile(commands::profile::Args),
+    /// Check exported graphs against TensorRT's ONNX parser support.
+    Lint(commands::lint::Args),
+    /// Record activation ranges over calibration prompts for FP8 export.
+    Calibrate(commands::calibrate::Args),
+    /// Measure each precision's error against fp32 and write a report.
+    Accuracy(commands::accuracy::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = fluxbuild::output::Output { json: cli.json };
+    let result = match cli.command {
+        Command::Inspect(a) => commands::inspect::run(a, &out),
+        Command::Export(a) => commands::export::run(a, &out),
+        Command::Generate(a) => commands::generate::run(a, &out),
+        Command::Package(a) => commands::package::run(a, &out),
+        Command::Serve(a) => commands::serve::run(a, &out),
+        Command::Build(a) => commands::build::run(a, &out),
+        Command::Profile(a) => commands::profile::run(a, &out),
+        Command::Lint(a) => commands::lint::run(a, &out),
+        Command::Calibrate(a) => commands::calibrate::run(a, &out),
+        Command::Accuracy(a) => commands::accuracy::run(a, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
