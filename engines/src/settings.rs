@@ -74,3 +74,23 @@ impl BuildSettings {
         Ok(BuildSettings { builder, precision, workspace_bytes, optimization_level })
     }
 }
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        [Precision::Typed, Precision::Fp32, Precision::Fp16, Precision::Bf16, Precision::Fp8]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown precision {s:?} (typed, fp32, fp16, bf16, fp8)"))
+    }
+}
+
+impl std::str::FromStr for BuilderKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<BuilderKind> {
+        [BuilderKind::Native, BuilderKind::Trtexec]
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown builder {s:?} (native, trtexec)"))
+    }
+}
