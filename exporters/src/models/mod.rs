@@ -2,6 +2,7 @@
 //! `inspect` and the tests treat all four alike.
 
 pub mod clip;
+pub mod derive;
 pub mod t5;
 pub mod transformer;
 pub mod vae;

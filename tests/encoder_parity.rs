@@ -1,0 +1,47 @@
+//! fp32 parity of the exported CLIP-L, T5 and VAE-decoder graphs with transformers / diffusers,
+//! on the tiny random-weight fixtures (`tests/fixtures/{clip,t5,vae}`, README there), in every
+//! checkpoint layout. ONNX Runtime (CPU, fp32) runs the graphs; the bound ||out−ref||/||ref|| ≤ 1e-5
+//! leaves room for fp32 summation-order differences (~1e-7 per op, a few dozen ops deep) and
+//! nothing more: a wrong constant, bucket or index shows up at 1e-2 or worse.
+
+mod common;
+use common::*;
+use fluxbuild::runtime::{Input, Model};
+use fluxbuild_exporters::models::GraphOptions;
+use serde_json::Value;
+use std::path::Path;
+
+const TOLERANCE: f64 = 1e-5;
+
+fn config(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Exports `checkpoint` as `name` and loads the graph.
+fn exported(name: &str, checkpoint: &Path, config: Option<&Value>, dir: &Path) -> (fluxbuild_exporters::models::Analysis, Model) {
+    let (analysis, model) = export_submodel(name, checkpoint, config, &GraphOptions::default(), dir)
+        .unwrap_or_else(|e| panic!("export of {}: {e:#}", checkpoint.display()));
+    (analysis, Model::load(&model).unwrap())
+}
+
+fn assert_close(what: &str, got: &ndarray::ArrayD<f32>, want: &ndarray::ArrayD<f32>) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let err = relative_error(got.as_slice().unwrap(), want.as_slice().unwrap());
+    println!("{what}: relative error {err:.3e}");
+    assert!(err <= TOLERANCE, "{what}: relative error {err:.3e} > {TOLERANCE:e}");
+}
+
+#[test]
+fn clip_matches_transformers_with_and_without_the_text_model_prefix() {
+    let dir = fixtures().join("clip");
+    let io = dir.join("io.safetensors");
+    let ids = io_tensor::<i64>(&io, "input_ids");
+    for (file, layout) in [("model.safetensors", "transformers (text_model. prefix)"), ("model_noprefix.safetensors", "transformers")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (analysis, mut model) = exported("clip", &dir.join(file), None, tmp.path());
+        assert_eq!(analysis.layout, layout);
+        let out = model.run(vec![("input_ids", Input::I64(ids.clone()))]).unwrap();
+        assert_close(&format!("clip {file} text_embeddings"), &out["text_embeddings"], &io_tensor(&io, "last_hidden_state"));
+        assert_close(&format!("clip {file} pooled_embeddings"), &out["pooled_embeddings"], &io_tensor(&io, "pooler_output"));
+    }
+}
