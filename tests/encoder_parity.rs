@@ -45,3 +45,39 @@ fn clip_matches_transformers_with_and_without_the_text_model_prefix() {
         assert_close(&format!("clip {file} pooled_embeddings"), &out["pooled_embeddings"], &io_tensor(&io, "pooler_output"));
     }
 }
+
+#[test]
+fn t5_matches_transformers_for_every_embedding_name_and_length() {
+    let dir = fixtures().join("t5");
+    let io = dir.join("io.safetensors");
+    for file in ["shared.safetensors", "embed_tokens.safetensors", "both.safetensors"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, mut model) = exported("t5", &dir.join(file), None, tmp.path());
+        for len in [5, 17, 160] {
+            let ids = io_tensor::<i64>(&io, &format!("input_ids_L{len}"));
+            let out = model.run(vec![("input_ids", Input::I64(ids))]).unwrap();
+            let want = io_tensor(&io, &format!("last_hidden_state_L{len}"));
+            assert_close(&format!("t5 {file} L={len}"), &out["text_embeddings"], &want);
+        }
+    }
+}
+
+#[test]
+fn vae_decoder_matches_diffusers_in_both_layouts() {
+    let dir = fixtures().join("vae");
+    let io = dir.join("io.safetensors");
+    let latent = io_tensor::<f32>(&io, "latent");
+    assert_ne!(latent.shape()[2], latent.shape()[3], "the fixture latent should be non-square");
+    // ae.safetensors has no config.json beside it, and its tiny channel widths are not FLUX's:
+    // the group count comes from --config.
+    let diffusers_config = config(&dir.join("diffusers/config.json"));
+    for (path, config, layout) in
+        [(dir.join("diffusers"), None, "diffusers"), (dir.join("ae.safetensors"), Some(&diffusers_config), "ldm")]
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let (analysis, mut model) = exported("vae_decoder", &path, config, tmp.path());
+        assert_eq!(analysis.layout, layout);
+        let out = model.run(vec![("latent", Input::F32(latent.clone()))]).unwrap();
+        assert_close(&format!("vae {layout} images"), &out["images"], &io_tensor(&io, "images"));
+    }
+}

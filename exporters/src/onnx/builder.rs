@@ -134,6 +134,12 @@ impl<'a> GraphBuilder<'a> {
         self.initializer(&name, ElemType::I64, &[values.len()], InitData::Bytes(bytes))
     }
 
+    /// A 0-d int64 (Range's operands).
+    pub fn scalar_i64(&mut self, value: i64) -> V {
+        let name = self.fresh("const");
+        self.initializer(&name, ElemType::I64, &[], InitData::Bytes(value.to_le_bytes().to_vec()))
+    }
+
     pub fn const_i32(&mut self, values: &[i32]) -> V {
         let name = self.fresh("const");
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -161,6 +167,10 @@ impl<'a> GraphBuilder<'a> {
     pub fn mul_scalar(&mut self, a: &V, s: f32) -> V {
         let s = self.scalar(s);
         self.mul(a, &s)
+    }
+    pub fn div_scalar(&mut self, a: &V, s: f32) -> V {
+        let s = self.scalar(s);
+        self.div(a, &s)
     }
     pub fn add_scalar(&mut self, a: &V, s: f32) -> V {
         let s = self.scalar(s);
