@@ -83,7 +83,8 @@ pub fn export_submodel(
     let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
     let (analysis, graph, problems) = models::plan(exporter, &ckpt, config, options)?;
     if !problems.is_empty() {
-        return Err(onnx::problems_error(&path.display().to_string(), &problems));
+        let files: Vec<String> = ckpt.source_files().iter().map(|f| f.display().to_string()).collect();
+        return Err(onnx::problems_error(&files.join(", "), &problems));
     }
     let written = onnx::write_model(&graph, out, &mut |_, _| {})?;
     Ok((analysis, written.model))

@@ -23,7 +23,7 @@ pub struct ClipConfig {
     pub num_attention_heads: usize,
     /// The sequence length: `input_ids` is [B, max_position_embeddings].
     pub max_position_embeddings: usize,
-    pub layer_norm_eps: f32,
+    pub layer_norm_eps: f64,
     pub hidden_act: String,
     /// 2 (FLUX's legacy value): pool at argmax(input_ids); otherwise at the first id equal to it.
     pub eos_token_id: i64,
@@ -42,7 +42,8 @@ impl Exporter for ClipExporter {
         &["text_model."]
     }
     fn detect(&self, ckpt: &Checkpoint) -> bool {
-        ckpt.contains("embeddings.token_embedding.weight") || ckpt.contains("encoder.layers.0.self_attn.q_proj.weight")
+        // Also when the `text_model.` prefix was not stripped (a loader that knows no prefixes).
+        ckpt.names().any(|n| n.ends_with("embeddings.token_embedding.weight"))
     }
 
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
@@ -58,7 +59,8 @@ impl Exporter for ClipExporter {
         }
         let max_position_embeddings = d.from_shape("max_position_embeddings", positions[0], position)?;
         let layers = d.count("encoder.layers.", "encoder layer")?;
-        let num_hidden_layers = d.from_shape("num_hidden_layers", layers, "encoder.layers.N")?;
+        let clip_l = (hidden == 768).then_some((12, "CLIP-L (width 768)"));
+        let num_hidden_layers = d.from_count("num_hidden_layers", layers, "encoder.layers.", clip_l)?;
         let fc1 = "encoder.layers.0.mlp.fc1.weight";
         let intermediate_size = d.from_shape("intermediate_size", d.shape(fc1, 2)?[0], fc1)?;
         let clip_l = (hidden == 768).then_some((12, "CLIP-L (width 768) has 12 heads"));
@@ -107,7 +109,7 @@ impl Exporter for ClipExporter {
             let layer = w.pp("encoder.layers").pp(i);
             x = b.scoped(layer.prefix(), |b| encoder_layer(b, &layer, &x, &mask, &cfg));
         }
-        let hidden = nn::layer_norm(&mut b, &w.pp("final_layer_norm"), &x, cfg.hidden_size, cfg.layer_norm_eps);
+        let hidden = nn::layer_norm(&mut b, &w.pp("final_layer_norm"), &x, cfg.hidden_size, cfg.layer_norm_eps as f32);
         let pooled = b.scoped("pooler", |b| pool(b, &hidden, &ids, &cfg));
         let float = b.float;
         b.output(&hidden, "text_embeddings", float, &[Dim::from("B"), Dim::from(len), Dim::from(cfg.hidden_size)]);
@@ -139,7 +141,7 @@ fn causal_mask(b: &mut GraphBuilder<'_>, len: usize) -> V {
 
 /// Pre-LN block: x + attn(LN1 x), then + mlp(LN2 x).
 fn encoder_layer<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, mask: &V, cfg: &ClipConfig) -> V {
-    let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+    let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps as f32);
     let h = nn::layer_norm(b, &w.pp("layer_norm1"), x, d, eps);
     let h = self_attention(b, &w.pp("self_attn"), &h, mask, cfg);
     let x = b.add(x, &h);

@@ -82,15 +82,31 @@ impl<'c> Derivation<'c> {
 
     /// Records `value` of `key`, read from the shape of `tensor`; a config saying otherwise is an error.
     pub fn from_shape(&mut self, key: &str, value: usize, tensor: &str) -> Result<usize> {
-        if let Some((said, origin)) = self.lookup::<usize>(key)? {
-            if said != value {
+        self.from_weights(key, value, format!("shape of {}", self.file_name(tensor)))
+    }
+
+    /// Records `value` of `key`, the number of blocks `prefix`N. Without a config saying so, a
+    /// model whose width is a known full-size one must also have its depth, `known` = (depth,
+    /// model name): fewer blocks than that is a damaged file, not a smaller model.
+    pub fn from_count(&mut self, key: &str, value: usize, prefix: &str, known: Option<(usize, &str)>) -> Result<usize> {
+        if let (None, Some((depth, model))) = (self.lookup::<usize>(key)?, known) {
+            if value != depth {
                 return Err(self.error(format!(
-                    "{origin} says {key} = {said}, but the weights say {value} (tensor {})",
-                    self.file_name(tensor)
+                    "{value} blocks {}N, but {model} has {depth}: is a block missing? (a config with `{key}` = {value} exports it anyway)",
+                    self.file_name(prefix)
                 )));
             }
         }
-        self.origins.insert(key.to_string(), format!("shape of {}", self.file_name(tensor)));
+        self.from_weights(key, value, format!("count of {}N", self.file_name(prefix)))
+    }
+
+    fn from_weights(&mut self, key: &str, value: usize, origin: String) -> Result<usize> {
+        if let Some((said, config)) = self.lookup::<usize>(key)? {
+            if said != value {
+                return Err(self.error(format!("{config} says {key} = {said}, but the weights say {value} ({origin})")));
+            }
+        }
+        self.origins.insert(key.to_string(), origin);
         Ok(value)
     }
 

@@ -24,7 +24,7 @@ pub struct T5Config {
     pub num_layers: usize,
     pub relative_attention_num_buckets: usize,
     pub relative_attention_max_distance: usize,
-    pub layer_norm_epsilon: f32,
+    pub layer_norm_epsilon: f64,
     /// The embedding tensor used (`shared.weight` or `encoder.embed_tokens.weight`).
     pub embedding: String,
     /// Where each value came from.
@@ -85,7 +85,8 @@ impl Exporter for T5Exporter {
         let vocab_size = d.from_shape("vocab_size", vocab, embedding)?;
         let d_model = d.from_shape("d_model", model, embedding)?;
         let num_layers = d.count("encoder.block.", "encoder block")?;
-        let num_layers = d.from_shape("num_layers", num_layers, "encoder.block.N")?;
+        let xxl = (d_model == 4096).then_some((24, "T5-v1.1-XXL (d_model 4096)"));
+        let num_layers = d.from_count("num_layers", num_layers, "encoder.block.", xxl)?;
         let q = "encoder.block.0.layer.0.SelfAttention.q.weight";
         let inner = d.shape(q, 2)?[0];
         let wi = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight";
@@ -172,7 +173,7 @@ fn encoder_block<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, bias: &V,
 
 /// T5's RMSNorm: weight · x / √(mean(x²) + eps), no mean subtraction, no bias.
 fn rms_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, cfg: &T5Config) -> V {
-    nn::rms_norm(b, w.get("weight", &[cfg.d_model]), x, cfg.layer_norm_epsilon)
+    nn::rms_norm(b, w.get("weight", &[cfg.d_model]), x, cfg.layer_norm_epsilon as f32)
 }
 
 /// Multi-head attention without 1/√d scaling (T5 folds it into the weights), plus the position bias.
@@ -213,7 +214,7 @@ fn position_bias<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &T
     let query = b.unsqueeze(&positions, &[1]);
     let key = b.unsqueeze(&positions, &[0]);
     let relative = b.sub(&key, &query);
-    let buckets = relative_bucket(b, &relative, cfg);
+    let buckets = relative_bucket(b, &relative, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance);
     let table = w.get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads]).add(b);
     let bias = b.gather(&table, &buckets, 0);
     let bias = b.transpose(&bias, &[2, 0, 1]);
@@ -227,8 +228,8 @@ fn position_bias<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &T
 /// operations (at n = 16, 32, 64 the value is an exact integer in f32, so the order matters);
 /// Max(n, max_exact) keeps Log's argument ≥ 1 where Where picks the small branch anyway, so no
 /// -inf or NaN is ever computed.
-fn relative_bucket(b: &mut GraphBuilder<'_>, relative: &V, cfg: &T5Config) -> V {
-    let half = (cfg.relative_attention_num_buckets / 2) as i64;
+pub fn relative_bucket(b: &mut GraphBuilder<'_>, relative: &V, num_buckets: usize, max_distance: usize) -> V {
+    let half = (num_buckets / 2) as i64;
     let max_exact = half / 2;
     let [zero, half_c, max_exact_c, last] = [0, half, max_exact, half - 1].map(|v| b.scalar_i64(v));
     let after = b.op("Greater", &[relative, &zero], &[]);
@@ -241,7 +242,7 @@ fn relative_bucket(b: &mut GraphBuilder<'_>, relative: &V, cfg: &T5Config) -> V 
         let n = b.cast(&clipped, ElemType::F32);
         let ratio = b.div_scalar(&n, max_exact as f32);
         let log = b.unary("Log", &ratio);
-        let range = (cfg.relative_attention_max_distance as f64 / max_exact as f64).ln() as f32;
+        let range = (max_distance as f64 / max_exact as f64).ln() as f32;
         let log = b.div_scalar(&log, range);
         let steps = b.mul_scalar(&log, (half - max_exact) as f32);
         b.unary("Floor", &steps)

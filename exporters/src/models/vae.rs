@@ -179,7 +179,8 @@ impl Exporter for VaeDecoderExporter {
                 bail!(d.error(format!("{origin} says block_out_channels = {said:?}, but the decoder's weights say {block_out_channels:?}")));
             }
         }
-        let layers_per_block = d.from_shape("layers_per_block", resnets.unwrap_or(1) - 1, "the up blocks' resnets")?;
+        let resnets_prefix = format!("{}.{}", layout.up_block(0, blocks), layout.resnets());
+        let layers_per_block = d.from_count("layers_per_block", resnets.unwrap_or(1) - 1, &resnets_prefix, None)?;
         let flux = (block_out_channels == FLUX_CHANNELS).then_some((32, "FLUX's VAE (channels [128, 256, 512, 512]) uses 32 groups"));
         let norm_num_groups: usize = d.required("norm_num_groups", flux, "GroupNorm group count")?;
         if let Some(c) = block_out_channels.iter().find(|c| norm_num_groups == 0 || *c % norm_num_groups != 0) {
