@@ -97,7 +97,7 @@ fn vae_decoder_with_a_resnet_tensor_missing_or_misshaped_lists_each_by_name() {
         &[
             "diffusion_pytorch_model.safetensors: 2 problem(s)",
             "missing tensor decoder.up_blocks.2.resnets.1.conv1.weight (expected shape [16, 16, 3, 3])",
-            "tensor decoder.mid_block.attentions.0.to_k.weight has shape [16, 16, 1, 1], expected [16, 16]",
+            "tensor decoder.mid_block.attentions.0.to_k.weight has shape [32, 32, 1, 1], expected [32, 32]",
         ],
     );
 }
@@ -112,7 +112,7 @@ fn ldm_vae_without_a_config_and_with_unknown_widths_asks_for_the_group_count() {
     let mut config = vae_config();
     config["block_out_channels"] = json!([128, 256, 512, 512]);
     let message = export_error("vae_decoder", &file, Some(&config));
-    assert_mentions(&message, &["--config says block_out_channels = [128, 256, 512, 512]", "[8, 16, 16, 16]"]);
+    assert_mentions(&message, &["--config says block_out_channels = [128, 256, 512, 512]", "[8, 16, 32, 32]"]);
 }
 
 #[test]

@@ -276,3 +276,30 @@ fn t5_from_an_fp8_file_computes_what_its_decoded_f32_copy_does() {
     let want = io_tensor::<f32>(&fixtures().join("t5/io.safetensors"), "last_hidden_state_L17");
     assert!(relative_error(outputs[0].as_slice().unwrap(), want.as_slice().unwrap()) > 1e-3);
 }
+
+#[test]
+fn half_precision_graphs_are_well_typed_and_bf16_normalizes_in_f32() {
+    let f = fixtures();
+    let vae_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("vae/diffusers/config.json")).unwrap()).unwrap();
+    for (name, path) in [("clip", f.join("clip/model.safetensors")), ("t5", f.join("t5/shared.safetensors")), ("vae_decoder", f.join("vae/ae.safetensors"))] {
+        let config = (name == "vae_decoder").then_some(&vae_config);
+        // ONNX Runtime type-checks the whole graph when it loads it.
+        let dir = tempfile::tempdir().unwrap();
+        let fp16 = GraphOptions { float: ElemType::F16, ..GraphOptions::default() };
+        let (_, model) = export_submodel(name, &path, config, &fp16, dir.path()).unwrap();
+        Model::load(&model).unwrap_or_else(|e| panic!("{name} fp16: {e:#}"));
+
+        let exporter = models::exporter(name).unwrap();
+        let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
+        let bf16 = GraphOptions { float: ElemType::BF16, ..GraphOptions::default() };
+        let (_, graph, _) = models::plan(exporter, &ckpt, config, &bf16).unwrap();
+        let produced_by = |value: &str| graph.nodes.iter().find(|n| n.outputs.iter().any(|o| o == value));
+        let init_type = |value: &str| graph.initializers.iter().find(|i| i.name == value).map(|i| i.elem);
+        for norm in graph.nodes.iter().filter(|n| n.op == "InstanceNormalization") {
+            let cast = produced_by(&norm.inputs[0]).expect("InstanceNormalization input");
+            assert_eq!(cast.op, "Cast", "{name}: {} does not normalize a cast", norm.name);
+            assert_eq!(init_type(&norm.inputs[1]), Some(ElemType::F32), "{name}: {}", norm.name);
+            assert_eq!(init_type(&norm.inputs[2]), Some(ElemType::F32), "{name}: {}", norm.name);
+        }
+    }
+}

@@ -132,6 +132,7 @@ fn embeddings<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &Clip
 fn causal_mask(b: &mut GraphBuilder<'_>, len: usize) -> V {
     let lowest = match b.float {
         ElemType::F16 => half::f16::MIN.to_f32(),
+        ElemType::BF16 => half::bf16::MIN.to_f32(),
         _ => f32::MIN,
     };
     let values: Vec<f32> = (0..len * len).map(|i| if i % len > i / len { lowest } else { 0.0 }).collect();

@@ -1,6 +1,7 @@
 //! Layers shared by the FLUX submodels, in terms of `Weights` and the graph builder.
 
 use super::builder::{GraphBuilder, V};
+use super::ir::ElemType;
 use super::weights::{Param, Weights};
 
 /// `y = x @ Wᵀ + b` with PyTorch's `weight` [out, in] and `bias` [out] under `w`.
@@ -66,13 +67,17 @@ pub fn conv2d<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, c_in: usize,
 /// GroupNorm over [N, C, H, W] with per-channel `weight` and `bias` [C], written as
 /// Reshape [N, G, -1] -> InstanceNormalization (unit scale) -> Reshape back -> Mul/Add per channel:
 /// GroupNormalization-18 scales per group (wrong for these weights) and -21 is newer than the
-/// opset-17 parsers, while TensorRT and ONNX Runtime both run this form natively.
+/// opset-17 parsers, while TensorRT and ONNX Runtime both run this form natively. TensorRT's
+/// InstanceNormalization takes only float32 or float16, so a bfloat16 graph normalizes in float32.
 pub fn group_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, channels: usize, groups: usize, eps: f32) -> V {
     let float = b.float;
-    let ones = b.const_float(float, &[groups], &vec![1.0; groups]);
-    let zeros = b.const_float(float, &[groups], &vec![0.0; groups]);
+    let norm_float = if float == ElemType::BF16 { ElemType::F32 } else { float };
+    let ones = b.const_float(norm_float, &[groups], &vec![1.0; groups]);
+    let zeros = b.const_float(norm_float, &[groups], &vec![0.0; groups]);
     let grouped = b.reshape(x, &[0, groups as i64, -1]);
+    let grouped = b.convert(&grouped, float, norm_float);
     let normed = b.instance_norm(&grouped, &ones, &zeros, eps);
+    let normed = b.convert(&normed, norm_float, float);
     let shape = b.shape_of(x, 0, i64::MAX);
     let normed = b.reshape_to(&normed, &shape);
     let scale = w.get("weight", &[channels]).reshaped(&[channels, 1, 1]).add(b);
