@@ -72,15 +72,23 @@ fn edited_vae_folder(dir: &tempfile::TempDir, edit: impl Fn(&str, &[usize]) -> E
 #[test]
 fn vae_decoder_with_an_up_block_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let folder = edited_vae_folder(&dir, |n, _| if n.starts_with("decoder.up_blocks.1.") { Edit::Drop } else { Edit::Keep });
+    let folder =
+        edited_vae_folder(&dir, |n, _| if n.starts_with("decoder.up_blocks.1.") { Edit::Drop } else { Edit::Keep });
     let message = export_error("vae_decoder", &folder, None);
-    assert_mentions(&message, &["diffusion_pytorch_model.safetensors", "decoder.up_blocks.1 is missing", "found 0, 2, 3"]);
+    assert_mentions(
+        &message,
+        &["diffusion_pytorch_model.safetensors", "decoder.up_blocks.1 is missing", "found 0, 2, 3"],
+    );
 
     // The last block gone leaves no gap: the channel count at conv_out gives it away.
     let dir = tempfile::tempdir().unwrap();
-    let folder = edited_vae_folder(&dir, |n, _| if n.starts_with("decoder.up_blocks.3.") { Edit::Drop } else { Edit::Keep });
+    let folder =
+        edited_vae_folder(&dir, |n, _| if n.starts_with("decoder.up_blocks.3.") { Edit::Drop } else { Edit::Keep });
     let message = export_error("vae_decoder", &folder, None);
-    assert_mentions(&message, &["decoder.conv_out.weight takes 8 channels", "decoder.up_blocks.2", "is an up block missing?"]);
+    assert_mentions(
+        &message,
+        &["decoder.conv_out.weight takes 8 channels", "decoder.up_blocks.2", "is an up block missing?"],
+    );
 }
 
 #[test]
@@ -119,7 +127,13 @@ fn ldm_vae_without_a_config_and_with_unknown_widths_asks_for_the_group_count() {
 fn t5_with_neither_embedding_name() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t5.safetensors");
-    rewrite(&fixtures().join("t5/shared.safetensors"), &file, |n, _| if n == "shared.weight" { Edit::Drop } else { Edit::Keep });
+    rewrite(&fixtures().join("t5/shared.safetensors"), &file, |n, _| {
+        if n == "shared.weight" {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
+    });
     std::fs::copy(fixtures().join("t5/config.json"), dir.path().join("config.json")).unwrap();
     let message = export_error("t5", &file, None);
     assert_mentions(&message, &["t5.safetensors", "neither shared.weight nor encoder.embed_tokens.weight"]);
@@ -146,7 +160,11 @@ fn t5_with_an_encoder_block_missing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t5.safetensors");
     rewrite(&fixtures().join("t5/shared.safetensors"), &file, |n, _| {
-        if n.starts_with("encoder.block.0.") && !n.contains("relative_attention_bias") { Edit::Drop } else { Edit::Keep }
+        if n.starts_with("encoder.block.0.") && !n.contains("relative_attention_bias") {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
     });
     let message = export_error("t5", &file, None);
     assert_mentions(&message, &["t5.safetensors", "encoder.block.0.layer.0.SelfAttention.q.weight is missing"]);
@@ -162,13 +180,23 @@ fn clip_with_a_misshaped_layer_or_a_missing_one() {
         _ => Edit::Keep,
     });
     let message = export_error("clip", &file, None);
-    assert_mentions(&message, &["clip.safetensors", "1 problem(s)", "encoder.layers.1.mlp.fc1.weight has shape [32, 64], expected [64, 32]"]);
+    assert_mentions(
+        &message,
+        &["clip.safetensors", "1 problem(s)", "encoder.layers.1.mlp.fc1.weight has shape [32, 64], expected [64, 32]"],
+    );
 
     rewrite(&fixtures().join("clip/model.safetensors"), &file, |n, _| {
-        if n.starts_with("text_model.encoder.layers.1.") { Edit::Drop } else { Edit::Keep }
+        if n.starts_with("text_model.encoder.layers.1.") {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
     });
     let message = export_error("clip", &file, None);
-    assert_mentions(&message, &["clip.safetensors", "encoder layer text_model.encoder.layers.1 is missing (found 0, 2 only)"]);
+    assert_mentions(
+        &message,
+        &["clip.safetensors", "encoder layer text_model.encoder.layers.1 is missing (found 0, 2 only)"],
+    );
 }
 
 #[test]
@@ -176,12 +204,21 @@ fn clip_single_file_of_unknown_width_needs_the_head_count_from_a_config() {
     let dir = tempfile::tempdir().unwrap();
     let file = alone(&dir, "clip", "model_noprefix.safetensors");
     let message = export_error("clip", &file, None);
-    assert_mentions(&message, &["model_noprefix.safetensors", "number of attention heads", "num_attention_heads", "--config"]);
+    assert_mentions(
+        &message,
+        &["model_noprefix.safetensors", "number of attention heads", "num_attention_heads", "--config"],
+    );
     let message = export_error("clip", &file, Some(&json!({"num_attention_heads": 5})));
     assert_mentions(&message, &["num_attention_heads = 5 does not divide the width 32"]);
     // With the head count given the same file exports (its parity is in encoder_parity.rs).
     let out = tempfile::tempdir().unwrap();
-    let (analysis, _) =
-        export_submodel("clip", &file, Some(&json!({"clip": {"num_attention_heads": 4}})), &GraphOptions::default(), out.path()).unwrap();
+    let (analysis, _) = export_submodel(
+        "clip",
+        &file,
+        Some(&json!({"clip": {"num_attention_heads": 4}})),
+        &GraphOptions::default(),
+        out.path(),
+    )
+    .unwrap();
     assert_eq!(analysis.config["origins"]["num_attention_heads"], "--config");
 }

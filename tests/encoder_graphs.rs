@@ -16,9 +16,39 @@ use std::path::Path;
 /// Operators the three graphs may use: all exist at opset ≤ 17 in this form, and all are in
 /// onnx-tensorrt's support list (docs/operators.md, TensorRT 10) for the types used here.
 const ALLOWED_OPS: [&str; 33] = [
-    "Abs", "Add", "ArgMax", "Cast", "Conv", "Div", "Floor", "Gather", "GatherND", "Greater", "Identity",
-    "InstanceNormalization", "LayerNormalization", "Less", "Log", "MatMul", "Max", "Min", "Mul", "Range", "ReduceMean",
-    "Reshape", "Resize", "Shape", "Sigmoid", "Softmax", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where",
+    "Abs",
+    "Add",
+    "ArgMax",
+    "Cast",
+    "Conv",
+    "Div",
+    "Floor",
+    "Gather",
+    "GatherND",
+    "Greater",
+    "Identity",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "Less",
+    "Log",
+    "MatMul",
+    "Max",
+    "Min",
+    "Mul",
+    "Range",
+    "ReduceMean",
+    "Reshape",
+    "Resize",
+    "Shape",
+    "Sigmoid",
+    "Softmax",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
 ];
 
 fn assert_tensorrt_friendly(what: &str, graph: &Graph<'_>) {
@@ -36,7 +66,10 @@ fn header_only(path: &Path, tensors: &[(String, Vec<usize>)]) {
     let mut offset = 0usize;
     for (name, shape) in tensors {
         let bytes = shape.iter().product::<usize>() * 2;
-        header.insert(name.clone(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     let mut json = serde_json::to_vec(&header).unwrap();
@@ -113,7 +146,12 @@ fn full_size_checkpoints_are_recognised_with_flux_defaults_and_build() {
         }
         assert_tensorrt_friendly(file, &graph);
         // Parameters in the graph = parameters in the file, less what FLUX does not use.
-        let in_graph: usize = graph.initializers.iter().filter(|i| i.name.contains(".weight") || i.name.contains(".bias")).map(|i| i.numel()).sum();
+        let in_graph: usize = graph
+            .initializers
+            .iter()
+            .filter(|i| i.name.contains(".weight") || i.name.contains(".bias"))
+            .map(|i| i.numel())
+            .sum();
         let unused: usize = tensors
             .iter()
             .filter(|(n, _)| n == "encoder.embed_tokens.weight" || n.starts_with("encoder.") && name == "vae_decoder")
@@ -146,7 +184,8 @@ fn full_size_files_missing_their_last_blocks_are_refused_unless_a_config_says_so
 #[test]
 fn the_fixture_graphs_are_tensorrt_friendly_and_detect_picks_one_exporter() {
     let f = fixtures();
-    let vae_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("vae/diffusers/config.json")).unwrap()).unwrap();
+    let vae_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("vae/diffusers/config.json")).unwrap()).unwrap();
     let cases = [
         ("clip", f.join("clip/model.safetensors"), None),
         ("clip", f.join("clip/model_noprefix.safetensors"), None),
@@ -204,7 +243,8 @@ fn t5_relative_buckets_match_transformers_at_every_distance() {
 fn t5_precision_hook_keeps_the_ffn_output_and_residual_stream_in_f32() {
     let dir = fixtures().join("t5");
     let exporter = models::exporter("t5").unwrap();
-    let ckpt = Checkpoint::load(&dir.join("shared.safetensors"), exporter.subfolder(), exporter.key_prefixes()).unwrap();
+    let ckpt =
+        Checkpoint::load(&dir.join("shared.safetensors"), exporter.subfolder(), exporter.key_prefixes()).unwrap();
     let analysis = exporter.analyze(&ckpt, None).unwrap();
     let cfg: t5::T5Config = serde_json::from_value(analysis.config.clone()).unwrap();
     let w = Weights::new(&ckpt);
@@ -253,7 +293,8 @@ fn low_precision_copies(src: &Path, fp8: &Path, f32_copy: &Path) {
     let views: Vec<(String, TensorView)> =
         low.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, fp8).unwrap();
-    let exact: Vec<(&str, Vec<usize>, Vec<f32>)> = exact.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    let exact: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        exact.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
     write_f32_safetensors(f32_copy, &exact);
 }
 
@@ -280,8 +321,13 @@ fn t5_from_an_fp8_file_computes_what_its_decoded_f32_copy_does() {
 #[test]
 fn half_precision_graphs_are_well_typed_and_bf16_normalizes_in_f32() {
     let f = fixtures();
-    let vae_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("vae/diffusers/config.json")).unwrap()).unwrap();
-    for (name, path) in [("clip", f.join("clip/model.safetensors")), ("t5", f.join("t5/shared.safetensors")), ("vae_decoder", f.join("vae/ae.safetensors"))] {
+    let vae_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("vae/diffusers/config.json")).unwrap()).unwrap();
+    for (name, path) in [
+        ("clip", f.join("clip/model.safetensors")),
+        ("t5", f.join("t5/shared.safetensors")),
+        ("vae_decoder", f.join("vae/ae.safetensors")),
+    ] {
         let config = (name == "vae_decoder").then_some(&vae_config);
         // ONNX Runtime type-checks the whole graph when it loads it.
         let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,12 @@ fn config(path: &Path) -> Value {
 }
 
 /// Exports `checkpoint` as `name` and loads the graph.
-fn exported(name: &str, checkpoint: &Path, config: Option<&Value>, dir: &Path) -> (fluxbuild_exporters::models::Analysis, Model) {
+fn exported(
+    name: &str,
+    checkpoint: &Path,
+    config: Option<&Value>,
+    dir: &Path,
+) -> (fluxbuild_exporters::models::Analysis, Model) {
     let (analysis, model) = export_submodel(name, checkpoint, config, &GraphOptions::default(), dir)
         .unwrap_or_else(|e| panic!("export of {}: {e:#}", checkpoint.display()));
     (analysis, Model::load(&model).unwrap())
@@ -36,13 +41,23 @@ fn clip_matches_transformers_with_and_without_the_text_model_prefix() {
     let dir = fixtures().join("clip");
     let io = dir.join("io.safetensors");
     let ids = io_tensor::<i64>(&io, "input_ids");
-    for (file, layout) in [("model.safetensors", "transformers (text_model. prefix)"), ("model_noprefix.safetensors", "transformers")] {
+    for (file, layout) in
+        [("model.safetensors", "transformers (text_model. prefix)"), ("model_noprefix.safetensors", "transformers")]
+    {
         let tmp = tempfile::tempdir().unwrap();
         let (analysis, mut model) = exported("clip", &dir.join(file), None, tmp.path());
         assert_eq!(analysis.layout, layout);
         let out = model.run(vec![("input_ids", Input::I64(ids.clone()))]).unwrap();
-        assert_close(&format!("clip {file} text_embeddings"), &out["text_embeddings"], &io_tensor(&io, "last_hidden_state"));
-        assert_close(&format!("clip {file} pooled_embeddings"), &out["pooled_embeddings"], &io_tensor(&io, "pooler_output"));
+        assert_close(
+            &format!("clip {file} text_embeddings"),
+            &out["text_embeddings"],
+            &io_tensor(&io, "last_hidden_state"),
+        );
+        assert_close(
+            &format!("clip {file} pooled_embeddings"),
+            &out["pooled_embeddings"],
+            &io_tensor(&io, "pooler_output"),
+        );
     }
 }
 

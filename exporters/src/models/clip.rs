@@ -81,14 +81,19 @@ impl Exporter for ClipExporter {
             max_position_embeddings,
             layer_norm_eps: d.or_default("layer_norm_eps", 1e-5)?,
             hidden_act,
-            eos_token_id: d.required("eos_token_id", Some((2, "FLUX's CLIP-L config (legacy id 2)")), "eos token id")?,
+            eos_token_id: d.required(
+                "eos_token_id",
+                Some((2, "FLUX's CLIP-L config (legacy id 2)")),
+                "eos token id",
+            )?,
             origins: d.origins(),
         };
         // The pooling key id·L + position must fit the int32 that ArgMax runs on.
         if (vocab_size as u64 + 1) * max_position_embeddings as u64 >= i32::MAX as u64 {
             bail!(d.error(format!("vocabulary of {vocab_size} is too large for the pooling index")));
         }
-        let is_clip_l = (hidden_size, num_hidden_layers, intermediate_size, max_position_embeddings) == (768, 12, 3072, 77);
+        let is_clip_l =
+            (hidden_size, num_hidden_layers, intermediate_size, max_position_embeddings) == (768, 12, 3072, 77);
         Ok(Analysis {
             layout: if ckpt.prefix.is_empty() { "transformers" } else { "transformers (text_model. prefix)" }.into(),
             variant: is_clip_l.then(|| "clip-l".to_string()),

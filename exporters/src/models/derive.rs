@@ -24,7 +24,9 @@ impl<'c> Derivation<'c> {
     /// submodels holds this one's part (e.g. `["clip", "text_encoder"]`).
     pub fn new(ckpt: &'c Checkpoint, config: Option<&Value>, sections: &[&str]) -> Result<Self> {
         let source = ckpt.source_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        let section = |v: &Value| sections.iter().find_map(|s| v.get(s).filter(|s| s.is_object()).cloned()).unwrap_or_else(|| v.clone());
+        let section = |v: &Value| {
+            sections.iter().find_map(|s| v.get(s).filter(|s| s.is_object()).cloned()).unwrap_or_else(|| v.clone())
+        };
         let mut configs = Vec::new();
         let beside = ckpt.config()?.map(|v| section(&v));
         if let Some(cli) = config.map(section) {
@@ -55,10 +57,16 @@ impl<'c> Derivation<'c> {
     /// The shape of `name`, which must exist with `rank` dims.
     pub fn shape(&self, name: &str, rank: usize) -> Result<Vec<usize>> {
         let Some(t) = self.ckpt.get(name) else {
-            return Err(self.error(format!("tensor {} is missing (the model's sizes are read from it)", self.file_name(name))));
+            return Err(
+                self.error(format!("tensor {} is missing (the model's sizes are read from it)", self.file_name(name)))
+            );
         };
         if t.shape().len() != rank {
-            return Err(self.error(format!("tensor {} has shape {:?}, expected {rank} dims", self.file_name(name), t.shape())));
+            return Err(self.error(format!(
+                "tensor {} has shape {:?}, expected {rank} dims",
+                self.file_name(name),
+                t.shape()
+            )));
         }
         Ok(t.shape().to_vec())
     }
@@ -82,7 +90,7 @@ impl<'c> Derivation<'c> {
 
     /// Records `value` of `key`, read from the shape of `tensor`; a config saying otherwise is an error.
     pub fn from_shape(&mut self, key: &str, value: usize, tensor: &str) -> Result<usize> {
-        self.from_weights(key, value, format!("shape of {}", self.file_name(tensor)))
+        self.record(key, value, format!("shape of {}", self.file_name(tensor)))
     }
 
     /// Records `value` of `key`, the number of blocks `prefix`N. Without a config saying so, a
@@ -97,10 +105,10 @@ impl<'c> Derivation<'c> {
                 )));
             }
         }
-        self.from_weights(key, value, format!("count of {}N", self.file_name(prefix)))
+        self.record(key, value, format!("count of {}N", self.file_name(prefix)))
     }
 
-    fn from_weights(&mut self, key: &str, value: usize, origin: String) -> Result<usize> {
+    fn record(&mut self, key: &str, value: usize, origin: String) -> Result<usize> {
         if let Some((said, config)) = self.lookup::<usize>(key)? {
             if said != value {
                 return Err(self.error(format!("{config} says {key} = {said}, but the weights say {value} ({origin})")));

@@ -79,7 +79,9 @@ impl Exporter for T5Exporter {
             ))),
             (Some(_), _) => SHARED,
             (None, Some(_)) => EMBED_TOKENS,
-            (None, None) => bail!(d.error(format!("no token embedding: neither {SHARED} nor {EMBED_TOKENS} is in the file"))),
+            (None, None) => {
+                bail!(d.error(format!("no token embedding: neither {SHARED} nor {EMBED_TOKENS} is in the file")))
+            }
         };
         let [vocab, model] = d.shape(embedding, 2)?[..] else { unreachable!() };
         let vocab_size = d.from_shape("vocab_size", vocab, embedding)?;
@@ -99,7 +101,9 @@ impl Exporter for T5Exporter {
             bail!(d.error(format!("{q} has {inner} rows, not a multiple of the {heads} heads of {POSITION_BIAS}")));
         }
         if buckets < 4 || buckets % 4 != 0 {
-            bail!(d.error(format!("{POSITION_BIAS} has {buckets} buckets; T5's bidirectional bucketing needs a multiple of 4")));
+            bail!(d.error(format!(
+                "{POSITION_BIAS} has {buckets} buckets; T5's bidirectional bucketing needs a multiple of 4"
+            )));
         }
         let d_kv = d.from_shape("d_kv", inner / heads, q)?;
         let feed_forward: String = d.or_default("feed_forward_proj", "gated-gelu".to_string())?;
@@ -137,7 +141,12 @@ impl Exporter for T5Exporter {
 }
 
 /// The encoder graph with the element types of `precision` (see `T5Precision`).
-pub fn build_graph<'a>(w: &Weights<'a>, cfg: &T5Config, options: &GraphOptions, precision: T5Precision) -> Result<Graph<'a>> {
+pub fn build_graph<'a>(
+    w: &Weights<'a>,
+    cfg: &T5Config,
+    options: &GraphOptions,
+    precision: T5Precision,
+) -> Result<Graph<'a>> {
     // A file with both tied copies: read one.
     w.ignore(|n| n == EMBED_TOKENS && cfg.embedding == SHARED);
     let mut b = GraphBuilder::new("t5", options.opset, precision.compute);
@@ -145,7 +154,8 @@ pub fn build_graph<'a>(w: &Weights<'a>, cfg: &T5Config, options: &GraphOptions, 
     let table = w.get(&cfg.embedding, &[cfg.vocab_size, cfg.d_model]).add(&mut b);
     let x = b.gather(&table, &ids, 0);
     let mut x = b.convert(&x, precision.compute, precision.residual);
-    let bias = b.scoped("position_bias", |b| position_bias(b, &w.pp(POSITION_BIAS.trim_end_matches(".weight")), &ids, cfg));
+    let bias =
+        b.scoped("position_bias", |b| position_bias(b, &w.pp(POSITION_BIAS.trim_end_matches(".weight")), &ids, cfg));
     for i in 0..cfg.num_layers {
         let block = w.pp("encoder.block").pp(i);
         x = b.scoped(block.prefix(), |b| encoder_block(b, &block, &x, &bias, cfg, precision));
@@ -214,7 +224,8 @@ fn position_bias<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &T
     let query = b.unsqueeze(&positions, &[1]);
     let key = b.unsqueeze(&positions, &[0]);
     let relative = b.sub(&key, &query);
-    let buckets = relative_bucket(b, &relative, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance);
+    let buckets =
+        relative_bucket(b, &relative, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance);
     let table = w.get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads]).add(b);
     let bias = b.gather(&table, &buckets, 0);
     let bias = b.transpose(&bias, &[2, 0, 1]);

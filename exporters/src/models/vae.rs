@@ -130,12 +130,17 @@ impl Exporter for VaeDecoderExporter {
 
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
         let mut d = Derivation::new(ckpt, config, &["vae_decoder", "vae"])?;
-        let layout = match (ckpt.indices_under("decoder.up_blocks.").is_empty(), ckpt.indices_under("decoder.up.").is_empty()) {
-            (false, true) => VaeLayout::Diffusers,
-            (true, false) => VaeLayout::Ldm,
-            (false, false) => bail!(d.error("has both decoder.up_blocks.* (diffusers) and decoder.up.* (LDM) tensors")),
-            (true, true) => bail!(d.error("no decoder up blocks (neither decoder.up_blocks.* nor decoder.up.*): not a VAE decoder")),
-        };
+        let layout =
+            match (ckpt.indices_under("decoder.up_blocks.").is_empty(), ckpt.indices_under("decoder.up.").is_empty()) {
+                (false, true) => VaeLayout::Diffusers,
+                (true, false) => VaeLayout::Ldm,
+                (false, false) => {
+                    bail!(d.error("has both decoder.up_blocks.* (diffusers) and decoder.up.* (LDM) tensors"))
+                }
+                (true, true) => bail!(
+                    d.error("no decoder up blocks (neither decoder.up_blocks.* nor decoder.up.*): not a VAE decoder")
+                ),
+            };
         let conv_in = "decoder.conv_in.weight";
         let conv_in_shape = d.shape(conv_in, 4)?;
         let latent_channels = d.from_shape("latent_channels", conv_in_shape[1], conv_in)?;
@@ -176,12 +181,15 @@ impl Exporter for VaeDecoderExporter {
         let block_out_channels: Vec<usize> = up_channels.iter().rev().copied().collect();
         if let Some((said, origin)) = d.lookup::<Vec<usize>>("block_out_channels")? {
             if said != block_out_channels {
-                bail!(d.error(format!("{origin} says block_out_channels = {said:?}, but the decoder's weights say {block_out_channels:?}")));
+                bail!(d.error(format!(
+                    "{origin} says block_out_channels = {said:?}, but the decoder's weights say {block_out_channels:?}"
+                )));
             }
         }
         let resnets_prefix = format!("{}.{}", layout.up_block(0, blocks), layout.resnets());
         let layers_per_block = d.from_count("layers_per_block", resnets.unwrap_or(1) - 1, &resnets_prefix, None)?;
-        let flux = (block_out_channels == FLUX_CHANNELS).then_some((32, "FLUX's VAE (channels [128, 256, 512, 512]) uses 32 groups"));
+        let flux = (block_out_channels == FLUX_CHANNELS)
+            .then_some((32, "FLUX's VAE (channels [128, 256, 512, 512]) uses 32 groups"));
         let norm_num_groups: usize = d.required("norm_num_groups", flux, "GroupNorm group count")?;
         if let Some(c) = block_out_channels.iter().find(|c| norm_num_groups == 0 || *c % norm_num_groups != 0) {
             bail!(d.error(format!("norm_num_groups = {norm_num_groups} does not divide the {c} channels of a block")));
@@ -211,12 +219,17 @@ impl Exporter for VaeDecoderExporter {
         w.ignore(|n| n.starts_with("encoder.") || n.starts_with("quant_conv."));
         let mut b = GraphBuilder::new("vae_decoder", options.opset, options.float);
         let float = b.float;
-        let latent = b.input("latent", float, &[Dim::from("B"), Dim::from(cfg.latent_channels), Dim::from("h"), Dim::from("w")]);
+        let latent =
+            b.input("latent", float, &[Dim::from("B"), Dim::from(cfg.latent_channels), Dim::from("h"), Dim::from("w")]);
         let top = cfg.up_channels(0);
         let mut x = nn::conv2d(&mut b, &w.pp("decoder.conv_in"), &latent, cfg.latent_channels, top, 3);
         x = b.scoped("decoder.mid", |b| {
             let x = resnet_block(b, &w.pp(layout.mid_resnet(0)), &x, top, top, &cfg);
-            let x = if cfg.mid_block_add_attention { attention(b, &w.pp(layout.mid_attention()), &x, top, &cfg) } else { x };
+            let x = if cfg.mid_block_add_attention {
+                attention(b, &w.pp(layout.mid_attention()), &x, top, &cfg)
+            } else {
+                x
+            };
             resnet_block(b, &w.pp(layout.mid_resnet(1)), &x, top, top, &cfg)
         });
         let mut channels = top;
@@ -228,7 +241,12 @@ impl Exporter for VaeDecoderExporter {
         let x = nn::group_norm(&mut b, &w.pp(layout.norm_out()), &x, channels, cfg.norm_num_groups, NORM_EPS);
         let x = b.silu(&x);
         let images = nn::conv2d(&mut b, &w.pp("decoder.conv_out"), &x, channels, cfg.out_channels, 3);
-        b.output(&images, "images", float, &[Dim::from("B"), Dim::from(cfg.out_channels), Dim::from("H"), Dim::from("W")]);
+        b.output(
+            &images,
+            "images",
+            float,
+            &[Dim::from("B"), Dim::from(cfg.out_channels), Dim::from("H"), Dim::from("W")],
+        );
         b.metadata("fluxbuild.config", analysis.config.to_string());
         Ok(b.finish())
     }
@@ -250,7 +268,14 @@ fn up_block<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, up: usize, c_i
 
 /// ResnetBlock2D: shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1 x))))); 1×1 conv shortcut when
 /// the channel count changes.
-fn resnet_block<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, c_in: usize, c_out: usize, cfg: &VaeDecoderConfig) -> V {
+fn resnet_block<'a>(
+    b: &mut GraphBuilder<'a>,
+    w: &Weights<'a>,
+    x: &V,
+    c_in: usize,
+    c_out: usize,
+    cfg: &VaeDecoderConfig,
+) -> V {
     let groups = cfg.norm_num_groups;
     let h = nn::group_norm(b, &w.pp("norm1"), x, c_in, groups, NORM_EPS);
     let h = b.silu(&h);
@@ -269,7 +294,8 @@ fn attention<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, c: usize, cfg
     let h = b.reshape(&h, &[0, c as i64, -1]);
     let tokens = b.transpose(&h, &[0, 2, 1]);
     let project = |b: &mut GraphBuilder<'a>, name: &str| {
-        let y = nn::linear_param(b, &tokens, projection(&w.pp(name), c, cfg.layout), Some(w.pp(name).get("bias", &[c])));
+        let y =
+            nn::linear_param(b, &tokens, projection(&w.pp(name), c, cfg.layout), Some(w.pp(name).get("bias", &[c])));
         nn::split_heads(b, &y, 1, c)
     };
     let (q, k, v) = (project(b, q), project(b, k), project(b, v));
