@@ -96,3 +96,47 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
         assert_close(&format!("vae {layout} images"), &out["images"], &io_tensor(&io, "images"));
     }
 }
+
+/// FluxPipeline's unpacking of [B, (h/2)(w/2), 64] latents to [B, 16, h, w]
+/// (packed channel = c·4 + dy·2 + dx at token r·(w/2) + col).
+fn unpack(packed: &ndarray::ArrayD<f32>, h: usize, w: usize) -> ndarray::ArrayD<f32> {
+    let batch = packed.shape()[0];
+    ndarray::ArrayD::from_shape_fn(vec![batch, 16, h, w], |i| {
+        let (b, c, y, x) = (i[0], i[1], i[2], i[3]);
+        packed[[b, (y / 2) * (w / 2) + x / 2, c * 4 + (y % 2) * 2 + x % 2]]
+    })
+}
+
+#[test]
+fn the_pipeline_folders_text_encoders_and_vae_match_the_recorded_flux_pipeline_run() {
+    for variant in ["dev", "schnell"] {
+        let pipeline = fixtures().join("pipeline").join(variant);
+        let reference = pipeline.join("reference.safetensors");
+        let tmp = tempfile::tempdir().unwrap();
+        // Real tokenizer ids: end-of-text 49407 repeated as padding, the tie the pooling must break.
+        let (_, mut clip) = exported("clip", &pipeline, None, &tmp.path().join("clip"));
+        let ids = io_tensor::<i64>(&reference, "clip_input_ids");
+        let out = clip.run(vec![("input_ids", Input::I64(ids))]).unwrap();
+        assert_close(
+            &format!("{variant} pipeline pooled_prompt_embeds"),
+            &out["pooled_embeddings"],
+            &io_tensor(&reference, "pooled_prompt_embeds"),
+        );
+
+        let (_, mut t5) = exported("t5", &pipeline, None, &tmp.path().join("t5"));
+        let ids = io_tensor::<i64>(&reference, "t5_input_ids");
+        let out = t5.run(vec![("input_ids", Input::I64(ids))]).unwrap();
+        assert_close(
+            &format!("{variant} pipeline prompt_embeds"),
+            &out["text_embeddings"],
+            &io_tensor(&reference, "prompt_embeds"),
+        );
+
+        // decoded = clamp(vae.decode(unpack(latents)/0.3611 + 0.1159)·0.5 + 0.5, 0, 1): the graph is the decode.
+        let (_, mut vae) = exported("vae_decoder", &pipeline, None, &tmp.path().join("vae"));
+        let latent = unpack(&io_tensor(&reference, "final_latents"), 6, 10).mapv(|z| z / 0.3611 + 0.1159);
+        let out = vae.run(vec![("latent", Input::F32(latent))]).unwrap();
+        let decoded = out["images"].mapv(|v| (v * 0.5 + 0.5).clamp(0.0, 1.0));
+        assert_close(&format!("{variant} pipeline decoded"), &decoded, &io_tensor(&reference, "decoded"));
+    }
+}

@@ -108,10 +108,19 @@ impl<'c> Derivation<'c> {
         self.record(key, value, format!("count of {}N", self.file_name(prefix)))
     }
 
-    fn record(&mut self, key: &str, value: usize, origin: String) -> Result<usize> {
-        if let Some((said, config)) = self.lookup::<usize>(key)? {
+    /// Records `value` of `key`, which the weights give (`origin` says how); a config saying
+    /// otherwise is an error.
+    pub fn record<T: DeserializeOwned + PartialEq + std::fmt::Debug>(
+        &mut self,
+        key: &str,
+        value: T,
+        origin: String,
+    ) -> Result<T> {
+        if let Some((said, config)) = self.lookup::<T>(key)? {
             if said != value {
-                return Err(self.error(format!("{config} says {key} = {said}, but the weights say {value} ({origin})")));
+                return Err(
+                    self.error(format!("{config} says {key} = {said:?}, but the weights say {value:?} ({origin})"))
+                );
             }
         }
         self.origins.insert(key.to_string(), origin);

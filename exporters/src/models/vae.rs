@@ -179,13 +179,8 @@ impl Exporter for VaeDecoderExporter {
         }
         let out_channels = d.from_shape("out_channels", conv_out_shape[0], conv_out)?;
         let block_out_channels: Vec<usize> = up_channels.iter().rev().copied().collect();
-        if let Some((said, origin)) = d.lookup::<Vec<usize>>("block_out_channels")? {
-            if said != block_out_channels {
-                bail!(d.error(format!(
-                    "{origin} says block_out_channels = {said:?}, but the decoder's weights say {block_out_channels:?}"
-                )));
-            }
-        }
+        let origin = format!("shapes of {}N.{}0.conv2.weight", d.file_name(layout.up_prefix()), layout.resnets());
+        let block_out_channels = d.record("block_out_channels", block_out_channels, origin)?;
         let resnets_prefix = format!("{}.{}", layout.up_block(0, blocks), layout.resnets());
         let layers_per_block = d.from_count("layers_per_block", resnets.unwrap_or(1) - 1, &resnets_prefix, None)?;
         let flux = (block_out_channels == FLUX_CHANNELS)
