@@ -140,3 +140,33 @@ fn the_pipeline_folders_text_encoders_and_vae_match_the_recorded_flux_pipeline_r
         assert_close(&format!("{variant} pipeline decoded"), &decoded, &io_tensor(&reference, "decoded"));
     }
 }
+
+#[test]
+fn clip_files_with_position_ids_and_a_text_projection_export_the_same_model() {
+    use safetensors::{tensor::TensorView, Dtype};
+    // What older transformers files and CLIPTextModelWithProjection checkpoints also hold.
+    let dir = fixtures().join("clip");
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let position_ids: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();
+    let projection = vec![0u8; 32 * 32 * 4];
+    let mut views: Vec<(String, TensorView)> = st.tensors();
+    views.push((
+        "text_model.embeddings.position_ids".into(),
+        TensorView::new(Dtype::I64, vec![1, 77], &position_ids).unwrap(),
+    ));
+    views.push(("text_projection.weight".into(), TensorView::new(Dtype::F32, vec![32, 32], &projection).unwrap()));
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let file = tmp.path().join("clip_l.safetensors");
+    safetensors::serialize_to_file(views, None, &file).unwrap();
+
+    let (_, mut model) = exported("clip", &file, None, &tmp.path().join("out"));
+    let io = dir.join("io.safetensors");
+    let out = model.run(vec![("input_ids", Input::I64(io_tensor(&io, "input_ids")))]).unwrap();
+    assert_close(
+        "clip with position_ids pooled_embeddings",
+        &out["pooled_embeddings"],
+        &io_tensor(&io, "pooler_output"),
+    );
+}
