@@ -14,10 +14,11 @@ pub mod qdq;
 use serde::{Deserialize, Serialize};
 
 /// Granularity of FP8 weight scales.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WeightScaling {
     /// One scale per weight matrix (TensorRT Model Optimizer's FP8 default).
+    #[default]
     PerTensor,
     /// One scale per output channel.
     PerChannel,
