@@ -41,17 +41,20 @@ pub struct ExportRequest {
     pub pipeline: Option<PathBuf>,
     pub out: PathBuf,
     pub opset: i64,
-    pub fp8: Fp8Settings,
+    pub precision: PrecisionSettings,
 }
 
-/// How fp8 submodels are quantized.
+/// How reduced precisions are applied.
 #[derive(Clone, Debug, Default)]
-pub struct Fp8Settings {
-    /// The table `fluxbuild calibrate` wrote (activation amax per linear layer).
+pub struct PrecisionSettings {
+    /// The table `fluxbuild calibrate` wrote (activation amax per linear layer), for fp8.
     pub calibration: Option<PathBuf>,
-    pub weights: WeightScaling,
+    pub fp8_weights: WeightScaling,
     /// Weight-name patterns kept in 16-bit besides the defaults.
-    pub keep: Vec<String>,
+    pub fp8_keep: Vec<String>,
+    /// bf16 submodels become fp32 graphs that round like bf16 (bf16 weights, every op's output
+    /// rounded), for accuracy checks on ONNX Runtime's CPU, which lacks bf16 kernels.
+    pub emulate_bf16: bool,
 }
 
 /// The manifest entry of one exported submodel.
@@ -93,6 +96,7 @@ struct Planned<'a> {
     analysis: Analysis,
     graph: Graph<'a>,
     fp8: Option<Fp8Summary>,
+    emulated_bf16: bool,
 }
 
 /// The calibration table, loaded when some submodel is fp8.
@@ -104,7 +108,7 @@ struct Calibration {
 
 fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
     let Some(fp8) = request.submodels.iter().find(|s| s.precision == Precision::Fp8) else { return Ok(None) };
-    let Some(path) = &request.fp8.calibration else {
+    let Some(path) = &request.precision.calibration else {
         bail!(
             "--precision {}=fp8 needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
             fp8.name
@@ -119,7 +123,7 @@ fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
 
 /// Rewrites the linear layers of an fp8 submodel's graph into FP8 Q/DQ form.
 fn quantize_fp8(request: &ExportRequest, source: &SubmodelSource, graph: &mut Graph<'_>, calibration: &Calibration) -> Result<Fp8Summary> {
-    let policy = Fp8Policy::for_network(source.name, request.fp8.weights, &request.fp8.keep);
+    let policy = Fp8Policy::for_network(source.name, request.precision.fp8_weights, &request.precision.fp8_keep);
     let mut summary = qdq::quantize_linears(graph, &policy, &calibration.table.amax)
         .with_context(|| format!("{} with calibration {}", source.name, calibration.path.display()))?;
     summary.calibration_sha256 = Some(calibration.sha256.clone());
@@ -202,9 +206,10 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         "fp8": calibration.as_ref().map(|c| serde_json::json!({
             "calibration": c.path,
             "calibration_sha256": c.sha256,
-            "weights": request.fp8.weights,
-            "keep": request.fp8.keep,
+            "weights": request.precision.fp8_weights,
+            "keep": request.precision.fp8_keep,
         })),
+        "bf16_emulated": request.precision.emulate_bf16 && planned.iter().any(|p| p.source.precision == Precision::Bf16),
         "pipeline": request.pipeline,
     });
     manifest.submodels = serde_json::to_value(&submodels)?;
@@ -223,7 +228,9 @@ fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calib
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
         let exporter = exporter_for(source.name);
-        let options = graph_options(source.name, source.precision, request.opset)?;
+        let emulate_bf16 = request.precision.emulate_bf16 && source.precision == Precision::Bf16;
+        let built_as = if emulate_bf16 { Precision::Fp32 } else { source.precision };
+        let options = graph_options(source.name, built_as, request.opset)?;
         let config = match &source.config {
             Some(path) => read_json(Some(path))?,
             None => ckpt.config()?,
@@ -231,11 +238,14 @@ fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calib
         let (analysis, mut graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
             .with_context(|| format!("{} ({})", source.name, source.path.display()))?;
         if problems.is_empty() {
+            if emulate_bf16 {
+                fluxbuild_exporters::quantize::bf16::emulate_bf16(&mut graph)?;
+            }
             let fp8 = match calibration.filter(|_| source.precision == Precision::Fp8) {
                 Some(c) => Some(quantize_fp8(request, source, &mut graph, c)?),
                 None => None,
             };
-            planned.push(Planned { source, ckpt, analysis, graph, fp8 });
+            planned.push(Planned { source, ckpt, analysis, graph, fp8, emulated_bf16: emulate_bf16 });
         } else {
             let files: Vec<String> = ckpt.source_files().iter().map(|f| f.display().to_string()).collect();
             failures.push(format!("{:#}", problems_error(&format!("{} ({})", source.name, files.join(", ")), &problems)));
@@ -255,7 +265,13 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
         variant: p.analysis.variant.clone(),
         config: p.analysis.config.clone(),
         precision: p.source.precision,
-        precision_plan: NetworkPrecision::new(p.source.name, p.source.precision).ok(),
+        precision_plan: NetworkPrecision::new(p.source.name, p.source.precision).ok().map(|mut plan| {
+            if p.emulated_bf16 {
+                (plan.float, plan.wide) = (fluxbuild_exporters::onnx::ElemType::F32, fluxbuild_exporters::onnx::ElemType::F32);
+                plan.notes.push("bf16 emulated in an fp32 graph (bf16 weights, every op's output rounded to bf16)".into());
+            }
+            plan
+        }),
         quantization: p.fp8.clone(),
         opset: p.graph.opset,
         parameters: p.ckpt.param_count(),

@@ -1,6 +1,6 @@
 //! `fluxbuild export`: checkpoint(s) -> `OUT/{clip,t5,transformer,vae_decoder}/model.onnx`.
 
-use crate::export::{export, ExportRequest, ExportedSubmodel, Fp8Settings, SubmodelSource, SUBMODELS};
+use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource, SUBMODELS};
 use crate::output::{Output, BYTES_BAR};
 use anyhow::{bail, Result};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
@@ -49,6 +49,10 @@ pub struct Args {
     /// (embedders and final projection), e.g. `*.norm1.linear.weight`.
     #[arg(long = "fp8-keep", value_delimiter = ',')]
     fp8_keep: Vec<String>,
+    /// Write bf16 submodels as fp32 graphs that round like bf16 (for accuracy checks on CPUs
+    /// without bf16 kernels; not for deployment).
+    #[arg(long)]
+    emulate_bf16: bool,
     /// ONNX opset of the graphs.
     #[arg(long, default_value_t = DEFAULT_OPSET)]
     opset: i64,
@@ -105,8 +109,13 @@ fn request(args: &Args) -> Result<ExportRequest> {
         Fp8WeightsArg::PerTensor => WeightScaling::PerTensor,
         Fp8WeightsArg::PerChannel => WeightScaling::PerChannel,
     };
-    let fp8 = Fp8Settings { calibration: args.calibration.clone(), weights, keep: args.fp8_keep.clone() };
-    Ok(ExportRequest { submodels, pipeline: args.checkpoint.clone(), out: args.out.clone(), opset: args.opset, fp8 })
+    let settings = PrecisionSettings {
+        calibration: args.calibration.clone(),
+        fp8_weights: weights,
+        fp8_keep: args.fp8_keep.clone(),
+        emulate_bf16: args.emulate_bf16,
+    };
+    Ok(ExportRequest { submodels, pipeline: args.checkpoint.clone(), out: args.out.clone(), opset: args.opset, precision: settings })
 }
 
 fn flag_for(name: &str) -> &str {
