@@ -52,9 +52,10 @@ pub struct PrecisionSettings {
     pub fp8_weights: WeightScaling,
     /// Weight-name patterns kept in 16-bit besides the defaults.
     pub fp8_keep: Vec<String>,
-    /// bf16 submodels become fp32 graphs that round like bf16 (bf16 weights, every op's output
-    /// rounded), for accuracy checks on ONNX Runtime's CPU, which lacks bf16 kernels.
-    pub emulate_bf16: bool,
+    /// fp16/bf16/fp8 submodels become fp32 graphs that round like them (16-bit weights, every
+    /// 16-bit op output rounded), for accuracy checks on ONNX Runtime's CPU, which lacks bf16
+    /// kernels and runs fp16 ops in fp32. Not for deployment.
+    pub emulate: bool,
 }
 
 /// The manifest entry of one exported submodel.
@@ -96,7 +97,7 @@ struct Planned<'a> {
     analysis: Analysis,
     graph: Graph<'a>,
     fp8: Option<Fp8Summary>,
-    emulated_bf16: bool,
+    emulated: bool,
 }
 
 /// The calibration table, loaded when some submodel is fp8.
@@ -209,7 +210,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
             "weights": request.precision.fp8_weights,
             "keep": request.precision.fp8_keep,
         })),
-        "bf16_emulated": request.precision.emulate_bf16 && planned.iter().any(|p| p.source.precision == Precision::Bf16),
+        "emulated_in_fp32": request.precision.emulate,
         "pipeline": request.pipeline,
     });
     manifest.submodels = serde_json::to_value(&submodels)?;
@@ -228,9 +229,8 @@ fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calib
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
         let exporter = exporter_for(source.name);
-        let emulate_bf16 = request.precision.emulate_bf16 && source.precision == Precision::Bf16;
-        let built_as = if emulate_bf16 { Precision::Fp32 } else { source.precision };
-        let options = graph_options(source.name, built_as, request.opset)?;
+        let emulate = request.precision.emulate && source.precision != Precision::Fp32;
+        let options = graph_options(source.name, source.precision, request.opset)?;
         let config = match &source.config {
             Some(path) => read_json(Some(path))?,
             None => ckpt.config()?,
@@ -238,14 +238,14 @@ fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calib
         let (analysis, mut graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
             .with_context(|| format!("{} ({})", source.name, source.path.display()))?;
         if problems.is_empty() {
-            if emulate_bf16 {
-                fluxbuild_exporters::quantize::bf16::emulate_bf16(&mut graph)?;
-            }
             let fp8 = match calibration.filter(|_| source.precision == Precision::Fp8) {
                 Some(c) => Some(quantize_fp8(request, source, &mut graph, c)?),
                 None => None,
             };
-            planned.push(Planned { source, ckpt, analysis, graph, fp8, emulated_bf16: emulate_bf16 });
+            if emulate {
+                fluxbuild_exporters::quantize::emulate::emulate_in_fp32(&mut graph);
+            }
+            planned.push(Planned { source, ckpt, analysis, graph, fp8, emulated: emulate });
         } else {
             let files: Vec<String> = ckpt.source_files().iter().map(|f| f.display().to_string()).collect();
             failures.push(format!("{:#}", problems_error(&format!("{} ({})", source.name, files.join(", ")), &problems)));
@@ -266,9 +266,8 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
         config: p.analysis.config.clone(),
         precision: p.source.precision,
         precision_plan: NetworkPrecision::new(p.source.name, p.source.precision).ok().map(|mut plan| {
-            if p.emulated_bf16 {
-                (plan.float, plan.wide) = (fluxbuild_exporters::onnx::ElemType::F32, fluxbuild_exporters::onnx::ElemType::F32);
-                plan.notes.push("bf16 emulated in an fp32 graph (bf16 weights, every op's output rounded to bf16)".into());
+            if p.emulated {
+                plan.notes.push(format!("emulated in an fp32 graph: {:?} weights, every {:?} op output rounded", plan.float, plan.float));
             }
             plan
         }),

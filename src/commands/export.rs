@@ -49,10 +49,10 @@ pub struct Args {
     /// (embedders and final projection), e.g. `*.norm1.linear.weight`.
     #[arg(long = "fp8-keep", value_delimiter = ',')]
     fp8_keep: Vec<String>,
-    /// Write bf16 submodels as fp32 graphs that round like bf16 (for accuracy checks on CPUs
-    /// without bf16 kernels; not for deployment).
+    /// Write fp16/bf16/fp8 submodels as fp32 graphs that round like them, for accuracy checks
+    /// on ONNX Runtime's CPU (no bf16 kernels; fp16 ops run in fp32). Not for deployment.
     #[arg(long)]
-    emulate_bf16: bool,
+    emulate: bool,
     /// ONNX opset of the graphs.
     #[arg(long, default_value_t = DEFAULT_OPSET)]
     opset: i64,
@@ -113,7 +113,7 @@ fn request(args: &Args) -> Result<ExportRequest> {
         calibration: args.calibration.clone(),
         fp8_weights: weights,
         fp8_keep: args.fp8_keep.clone(),
-        emulate_bf16: args.emulate_bf16,
+        emulate: args.emulate,
     };
     Ok(ExportRequest { submodels, pipeline: args.checkpoint.clone(), out: args.out.clone(), opset: args.opset, precision: settings })
 }

@@ -1,12 +1,12 @@
 //! Reduced precision beyond the graph's float type: FP8 weight and activation quantization of
 //! linear layers (explicit Q/DQ, TensorRT's FP8 GEMM pattern), the calibration it needs, and
-//! bf16 emulation for measuring bf16 accuracy where ONNX Runtime's CPU has no bf16 kernels.
+//! 16-bit emulation in fp32 for measuring accuracy on ONNX Runtime's CPU.
 //!
 //! These are passes over a built `Graph` keyed by the weights' checkpoint names, so the model
 //! definitions stay as they are: a linear layer is recognised as a MatMul against a weight matrix.
 
 pub mod amax;
-pub mod bf16;
+pub mod emulate;
 pub mod calibration;
 pub mod fp8;
 pub mod qdq;
