@@ -49,12 +49,6 @@ pub struct T5Precision {
     pub residual: ElemType,
 }
 
-impl T5Precision {
-    pub fn uniform(float: ElemType) -> Self {
-        T5Precision { compute: float, ffn_out: float, residual: float }
-    }
-}
-
 impl Exporter for T5Exporter {
     fn name(&self) -> &'static str {
         "t5"
@@ -136,7 +130,7 @@ impl Exporter for T5Exporter {
 
     fn build<'a>(&self, w: &Weights<'a>, analysis: &Analysis, options: &GraphOptions) -> Result<Graph<'a>> {
         let cfg: T5Config = serde_json::from_value(analysis.config.clone())?;
-        build_graph(w, &cfg, options, T5Precision::uniform(options.float))
+        build_graph(w, &cfg, options, T5Precision { compute: options.float, ffn_out: options.wide, residual: options.wide })
     }
 }
 
