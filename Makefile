@@ -15,3 +15,9 @@ $(ORT_DYLIB_PATH):
 
 test: setup
 	$(CARGO) test --workspace
+
+# Regenerates the parity fixtures (needs torch, diffusers, transformers: tests/fixtures/requirements.txt).
+FIXTURE_PY ?= python3
+.PHONY: fixtures
+fixtures:
+	$(FIXTURE_PY) tests/fixtures/make_fixtures.py
