@@ -70,6 +70,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     build::check_builder(&request, &toolchain)?;
     let manifest_path = request.out.join("manifest.json");
     let mut records = previous_records(&manifest_path)?;
+    // A record whose plan is gone (or was replaced by hand) describes nothing any more.
+    records.retain(|_, r| std::fs::metadata(request.out.join(&r.plan)).is_ok_and(|m| m.len() == r.plan_bytes));
     let plans = build::plan(&request, graphs, &toolchain, &records)?;
     build::check_disk(&request, &plans)?;
 
@@ -94,7 +96,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             build_seconds: record.build_seconds,
         });
         records.insert(plan.graph.network.name().to_string(), record);
-        write_manifest(&request, &toolchain, &records, &manifest_path)?;
+        engines_manifest(&request, &toolchain, &records)?.write(&manifest_path)?;
     }
     let value = serde_json::json!({ "engines": request.out, "toolchain": toolchain, "built": built });
     out.result(&value, || {
@@ -111,7 +113,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
 }
 
 /// Records of an earlier engines manifest in the same folder (none if absent).
-fn previous_records(path: &std::path::Path) -> Result<BTreeMap<String, EngineRecord>> {
+pub fn previous_records(path: &std::path::Path) -> Result<BTreeMap<String, EngineRecord>> {
     if !path.exists() {
         return Ok(BTreeMap::new());
     }
@@ -120,7 +122,9 @@ fn previous_records(path: &std::path::Path) -> Result<BTreeMap<String, EngineRec
     serde_json::from_value(manifest.submodels).with_context(|| format!("{}: unreadable engine records", path.display()))
 }
 
-fn write_manifest(request: &BuildRequest, toolchain: &Toolchain, records: &BTreeMap<String, EngineRecord>, path: &std::path::Path) -> Result<()> {
+/// The engines manifest: graph files as inputs, plans as files, one record per engine (kept
+/// from earlier runs for networks this run did not touch).
+pub fn engines_manifest(request: &BuildRequest, toolchain: &Toolchain, records: &BTreeMap<String, EngineRecord>) -> Result<Manifest> {
     let inputs = records
         .values()
         .flat_map(|r| {
@@ -139,5 +143,5 @@ fn write_manifest(request: &BuildRequest, toolchain: &Toolchain, records: &BTree
         "gpu": toolchain.gpu,
     });
     manifest.submodels = serde_json::to_value(records)?;
-    manifest.write(path)
+    Ok(manifest)
 }

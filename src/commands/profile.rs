@@ -97,7 +97,7 @@ fn text(preset: &Preset, networks: &BTreeMap<Network, Vec<NetworkShapes>>) -> St
     let range = |name: &str, r: Option<fluxbuild_profiles::Range>| {
         r.map(|r| if r.is_static() { format!(" {name} {}", r.min) } else { format!(" {name} {}..{} (opt {})", r.min, r.max, r.opt) }).unwrap_or_default()
     };
-    let variant = serde_json::to_value(preset.variant)?.as_str().unwrap_or_default().to_string();
+    let variant = serde_json::to_value(preset.variant).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let mut s = format!("{} ({}): {}\nvariant: {variant}\n", preset.name, preset.source, preset.description);
     for (network, profiles) in networks {
         s.push_str(&format!("{network}\n"));

@@ -164,10 +164,14 @@ fn count_nodes(graph: &pb::GraphProto) -> usize {
     graph.node.iter().map(|n| 1 + n.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs)).map(count_nodes).sum::<usize>()).sum()
 }
 
-/// The graphs under a models folder (`DIR/*/model.onnx`, sorted), or the one file given.
+/// The graphs under a models folder (`DIR/*/model.onnx`, sorted), a graph's own folder
+/// (`DIR/model.onnx`), or the one file given.
 pub fn graph_paths(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
+    }
+    if path.join("model.onnx").is_file() {
+        return Ok(vec![path.join("model.onnx")]);
     }
     let mut found = Vec::new();
     for entry in std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("{}: cannot list ({e})", path.display()))? {

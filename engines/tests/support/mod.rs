@@ -43,8 +43,8 @@ fn transformer(dev: bool) -> Graph<'static> {
     let enc = b.input("encoder_hidden_states", f, &[sym("B"), sym("Lt"), Dim::from(JOINT)]);
     let pooled = b.input("pooled_projections", f, &[sym("B"), Dim::from(POOLED)]);
     let t = b.input("timestep", f, &[sym("B")]);
-    b.input("img_ids", f, &[sym("Li"), Dim::from(3usize)]);
-    b.input("txt_ids", f, &[sym("Lt"), Dim::from(3usize)]);
+    let img_ids = b.input("img_ids", f, &[sym("Li"), Dim::from(3usize)]);
+    let txt_ids = b.input("txt_ids", f, &[sym("Lt"), Dim::from(3usize)]);
     let w = weight(&mut b, "proj.weight", &[64, 64]);
     let y = b.matmul(&h, &w);
     let mut temb = b.unsqueeze(&t, &[1, 2]);
@@ -58,6 +58,10 @@ fn transformer(dev: bool) -> Graph<'static> {
     let vec = b.unsqueeze(&vec, &[2]);
     let cond = b.add(&temb, &text);
     let cond = b.add(&cond, &vec);
+    // Every input is used (TensorRT drops unused inputs, and the profiles name them all).
+    let ids = b.concat(&[&img_ids, &txt_ids], 0);
+    let ids = b.reduce_mean(&ids, &[0, 1], true);
+    let cond = b.add(&cond, &ids);
     let y = b.mul(&y, &cond);
     b.output(&y, "noise_pred", f, &[sym("B"), sym("Li"), Dim::from(64usize)]);
     b.finish()
