@@ -21,3 +21,15 @@ FIXTURE_PY ?= python3
 .PHONY: fixtures
 fixtures:
 	$(FIXTURE_PY) tests/fixtures/make_fixtures.py
+
+# On a GPU build host with TensorRT (NVIDIA's TensorRT container): FLUX pipeline -> graphs ->
+# lint -> TensorRT engines -> Triton repository (gpu target), under OUT (default build/flux).
+#   make engines CHECKPOINT=/models/FLUX.1-dev [PROFILE=static-1024] [BUILDER=trtexec|native]
+# Knobs: scripts/make-engines.sh. gpu-check builds the tiny fixture's engines and compares them
+# with ONNX Runtime (needs Python tensorrt, onnxruntime, torch).
+.PHONY: engines gpu-check
+engines: system-deps
+	bash scripts/make-engines.sh
+
+gpu-check: system-deps
+	bash scripts/gpu-check.sh
