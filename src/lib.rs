@@ -5,5 +5,6 @@
 pub mod commands;
 pub mod export;
 pub mod generate;
+pub mod manifest;
 pub mod output;
 pub mod runtime;

@@ -74,7 +74,7 @@ fn tiny_pipelines_recorded_schedule() {
         let (steps, tokens) = (r.usize("num_inference_steps"), r.usize("image_seq_len"));
         let sigmas = c.sigmas(steps, tokens);
         assert_eq!(bits(&sigmas), bits(&r.f32("sigmas").1), "{variant} sigmas");
-        let (shape, recorded) = r.f32("model_timestep"); // [steps, B]
+        let (shape, recorded) = r.f32("transformer_timestep"); // [steps, B]
         let fed: Vec<f32> =
             sigmas[..steps].iter().flat_map(|&s| std::iter::repeat_n(c.model_timestep(s), shape[1])).collect();
         assert_eq!(bits(&fed), bits(&recorded), "{variant} transformer timesteps");

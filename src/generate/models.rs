@@ -1,9 +1,11 @@
 //! What `fluxbuild export` wrote, read for generation: the four graphs, the tokenizers, the
-//! scheduler config and the settings in `manifest.json` the pipeline needs. Every missing file or
-//! field is named in the error; optional ones fall back to the published FLUX.1 values and say so.
+//! scheduler config and the settings in `manifest.json` (`submodels.NAME`) the pipeline needs.
+//! Every missing file or field is named in the error; optional ones fall back to the published
+//! FLUX.1 values and say so.
 
 use super::scheduler::SchedulerConfig;
 use super::Variant;
+use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -52,34 +54,31 @@ impl ExportedModels {
             bail!("{}: missing {} (run `fluxbuild export` for all four submodels)", dir.display(), missing.join(", "));
         }
         let manifest_path = dir.join("manifest.json");
-        let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(&manifest_path).with_context(|| format!("{}: cannot read", manifest_path.display()))?,
-        )
-        .with_context(|| format!("{}: not valid JSON", manifest_path.display()))?;
-        let entry = |name: &str| model_entry(&manifest, name);
+        let manifest = Manifest::read(&manifest_path)?;
+        let entry = |name: &str| manifest.submodels.get(name);
         let manifest_name = manifest_path.display().to_string();
 
         let transformer = entry("transformer")
-            .with_context(|| format!("{manifest_name}: no entry for the transformer (models.transformer)"))?;
+            .with_context(|| format!("{manifest_name}: no entry for the transformer (submodels.transformer)"))?;
         let guidance_field = field(transformer, "guidance_embeds").and_then(Value::as_bool);
         let variant = match field(transformer, "variant").and_then(Value::as_str) {
             Some(name) => Sourced {
-                value: Variant::parse(name).with_context(|| format!("{manifest_name}: models.transformer.variant"))?,
-                source: format!("{manifest_name}: models.transformer.variant"),
+                value: Variant::parse(name).with_context(|| format!("{manifest_name}: submodels.transformer.variant"))?,
+                source: format!("{manifest_name}: submodels.transformer.variant"),
             },
             None => match guidance_field {
                 Some(g) => Sourced {
                     value: if g { Variant::Dev } else { Variant::Schnell },
-                    source: format!("{manifest_name}: models.transformer guidance_embeds"),
+                    source: format!("{manifest_name}: submodels.transformer guidance_embeds"),
                 },
-                None => bail!("{manifest_name}: models.transformer has neither `variant` nor `config.guidance_embeds`"),
+                None => bail!("{manifest_name}: submodels.transformer has neither `variant` nor `config.guidance_embeds`"),
             },
         };
         let guidance_embeds = guidance_field.unwrap_or(variant.value == Variant::Dev);
 
         let vae = entry("vae_decoder");
         let vae_value = |name: &str, default: f64| match vae.and_then(|v| field(v, name)).and_then(Value::as_f64) {
-            Some(value) => Sourced { value, source: format!("{manifest_name}: models.vae_decoder {name}") },
+            Some(value) => Sourced { value, source: format!("{manifest_name}: submodels.vae_decoder {name}") },
             None => Sourced { value: default, source: format!("FLUX.1 default (not in {manifest_name})") },
         };
         let vae_scaling_factor = vae_value("scaling_factor", FLUX_VAE_SCALING);
@@ -114,20 +113,7 @@ impl ExportedModels {
     }
 }
 
-/// A submodel's entry: `models.NAME`, or the element of a `models` list whose `name` is NAME.
-fn model_entry<'a>(manifest: &'a Value, name: &str) -> Option<&'a Value> {
-    match manifest.get("models")? {
-        Value::Object(map) => map.get(name),
-        Value::Array(list) => list.iter().find(|m| m.get("name").and_then(Value::as_str) == Some(name)),
-        _ => None,
-    }
-}
-
-/// A setting of an entry, directly on it, in its `config`, or in its `analysis` (`variant`, `config`).
+/// A setting of a submodel's entry, on it or in its derived `config`.
 fn field<'a>(entry: &'a Value, name: &str) -> Option<&'a Value> {
-    let analysis = entry.get("analysis");
-    [Some(entry), entry.get("config"), analysis, analysis.and_then(|a| a.get("config"))]
-        .into_iter()
-        .flatten()
-        .find_map(|v| v.get(name))
+    entry.get(name).or_else(|| entry.get("config").and_then(|c| c.get(name)))
 }
