@@ -1,6 +1,9 @@
 //! "fluxbuild noise v1" against the values of the Python reference (scripts/noise_reference.py,
 //! embedded here so the test needs no Python), and `--noise` file checks.
 
+// The values are printed by Python (float64 repr of float32 numbers) and kept verbatim.
+#![allow(clippy::excessive_precision)]
+
 mod common;
 
 use fluxbuild::generate::noise::{gaussian, read_noise_file, seeded_noise};

@@ -33,6 +33,10 @@ fn export(variant: &str, dir: &Path) -> PathBuf {
     models
 }
 
+fn values<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> Vec<f32> {
+    a.iter().copied().collect()
+}
+
 fn parity(variant: &str) {
     let r = Reference::load(variant);
     let dir = tempfile::tempdir().unwrap();
@@ -60,10 +64,9 @@ fn parity(variant: &str) {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&g.sigmas), bits(&r.f32("sigmas").1), "sigmas");
 
-    let flat = |a: &dyn Fn() -> Vec<f32>| a();
-    let pooled = max_abs(&flat(&|| g.pooled_embeds.iter().copied().collect()), &r.f32("pooled_prompt_embeds").1);
-    let embeds = max_abs(&flat(&|| g.prompt_embeds.iter().copied().collect()), &r.f32("prompt_embeds").1);
-    let latents = max_abs(&flat(&|| g.final_latents.iter().copied().collect()), &r.f32("final_latents").1);
+    let pooled = max_abs(&values(&g.pooled_embeds), &r.f32("pooled_prompt_embeds").1);
+    let embeds = max_abs(&values(&g.prompt_embeds), &r.f32("prompt_embeds").1);
+    let latents = max_abs(&values(&g.final_latents), &r.f32("final_latents").1);
     let (_, decoded_ref) = r.f32("decoded");
     let decoded: Vec<f32> = g.decoded.iter().map(|&x| fluxbuild::generate::image::denormalize(x)).collect();
     let decoded_err = max_abs(&decoded, &decoded_ref);

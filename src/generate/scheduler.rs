@@ -9,72 +9,65 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
-/// The settings of `scheduler/scheduler_config.json` that FluxPipeline's schedule depends on.
+/// The settings of `scheduler/scheduler_config.json` that FluxPipeline's schedule depends on;
+/// absent keys take diffusers' defaults.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(default)]
 pub struct SchedulerConfig {
-    #[serde(default = "default_train_timesteps")]
     pub num_train_timesteps: u32,
-    #[serde(default = "default_shift")]
     pub shift: f64,
-    #[serde(default)]
     pub use_dynamic_shifting: bool,
-    #[serde(default = "default_base_shift")]
     pub base_shift: f64,
-    #[serde(default = "default_max_shift")]
     pub max_shift: f64,
-    #[serde(default = "default_base_seq_len")]
     pub base_image_seq_len: u32,
-    #[serde(default = "default_max_seq_len")]
     pub max_image_seq_len: u32,
-    #[serde(default = "default_time_shift_type")]
     pub time_shift_type: String,
-    #[serde(default)]
     pub shift_terminal: Option<f64>,
     /// Settings that change the schedule in ways FluxPipeline on FLUX.1 never uses: refused, not ignored.
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     use_karras_sigmas: bool,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     use_exponential_sigmas: bool,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     use_beta_sigmas: bool,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     invert_sigmas: bool,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     stochastic_sampling: bool,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     use_flow_sigmas: bool,
 }
 
-fn default_train_timesteps() -> u32 {
-    1000
-}
-fn default_shift() -> f64 {
-    1.0
-}
-fn default_base_shift() -> f64 {
-    0.5
-}
-fn default_max_shift() -> f64 {
-    1.15
-}
-fn default_base_seq_len() -> u32 {
-    256
-}
-fn default_max_seq_len() -> u32 {
-    4096
-}
-fn default_time_shift_type() -> String {
-    "exponential".into()
+/// `FlowMatchEulerDiscreteScheduler.__init__`'s defaults.
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            num_train_timesteps: 1000,
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: 0.5,
+            max_shift: 1.15,
+            base_image_seq_len: 256,
+            max_image_seq_len: 4096,
+            time_shift_type: "exponential".into(),
+            shift_terminal: None,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            invert_sigmas: false,
+            stochastic_sampling: false,
+            use_flow_sigmas: false,
+        }
+    }
 }
 
 impl SchedulerConfig {
     /// The published FLUX.1 configs: dev shifts with the image size, schnell does not.
     pub fn for_variant(variant: Variant) -> SchedulerConfig {
-        let json = match variant {
-            Variant::Dev => r#"{"shift": 3.0, "use_dynamic_shifting": true}"#,
-            Variant::Schnell => r#"{"shift": 1.0, "use_dynamic_shifting": false}"#,
-        };
-        serde_json::from_str(json).expect("built-in scheduler config")
+        match variant {
+            Variant::Dev => SchedulerConfig { shift: 3.0, use_dynamic_shifting: true, ..Default::default() },
+            Variant::Schnell => SchedulerConfig::default(),
+        }
     }
 
     /// Reads and checks `scheduler_config.json`.
