@@ -60,7 +60,9 @@ fn png_files_round_trip_and_are_named_per_prompt() {
         output_paths(&out, 3).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["out-0.png", "out-1.png", "out-2.png"]);
     assert!(format!("{:#}", output_paths(&dir.path().join("out.jpg"), 1).unwrap_err()).contains(".png"));
-    assert!(format!("{:#}", output_paths(&dir.path().join("no/such/out.png"), 1).unwrap_err()).contains("does not exist"));
+    assert!(
+        format!("{:#}", output_paths(&dir.path().join("no/such/out.png"), 1).unwrap_err()).contains("does not exist")
+    );
 
     let pixels: Vec<u8> = (0..5 * 3 * 3).map(|i| (i * 17 % 256) as u8).collect();
     let image = RgbImage { width: 5, height: 3, pixels };

@@ -83,7 +83,9 @@ fn parity(variant: &str) {
         let d = |v: &[f32]| v[i * 3 * n..(i + 1) * 3 * n].iter().map(|&x| x as f64).collect::<Vec<_>>();
         let db = psnr(&d(&decoded), &d(&decoded_ref), 1.0);
         let differing = image.pixels.iter().zip(want).filter(|(a, b)| a != b).count();
-        report += &format!("\n  image {i}: PSNR {db:.1} dB (float), {db_u8:.1} dB (uint8), {differing} of {per_image} bytes differ");
+        report += &format!(
+            "\n  image {i}: PSNR {db:.1} dB (float), {db_u8:.1} dB (uint8), {differing} of {per_image} bytes differ"
+        );
         assert!(db >= 40.0 && db_u8 >= 40.0, "{report}");
     }
     eprintln!("{report}");
@@ -107,8 +109,22 @@ fn same_seed_same_png_bytes() {
     let models = export("schnell", dir.path());
     let run = |seed: &str, out: &Path| {
         let out = fluxbuild(&[
-            "--json", "generate", "--models", models.to_str().unwrap(), "--prompt", "a photo of a cat", "--prompt",
-            "a lighthouse at night", "--height", "32", "--width", "48", "--seed", seed, "--out", out.to_str().unwrap(),
+            "--json",
+            "generate",
+            "--models",
+            models.to_str().unwrap(),
+            "--prompt",
+            "a photo of a cat",
+            "--prompt",
+            "a lighthouse at night",
+            "--height",
+            "32",
+            "--width",
+            "48",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
@@ -119,7 +135,11 @@ fn same_seed_same_png_bytes() {
     run("8", &c);
     for i in 0..2 {
         let name = |p: &Path| p.with_file_name(format!("{}-{i}.png", p.file_stem().unwrap().to_str().unwrap()));
-        assert_eq!(std::fs::read(name(&a)).unwrap(), std::fs::read(name(&b)).unwrap(), "image {i}: same seed, same bytes");
+        assert_eq!(
+            std::fs::read(name(&a)).unwrap(),
+            std::fs::read(name(&b)).unwrap(),
+            "image {i}: same seed, same bytes"
+        );
         let (x, z) = (read_png(&name(&a)).unwrap(), read_png(&name(&c)).unwrap());
         assert_eq!((x.width, x.height), (48, 32));
         assert_ne!(x.pixels, z.pixels, "another seed gives another image");

@@ -5,7 +5,13 @@ mod common;
 use fluxbuild::generate::{InitialNoise, RequestOptions, Variant};
 
 fn options() -> RequestOptions {
-    RequestOptions { prompts: vec!["a cat".into()], height: Some(48), width: Some(80), seed: Some(1), ..Default::default() }
+    RequestOptions {
+        prompts: vec!["a cat".into()],
+        height: Some(48),
+        width: Some(80),
+        seed: Some(1),
+        ..Default::default()
+    }
 }
 
 fn refused(options: RequestOptions) -> String {
@@ -64,11 +70,15 @@ fn noise_of_the_wrong_shape_names_both_shapes() {
 
 #[test]
 fn seeds_per_prompt() {
-    let request = RequestOptions { prompts: vec!["a".into(), "b".into(), "c".into()], seed: Some(u64::MAX - 1), ..options() }
-        .resolve(Variant::Dev)
-        .unwrap();
+    let request =
+        RequestOptions { prompts: vec!["a".into(), "b".into(), "c".into()], seed: Some(u64::MAX - 1), ..options() }
+            .resolve(Variant::Dev)
+            .unwrap();
     assert_eq!(request.seeds().unwrap(), vec![u64::MAX - 1, u64::MAX, 0]);
     let noise = request.initial_noise();
     assert_eq!(noise.shape(), &[3, 16, 6, 10]);
-    assert_eq!(noise.index_axis(ndarray::Axis(0), 2).iter().copied().collect::<Vec<_>>(), fluxbuild::generate::noise::gaussian(0, 960));
+    assert_eq!(
+        noise.index_axis(ndarray::Axis(0), 2).iter().copied().collect::<Vec<_>>(),
+        fluxbuild::generate::noise::gaussian(0, 960)
+    );
 }

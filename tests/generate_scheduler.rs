@@ -25,24 +25,58 @@ const DEV: &str = r#"{"shift": 3.0, "use_dynamic_shifting": true}"#;
 #[allow(clippy::type_complexity)]
 fn diffusers_cases() -> Vec<(&'static str, usize, usize, f64, Vec<u32>)> {
     vec![
-        (DEV, 28, 4096, 1.15, vec![
-            0x3f800000, 0x3f7d0859, 0x3f79e9b7, 0x3f76a104, 0x3f732ad9, 0x3f6f8369, 0x3f6ba67a, 0x3f678f54, 0x3f6338ab,
-            0x3f5e9c87, 0x3f59b430, 0x3f547806, 0x3f4edf59, 0x3f48e03d, 0x3f426f4f, 0x3f3b7f68, 0x3f34014b, 0x3f2be327,
-            0x3f23101b, 0x3f196f71, 0x3f0ee3c3, 0x3f0349c1, 0x3eeced5c, 0x3ed06c95, 0x3eb0900a, 0x3e8cb641, 0x3e482540,
-            0x3dd677e9, 0]),
-        (DEV, 20, 1536, 0.7166666666666666, vec![
-            0x3f800000, 0x3f7995ac, 0x3f72d2c9, 0x3f6baffd, 0x3f642512, 0x3f5c28df, 0x3f53b120, 0x3f4ab248, 0x3f411f4f,
-            0x3f36e96d, 0x3f2bffd7, 0x3f204f5d, 0x3f13c1f9, 0x3f063e42, 0x3eef4d8d, 0x3ecfb25e, 0x3ead5a63, 0x3e87e66f,
-            0x3e3dca9a, 0x3dc73ce3, 0]),
+        (
+            DEV,
+            28,
+            4096,
+            1.15,
+            vec![
+                0x3f800000, 0x3f7d0859, 0x3f79e9b7, 0x3f76a104, 0x3f732ad9, 0x3f6f8369, 0x3f6ba67a, 0x3f678f54,
+                0x3f6338ab, 0x3f5e9c87, 0x3f59b430, 0x3f547806, 0x3f4edf59, 0x3f48e03d, 0x3f426f4f, 0x3f3b7f68,
+                0x3f34014b, 0x3f2be327, 0x3f23101b, 0x3f196f71, 0x3f0ee3c3, 0x3f0349c1, 0x3eeced5c, 0x3ed06c95,
+                0x3eb0900a, 0x3e8cb641, 0x3e482540, 0x3dd677e9, 0,
+            ],
+        ),
+        (
+            DEV,
+            20,
+            1536,
+            0.7166666666666666,
+            vec![
+                0x3f800000, 0x3f7995ac, 0x3f72d2c9, 0x3f6baffd, 0x3f642512, 0x3f5c28df, 0x3f53b120, 0x3f4ab248,
+                0x3f411f4f, 0x3f36e96d, 0x3f2bffd7, 0x3f204f5d, 0x3f13c1f9, 0x3f063e42, 0x3eef4d8d, 0x3ecfb25e,
+                0x3ead5a63, 0x3e87e66f, 0x3e3dca9a, 0x3dc73ce3, 0,
+            ],
+        ),
         (DEV, 1, 4096, 1.15, vec![0x3f800000, 0]),
-        (r#"{"shift": 1.0, "use_dynamic_shifting": false}"#, 4, 4096, 1.15,
-            vec![0x3f800000, 0x3f400000, 0x3f000000, 0x3e800000, 0]),
-        (r#"{"shift": 3.0, "use_dynamic_shifting": true, "time_shift_type": "linear"}"#, 6, 1024, 0.63,
-            vec![0x3f800000, 0x3f425031, 0x3f0eb9c5, 0x3ec5e3bb, 0x3e754af3, 0x3de52c1b, 0]),
-        (r#"{"shift": 3.0, "use_dynamic_shifting": true, "shift_terminal": 0.1}"#, 5, 1024, 0.63,
-            vec![0x3f800000, 0x3f58382b, 0x3f274a80, 0x3ed34c86, 0x3dccccd0, 0]),
-        (r#"{"shift": 3.0, "use_dynamic_shifting": false}"#, 5, 1024, 0.63,
-            vec![0x3f800000, 0x3f6c4ec6, 0x3f51745d, 0x3f2aaaab, 0x3edb6db8, 0]),
+        (
+            r#"{"shift": 1.0, "use_dynamic_shifting": false}"#,
+            4,
+            4096,
+            1.15,
+            vec![0x3f800000, 0x3f400000, 0x3f000000, 0x3e800000, 0],
+        ),
+        (
+            r#"{"shift": 3.0, "use_dynamic_shifting": true, "time_shift_type": "linear"}"#,
+            6,
+            1024,
+            0.63,
+            vec![0x3f800000, 0x3f425031, 0x3f0eb9c5, 0x3ec5e3bb, 0x3e754af3, 0x3de52c1b, 0],
+        ),
+        (
+            r#"{"shift": 3.0, "use_dynamic_shifting": true, "shift_terminal": 0.1}"#,
+            5,
+            1024,
+            0.63,
+            vec![0x3f800000, 0x3f58382b, 0x3f274a80, 0x3ed34c86, 0x3dccccd0, 0],
+        ),
+        (
+            r#"{"shift": 3.0, "use_dynamic_shifting": false}"#,
+            5,
+            1024,
+            0.63,
+            vec![0x3f800000, 0x3f6c4ec6, 0x3f51745d, 0x3f2aaaab, 0x3edb6db8, 0],
+        ),
     ]
 }
 

@@ -34,7 +34,11 @@ fn batch_matches_the_pipeline_with_truncation_reported() {
         assert_eq!(t5.ids, r.i64("t5_input_ids").1, "{variant} T5 ids");
         // the lighthouse prompt is 36 T5 tokens with </s>; 32 fit
         assert_eq!(t5.warnings.len(), 1, "{:?}", t5.warnings);
-        assert!(t5.warnings[0].starts_with("prompt 1:") && t5.warnings[0].contains("4 of its 36 T5 tokens"), "{}", t5.warnings[0]);
+        assert!(
+            t5.warnings[0].starts_with("prompt 1:") && t5.warnings[0].contains("4 of its 36 T5 tokens"),
+            "{}",
+            t5.warnings[0]
+        );
     }
 }
 

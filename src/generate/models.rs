@@ -63,7 +63,8 @@ impl ExportedModels {
         let guidance_field = field(transformer, "guidance_embeds").and_then(Value::as_bool);
         let variant = match field(transformer, "variant").and_then(Value::as_str) {
             Some(name) => Sourced {
-                value: Variant::parse(name).with_context(|| format!("{manifest_name}: submodels.transformer.variant"))?,
+                value: Variant::parse(name)
+                    .with_context(|| format!("{manifest_name}: submodels.transformer.variant"))?,
                 source: format!("{manifest_name}: submodels.transformer.variant"),
             },
             None => match guidance_field {
@@ -71,7 +72,9 @@ impl ExportedModels {
                     value: if g { Variant::Dev } else { Variant::Schnell },
                     source: format!("{manifest_name}: submodels.transformer guidance_embeds"),
                 },
-                None => bail!("{manifest_name}: submodels.transformer has neither `variant` nor `config.guidance_embeds`"),
+                None => {
+                    bail!("{manifest_name}: submodels.transformer has neither `variant` nor `config.guidance_embeds`")
+                }
             },
         };
         let guidance_embeds = guidance_field.unwrap_or(variant.value == Variant::Dev);

@@ -21,7 +21,10 @@ pub enum Event {
     /// A graph is being loaded / run.
     Stage(&'static str),
     /// Denoising step `done` of `total` finished.
-    Step { done: usize, total: usize },
+    Step {
+        done: usize,
+        total: usize,
+    },
 }
 
 /// Seconds spent on one graph.
@@ -156,7 +159,12 @@ fn with_graph<T>(
 }
 
 /// Takes output `name` and checks its shape (0 = any size) and that every value is finite.
-fn take(outputs: &mut BTreeMap<String, ArrayD<f32>>, model: &Model, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
+fn take(
+    outputs: &mut BTreeMap<String, ArrayD<f32>>,
+    model: &Model,
+    name: &str,
+    shape: &[usize],
+) -> Result<ArrayD<f32>> {
     let Some(array) = outputs.remove(name) else {
         let found: Vec<&String> = outputs.keys().collect();
         bail!("{}: the graph has no output `{name}` (outputs: {found:?})", model.path.display());
