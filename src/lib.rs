@@ -2,7 +2,10 @@
 //! checkpoint -> graphs (`export`) -> engines (`fluxbuild-engines`) -> repository (`package`),
 //! plus local generation (`generate`) and serving (`serve`, `client`).
 
+pub mod client;
 pub mod commands;
 pub mod export;
 pub mod output;
+pub mod package;
 pub mod runtime;
+pub mod serve;
