@@ -88,8 +88,12 @@ pub struct ServerOptions {
     pub http_port: u16,
     pub grpc_port: u16,
     pub metrics_port: u16,
-    /// `--model-control-mode=explicit --load-model=*`: models can be unloaded and loaded at run time.
+    /// `--model-control-mode=explicit`: models can be unloaded and loaded at run time.
     pub explicit_model_control: bool,
+    /// With explicit control: the models loaded at start (`*`: all).
+    pub load_models: Vec<String>,
+    /// The model whose readiness means "ready" (None: the server being live is enough).
+    pub ready_model: Option<String>,
     /// How long to wait for the server (and the `flux` model) to be ready.
     pub ready_timeout: Duration,
     /// Extra tritonserver arguments.
@@ -105,6 +109,8 @@ impl ServerOptions {
             grpc_port: free_port()?,
             metrics_port: free_port()?,
             explicit_model_control: false,
+            load_models: vec!["*".into()],
+            ready_model: Some("flux".into()),
             ready_timeout: Duration::from_secs(120),
             extra_args: vec![],
         })
@@ -153,7 +159,8 @@ impl Server {
             .arg("--exit-on-error=false")
             .arg("--strict-readiness=false");
         if options.explicit_model_control {
-            cmd.args(["--model-control-mode=explicit", "--load-model=*"]);
+            cmd.arg("--model-control-mode=explicit");
+            cmd.args(options.load_models.iter().map(|m| format!("--load-model={m}")));
         }
         cmd.args(&options.extra_args);
         let join = |extra: &[PathBuf], var: &str| {
@@ -174,7 +181,7 @@ impl Server {
             log,
             _log_dir: Some(tempfile_dir::TempDir(log_dir)),
         };
-        server.wait_ready(options.ready_timeout)?;
+        server.wait_ready(options.ready_model.as_deref(), options.ready_timeout)?;
         Ok(server)
     }
 
@@ -201,16 +208,20 @@ impl Server {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// Waits until the server is live and the orchestrator `flux` is ready (fallback networks may
-    /// have failed to load: the server still serves with them).
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    /// Waits until the server is live and `model` (the orchestrator `flux`) is ready (fallback
+    /// networks may have failed to load: the server still serves with them).
+    fn wait_ready(&mut self, model: Option<&str>, timeout: Duration) -> Result<()> {
         let client = self.client();
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
                 bail!("tritonserver exited ({status}) before it was ready; its log:\n{}", self.tail(40));
             }
-            if client.model_ready("flux").unwrap_or(false) {
+            let ready = match model {
+                Some(m) => client.model_ready(m).unwrap_or(false),
+                None => client.live().unwrap_or(false),
+            };
+            if ready {
                 return Ok(());
             }
             if start.elapsed() > timeout {

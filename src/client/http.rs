@@ -45,14 +45,41 @@ pub fn request(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| match e.kind() {
+    let raw = read_response(&mut stream).map_err(|e| match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
             anyhow::anyhow!("http://{host}:{port}{path}: no answer within {} s", timeout.as_secs())
         }
         _ => anyhow::anyhow!("http://{host}:{port}{path}: reading the answer failed: {e}"),
     })?;
     parse(&raw).with_context(|| format!("http://{host}:{port}{path}: malformed HTTP answer"))
+}
+
+/// Reads one response: up to its Content-Length, its last chunk, or the end of the connection
+/// (the server may keep the connection open after answering, `Connection: close` or not).
+fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body = &raw[end + 4..];
+            let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+            let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let complete = match length {
+                Some(n) => body.len() >= n,
+                None if chunked => body.ends_with(b"0\r\n\r\n"),
+                None => false,
+            };
+            if complete {
+                return Ok(raw);
+            }
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
 }
 
 fn parse(raw: &[u8]) -> Result<Response> {

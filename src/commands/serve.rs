@@ -37,6 +37,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         grpc_port: args.grpc_port,
         metrics_port: args.metrics_port,
         explicit_model_control: args.explicit_model_control,
+        load_models: vec!["*".into()],
+        ready_model: Some("flux".into()),
         ready_timeout: Duration::from_secs(args.timeout),
         extra_args: vec![],
     };
