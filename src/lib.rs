@@ -5,6 +5,7 @@
 pub mod client;
 pub mod commands;
 pub mod export;
+pub mod manifest;
 pub mod output;
 pub mod package;
 pub mod runtime;

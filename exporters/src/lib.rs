@@ -3,4 +3,6 @@
 pub mod checkpoint;
 pub mod models;
 pub mod onnx;
+pub mod precision;
+pub mod quantize;
 pub mod util;

@@ -4,6 +4,7 @@
 
 use super::ir::{ElemType, WeightPlan};
 use crate::checkpoint::DType;
+use crate::quantize::fp8;
 use anyhow::{bail, Result};
 use half::{bf16, f16};
 use std::borrow::Cow;
@@ -31,12 +32,22 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Cow<'a,
     if plan.transpose {
         values = transpose(&values, plan.rows(), plan.cols);
     }
+    if let Some(scale) = &plan.scale {
+        anyhow::ensure!(elem == ElemType::F8E4M3, "a quantization scale needs an FP8 initializer, not {elem:?}");
+        let cols = if plan.transpose { plan.rows() } else { plan.cols };
+        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (bytes, saturated) = fp8::encode(&values, cols, scale);
+        return Ok((Cow::Owned(bytes), ConversionStats { saturated, amax }));
+    }
     let (bytes, stats) = encode_f32(&values, elem)?;
     Ok((Cow::Owned(bytes), stats))
 }
 
 fn passthrough<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Option<&'a [u8]> {
     let [part] = plan.parts.as_slice() else { return None };
+    if plan.scale.is_some() {
+        return None;
+    }
     let same_type = matches!(
         (part.tensor.dtype(), elem),
         (DType::F32, ElemType::F32) | (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) | (DType::F8E4M3, ElemType::F8E4M3)
