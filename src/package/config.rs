@@ -310,7 +310,8 @@ mod tests {
         c.backend = Some("python".into());
         c.max_batch_size = 4;
         c.inputs.push(Tensor::new("input_ids", DataType::Int64, &[77]));
-        c.outputs.push(Tensor::new("pooled_embeddings", DataType::Fp32, &[-1]).optional());
+        c.inputs.push(Tensor::new("seed", DataType::Int64, &[1]).optional());
+        c.outputs.push(Tensor::new("pooled_embeddings", DataType::Fp32, &[-1]));
         c.dynamic_batching = Some(DynamicBatching { preferred_batch_size: vec![2, 4], max_queue_delay_microseconds: 500 });
         c.instance_groups.push(InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![0], profile: vec!["1".into()] });
         c.parameters.push(("note".into(), "say \"hi\"".into()));
@@ -320,6 +321,7 @@ mod tests {
         assert!(text.contains("preferred_batch_size: [ 2, 4 ]"), "{text}");
         assert!(text.contains("profile: [ \"1\" ]"), "{text}");
         assert!(text.contains("string_value: \"say \\\"hi\\\"\""), "{text}");
-        assert!(text.contains("optional: true"), "{text}");
+        // `optional` exists for inputs only.
+        assert_eq!(text.matches("optional: true").count(), 1, "{text}");
     }
 }
