@@ -1,5 +1,5 @@
 //! `fluxbuild generate`: a text prompt (or several, run as one batch) -> PNG images, from the graphs
-//! `fluxbuild export` wrote, on ONNX Runtime.
+//! `fluxbuild export` wrote, on ONNX Runtime; or with `--server URL`, through a Triton server.
 
 use crate::generate::image::{output_paths, write_png};
 use crate::generate::{generate, Event, ExportedModels, InitialNoise, RequestOptions};
@@ -12,8 +12,14 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder written by `fluxbuild export` (graphs, tokenizers, manifest.json).
-    #[arg(long, value_name = "DIR")]
-    pub models: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
+    pub models: Option<PathBuf>,
+    /// Generate on a Triton server's `flux` model (KServe v2 HTTP), e.g. http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: requests in flight at once (the prompts are split among them).
+    #[arg(long, default_value_t = 1, requires = "server")]
+    pub concurrency: usize,
     /// Text prompt; repeat for a batch (one image per prompt).
     #[arg(long = "prompt", value_name = "TEXT", required = true)]
     pub prompts: Vec<String>,
@@ -45,8 +51,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
+    let Some(dir) = &args.models else { return super::generate_remote::run(args, out) };
     let started = Instant::now();
-    let models = ExportedModels::open(&args.models)?;
+    let models = ExportedModels::open(dir)?;
     let variant = models.variant.value;
     let options = RequestOptions {
         prompts: args.prompts,
