@@ -6,7 +6,7 @@
 use crate::graph::{external_files, read_model};
 use crate::interface;
 use crate::key::{cache_key, FileDigest, KeyInputs};
-use crate::settings::{BuildSettings, BuilderKind};
+use crate::settings::{BuildSettings, BuilderKind, Precision};
 use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::util::{sha256_file, write_atomic};
@@ -40,6 +40,8 @@ pub struct Graph {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EngineRecord {
     pub key: String,
+    /// The arithmetic label: the graph's precision for strongly typed builds, else the build's.
+    pub precision: String,
     /// The plan, relative to the engines folder.
     pub plan: PathBuf,
     pub plan_bytes: u64,
@@ -77,7 +79,11 @@ pub fn networks(request: &BuildRequest) -> Vec<Network> {
 pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
     let wanted = networks(request);
     let path = |n: Network| request.models.join(n.name()).join("model.onnx");
-    let missing: Vec<String> = wanted.iter().filter(|n| !path(**n).is_file()).map(|n| format!("{n}/model.onnx")).collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|n| !path(**n).is_file())
+        .map(|n| format!("{n}/model.onnx"))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{}: missing {} (expected the folder `fluxbuild export` writes); build a subset with --only",
@@ -85,7 +91,10 @@ pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
             missing.join(", ")
         );
     }
-    let models: Vec<(Network, pb::ModelProto)> = wanted.iter().map(|n| Ok((*n, read_model(&path(*n))?))).collect::<Result<_>>()?;
+    let models: Vec<(Network, pb::ModelProto)> = wanted
+        .iter()
+        .map(|n| Ok((*n, read_model(&path(*n))?)))
+        .collect::<Result<_>>()?;
     let find = |net: Network| models.iter().find(|(n, _)| *n == net).map(|(_, m)| m);
     let dims = interface::model_dims(find(Network::Transformer), find(Network::VaeDecoder));
     interface::check_variant(&request.preset, &dims)?;
@@ -94,7 +103,12 @@ pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
         .map(|(network, model)| {
             let shapes = request.preset.shapes(network, &dims);
             interface::check(network, &path(network), &model, &shapes)?;
-            Ok(Graph { network, onnx: path(network), model, shapes })
+            Ok(Graph {
+                network,
+                onnx: path(network),
+                model,
+                shapes,
+            })
         })
         .collect()
 }
@@ -102,20 +116,32 @@ pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
 /// Refuses, before any work, settings this toolchain cannot build with.
 pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain) -> Result<()> {
     if let Some(cache) = &request.timing_cache {
-        let parent = cache.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = cache
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !parent.is_dir() {
-            bail!("--timing-cache {}: folder {} does not exist", cache.display(), parent.display());
+            bail!(
+                "--timing-cache {}: folder {} does not exist",
+                cache.display(),
+                parent.display()
+            );
         }
     }
     match toolchain.builder {
         BuilderKind::Trtexec => Ok(()),
         #[cfg(feature = "native-builder")]
         BuilderKind::Native => {
-            let libs = toolchain.libs.as_ref().expect("the native probe requires the libraries");
+            let libs = toolchain
+                .libs
+                .as_ref()
+                .expect("the native probe requires the libraries");
             crate::native::check(libs, &request.settings, request.timing_cache.as_deref())
         }
         #[cfg(not(feature = "native-builder"))]
-        BuilderKind::Native => bail!("this fluxbuild was built without the native builder (feature native-builder); use --builder trtexec"),
+        BuilderKind::Native => {
+            bail!("this fluxbuild was built without the native builder (feature native-builder); use --builder trtexec")
+        }
     }
 }
 
@@ -130,9 +156,16 @@ pub struct EnginePlan {
     pub reuse: Option<EngineRecord>,
     /// Bytes of the graph's weights: about the size of the plan and of host memory the build needs.
     pub weight_bytes: u64,
+    /// The graph's precision as the export manifest records it.
+    pub graph_precision: Option<String>,
 }
 
-pub fn plan(request: &BuildRequest, graphs: Vec<Graph>, toolchain: &Toolchain, previous: &BTreeMap<String, EngineRecord>) -> Result<Vec<EnginePlan>> {
+pub fn plan(
+    request: &BuildRequest,
+    graphs: Vec<Graph>,
+    toolchain: &Toolchain,
+    previous: &BTreeMap<String, EngineRecord>,
+) -> Result<Vec<EnginePlan>> {
     let export = ExportFiles::read(&request.models);
     let tensorrt = toolchain.tensorrt.to_string();
     let spinner = spinner();
@@ -156,7 +189,19 @@ pub fn plan(request: &BuildRequest, graphs: Vec<Graph>, toolchain: &Toolchain, p
                 .filter(|r| std::fs::metadata(request.out.join(&r.plan)).is_ok_and(|m| m.len() == r.plan_bytes))
                 .cloned();
             let weight_bytes = files.iter().filter(|f| f.name != "model.onnx").map(|f| f.bytes).sum();
-            Ok(EnginePlan { graph, files, hashes_from, key, plan, reuse, weight_bytes })
+            let graph_precision = export
+                .as_ref()
+                .and_then(|e| e.precision.get(graph.network.name()).cloned());
+            Ok(EnginePlan {
+                graph,
+                files,
+                hashes_from,
+                key,
+                plan,
+                reuse,
+                weight_bytes,
+                graph_precision,
+            })
         })
         .collect();
     spinner.finish_and_clear();
@@ -166,7 +211,9 @@ pub fn plan(request: &BuildRequest, graphs: Vec<Graph>, toolchain: &Toolchain, p
 /// Enough free disk in the engines folder for the plans to build (about the size of their weights).
 pub fn check_disk(request: &BuildRequest, plans: &[EnginePlan]) -> Result<()> {
     let needed: u64 = plans.iter().filter(|p| p.reuse.is_none()).map(|p| p.weight_bytes).sum();
-    let Some(free) = free_bytes(&request.out) else { return Ok(()) };
+    let Some(free) = free_bytes(&request.out) else {
+        return Ok(());
+    };
     if needed > free {
         bail!(
             "{}: the engines need about {:.1} GB (the size of their weights) but only {:.1} GB is free there",
@@ -208,12 +255,22 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
             if created {
                 let _ = std::fs::remove_dir(&folder); // only if the failed build left it empty
             }
-            return Err(e.context(format!("building the {network} engine from {}", plan.graph.onnx.display())));
+            return Err(e.context(format!(
+                "building the {network} engine from {}",
+                plan.graph.onnx.display()
+            )));
         }
     };
-    let plan_bytes = std::fs::metadata(&plan_path).with_context(|| format!("{}: missing after the build", plan_path.display()))?.len();
+    let plan_bytes = std::fs::metadata(&plan_path)
+        .with_context(|| format!("{}: missing after the build", plan_path.display()))?
+        .len();
+    let precision = match (request.settings.precision, &plan.graph_precision) {
+        (Precision::Typed, Some(graph)) => graph.clone(),
+        (p, _) => p.name().to_string(),
+    };
     Ok(EngineRecord {
         key: plan.key.clone(),
+        precision,
         plan: plan.plan.clone(),
         plan_bytes,
         plan_sha256: sha256_file(&plan_path)?,
@@ -231,12 +288,20 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
         gpu: toolchain.gpu.name.clone(),
         command_line,
         build_seconds: started.elapsed().as_secs_f64(),
-        built_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        built_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     })
 }
 
 /// Runs the chosen builder; returns trtexec's command line for trtexec builds.
-fn run_builder(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePlan, plan_path: &Path, bar: &ProgressBar) -> Result<Option<Vec<String>>> {
+fn run_builder(
+    request: &BuildRequest,
+    toolchain: &Toolchain,
+    plan: &EnginePlan,
+    plan_path: &Path,
+    bar: &ProgressBar,
+) -> Result<Option<Vec<String>>> {
     match toolchain.builder {
         BuilderKind::Trtexec => {
             let trtexec = toolchain.trtexec.as_ref().expect("the trtexec probe found it");
@@ -253,18 +318,26 @@ fn run_builder(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePlan,
             let log = plan_path.with_file_name("build.log");
             let renamed = outcome.and_then(|text| {
                 write_atomic(&log, text.as_bytes())?;
-                std::fs::rename(&tmp, plan_path).with_context(|| format!("cannot rename {} to {}", tmp.display(), plan_path.display()))
+                std::fs::rename(&tmp, plan_path)
+                    .with_context(|| format!("cannot rename {} to {}", tmp.display(), plan_path.display()))
             });
             if renamed.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
             renamed?;
-            Ok(Some(std::iter::once(trtexec.display().to_string()).chain(args).collect()))
+            Ok(Some(
+                std::iter::once(trtexec.display().to_string()).chain(args).collect(),
+            ))
         }
         #[cfg(feature = "native-builder")]
         BuilderKind::Native => {
             let libs = toolchain.libs.as_ref().expect("the native probe found the libraries");
-            let job = crate::native::NativeJob { onnx: &plan.graph.onnx, plan: plan_path, profiles: &plan.graph.shapes, settings: &request.settings };
+            let job = crate::native::NativeJob {
+                onnx: &plan.graph.onnx,
+                plan: plan_path,
+                profiles: &plan.graph.shapes,
+                settings: &request.settings,
+            };
             crate::native::build(libs, &job, bar)?;
             Ok(None)
         }
@@ -277,6 +350,8 @@ fn run_builder(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePlan,
 struct ExportFiles {
     files: BTreeMap<PathBuf, (u64, String)>,
     written: SystemTime,
+    /// Submodel -> precision label ("bf16", ...).
+    precision: BTreeMap<String, String>,
 }
 
 impl ExportFiles {
@@ -287,9 +362,26 @@ impl ExportFiles {
         let files = value["files"]
             .as_array()?
             .iter()
-            .filter_map(|f| Some((PathBuf::from(f["path"].as_str()?), (f["bytes"].as_u64()?, f["sha256"].as_str()?.to_string()))))
+            .filter_map(|f| {
+                Some((
+                    PathBuf::from(f["path"].as_str()?),
+                    (f["bytes"].as_u64()?, f["sha256"].as_str()?.to_string()),
+                ))
+            })
             .collect();
-        Some(ExportFiles { files, written })
+        let precision = value["submodels"]
+            .as_object()
+            .map(|subs| {
+                subs.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v["precision"].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ExportFiles {
+            files,
+            written,
+            precision,
+        })
     }
 
     /// The recorded digest of `rel`, if the file on disk still looks like what was recorded
@@ -301,14 +393,49 @@ impl ExportFiles {
     }
 }
 
+/// The `engines` list `fluxbuild package` reads (src/package/engines.rs): per engine its
+/// network, precision label, plan file and every profile's shapes by input name.
+pub fn package_view(records: &BTreeMap<String, EngineRecord>) -> serde_json::Value {
+    let engines: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(network, r)| {
+            let profiles: Vec<serde_json::Value> = r
+                .shapes
+                .iter()
+                .map(|p| {
+                    let inputs: serde_json::Map<String, serde_json::Value> = p
+                        .inputs
+                        .iter()
+                        .map(|i| {
+                            (
+                                i.name.clone(),
+                                serde_json::json!({ "min": i.min, "opt": i.opt, "max": i.max }),
+                            )
+                        })
+                        .collect();
+                    serde_json::json!({ "inputs": inputs })
+                })
+                .collect();
+            serde_json::json!({ "network": network, "precision": r.precision, "file": r.plan, "profiles": profiles })
+        })
+        .collect();
+    serde_json::Value::Array(engines)
+}
+
 /// sha256 of `model.onnx` (always computed: it is small) and of its external data files
 /// (taken from the export manifest when it is consistent with the files, else computed).
 fn graph_digests(graph: &Graph, export: Option<&ExportFiles>) -> Result<(Vec<FileDigest>, &'static str)> {
     let folder = graph.onnx.parent().expect("model.onnx in a folder");
     let digest = |name: &str, sha: String| -> Result<FileDigest> {
         let path = folder.join(name);
-        let bytes = std::fs::metadata(&path).with_context(|| format!("{}: cannot stat", path.display()))?.len();
-        Ok(FileDigest { name: name.to_string(), bytes, sha256: sha })
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("{}: cannot stat", path.display()))?
+            .len();
+        Ok(FileDigest {
+            name: name.to_string(),
+            bytes,
+            sha256: sha,
+        })
     };
     let model = digest("model.onnx", sha256_file(&graph.onnx)?)?;
     let rel = |name: &str| PathBuf::from(graph.network.name()).join(name);
@@ -317,11 +444,20 @@ fn graph_digests(graph: &Graph, export: Option<&ExportFiles>) -> Result<(Vec<Fil
     let mut from_manifest = trusted.is_some();
     for name in external_files(&graph.model) {
         let path = folder.join(&name);
-        if Path::new(&name).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            bail!("{}: external data location {name:?} leaves the graph's folder", graph.onnx.display());
+        if Path::new(&name)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "{}: external data location {name:?} leaves the graph's folder",
+                graph.onnx.display()
+            );
         }
         if !path.is_file() {
-            bail!("{}: external data file {name} (named in the graph) is missing", path.display());
+            bail!(
+                "{}: external data file {name} (named in the graph) is missing",
+                path.display()
+            );
         }
         let known = trusted.and_then(|e| e.digest(&rel(&name), &path)).cloned();
         from_manifest &= known.is_some();
@@ -347,7 +483,11 @@ fn free_bytes(out: &Path) -> Option<u64> {
 fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
 }
 
 fn spinner() -> ProgressBar {
@@ -362,9 +502,11 @@ fn spinner() -> ProgressBar {
 fn build_bar(network: Network) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{{spinner}} {network:>12} {{msg}} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}})"))
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {network:>12} {{msg}} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}})"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar

@@ -25,19 +25,29 @@ pub struct TensorInfo {
 
 pub fn read_model(path: &Path) -> Result<pb::ModelProto> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    pb::ModelProto::parse_from_bytes(&bytes).with_context(|| format!("{}: not an ONNX model (protobuf parse failed)", path.display()))
+    pb::ModelProto::parse_from_bytes(&bytes)
+        .with_context(|| format!("{}: not an ONNX model (protobuf parse failed)", path.display()))
 }
 
 /// Opset of the default (ai.onnx) domain.
 pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
-    model.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version)
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
 }
 
 /// Graph inputs that are real inputs (not initializers listed as inputs, as old exporters do).
 pub fn inputs(model: &pb::ModelProto) -> Vec<TensorInfo> {
     let graph = model.graph.get_or_default();
     let inits: BTreeSet<&str> = graph.initializer.iter().map(|i| i.name.as_str()).collect();
-    graph.input.iter().filter(|v| !inits.contains(v.name.as_str())).map(tensor_info).collect()
+    graph
+        .input
+        .iter()
+        .filter(|v| !inits.contains(v.name.as_str()))
+        .map(tensor_info)
+        .collect()
 }
 
 pub fn outputs(model: &pb::ModelProto) -> Vec<TensorInfo> {
@@ -61,7 +71,11 @@ pub fn tensor_info(v: &pb::ValueInfoProto) -> TensorInfo {
         }
         _ => (0, vec![]),
     };
-    TensorInfo { name: v.name.clone(), elem, dims }
+    TensorInfo {
+        name: v.name.clone(),
+        elem,
+        dims,
+    }
 }
 
 /// External data files the initializers point to (relative to the model's folder), sorted.
@@ -71,7 +85,12 @@ pub fn external_files(model: &pb::ModelProto) -> BTreeSet<String> {
         .get_or_default()
         .initializer
         .iter()
-        .flat_map(|t| t.external_data.iter().filter(|e| e.key == "location").map(|e| e.value.clone()))
+        .flat_map(|t| {
+            t.external_data
+                .iter()
+                .filter(|e| e.key == "location")
+                .map(|e| e.value.clone())
+        })
         .collect()
 }
 

@@ -32,8 +32,14 @@ pub fn model_dims(transformer: Option<&pb::ModelProto>, vae: Option<&pb::ModelPr
 /// The preset's variant must match the transformer graph (dev has `guidance`).
 pub fn check_variant(preset: &Preset, dims: &ModelDims) -> Result<()> {
     match (preset.variant, dims.guidance) {
-        (Variant::Dev, Some(false)) => bail!("profile preset {:?} targets FLUX.1-dev, but the transformer graph has no `guidance` input (schnell)", preset.name),
-        (Variant::Schnell, Some(true)) => bail!("profile preset {:?} targets FLUX.1-schnell, but the transformer graph has a `guidance` input (dev)", preset.name),
+        (Variant::Dev, Some(false)) => bail!(
+            "profile preset {:?} targets FLUX.1-dev, but the transformer graph has no `guidance` input (schnell)",
+            preset.name
+        ),
+        (Variant::Schnell, Some(true)) => bail!(
+            "profile preset {:?} targets FLUX.1-schnell, but the transformer graph has a `guidance` input (dev)",
+            preset.name
+        ),
         _ => Ok(()),
     }
 }
@@ -42,21 +48,40 @@ pub fn check_variant(preset: &Preset, dims: &ModelDims) -> Result<()> {
 /// fixed dimensions equal what every profile asks for.
 pub fn check(network: Network, path: &Path, model: &pb::ModelProto, profiles: &[ProfileShapes]) -> Result<()> {
     let inputs = graph::inputs(model);
-    let Some(first) = profiles.first() else { bail!("{network}: the preset has no optimization profile") };
-    let expected: Vec<String> = first.inputs.iter().map(|i| format!("{} (rank {})", i.name, i.min.len())).collect();
+    let Some(first) = profiles.first() else {
+        bail!("{network}: the preset has no optimization profile")
+    };
+    let expected: Vec<String> = first
+        .inputs
+        .iter()
+        .map(|i| format!("{} (rank {})", i.name, i.min.len()))
+        .collect();
     let at = path.display();
     for input in &inputs {
         if !first.inputs.iter().any(|s| s.name == input.name) {
-            bail!("{at}: input `{}` is not in the {network} interface [{}]", input.name, expected.join(", "));
+            bail!(
+                "{at}: input `{}` is not in the {network} interface [{}]",
+                input.name,
+                expected.join(", ")
+            );
         }
     }
     for (p, profile) in profiles.iter().enumerate() {
         for shape in &profile.inputs {
             let Some(input) = inputs.iter().find(|i| i.name == shape.name) else {
-                bail!("{at}: has no input `{}` (the {network} interface is [{}])", shape.name, expected.join(", "));
+                bail!(
+                    "{at}: has no input `{}` (the {network} interface is [{}])",
+                    shape.name,
+                    expected.join(", ")
+                );
             };
             if input.dims.len() != shape.min.len() {
-                bail!("{at}: input `{}` has rank {}, the {network} interface says {}", shape.name, input.dims.len(), shape.min.len());
+                bail!(
+                    "{at}: input `{}` has rank {}, the {network} interface says {}",
+                    shape.name,
+                    input.dims.len(),
+                    shape.min.len()
+                );
             }
             for (axis, dim) in input.dims.iter().enumerate() {
                 let Dim::Fixed(n) = dim else { continue };

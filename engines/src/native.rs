@@ -57,24 +57,41 @@ pub struct NativeJob<'a> {
 
 /// Parses the ONNX graph (external data beside it), builds, and writes the plan atomically.
 pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Result<()> {
-    trtx::dynamically_load_tensorrt(Some(&libs.nvinfer)).map_err(|e| anyhow!("loading {}: {e}", libs.nvinfer.display()))?;
-    trtx::dynamically_load_tensorrt_onnxparser(Some(&libs.onnxparser)).map_err(|e| anyhow!("loading {}: {e}", libs.onnxparser.display()))?;
-    let log = TensorRtLog { errors: Arc::default(), bar: bar.clone() };
+    trtx::dynamically_load_tensorrt(Some(&libs.nvinfer))
+        .map_err(|e| anyhow!("loading {}: {e}", libs.nvinfer.display()))?;
+    trtx::dynamically_load_tensorrt_onnxparser(Some(&libs.onnxparser))
+        .map_err(|e| anyhow!("loading {}: {e}", libs.onnxparser.display()))?;
+    let log = TensorRtLog {
+        errors: Arc::default(),
+        bar: bar.clone(),
+    };
     let errors = log.errors.clone();
     let with_log = move |what: &str, e: trtx::Error| {
         let logged = errors.lock().expect("log lock").join("\n");
-        anyhow!("{what}: {e}{}{logged}", if logged.is_empty() { "" } else { "\nTensorRT said:\n" })
+        anyhow!(
+            "{what}: {e}{}{logged}",
+            if logged.is_empty() { "" } else { "\nTensorRT said:\n" }
+        )
     };
     let logger = Logger::new(log).map_err(|e| anyhow!("TensorRT logger: {e}"))?;
     let mut builder = Builder::new(&logger).map_err(|e| with_log("creating the TensorRT builder", e))?;
     // No creation flags: TensorRT 11 networks are strongly typed by definition.
-    let network = builder.create_network(0).map_err(|e| with_log("creating the network", e))?;
+    let network = builder
+        .create_network(0)
+        .map_err(|e| with_log("creating the network", e))?;
     let mut parser = OnnxParser::new(network, &logger).map_err(|e| with_log("creating the ONNX parser", e))?;
     bar.set_message("parsing ONNX");
-    let onnx = job.onnx.to_str().ok_or_else(|| anyhow!("{}: path is not UTF-8", job.onnx.display()))?;
-    parser.parse_from_file(onnx, Severity::Warning as i32).map_err(|e| with_log(&format!("parsing {onnx}"), e))?;
+    let onnx = job
+        .onnx
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: path is not UTF-8", job.onnx.display()))?;
+    parser
+        .parse_from_file(onnx, Severity::Warning as i32)
+        .map_err(|e| with_log(&format!("parsing {onnx}"), e))?;
 
-    let mut config = builder.create_config().map_err(|e| with_log("creating the builder config", e))?;
+    let mut config = builder
+        .create_config()
+        .map_err(|e| with_log("creating the builder config", e))?;
     if let Some(bytes) = job.settings.workspace_bytes {
         config.set_memory_pool_limit(MemoryPoolType::kWORKSPACE, bytes as usize);
     }
@@ -86,23 +103,39 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     }
     let mut profiles = Vec::new();
     for (index, shapes) in job.profiles.iter().enumerate() {
-        let mut profile = builder.creata_optimization_profile().map_err(|e| with_log("creating an optimization profile", e))?;
+        let mut profile = builder
+            .creata_optimization_profile()
+            .map_err(|e| with_log("creating an optimization profile", e))?;
         for input in &shapes.inputs {
-            for (selector, dims) in [(OptProfileSelector::kMIN, &input.min), (OptProfileSelector::kOPT, &input.opt), (OptProfileSelector::kMAX, &input.max)] {
+            for (selector, dims) in [
+                (OptProfileSelector::kMIN, &input.min),
+                (OptProfileSelector::kOPT, &input.opt),
+                (OptProfileSelector::kMAX, &input.max),
+            ] {
                 profile
                     .set_dimensions(&input.name, selector, &Dims64::from_slice(dims))
                     .map_err(|e| with_log(&format!("profile {index}: {} {selector:?} {dims:?}", input.name), e))?;
             }
         }
-        config.add_optimization_profile(&mut profile).map_err(|e| with_log(&format!("adding profile {index}"), e))?;
+        config
+            .add_optimization_profile(&mut profile)
+            .map_err(|e| with_log(&format!("adding profile {index}"), e))?;
         profiles.push(profile);
     }
-    config.set_progress_monitor(Box::new(Monitor { bar: bar.clone(), phases: Mutex::default() })).map_err(|e| with_log("progress monitor", e))?;
+    config
+        .set_progress_monitor(Box::new(Monitor {
+            bar: bar.clone(),
+            phases: Mutex::default(),
+        }))
+        .map_err(|e| with_log("progress monitor", e))?;
 
     bar.set_message("building");
-    let plan = builder.build_serialized_network(parser.network_mut(), &mut config).map_err(|e| with_log("building the engine", e))?;
+    let plan = builder
+        .build_serialized_network(parser.network_mut(), &mut config)
+        .map_err(|e| with_log("building the engine", e))?;
     let mut file = AtomicFile::create(job.plan)?;
-    file.write_all(plan.as_ref()).with_context(|| format!("{}: write failed", job.plan.display()))?;
+    file.write_all(plan.as_ref())
+        .with_context(|| format!("{}: write failed", job.plan.display()))?;
     file.commit()?;
     drop(profiles);
     Ok(())
@@ -117,7 +150,9 @@ struct TensorRtLog {
 impl LogHandler for TensorRtLog {
     fn log(&self, severity: Severity, message: &str) {
         match severity {
-            Severity::InternalError | Severity::Error => self.errors.lock().expect("log lock").push(message.to_string()),
+            Severity::InternalError | Severity::Error => {
+                self.errors.lock().expect("log lock").push(message.to_string())
+            }
             Severity::Warning => self.bar.suspend(|| eprintln!("TensorRT warning: {message}")),
             Severity::Info | Severity::Verbose => {}
         }
@@ -138,7 +173,8 @@ impl MonitorProgress for Monitor {
             self.bar.set_length(num_steps.max(1) as u64);
             self.bar.set_position(0);
         }
-        self.bar.set_message(phases.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(" > "));
+        self.bar
+            .set_message(phases.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(" > "));
     }
 
     fn step_complete(&self, phase_name: &str, step: i32) -> ControlFlow<()> {

@@ -62,7 +62,12 @@ pub struct BuildSettings {
 }
 
 impl BuildSettings {
-    pub fn new(builder: BuilderKind, precision: Precision, workspace_gib: Option<f64>, optimization_level: Option<u8>) -> Result<BuildSettings> {
+    pub fn new(
+        builder: BuilderKind,
+        precision: Precision,
+        workspace_gib: Option<f64>,
+        optimization_level: Option<u8>,
+    ) -> Result<BuildSettings> {
         let workspace_bytes = match workspace_gib {
             None => None,
             Some(g) if g.is_finite() && g > 0.0 => Some((g * (1u64 << 30) as f64).round() as u64),
@@ -71,17 +76,28 @@ impl BuildSettings {
         if let Some(level) = optimization_level.filter(|l| *l > 5) {
             bail!("--builder-optimization-level {level}: TensorRT accepts 0 (fastest build) to 5 (most tactics); default 3");
         }
-        Ok(BuildSettings { builder, precision, workspace_bytes, optimization_level })
+        Ok(BuildSettings {
+            builder,
+            precision,
+            workspace_bytes,
+            optimization_level,
+        })
     }
 }
 
 impl std::str::FromStr for Precision {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Precision> {
-        [Precision::Typed, Precision::Fp32, Precision::Fp16, Precision::Bf16, Precision::Fp8]
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| anyhow::anyhow!("unknown precision {s:?} (typed, fp32, fp16, bf16, fp8)"))
+        [
+            Precision::Typed,
+            Precision::Fp32,
+            Precision::Fp16,
+            Precision::Bf16,
+            Precision::Fp8,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| anyhow::anyhow!("unknown precision {s:?} (typed, fp32, fp16, bf16, fp8)"))
     }
 }
 

@@ -17,7 +17,11 @@ pub struct Version {
 impl Version {
     /// From TensorRT's integer encoding: major*10000 + minor*100 + patch (NV_TENSORRT_VERSION).
     pub fn from_int(v: u32) -> Version {
-        Version { major: v / 10000, minor: (v / 100) % 100, patch: v % 100 }
+        Version {
+            major: v / 10000,
+            minor: (v / 100) % 100,
+            patch: v % 100,
+        }
     }
 }
 
@@ -64,7 +68,9 @@ bin/trtexec on PATH).";
 /// Probes everything `builder` needs; one error lists every missing piece.
 pub fn probe(builder: BuilderKind) -> Result<Toolchain> {
     let mut missing = Vec::new();
-    let libs = find_tensorrt_libs().map_err(|e| missing.push(format!("TensorRT: {e}"))).ok();
+    let libs = find_tensorrt_libs()
+        .map_err(|e| missing.push(format!("TensorRT: {e}")))
+        .ok();
     let trtexec = match builder {
         BuilderKind::Trtexec => find_trtexec().map_err(|e| missing.push(format!("trtexec: {e}"))).ok(),
         BuilderKind::Native => None,
@@ -80,7 +86,13 @@ pub fn probe(builder: BuilderKind) -> Result<Toolchain> {
         missing.retain(|m| !m.starts_with("TensorRT:") || tensorrt.is_none());
     }
     match (missing.is_empty(), tensorrt, gpu) {
-        (true, Some(tensorrt), Some(gpu)) => Ok(Toolchain { builder, tensorrt, libs, trtexec, gpu }),
+        (true, Some(tensorrt), Some(gpu)) => Ok(Toolchain {
+            builder,
+            tensorrt,
+            libs,
+            trtexec,
+            gpu,
+        }),
         _ => {
             if missing.is_empty() {
                 missing.push("TensorRT: cannot tell the version of trtexec (no `[TensorRT vNNNNNN]` in `trtexec --help`) nor find libnvinfer".into());
@@ -102,7 +114,15 @@ pub fn library_dirs() -> Vec<PathBuf> {
             dirs.extend(std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()));
         }
     }
-    for d in ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/tensorrt/lib", "/opt/tensorrt/lib", "/usr/local/lib", "/usr/lib64", "/usr/lib"] {
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/local/tensorrt/lib",
+        "/opt/tensorrt/lib",
+        "/usr/local/lib",
+        "/usr/lib64",
+        "/usr/lib",
+    ] {
         dirs.push(PathBuf::from(d));
     }
     dirs
@@ -117,8 +137,16 @@ pub fn find_versioned(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
         let mut best: Option<(Vec<u32>, PathBuf)> = None;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(version) = name.strip_prefix(&prefix) else { continue };
-            let Ok(parts) = version.split('.').map(|p| p.parse::<u32>()).collect::<Result<Vec<u32>, _>>() else { continue };
+            let Some(version) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Ok(parts) = version
+                .split('.')
+                .map(|p| p.parse::<u32>())
+                .collect::<Result<Vec<u32>, _>>()
+            else {
+                continue;
+            };
             if best.as_ref().is_none_or(|(b, _)| (parts.len(), &parts) > (b.len(), b)) {
                 best = Some((parts, entry.path()));
             }
@@ -131,12 +159,24 @@ pub fn find_versioned(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
 }
 
 fn describe_dirs(dirs: &[PathBuf]) -> String {
-    let set = |v: &str| if std::env::var_os(v).is_some() { "" } else { " (not set)" };
+    let set = |v: &str| {
+        if std::env::var_os(v).is_some() {
+            ""
+        } else {
+            " (not set)"
+        }
+    };
     format!(
         "TENSORRT_LIB_DIR{}, LD_LIBRARY_PATH{}, {}",
         set("TENSORRT_LIB_DIR"),
         set("LD_LIBRARY_PATH"),
-        dirs.iter().rev().take(7).rev().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        dirs.iter()
+            .rev()
+            .take(7)
+            .rev()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -146,15 +186,32 @@ pub fn find_tensorrt_libs() -> Result<TensorRtLibs> {
         bail!("no libnvinfer.so.* in {}", describe_dirs(&dirs));
     };
     let version = Version::from_int(library_int(&nvinfer, b"getInferLibVersion")?);
-    let parser_dirs: Vec<PathBuf> = nvinfer.parent().map(Path::to_path_buf).into_iter().chain(dirs.iter().cloned()).collect();
+    let parser_dirs: Vec<PathBuf> = nvinfer
+        .parent()
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(dirs.iter().cloned())
+        .collect();
     let Some(onnxparser) = find_versioned(&parser_dirs, "libnvonnxparser.so") else {
-        bail!("found {} (TensorRT {version}) but no libnvonnxparser.so.* next to it or in {}", nvinfer.display(), describe_dirs(&dirs));
+        bail!(
+            "found {} (TensorRT {version}) but no libnvonnxparser.so.* next to it or in {}",
+            nvinfer.display(),
+            describe_dirs(&dirs)
+        );
     };
     let parser_version = Version::from_int(library_int(&onnxparser, b"getNvOnnxParserVersion")?);
     if parser_version.major != version.major {
-        bail!("{} is TensorRT {version} but {} is {parser_version}", nvinfer.display(), onnxparser.display());
+        bail!(
+            "{} is TensorRT {version} but {} is {parser_version}",
+            nvinfer.display(),
+            onnxparser.display()
+        );
     }
-    Ok(TensorRtLibs { nvinfer, onnxparser, version })
+    Ok(TensorRtLibs {
+        nvinfer,
+        onnxparser,
+        version,
+    })
 }
 
 /// Calls an `int f(void)` exported by a shared library (TensorRT's version getters).
@@ -162,15 +219,19 @@ fn library_int(path: &Path, symbol: &[u8]) -> Result<u32> {
     // SAFETY: loading TensorRT runs its initializers, which have no preconditions; the symbol
     // is `int32_t f() noexcept` in NvInferRuntimeBase.h / NvOnnxParser.h.
     unsafe {
-        let lib = libloading::Library::new(path).map_err(|e| anyhow::anyhow!("{}: cannot be loaded ({e})", path.display()))?;
-        let f: libloading::Symbol<unsafe extern "C" fn() -> c_int> =
-            lib.get(symbol).map_err(|e| anyhow::anyhow!("{}: no {} ({e})", path.display(), String::from_utf8_lossy(symbol)))?;
+        let lib = libloading::Library::new(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot be loaded ({e})", path.display()))?;
+        let f: libloading::Symbol<unsafe extern "C" fn() -> c_int> = lib
+            .get(symbol)
+            .map_err(|e| anyhow::anyhow!("{}: no {} ({e})", path.display(), String::from_utf8_lossy(symbol)))?;
         Ok(f() as u32)
     }
 }
 
 pub fn find_trtexec() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(lib) = std::env::var_os("TENSORRT_LIB_DIR") {
         dirs.extend(std::env::split_paths(&lib).map(|l| l.join("../bin")));
     }
@@ -199,18 +260,27 @@ pub fn probe_gpu() -> Result<Gpu> {
     type Status = c_int;
     // SAFETY: the CUDA driver API's documented C signatures; out-pointers are valid locals.
     unsafe {
-        let lib = libloading::Library::new("libcuda.so.1")
-            .map_err(|e| anyhow::anyhow!("cannot load the NVIDIA driver library libcuda.so.1 ({e}): no NVIDIA driver on this machine"))?;
+        let lib = libloading::Library::new("libcuda.so.1").map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load the NVIDIA driver library libcuda.so.1 ({e}): no NVIDIA driver on this machine"
+            )
+        })?;
         let sym = |name: &[u8]| -> Result<*const ()> {
-            let s: libloading::Symbol<*const ()> = lib.get(name).map_err(|e| anyhow::anyhow!("libcuda.so.1 has no {} ({e})", String::from_utf8_lossy(name)))?;
+            let s: libloading::Symbol<*const ()> = lib
+                .get(name)
+                .map_err(|e| anyhow::anyhow!("libcuda.so.1 has no {} ({e})", String::from_utf8_lossy(name)))?;
             Ok(*s)
         };
         let cu_init: unsafe extern "C" fn(u32) -> Status = std::mem::transmute(sym(b"cuInit")?);
         let device_get: unsafe extern "C" fn(*mut c_int, c_int) -> Status = std::mem::transmute(sym(b"cuDeviceGet")?);
-        let attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> Status = std::mem::transmute(sym(b"cuDeviceGetAttribute")?);
-        let get_name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> Status = std::mem::transmute(sym(b"cuDeviceGetName")?);
-        let total_mem: unsafe extern "C" fn(*mut usize, c_int) -> Status = std::mem::transmute(sym(b"cuDeviceTotalMem_v2")?);
-        let driver_version: unsafe extern "C" fn(*mut c_int) -> Status = std::mem::transmute(sym(b"cuDriverGetVersion")?);
+        let attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> Status =
+            std::mem::transmute(sym(b"cuDeviceGetAttribute")?);
+        let get_name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> Status =
+            std::mem::transmute(sym(b"cuDeviceGetName")?);
+        let total_mem: unsafe extern "C" fn(*mut usize, c_int) -> Status =
+            std::mem::transmute(sym(b"cuDeviceTotalMem_v2")?);
+        let driver_version: unsafe extern "C" fn(*mut c_int) -> Status =
+            std::mem::transmute(sym(b"cuDriverGetVersion")?);
         let check = |status: Status, what: &str| -> Result<()> {
             match status {
                 0 => Ok(()),
@@ -226,7 +296,10 @@ pub fn probe_gpu() -> Result<Gpu> {
         check(attribute(&mut major, 75, device), "cuDeviceGetAttribute")?;
         check(attribute(&mut minor, 76, device), "cuDeviceGetAttribute")?;
         let mut name = [0 as c_char; 256];
-        check(get_name(name.as_mut_ptr(), name.len() as c_int, device), "cuDeviceGetName")?;
+        check(
+            get_name(name.as_mut_ptr(), name.len() as c_int, device),
+            "cuDeviceGetName",
+        )?;
         let mut memory = 0usize;
         check(total_mem(&mut memory, device), "cuDeviceTotalMem")?;
         let mut driver = 0;

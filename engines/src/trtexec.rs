@@ -20,11 +20,19 @@ pub struct TrtexecJob<'a> {
 
 /// The arguments after `trtexec`, in a stable order.
 pub fn command_line(job: &TrtexecJob<'_>) -> Vec<String> {
-    let mut args = vec![format!("--onnx={}", job.onnx.display()), format!("--saveEngine={}", job.engine.display())];
+    let mut args = vec![
+        format!("--onnx={}", job.onnx.display()),
+        format!("--saveEngine={}", job.engine.display()),
+    ];
     // One --minShapes/--optShapes/--maxShapes triple per optimization profile, in order.
     for profile in job.profiles {
         let spec = |corner: fn(&fluxbuild_profiles::InputShape) -> &Vec<i64>| {
-            profile.inputs.iter().map(|i| i.spec(corner(i))).collect::<Vec<_>>().join(",")
+            profile
+                .inputs
+                .iter()
+                .map(|i| i.spec(corner(i)))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         args.push(format!("--minShapes={}", spec(|i| &i.min)));
         args.push(format!("--optShapes={}", spec(|i| &i.opt)));
@@ -65,9 +73,13 @@ pub fn run(trtexec: &Path, args: &[String], spinner: &ProgressBar) -> Result<Str
         .spawn()
         .with_context(|| format!("cannot start {}", trtexec.display()))?;
     let stderr = child.stderr.take().expect("piped");
-    let err_thread = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let err_thread =
+        std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
     let mut log = String::new();
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
         spinner.set_message(last_words(&line));
         log.push_str(&line);
         log.push('\n');
@@ -78,7 +90,14 @@ pub fn run(trtexec: &Path, args: &[String], spinner: &ProgressBar) -> Result<Str
     }
     let status = child.wait().context("waiting for trtexec")?;
     if !status.success() {
-        let tail: Vec<&str> = log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         bail!("trtexec failed ({status}); last lines:\n{}", tail.join("\n"));
     }
     Ok(log)
@@ -86,8 +105,19 @@ pub fn run(trtexec: &Path, args: &[String], spinner: &ProgressBar) -> Result<Str
 
 fn last_words(line: &str) -> String {
     let line = line.trim();
-    let cut: String = line.chars().rev().take(70).collect::<Vec<_>>().into_iter().rev().collect();
-    if cut.len() < line.len() { format!("…{cut}") } else { cut }
+    let cut: String = line
+        .chars()
+        .rev()
+        .take(70)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if cut.len() < line.len() {
+        format!("…{cut}")
+    } else {
+        cut
+    }
 }
 
 /// The engine's temporary name while trtexec writes it.

@@ -28,13 +28,23 @@ impl Case {
     }
 }
 
+type Change = Box<dyn Fn(&mut Case)>;
+
 fn base() -> Case {
     let preset = Preset::load("static-1024").unwrap();
     Case {
         network: Network::Transformer,
         graph: vec![
-            FileDigest { name: "model.onnx".into(), bytes: 1000, sha256: "a".repeat(64) },
-            FileDigest { name: "model.onnx.data".into(), bytes: 23_802_816_640, sha256: "b".repeat(64) },
+            FileDigest {
+                name: "model.onnx".into(),
+                bytes: 1000,
+                sha256: "a".repeat(64),
+            },
+            FileDigest {
+                name: "model.onnx.data".into(),
+                bytes: 23_802_816_640,
+                sha256: "b".repeat(64),
+            },
         ],
         settings: BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, Some(8.0), Some(3)).unwrap(),
         profiles: preset.shapes(Network::Transformer, &ModelDims::FLUX),
@@ -53,7 +63,7 @@ fn same_inputs_give_the_same_key() {
 
 #[test]
 fn every_input_changes_the_key() {
-    let changes: Vec<(&str, Box<dyn Fn(&mut Case)>)> = vec![
+    let changes: Vec<(&str, Change)> = vec![
         ("network", Box::new(|c| c.network = Network::T5)),
         ("graph sha256", Box::new(|c| c.graph[0].sha256 = "c".repeat(64))),
         ("weights sha256", Box::new(|c| c.graph[1].sha256 = "d".repeat(64))),
@@ -62,12 +72,18 @@ fn every_input_changes_the_key() {
         ("builder", Box::new(|c| c.settings.builder = BuilderKind::Native)),
         ("workspace", Box::new(|c| c.settings.workspace_bytes = Some(1 << 30))),
         ("no workspace limit", Box::new(|c| c.settings.workspace_bytes = None)),
-        ("optimization level", Box::new(|c| c.settings.optimization_level = Some(5))),
+        (
+            "optimization level",
+            Box::new(|c| c.settings.optimization_level = Some(5)),
+        ),
         ("max batch", Box::new(|c| c.profiles[0].inputs[0].max[0] = 8)),
         ("opt text length", Box::new(|c| c.profiles[0].inputs[1].opt[1] = 256)),
         ("min image tokens", Box::new(|c| c.profiles[0].inputs[0].min[1] = 1024)),
         ("second profile", Box::new(|c| c.profiles.push(c.profiles[0].clone()))),
-        ("guidance input", Box::new(|c| c.profiles[0].inputs.retain(|i| i.name != "guidance"))),
+        (
+            "guidance input",
+            Box::new(|c| c.profiles[0].inputs.retain(|i| i.name != "guidance")),
+        ),
         ("TensorRT patch version", Box::new(|c| c.tensorrt = "10.13.1".into())),
         ("TensorRT major version", Box::new(|c| c.tensorrt = "11.4.0".into())),
         ("GPU compute capability", Box::new(|c| c.cc = "8.9".into())),
@@ -89,7 +105,11 @@ fn a_different_preset_with_the_same_shapes_keeps_the_key() {
     // The key depends on the shapes given to TensorRT, not on the preset's name.
     let mut c = base();
     let renamed = Preset::parse(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/presets/static-1024.toml")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../profiles/presets/static-1024.toml"
+        ))
+        .unwrap(),
         "my-static",
         "copy.toml",
     )

@@ -29,11 +29,20 @@ fn toolchain(tensorrt: Version, cc: &str) -> Toolchain {
         tensorrt,
         libs: None,
         trtexec: Some("/usr/src/tensorrt/bin/trtexec".into()),
-        gpu: Gpu { name: "NVIDIA H200".into(), compute_capability: cc.into(), memory_bytes: 141 << 30, cuda_version: "12.8".into() },
+        gpu: Gpu {
+            name: "NVIDIA H200".into(),
+            compute_capability: cc.into(),
+            memory_bytes: 141 << 30,
+            cuda_version: "12.8".into(),
+        },
     }
 }
 
-const TRT: Version = Version { major: 10, minor: 13, patch: 0 };
+const TRT: Version = Version {
+    major: 10,
+    minor: 13,
+    patch: 0,
+};
 
 fn err<T>(r: anyhow::Result<T>) -> String {
     format!("{:#}", r.err().expect("should fail"))
@@ -49,7 +58,13 @@ fn graphs_are_read_and_sized_from_the_transformer() {
     let enc = t.iter().find(|i| i.name == "encoder_hidden_states").unwrap();
     assert_eq!(enc.max, vec![2, 64, support::JOINT as i64]);
     assert!(t.iter().any(|i| i.name == "guidance" && !i.dev_only));
-    let only = build::read_graphs(&request(dir.path(), &dir.path().join("e"), "tiny-check", &[Network::Clip])).unwrap();
+    let only = build::read_graphs(&request(
+        dir.path(),
+        &dir.path().join("e"),
+        "tiny-check",
+        &[Network::Clip],
+    ))
+    .unwrap();
     assert_eq!(only.len(), 1);
 }
 
@@ -61,10 +76,16 @@ fn mismatched_graphs_are_refused_before_any_work() {
     let out = models.join("engines");
     // A schnell transformer (no guidance) under a dev preset, and the reverse.
     let dev_preset = models.join("dev.toml");
-    std::fs::write(&dev_preset, "description = \"d\"\nvariant = \"dev\"\n[[profile]]\nbatch = 1\nheight = 64\nwidth = 64\ntext_len = 32\n").unwrap();
+    std::fs::write(
+        &dev_preset,
+        "description = \"d\"\nvariant = \"dev\"\n[[profile]]\nbatch = 1\nheight = 64\nwidth = 64\ntext_len = 32\n",
+    )
+    .unwrap();
     let mut r = request(models, &out, "tiny-check", &[]);
     r.preset = Preset::from_file(&dev_preset).unwrap();
-    assert!(err(build::read_graphs(&r)).contains("targets FLUX.1-dev, but the transformer graph has no `guidance` input"));
+    assert!(
+        err(build::read_graphs(&r)).contains("targets FLUX.1-dev, but the transformer graph has no `guidance` input")
+    );
     support::write_models(models, true);
     let e = err(build::read_graphs(&request(models, &out, "schnell-fast", &[])));
     assert!(e.contains("targets FLUX.1-schnell"), "{e}");
@@ -81,7 +102,10 @@ fn mismatched_graphs_are_refused_before_any_work() {
     g.inputs[0].name = "tokens".into();
     write_model(&g, &models.join("t5"), &mut |_, _| {}).unwrap();
     let e = err(build::read_graphs(&request(models, &out, "tiny-check", &[Network::T5])));
-    assert!(e.contains("input `tokens` is not in the t5 interface [input_ids (rank 2)]"), "{e}");
+    assert!(
+        e.contains("input `tokens` is not in the t5 interface [input_ids (rank 2)]"),
+        "{e}"
+    );
 
     std::fs::remove_file(models.join("clip/model.onnx")).unwrap();
     let e = err(build::read_graphs(&request(models, &out, "tiny-check", &[])));
@@ -95,6 +119,7 @@ fn record_for(plan: &build::EnginePlan, out: &Path, plan_bytes: u64) -> EngineRe
     std::fs::write(&path, vec![7u8; plan_bytes as usize]).unwrap();
     EngineRecord {
         key: plan.key.clone(),
+        precision: "fp32".into(),
         plan: plan.plan.clone(),
         plan_bytes,
         plan_sha256: sha256_file(&path).unwrap(),
@@ -122,19 +147,31 @@ fn plans_are_reused_only_when_the_key_and_the_plan_file_match() {
     let (models, out) = (dir.path().join("m"), dir.path().join("e"));
     support::write_models(&models, true);
     let r = request(&models, &out, "tiny-check", &[]);
-    let plan = |previous: &BTreeMap<String, EngineRecord>| build::plan(&r, build::read_graphs(&r).unwrap(), &toolchain(TRT, "9.0"), previous).unwrap();
+    let plan = |previous: &BTreeMap<String, EngineRecord>| {
+        build::plan(&r, build::read_graphs(&r).unwrap(), &toolchain(TRT, "9.0"), previous).unwrap()
+    };
     let mut previous = BTreeMap::new();
     let first = plan(&previous);
     assert!(first.iter().all(|p| p.reuse.is_none()));
     let keys: Vec<&str> = first.iter().map(|p| p.key.as_str()).collect();
-    assert_eq!(keys.iter().collect::<std::collections::BTreeSet<_>>().len(), 4, "one key per network");
+    assert_eq!(
+        keys.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        4,
+        "one key per network"
+    );
 
     for p in &first {
         previous.insert(p.graph.network.name().to_string(), record_for(p, &out, 100));
     }
     let second = plan(&previous);
-    assert!(second.iter().all(|p| p.reuse.is_some()), "same graphs, settings, TensorRT and GPU: reuse");
-    assert_eq!(second.iter().map(|p| &p.key).collect::<Vec<_>>(), first.iter().map(|p| &p.key).collect::<Vec<_>>());
+    assert!(
+        second.iter().all(|p| p.reuse.is_some()),
+        "same graphs, settings, TensorRT and GPU: reuse"
+    );
+    assert_eq!(
+        second.iter().map(|p| &p.key).collect::<Vec<_>>(),
+        first.iter().map(|p| &p.key).collect::<Vec<_>>()
+    );
 
     // A truncated plan is not reused.
     std::fs::write(out.join("clip/model.plan"), [1u8; 10]).unwrap();
@@ -162,20 +199,42 @@ fn graph_hashes_come_from_a_consistent_export_manifest() {
     let (models, out) = (dir.path().join("m"), dir.path().join("e"));
     support::write_models(&models, true);
     let r = request(&models, &out, "tiny-check", &[Network::Transformer]);
-    let plan = || build::plan(&r, build::read_graphs(&r).unwrap(), &toolchain(TRT, "9.0"), &BTreeMap::new()).unwrap().remove(0);
+    let plan = || {
+        build::plan(
+            &r,
+            build::read_graphs(&r).unwrap(),
+            &toolchain(TRT, "9.0"),
+            &BTreeMap::new(),
+        )
+        .unwrap()
+        .remove(0)
+    };
     let hashed = plan();
     assert_eq!(hashed.hashes_from, "hashed");
     let names: Vec<&str> = hashed.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["model.onnx", "model.onnx.data"]);
-    assert_eq!(hashed.files[1].sha256, sha256_file(&models.join("transformer/model.onnx.data")).unwrap());
+    assert_eq!(
+        hashed.files[1].sha256,
+        sha256_file(&models.join("transformer/model.onnx.data")).unwrap()
+    );
 
     let write_manifest = |data_sha: &str| {
         let entry = |name: &str, sha: String| {
             let path = models.join("transformer").join(name);
             serde_json::json!({ "path": format!("transformer/{name}"), "bytes": std::fs::metadata(&path).unwrap().len(), "sha256": sha })
         };
-        let files = vec![entry("model.onnx", sha256_file(&models.join("transformer/model.onnx")).unwrap()), entry("model.onnx.data", data_sha.to_string())];
-        std::fs::write(models.join("manifest.json"), serde_json::json!({ "kind": "export", "files": files }).to_string()).unwrap();
+        let files = vec![
+            entry(
+                "model.onnx",
+                sha256_file(&models.join("transformer/model.onnx")).unwrap(),
+            ),
+            entry("model.onnx.data", data_sha.to_string()),
+        ];
+        std::fs::write(
+            models.join("manifest.json"),
+            serde_json::json!({ "kind": "export", "files": files }).to_string(),
+        )
+        .unwrap();
     };
     write_manifest(&hashed.files[1].sha256);
     let from_manifest = plan();
@@ -199,11 +258,20 @@ fn engine_records_round_trip_through_json() {
     let (models, out) = (dir.path().join("m"), dir.path().join("e"));
     support::write_models(&models, true);
     let r = request(&models, &out, "tiny-check", &[Network::VaeDecoder]);
-    let plans = build::plan(&r, build::read_graphs(&r).unwrap(), &toolchain(TRT, "9.0"), &BTreeMap::new()).unwrap();
+    let plans = build::plan(
+        &r,
+        build::read_graphs(&r).unwrap(),
+        &toolchain(TRT, "9.0"),
+        &BTreeMap::new(),
+    )
+    .unwrap();
     let record = record_for(&plans[0], &out, 64);
     let json = serde_json::to_value(&record).unwrap();
     assert_eq!(json["plan"], "vae_decoder/model.plan");
-    assert_eq!(json["shapes"][0]["inputs"][0]["max"], serde_json::json!([2, 16, 16, 16]));
+    assert_eq!(
+        json["shapes"][0]["inputs"][0]["max"],
+        serde_json::json!([2, 16, 16, 16])
+    );
     assert_eq!(json["settings"]["precision"], "typed");
     let back: EngineRecord = serde_json::from_value(json).unwrap();
     assert_eq!(back, record);

@@ -12,7 +12,10 @@ fn settings(precision: Precision, workspace: Option<f64>, level: Option<u8>) -> 
 #[test]
 fn static_transformer_with_every_setting() {
     let preset = Preset::load("static-1024").unwrap();
-    let dims = ModelDims { guidance: Some(true), ..ModelDims::FLUX };
+    let dims = ModelDims {
+        guidance: Some(true),
+        ..ModelDims::FLUX
+    };
     let profiles = preset.shapes(Network::Transformer, &dims);
     let s = settings(Precision::Typed, Some(16.0), Some(4));
     let job = TrtexecJob {
@@ -47,7 +50,13 @@ fn two_profiles_give_two_shape_triples_in_order() {
     let preset = Preset::load("schnell-fast").unwrap();
     let profiles = preset.shapes(Network::VaeDecoder, &ModelDims::FLUX);
     let s = settings(Precision::Fp16, None, None);
-    let job = TrtexecJob { onnx: Path::new("v.onnx"), engine: Path::new("v.plan"), profiles: &profiles, settings: &s, timing_cache: None };
+    let job = TrtexecJob {
+        onnx: Path::new("v.onnx"),
+        engine: Path::new("v.plan"),
+        profiles: &profiles,
+        settings: &s,
+        timing_cache: None,
+    };
     assert_eq!(
         command_line(&job),
         [
@@ -71,7 +80,13 @@ fn precision_flags() {
     let profiles = preset.shapes(Network::Clip, &ModelDims::FLUX);
     let flags = |p| {
         let s = settings(p, None, None);
-        let job = TrtexecJob { onnx: Path::new("c.onnx"), engine: Path::new("c.plan"), profiles: &profiles, settings: &s, timing_cache: None };
+        let job = TrtexecJob {
+            onnx: Path::new("c.onnx"),
+            engine: Path::new("c.plan"),
+            profiles: &profiles,
+            settings: &s,
+            timing_cache: None,
+        };
         command_line(&job)[5..].to_vec()
     };
     assert_eq!(flags(Precision::Typed), ["--stronglyTyped", "--skipInference"]);
@@ -85,7 +100,12 @@ fn settings_are_validated() {
     assert!(BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, None, Some(6)).is_err());
     assert!(BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, Some(0.0), None).is_err());
     assert!(BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, Some(f64::NAN), None).is_err());
-    assert_eq!(BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, Some(0.5), None).unwrap().workspace_bytes, Some(512 << 20));
+    assert_eq!(
+        BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, Some(0.5), None)
+            .unwrap()
+            .workspace_bytes,
+        Some(512 << 20)
+    );
     assert_eq!("fp8".parse::<Precision>().unwrap(), Precision::Fp8);
     assert!("int8".parse::<Precision>().is_err());
     assert_eq!("trtexec".parse::<BuilderKind>().unwrap(), BuilderKind::Trtexec);
@@ -95,6 +115,13 @@ fn settings_are_validated() {
 fn trtexec_banner_version() {
     use fluxbuild_engines::toolchain::{parse_banner_version, Version};
     let banner = "&&&& RUNNING TensorRT.trtexec [TensorRT v101300] [b35] # trtexec --help";
-    assert_eq!(parse_banner_version(banner), Some(Version { major: 10, minor: 13, patch: 0 }));
+    assert_eq!(
+        parse_banner_version(banner),
+        Some(Version {
+            major: 10,
+            minor: 13,
+            patch: 0
+        })
+    );
     assert_eq!(parse_banner_version("no banner"), None);
 }

@@ -93,7 +93,10 @@ impl Preset {
     }
 
     pub fn builtins() -> Result<Vec<Preset>> {
-        BUILTIN.iter().map(|(name, text)| Preset::parse(text, name, "builtin")).collect()
+        BUILTIN
+            .iter()
+            .map(|(name, text)| Preset::parse(text, name, "builtin"))
+            .collect()
     }
 
     /// A built-in preset by name, or a TOML file by path (anything ending in `.toml` or
@@ -112,8 +115,12 @@ impl Preset {
     }
 
     pub fn from_file(path: &Path) -> Result<Preset> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read profile preset", path.display()))?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read profile preset", path.display()))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Preset::parse(&text, &stem, &path.display().to_string())
     }
 
@@ -126,13 +133,20 @@ impl Preset {
         for (net_name, net) in &raw.networks {
             let network = Network::parse(net_name).with_context(|| at(&format!("[networks.{net_name}]")))?;
             if net.profile.is_empty() {
-                bail!("{}", at(&format!("[networks.{net_name}] has no [[networks.{net_name}.profile]] entries")));
+                bail!(
+                    "{}",
+                    at(&format!(
+                        "[networks.{net_name}] has no [[networks.{net_name}.profile]] entries"
+                    ))
+                );
             }
             let profiles = net
                 .profile
                 .iter()
                 .enumerate()
-                .map(|(i, p)| validate(p, network, true).with_context(|| at(&format!("networks.{net_name}.profile[{i}]"))))
+                .map(|(i, p)| {
+                    validate(p, network, true).with_context(|| at(&format!("networks.{net_name}.profile[{i}]")))
+                })
                 .collect::<Result<Vec<_>>>()?;
             networks.insert(network, profiles);
         }
@@ -141,7 +155,12 @@ impl Preset {
                 continue;
             }
             if raw.profile.is_empty() {
-                bail!("{}", at(&format!("no [[profile]] entries, and no [[networks.{network}.profile]] for {network}")));
+                bail!(
+                    "{}",
+                    at(&format!(
+                        "no [[profile]] entries, and no [[networks.{network}.profile]] for {network}"
+                    ))
+                );
             }
             let profiles = raw
                 .profile
@@ -151,7 +170,13 @@ impl Preset {
                 .collect::<Result<Vec<_>>>()?;
             networks.insert(network, profiles);
         }
-        Ok(Preset { name, description: raw.description, variant: raw.variant, networks, source: source.to_string() })
+        Ok(Preset {
+            name,
+            description: raw.description,
+            variant: raw.variant,
+            networks,
+            source: source.to_string(),
+        })
     }
 
     pub fn profiles(&self, network: Network) -> &[OptProfile] {
@@ -188,16 +213,26 @@ fn validate(raw: &RawProfile, network: Network, strict: bool) -> Result<OptProfi
     }
     if let Some(r) = text_len {
         if r.max > T5_MAX_TOKENS {
-            bail!("text_len: max {} exceeds T5's maximum sequence length {T5_MAX_TOKENS}", r.max);
+            bail!(
+                "text_len: max {} exceeds T5's maximum sequence length {T5_MAX_TOKENS}",
+                r.max
+            );
         }
     }
-    Ok(OptProfile { batch, height, width, text_len })
+    Ok(OptProfile {
+        batch,
+        height,
+        width,
+        text_len,
+    })
 }
 
 /// `N` (static), `{ min = .., opt = .., max = .. }` or `[min, opt, max]`.
 fn range(value: &toml::Value) -> Result<Range> {
     let int = |v: &toml::Value, what: &str| -> Result<u32> {
-        let i = v.as_integer().ok_or_else(|| anyhow!("{what} must be an integer, got {v}"))?;
+        let i = v
+            .as_integer()
+            .ok_or_else(|| anyhow!("{what} must be an integer, got {v}"))?;
         if i < 1 {
             bail!("{what} must be at least 1, got {i}");
         }
@@ -205,13 +240,25 @@ fn range(value: &toml::Value) -> Result<Range> {
     };
     let r = match value {
         toml::Value::Integer(_) => Range::fixed(int(value, "value")?),
-        toml::Value::Array(a) if a.len() == 3 => Range { min: int(&a[0], "min")?, opt: int(&a[1], "opt")?, max: int(&a[2], "max")? },
+        toml::Value::Array(a) if a.len() == 3 => Range {
+            min: int(&a[0], "min")?,
+            opt: int(&a[1], "opt")?,
+            max: int(&a[2], "max")?,
+        },
         toml::Value::Table(t) => {
             if let Some(k) = t.keys().find(|k| !["min", "opt", "max"].contains(&k.as_str())) {
                 bail!("unknown key {k:?} (expected min, opt, max)");
             }
-            let get = |k: &str| t.get(k).ok_or_else(|| anyhow!("{k} is missing")).and_then(|v| int(v, k));
-            Range { min: get("min")?, opt: get("opt")?, max: get("max")? }
+            let get = |k: &str| {
+                t.get(k)
+                    .ok_or_else(|| anyhow!("{k} is missing"))
+                    .and_then(|v| int(v, k))
+            };
+            Range {
+                min: get("min")?,
+                opt: get("opt")?,
+                max: get("max")?,
+            }
         }
         other => bail!("expected an integer, [min, opt, max] or {{ min, opt, max }}, got {other}"),
     };

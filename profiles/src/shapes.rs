@@ -27,7 +27,13 @@ pub struct ModelDims {
 }
 
 impl ModelDims {
-    pub const FLUX: ModelDims = ModelDims { joint_dim: 4096, pooled_dim: 768, packed_channels: 64, latent_channels: 16, guidance: None };
+    pub const FLUX: ModelDims = ModelDims {
+        joint_dim: 4096,
+        pooled_dim: 768,
+        packed_channels: 64,
+        latent_channels: 16,
+        guidance: None,
+    };
 }
 
 impl Default for ModelDims {
@@ -75,7 +81,9 @@ fn interface(network: Network, guidance: bool) -> Vec<(&'static str, Dims)> {
         Network::T5 => vec![("input_ids", |p, _| vec![p.batch, p.text_len])],
         Network::Transformer => {
             let mut inputs: Vec<(&'static str, Dims)> = vec![
-                ("hidden_states", |p, m| vec![p.batch, p.image_tokens(), m.packed_channels]),
+                ("hidden_states", |p, m| {
+                    vec![p.batch, p.image_tokens(), m.packed_channels]
+                }),
                 ("encoder_hidden_states", |p, m| vec![p.batch, p.text_len, m.joint_dim]),
                 ("pooled_projections", |p, m| vec![p.batch, m.pooled_dim]),
                 ("timestep", |p, _| vec![p.batch]),
@@ -87,7 +95,9 @@ fn interface(network: Network, guidance: bool) -> Vec<(&'static str, Dims)> {
             }
             inputs
         }
-        Network::VaeDecoder => vec![("latent", |p, m| vec![p.batch, m.latent_channels, p.height / 8, p.width / 8])],
+        Network::VaeDecoder => vec![("latent", |p, m| {
+            vec![p.batch, m.latent_channels, p.height / 8, p.width / 8]
+        })],
     }
 }
 
@@ -107,7 +117,13 @@ impl Preset {
                     .into_iter()
                     .map(|(name, f)| {
                         let [min, opt, max] = [&corners[0], &corners[1], &corners[2]].map(|p| f(p, dims));
-                        InputShape { name: name.to_string(), min, opt, max, dev_only: dev_only && name == "guidance" }
+                        InputShape {
+                            name: name.to_string(),
+                            min,
+                            opt,
+                            max,
+                            dev_only: dev_only && name == "guidance",
+                        }
                     })
                     .collect();
                 ProfileShapes { inputs }

@@ -59,8 +59,17 @@ struct Built {
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let request = BuildRequest {
         preset: Preset::load(&args.profile)?,
-        settings: BuildSettings::new(args.builder, args.precision, args.workspace, args.builder_optimization_level)?,
-        only: args.only.iter().map(|n| Network::parse(n.trim())).collect::<Result<_>>()?,
+        settings: BuildSettings::new(
+            args.builder,
+            args.precision,
+            args.workspace,
+            args.builder_optimization_level,
+        )?,
+        only: args
+            .only
+            .iter()
+            .map(|n| Network::parse(n.trim()))
+            .collect::<Result<_>>()?,
         models: args.models,
         out: args.out,
         timing_cache: args.timing_cache,
@@ -96,18 +105,40 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             build_seconds: record.build_seconds,
         });
         records.insert(plan.graph.network.name().to_string(), record);
-        engines_manifest(&request, &toolchain, &records)?.write(&manifest_path)?;
+        write_engines_manifest(
+            &engines_manifest(&request, &toolchain, &records)?,
+            &records,
+            &manifest_path,
+        )?;
     }
     let value = serde_json::json!({ "engines": request.out, "toolchain": toolchain, "built": built });
     out.result(&value, || {
         let lines: Vec<String> = built
             .iter()
             .map(|b| {
-                let what = if b.reused { "reused (key matches)".to_string() } else { format!("built in {:.1} s", b.build_seconds) };
-                format!("{:<12} {:<22} {:>10.1} MB  key {}  {}", b.network.name(), what, b.plan_bytes as f64 / 1e6, &b.key[..16], b.plan.display())
+                let what = if b.reused {
+                    "reused (key matches)".to_string()
+                } else {
+                    format!("built in {:.1} s", b.build_seconds)
+                };
+                format!(
+                    "{:<12} {:<22} {:>10.1} MB  key {}  {}",
+                    b.network.name(),
+                    what,
+                    b.plan_bytes as f64 / 1e6,
+                    &b.key[..16],
+                    b.plan.display()
+                )
             })
             .collect();
-        format!("{}\nTensorRT {} on {} (sm {}); manifest {}", lines.join("\n"), toolchain.tensorrt, toolchain.gpu.name, toolchain.gpu.compute_capability, manifest_path.display())
+        format!(
+            "{}\nTensorRT {} on {} (sm {}); manifest {}",
+            lines.join("\n"),
+            toolchain.tensorrt,
+            toolchain.gpu.name,
+            toolchain.gpu.compute_capability,
+            manifest_path.display()
+        )
     });
     Ok(())
 }
@@ -118,21 +149,52 @@ pub fn previous_records(path: &std::path::Path) -> Result<BTreeMap<String, Engin
         return Ok(BTreeMap::new());
     }
     let manifest = Manifest::read(path)?;
-    anyhow::ensure!(manifest.kind == "engines", "{}: a {} manifest, not an engines folder", path.display(), manifest.kind);
+    anyhow::ensure!(
+        manifest.kind == "engines",
+        "{}: a {} manifest, not an engines folder",
+        path.display(),
+        manifest.kind
+    );
     serde_json::from_value(manifest.submodels).with_context(|| format!("{}: unreadable engine records", path.display()))
+}
+
+/// Writes the manifest plus the `engines` list that `fluxbuild package` reads.
+pub fn write_engines_manifest(
+    manifest: &Manifest,
+    records: &BTreeMap<String, EngineRecord>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let mut value = serde_json::to_value(manifest)?;
+    value["engines"] = build::package_view(records);
+    fluxbuild_exporters::util::write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())
 }
 
 /// The engines manifest: graph files as inputs, plans as files, one record per engine (kept
 /// from earlier runs for networks this run did not touch).
-pub fn engines_manifest(request: &BuildRequest, toolchain: &Toolchain, records: &BTreeMap<String, EngineRecord>) -> Result<Manifest> {
+pub fn engines_manifest(
+    request: &BuildRequest,
+    toolchain: &Toolchain,
+    records: &BTreeMap<String, EngineRecord>,
+) -> Result<Manifest> {
     let inputs = records
         .values()
         .flat_map(|r| {
             let folder = r.onnx.parent().map(PathBuf::from).unwrap_or_default();
-            r.graph_files.iter().map(move |f| FileEntry { path: folder.join(&f.name), bytes: f.bytes, sha256: f.sha256.clone() })
+            r.graph_files.iter().map(move |f| FileEntry {
+                path: folder.join(&f.name),
+                bytes: f.bytes,
+                sha256: f.sha256.clone(),
+            })
         })
         .collect();
-    let files = records.values().map(|r| FileEntry { path: r.plan.clone(), bytes: r.plan_bytes, sha256: r.plan_sha256.clone() }).collect();
+    let files = records
+        .values()
+        .map(|r| FileEntry {
+            path: r.plan.clone(),
+            bytes: r.plan_bytes,
+            sha256: r.plan_sha256.clone(),
+        })
+        .collect();
     let mut manifest = Manifest::new("engines", inputs, files);
     manifest.settings = serde_json::json!({
         "models": std::path::absolute(&request.models).unwrap_or_else(|_| request.models.clone()),

@@ -27,10 +27,20 @@ struct Report {
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let target: TrtVersion = args.trt_version.parse()?;
     if target > TABLE_VERSION {
-        out.warn(&format!("TensorRT {target} is newer than the operator table ({TABLE_VERSION}): checked as {TABLE_VERSION}"));
+        out.warn(&format!(
+            "TensorRT {target} is newer than the operator table ({TABLE_VERSION}): checked as {TABLE_VERSION}"
+        ));
     }
-    let graphs = graph_paths(&args.path)?.iter().map(|p| lint_file(p, target)).collect::<Result<Vec<_>>>()?;
-    let report = Report { target, table: TABLE_VERSION, passed: graphs.iter().all(|g| g.passed()), graphs };
+    let graphs = graph_paths(&args.path)?
+        .iter()
+        .map(|p| lint_file(p, target))
+        .collect::<Result<Vec<_>>>()?;
+    let report = Report {
+        target,
+        table: TABLE_VERSION,
+        passed: graphs.iter().all(|g| g.passed()),
+        graphs,
+    };
     out.result(&report, || text(&report));
     let failed = report.graphs.iter().filter(|g| !g.passed()).count();
     if failed > 0 {
@@ -38,7 +48,10 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             // The report on stdout already says why; a second JSON document would break parsers.
             std::process::exit(1);
         }
-        bail!("{failed} of {} graphs would not parse in TensorRT {target}", report.graphs.len());
+        bail!(
+            "{failed} of {} graphs would not parse in TensorRT {target}",
+            report.graphs.len()
+        );
     }
     Ok(())
 }
@@ -48,11 +61,25 @@ fn text(report: &Report) -> String {
     for g in &report.graphs {
         let status = if g.passed() { "ok" } else { "FAIL" };
         let opset = g.opset.map_or("none".to_string(), |o| o.to_string());
-        s.push_str(&format!("{status:<4} {} ({} nodes, opset {opset}, IR {})\n", g.path.display(), g.nodes, g.ir_version));
+        s.push_str(&format!(
+            "{status:<4} {} ({} nodes, opset {opset}, IR {})\n",
+            g.path.display(),
+            g.nodes,
+            g.ir_version
+        ));
         for f in &g.findings {
             s.push_str(&format!("     {} [{}]: {}\n", f.node, f.op, f.reason));
         }
     }
-    s.push_str(&format!("TensorRT {} (table {}): {}", report.target, report.table, if report.passed { "all graphs pass" } else { "failures above" }));
+    s.push_str(&format!(
+        "TensorRT {} (table {}): {}",
+        report.target,
+        report.table,
+        if report.passed {
+            "all graphs pass"
+        } else {
+            "failures above"
+        }
+    ));
     s
 }

@@ -48,9 +48,20 @@ fn list(out: &Output) -> Result<()> {
     }
     let entries: Vec<Entry> = presets
         .iter()
-        .map(|p| Entry { name: &p.name, description: &p.description, variant: p.variant, profiles: p.networks.iter().map(|(n, v)| (*n, v.len())).collect() })
+        .map(|p| Entry {
+            name: &p.name,
+            description: &p.description,
+            variant: p.variant,
+            profiles: p.networks.iter().map(|(n, v)| (*n, v.len())).collect(),
+        })
         .collect();
-    out.result(&entries, || entries.iter().map(|e| format!("{:<18} {}", e.name, e.description)).collect::<Vec<_>>().join("\n"));
+    out.result(&entries, || {
+        entries
+            .iter()
+            .map(|e| format!("{:<18} {}", e.name, e.description))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     Ok(())
 }
 
@@ -66,10 +77,24 @@ fn show(name: &str, models: Option<PathBuf>, out: &Output) -> Result<()> {
         Some(dir) => graph_dims(&preset, dir)?,
         None => ModelDims::FLUX,
     };
-    let shapes: BTreeMap<Network, Vec<ProfileShapes>> = Network::ALL.iter().map(|n| (*n, preset.shapes(*n, &dims))).collect();
+    let shapes: BTreeMap<Network, Vec<ProfileShapes>> =
+        Network::ALL.iter().map(|n| (*n, preset.shapes(*n, &dims))).collect();
     let networks: BTreeMap<Network, Vec<NetworkShapes>> = shapes
         .iter()
-        .map(|(n, profiles)| (*n, preset.profiles(*n).iter().zip(profiles).map(|(profile, s)| NetworkShapes { profile, inputs: &s.inputs }).collect()))
+        .map(|(n, profiles)| {
+            (
+                *n,
+                preset
+                    .profiles(*n)
+                    .iter()
+                    .zip(profiles)
+                    .map(|(profile, s)| NetworkShapes {
+                        profile,
+                        inputs: &s.inputs,
+                    })
+                    .collect(),
+            )
+        })
         .collect();
     let value = serde_json::json!({
         "name": preset.name, "description": preset.description, "variant": preset.variant, "source": preset.source,
@@ -87,7 +112,12 @@ fn graph_dims(preset: &Preset, dir: &std::path::Path) -> Result<ModelDims> {
     let dims = interface::model_dims(transformer.as_ref(), vae.as_ref());
     interface::check_variant(preset, &dims)?;
     for network in Network::ALL.into_iter().filter(|n| path(*n).is_file()) {
-        interface::check(network, &path(network), &read_model(&path(network))?, &preset.shapes(network, &dims))?;
+        interface::check(
+            network,
+            &path(network),
+            &read_model(&path(network))?,
+            &preset.shapes(network, &dims),
+        )?;
     }
     Ok(dims)
 }
@@ -95,10 +125,23 @@ fn graph_dims(preset: &Preset, dir: &std::path::Path) -> Result<ModelDims> {
 fn text(preset: &Preset, networks: &BTreeMap<Network, Vec<NetworkShapes>>) -> String {
     let dims = |d: &[i64]| format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
     let range = |name: &str, r: Option<fluxbuild_profiles::Range>| {
-        r.map(|r| if r.is_static() { format!(" {name} {}", r.min) } else { format!(" {name} {}..{} (opt {})", r.min, r.max, r.opt) }).unwrap_or_default()
+        r.map(|r| {
+            if r.is_static() {
+                format!(" {name} {}", r.min)
+            } else {
+                format!(" {name} {}..{} (opt {})", r.min, r.max, r.opt)
+            }
+        })
+        .unwrap_or_default()
     };
-    let variant = serde_json::to_value(preset.variant).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    let mut s = format!("{} ({}): {}\nvariant: {variant}\n", preset.name, preset.source, preset.description);
+    let variant = serde_json::to_value(preset.variant)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let mut s = format!(
+        "{} ({}): {}\nvariant: {variant}\n",
+        preset.name, preset.source, preset.description
+    );
     for (network, profiles) in networks {
         s.push_str(&format!("{network}\n"));
         for (i, p) in profiles.iter().enumerate() {
@@ -111,8 +154,17 @@ fn text(preset: &Preset, networks: &BTreeMap<Network, Vec<NetworkShapes>>) -> St
                 range("text_len", o.text_len)
             ));
             for input in p.inputs {
-                let name = if input.dev_only { format!("{} (dev only)", input.name) } else { input.name.clone() };
-                s.push_str(&format!("    {name:<24} min {:<18} opt {:<18} max {}\n", dims(&input.min), dims(&input.opt), dims(&input.max)));
+                let name = if input.dev_only {
+                    format!("{} (dev only)", input.name)
+                } else {
+                    input.name.clone()
+                };
+                s.push_str(&format!(
+                    "    {name:<24} min {:<18} opt {:<18} max {}\n",
+                    dims(&input.min),
+                    dims(&input.opt),
+                    dims(&input.max)
+                ));
             }
         }
     }

@@ -31,12 +31,18 @@ pub fn check(node: &pb::NodeProto, facts: &Facts) -> Vec<String> {
                 }
             }
         }
-        "LayerNormalization" if n.has_output(1) || n.has_output(2) => why.push("only the first output `Y` is supported".into()),
-        "Dropout" if n.has_input(2) && !n.constant_input(2) => why.push("`training_mode` must be an initializer (and false)".into()),
+        "LayerNormalization" if n.has_output(1) || n.has_output(2) => {
+            why.push("only the first output `Y` is supported".into())
+        }
+        "Dropout" if n.has_input(2) && !n.constant_input(2) => {
+            why.push("`training_mode` must be an initializer (and false)".into())
+        }
         "CumSum" if !n.constant_input(1) => why.push("`axis` must be a build-time constant".into()),
         "OneHot" if !n.constant_input(1) => why.push("`depth` must be a build-time constant".into()),
         "TopK" if n.int("sorted").is_some_and(|s| s != 1) => why.push("`sorted` must be 1".into()),
-        "ScatterND" if n.string("reduction").is_some_and(|r| r != "none") => why.push("`reduction` other than none is unsupported".into()),
+        "ScatterND" if n.string("reduction").is_some_and(|r| r != "none") => {
+            why.push("`reduction` other than none is unsupported".into())
+        }
         "LSTM" => {
             for attr in ["input_forget", "layout"] {
                 if n.int(attr).is_some_and(|v| v != 0) {
@@ -60,10 +66,14 @@ pub fn check(node: &pb::NodeProto, facts: &Facts) -> Vec<String> {
             }
         }
         "Resize" => resize(&n, &mut why),
-        "DequantizeLinear" | "QuantizeLinear" if n.has_input(2) && n.inline_input(2).is_some_and(|b| b.iter().any(|x| *x != 0)) => {
+        "DequantizeLinear" | "QuantizeLinear"
+            if n.has_input(2) && n.inline_input(2).is_some_and(|b| b.iter().any(|x| *x != 0)) =>
+        {
             why.push("the zero point must be zero".into())
         }
-        op if op.starts_with("Reduce") && n.has_input(1) && !n.constant_input(1) => why.push("`axes` must be an initializer".into()),
+        op if op.starts_with("Reduce") && n.has_input(1) && !n.constant_input(1) => {
+            why.push("`axes` must be an initializer".into())
+        }
         _ => {}
     }
     why
@@ -72,14 +82,31 @@ pub fn check(node: &pb::NodeProto, facts: &Facts) -> Vec<String> {
 fn resize(n: &Node<'_>, why: &mut Vec<String>) {
     let allowed = [
         ("mode", "nearest", &["nearest", "linear"][..]),
-        ("coordinate_transformation_mode", "half_pixel", &["half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"]),
-        ("nearest_mode", "round_prefer_floor", &["floor", "ceil", "round_prefer_floor", "round_prefer_ceil"]),
+        (
+            "coordinate_transformation_mode",
+            "half_pixel",
+            &[
+                "half_pixel",
+                "pytorch_half_pixel",
+                "tf_half_pixel_for_nn",
+                "asymmetric",
+                "align_corners",
+            ],
+        ),
+        (
+            "nearest_mode",
+            "round_prefer_floor",
+            &["floor", "ceil", "round_prefer_floor", "round_prefer_ceil"],
+        ),
         ("keep_aspect_ratio_policy", "stretch", &["stretch"]),
     ];
     for (attr, default, ok) in allowed {
         let value = n.string(attr).unwrap_or_else(|| default.to_string());
         if !ok.contains(&value.as_str()) {
-            why.push(format!("`{attr}` {value:?} is unsupported (supported: {})", ok.join(", ")));
+            why.push(format!(
+                "`{attr}` {value:?} is unsupported (supported: {})",
+                ok.join(", ")
+            ));
         }
     }
     if n.int("antialias").is_some_and(|a| a != 0) {
@@ -97,10 +124,14 @@ impl Node<'_> {
         self.node.attribute.iter().find(|a| a.name == name)
     }
     fn int(&self, name: &str) -> Option<i64> {
-        self.attr(name).filter(|a| a.type_.value() == pb::attribute_proto::AttributeType::INT as i32).map(|a| a.i)
+        self.attr(name)
+            .filter(|a| a.type_.value() == pb::attribute_proto::AttributeType::INT as i32)
+            .map(|a| a.i)
     }
     fn float(&self, name: &str) -> Option<f32> {
-        self.attr(name).filter(|a| a.type_.value() == pb::attribute_proto::AttributeType::FLOAT as i32).map(|a| a.f)
+        self.attr(name)
+            .filter(|a| a.type_.value() == pb::attribute_proto::AttributeType::FLOAT as i32)
+            .map(|a| a.f)
     }
     fn ints(&self, name: &str) -> Option<&[i64]> {
         self.attr(name).map(|a| a.ints.as_slice())
@@ -121,6 +152,10 @@ impl Node<'_> {
         self.node.input.get(i).and_then(|n| self.facts.inline_bytes(n))
     }
     fn input_rank(&self, i: usize) -> Option<usize> {
-        self.node.input.get(i).filter(|n| !n.is_empty()).and_then(|n| self.facts.get(n).rank)
+        self.node
+            .input
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .and_then(|n| self.facts.get(n).rank)
     }
 }

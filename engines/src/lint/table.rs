@@ -21,7 +21,12 @@ impl std::str::FromStr for TrtVersion {
     /// "10", "10.8", "10.13.2" (a bare major means its newest release in the table).
     fn from_str(s: &str) -> Result<TrtVersion> {
         let mut parts = s.trim().trim_start_matches('v').split('.');
-        let number = |p: Option<&str>| p.map(|p| p.parse::<u32>().map_err(|_| anyhow!("TensorRT version {s:?}: {p:?} is not a number")));
+        let number = |p: Option<&str>| {
+            p.map(|p| {
+                p.parse::<u32>()
+                    .map_err(|_| anyhow!("TensorRT version {s:?}: {p:?} is not a number"))
+            })
+        };
         let major = number(parts.next()).ok_or_else(|| anyhow!("empty TensorRT version"))??;
         if major != 10 {
             bail!("TensorRT version {s}: only TensorRT 10.x parser support is encoded (the table is for 10.0 .. {TABLE_VERSION})");
@@ -53,7 +58,11 @@ pub const MIN_OPSET: i64 = 9;
 const MAX_IR: [(TrtVersion, i64); 2] = [(v(0), 10), (v(11), 11)];
 
 fn at(points: &[(TrtVersion, i64)], version: TrtVersion) -> i64 {
-    points.iter().rev().find(|(p, _)| *p <= version).map_or(points[0].1, |(_, n)| *n)
+    points
+        .iter()
+        .rev()
+        .find(|(p, _)| *p <= version)
+        .map_or(points[0].1, |(_, n)| *n)
 }
 
 pub fn max_opset(version: TrtVersion) -> i64 {
@@ -74,7 +83,9 @@ pub struct OpSupport {
 
 pub fn lookup(op: &str) -> Option<&'static OpSupport> {
     static PARSED: OnceLock<BTreeMap<String, OpSupport>> = OnceLock::new();
-    PARSED.get_or_init(|| parse(TABLE).expect("the built-in operator table parses")).get(op)
+    PARSED
+        .get_or_init(|| parse(TABLE).expect("the built-in operator table parses"))
+        .get(op)
 }
 
 /// TensorRT's type names in the table -> ONNX data type codes.
@@ -97,16 +108,27 @@ fn type_code(name: &str) -> Option<i32> {
 
 fn parse(text: &str) -> Result<BTreeMap<String, OpSupport>> {
     let mut ops = BTreeMap::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#')) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let bad = || anyhow!("operator table line {}: {line:?}", n + 1);
         let (op, flag) = (fields.first().ok_or_else(bad)?, fields.get(1).ok_or_else(bad)?);
-        let mut support = OpSupport { supported: *flag == "Y", types: vec![], since: v(0) };
+        let mut support = OpSupport {
+            supported: *flag == "Y",
+            types: vec![],
+            since: v(0),
+        };
         for field in &fields[2..] {
             if let Some(since) = field.strip_prefix("since=") {
                 support.since = since.parse()?;
             } else {
-                support.types = field.split(',').map(|t| type_code(t).ok_or_else(bad)).collect::<Result<_>>()?;
+                support.types = field
+                    .split(',')
+                    .map(|t| type_code(t).ok_or_else(bad))
+                    .collect::<Result<_>>()?;
             }
         }
         ops.insert(op.to_string(), support);
@@ -121,7 +143,10 @@ mod tests {
     #[test]
     fn table_parses_with_every_row() {
         let ops = parse(TABLE).unwrap();
-        assert_eq!(ops.len(), TABLE.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count());
+        assert_eq!(
+            ops.len(),
+            TABLE.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count()
+        );
         assert!(ops["MatMul"].supported && ops["MatMul"].types == vec![1, 10, 16]);
         assert!(!ops["NonMaxSuppression"].types.contains(&16));
         assert!(!ops["Unique"].supported);

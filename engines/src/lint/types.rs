@@ -27,9 +27,9 @@ const INT64: i32 = 7;
 fn type_from_input(op: &str) -> Option<usize> {
     Some(match op {
         "Where" | "DequantizeLinear" => 1,
-        "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" | "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual"
-        | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" | "Cast" | "CastLike" | "QuantizeLinear" | "Constant"
-        | "ConstantOfShape" => return None,
+        "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" | "Equal" | "Less" | "LessOrEqual" | "Greater"
+        | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" | "Cast" | "CastLike"
+        | "QuantizeLinear" | "Constant" | "ConstantOfShape" => return None,
         _ => 0,
     })
 }
@@ -38,22 +38,70 @@ fn type_from_input(op: &str) -> Option<usize> {
 fn keeps_rank(op: &str) -> bool {
     matches!(
         op,
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Where" | "Cast" | "CastLike" | "Softmax" | "LogSoftmax" | "LayerNormalization"
-            | "RMSNormalization" | "GroupNormalization" | "Sigmoid" | "Tanh" | "Relu" | "Gelu" | "Erf" | "Exp" | "Log"
-            | "Sqrt" | "Neg" | "Abs" | "Cos" | "Sin" | "Identity" | "Transpose" | "Concat" | "Slice" | "Split" | "Clip"
-            | "RotaryEmbedding" | "Conv" | "Resize" | "QuantizeLinear" | "DequantizeLinear"
+        "Add"
+            | "Sub"
+            | "Mul"
+            | "Div"
+            | "Pow"
+            | "Where"
+            | "Cast"
+            | "CastLike"
+            | "Softmax"
+            | "LogSoftmax"
+            | "LayerNormalization"
+            | "RMSNormalization"
+            | "GroupNormalization"
+            | "Sigmoid"
+            | "Tanh"
+            | "Relu"
+            | "Gelu"
+            | "Erf"
+            | "Exp"
+            | "Log"
+            | "Sqrt"
+            | "Neg"
+            | "Abs"
+            | "Cos"
+            | "Sin"
+            | "Identity"
+            | "Transpose"
+            | "Concat"
+            | "Slice"
+            | "Split"
+            | "Clip"
+            | "RotaryEmbedding"
+            | "Conv"
+            | "Resize"
+            | "QuantizeLinear"
+            | "DequantizeLinear"
     )
 }
 
 impl Facts {
     pub fn new(graph: &pb::GraphProto) -> Facts {
-        let mut facts = Facts { values: BTreeMap::new(), constants: BTreeSet::new(), inline: BTreeMap::new() };
+        let mut facts = Facts {
+            values: BTreeMap::new(),
+            constants: BTreeSet::new(),
+            inline: BTreeMap::new(),
+        };
         for v in graph.input.iter().chain(&graph.value_info).chain(&graph.output) {
             let info = crate::graph::tensor_info(v);
-            facts.values.insert(info.name, ValueFacts { elem: Some(info.elem).filter(|e| *e != 0), rank: Some(info.dims.len()) });
+            facts.values.insert(
+                info.name,
+                ValueFacts {
+                    elem: Some(info.elem).filter(|e| *e != 0),
+                    rank: Some(info.dims.len()),
+                },
+            );
         }
         for init in &graph.initializer {
-            facts.values.insert(init.name.clone(), ValueFacts { elem: Some(init.data_type), rank: Some(init.dims.len()) });
+            facts.values.insert(
+                init.name.clone(),
+                ValueFacts {
+                    elem: Some(init.data_type),
+                    rank: Some(init.dims.len()),
+                },
+            );
             facts.constants.insert(init.name.clone());
             if !init.raw_data.is_empty() {
                 facts.inline.insert(init.name.clone(), init.raw_data.clone());
@@ -78,7 +126,9 @@ impl Facts {
     }
 
     fn infer(&mut self, node: &pb::NodeProto) {
-        let Some(out) = node.output.first().filter(|o| !o.is_empty()) else { return };
+        let Some(out) = node.output.first().filter(|o| !o.is_empty()) else {
+            return;
+        };
         if self.values.contains_key(out) {
             return; // declared in value_info: the graph knows better
         }
@@ -91,11 +141,16 @@ impl Facts {
             "ConstantOfShape" => constant_type(node).or(Some(1)),
             "QuantizeLinear" => input(2).elem.or(attr_int("output_dtype").filter(|t| *t != 0)),
             "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" => Some(INT64),
-            "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" => Some(BOOL),
+            "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor"
+            | "IsNaN" | "IsInf" => Some(BOOL),
             op => type_from_input(op).and_then(|i| input(i).elem),
         };
         let rank = if keeps_rank(&node.op_type) {
-            node.input.iter().filter(|n| !n.is_empty()).map(|n| self.get(n).rank).try_fold(0, |r, x| x.map(|x| r.max(x)))
+            node.input
+                .iter()
+                .filter(|n| !n.is_empty())
+                .map(|n| self.get(n).rank)
+                .try_fold(0, |r, x| x.map(|x| r.max(x)))
         } else {
             None
         };
@@ -109,5 +164,9 @@ impl Facts {
 }
 
 fn constant_type(node: &pb::NodeProto) -> Option<i32> {
-    node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()).map(|t| t.data_type)
+    node.attribute
+        .iter()
+        .find(|a| a.name == "value")
+        .and_then(|a| a.t.as_ref())
+        .map(|t| t.data_type)
 }

@@ -69,12 +69,25 @@ fn transformer(dev: bool) -> Graph<'static> {
 
 fn vae_decoder() -> Graph<'static> {
     let mut b = GraphBuilder::new("vae_decoder", 17, ElemType::F32);
-    let z = b.input("latent", ElemType::F32, &[sym("B"), Dim::from(16usize), sym("h"), sym("w")]);
+    let z = b.input(
+        "latent",
+        ElemType::F32,
+        &[sym("B"), Dim::from(16usize), sym("h"), sym("w")],
+    );
     let scales = b.const_float(ElemType::F32, &[4], &[1.0, 1.0, 8.0, 8.0]);
-    let up = b.op("Resize", &[&z, &GraphBuilder::none(), &scales], &[("mode", Attr::Str("nearest".into()))]);
+    let up = b.op(
+        "Resize",
+        &[&z, &GraphBuilder::none(), &scales],
+        &[("mode", Attr::Str("nearest".into()))],
+    );
     let w = weight(&mut b, "conv_out.weight", &[3, 16, 1, 1]);
     let img = b.op("Conv", &[&up, &w], &[]);
-    b.output(&img, "images", ElemType::F32, &[sym("B"), Dim::from(3usize), sym("H"), sym("W")]);
+    b.output(
+        &img,
+        "images",
+        ElemType::F32,
+        &[sym("B"), Dim::from(3usize), sym("H"), sym("W")],
+    );
     b.finish()
 }
 
