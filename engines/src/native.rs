@@ -26,10 +26,15 @@ pub fn header_version() -> Version {
 /// Refuses, before any work, what the native builder cannot do with these libraries.
 pub fn check(libs: &TensorRtLibs, settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()> {
     let headers = header_version();
-    if libs.version.major != headers.major {
+    // The C++ API is inline wrappers over versioned vtables: another major release lays them
+    // out differently, an older minor release lacks the newer entries.
+    if libs.version.major != headers.major || libs.version.minor < headers.minor {
         bail!(
-            "the native builder is compiled against TensorRT {headers} headers (trtx 0.9.1) and cannot drive {} (TensorRT {}): \
-             their C++ interfaces differ. Use --builder trtexec with this TensorRT",
+            "the native builder is compiled against TensorRT {headers} headers (trtx 0.9.1) and needs TensorRT {}.{} or a \
+             later {}.x; {} is TensorRT {}. Use --builder trtexec with this TensorRT",
+            headers.major,
+            headers.minor,
+            headers.major,
             libs.nvinfer.display(),
             libs.version
         );

@@ -129,46 +129,31 @@ impl Preset {
         let raw: RawPreset = toml::from_str(text).map_err(|e| anyhow!("profile preset {source}: {e}"))?;
         let name = raw.name.unwrap_or_else(|| default_name.to_string());
         let at = |what: &str| format!("profile preset {name:?} ({source}): {what}");
-        let mut networks = BTreeMap::new();
+        let mut own = BTreeMap::new();
         for (net_name, net) in &raw.networks {
-            let network = Network::parse(net_name).with_context(|| at(&format!("[networks.{net_name}]")))?;
-            if net.profile.is_empty() {
-                bail!(
-                    "{}",
-                    at(&format!(
-                        "[networks.{net_name}] has no [[networks.{net_name}.profile]] entries"
-                    ))
-                );
+            own.insert(
+                Network::parse(net_name).with_context(|| at(&format!("[networks.{net_name}]")))?,
+                net,
+            );
+        }
+        let mut networks = BTreeMap::new();
+        for network in Network::ALL {
+            // A network's own list replaces the shared one; fields it has no input for are errors there.
+            let (profiles, strict, place) = match own.get(&network) {
+                Some(net) => (&net.profile, true, format!("networks.{network}.profile")),
+                None => (&raw.profile, false, "profile".to_string()),
+            };
+            if profiles.is_empty() {
+                bail!("{}", at(&format!("no [[{place}]] entries for {network}")));
             }
-            let profiles = net
-                .profile
+            let list = profiles
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    validate(p, network, true).with_context(|| at(&format!("networks.{net_name}.profile[{i}]")))
+                    validate(p, network, strict).with_context(|| at(&format!("{place}[{i}] (for {network})")))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            networks.insert(network, profiles);
-        }
-        for network in Network::ALL {
-            if networks.contains_key(&network) {
-                continue;
-            }
-            if raw.profile.is_empty() {
-                bail!(
-                    "{}",
-                    at(&format!(
-                        "no [[profile]] entries, and no [[networks.{network}.profile]] for {network}"
-                    ))
-                );
-            }
-            let profiles = raw
-                .profile
-                .iter()
-                .enumerate()
-                .map(|(i, p)| validate(p, network, false).with_context(|| at(&format!("profile[{i}] (for {network})"))))
-                .collect::<Result<Vec<_>>>()?;
-            networks.insert(network, profiles);
+            networks.insert(network, list);
         }
         Ok(Preset {
             name,

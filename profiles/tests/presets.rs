@@ -191,7 +191,7 @@ fn validation_names_the_field_and_what_was_expected() {
         ),
         (
             full("[[networks.clip.profile]]\nbatch = 1\nheight = 512\n"),
-            "networks.clip.profile[0]: height does not apply to clip",
+            "networks.clip.profile[0] (for clip): height does not apply to clip",
         ),
         (
             full("[[networks.unet.profile]]\nbatch = 1\n"),
