@@ -39,7 +39,7 @@ test-triton: setup triton-venv
 	$(CARGO) test --test triton_serving --test triton_configs
 
 # On a GPU build host with TensorRT (NVIDIA's TensorRT container): FLUX pipeline -> graphs ->
-# lint -> TensorRT engines -> Triton repository (gpu target), under OUT (default build/flux).
+# lint -> TensorRT engines -> Triton repository (gpu target), under OUT (default out/flux).
 #   make engines CHECKPOINT=/models/FLUX.1-dev [PROFILE=static-1024] [BUILDER=trtexec|native]
 # Knobs: scripts/make-engines.sh. gpu-check builds the tiny fixture's engines and compares them
 # with ONNX Runtime (needs Python tensorrt, onnxruntime, torch).

@@ -3,7 +3,7 @@
 # TensorRT engines -> Triton model repository (gpu target), all in one folder with manifests.
 #
 #   CHECKPOINT   diffusers FLUX pipeline folder (required)
-#   OUT          output folder (default build/flux): graphs/, engines/, repository/
+#   OUT          output folder (default out/flux): graphs/, engines/, repository/
 #   PROFILE      optimization-profile preset or .toml (default static-1024)
 #   EXPORT_PRECISION  graph precision for `fluxbuild export` (default bf16)
 #   PRECISION    TensorRT precision mode for `fluxbuild build` (default typed: the graph's types)
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CHECKPOINT:?set CHECKPOINT to a FLUX pipeline folder (model_index.json, transformer/, text_encoder/, ...)}"
-OUT=${OUT:-build/flux}
+OUT=${OUT:-out/flux}
 PROFILE=${PROFILE:-static-1024}
 EXPORT_PRECISION=${EXPORT_PRECISION:-bf16}
 PRECISION=${PRECISION:-typed}
