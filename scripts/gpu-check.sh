@@ -5,10 +5,10 @@
 #
 #   BUILDERS     builders to check (default "trtexec"; add native on TensorRT 11)
 #   PRECISIONS   "export:build" pairs (default "fp32:fp32 fp32:typed fp16:typed bf16:typed")
-#   OUT          work folder (default out/gpu-check); report in OUT/report.json
+#   GPU_CHECK_OUT  work folder, emptied first (default out/gpu-check); report in it, report.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out/gpu-check}
+OUT=${GPU_CHECK_OUT:-out/gpu-check}
 BUILDERS=${BUILDERS:-trtexec}
 PRECISIONS=${PRECISIONS:-fp32:fp32 fp32:typed fp16:typed bf16:typed}
 PYTHON=${PYTHON:-python3}
