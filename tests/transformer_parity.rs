@@ -8,70 +8,13 @@
 //! dev 3.5e-6, dev_wide 4.5e-6 (run with `-- --nocapture` to see every case).
 
 mod common;
-use common::*;
-use fluxbuild::runtime::{Input, Model};
-use fluxbuild_exporters::checkpoint::{read_json, Checkpoint, SafetensorsFile};
-use fluxbuild_exporters::models::{exporter, plan, Analysis, GraphOptions};
+use common::flux::*;
+use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use fluxbuild_exporters::onnx::ir::InitData;
 use fluxbuild_exporters::onnx::{write_model, ElemType};
-use ndarray::ArrayD;
-use std::path::{Path, PathBuf};
 
 const SCHNELL_TOLERANCE: f64 = 1e-5;
 const DEV_TOLERANCE: f64 = 5e-5;
-
-fn case_dir(case: &str) -> PathBuf {
-    fixtures().join("transformer").join(case)
-}
-
-/// A BFL single file carries no RoPE axes: the tests pass the diffusers config as `--config`.
-fn diffusers_config(case: &str) -> serde_json::Value {
-    read_json(Some(&case_dir(case).join("diffusers/config.json"))).unwrap().unwrap()
-}
-
-fn open(source: &Path) -> Checkpoint {
-    let transformer = exporter("transformer").unwrap();
-    Checkpoint::load(source, transformer.subfolder(), transformer.key_prefixes()).unwrap()
-}
-
-/// Exports `source` into `out` and returns the analysis.
-fn export(source: &Path, config: Option<&serde_json::Value>, float: ElemType, out: &Path) -> Analysis {
-    let ckpt = open(source);
-    let options = GraphOptions { float, ..GraphOptions::default() };
-    let (analysis, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, config, &options).unwrap();
-    assert!(problems.is_empty(), "{}: {problems:?}", source.display());
-    write_model(&graph, out, &mut |_, _| {}).unwrap();
-    analysis
-}
-
-fn io_tensors(path: &Path) -> Vec<(String, ArrayD<f32>)> {
-    let file = SafetensorsFile::open(path).unwrap();
-    let ckpt = Checkpoint::load(path, "", &[]).unwrap();
-    file.tensors
-        .keys()
-        .map(|name| {
-            let t = ckpt.get(name).unwrap();
-            (name.clone(), ArrayD::from_shape_vec(t.shape().to_vec(), t.to_f32()).unwrap())
-        })
-        .collect()
-}
-
-/// Runs the exported graph on the fixture inputs: (relative error, max abs error).
-fn compare(model_dir: &Path, io: &Path) -> (f64, f64) {
-    let mut model = Model::load(&model_dir.join("model.onnx")).unwrap();
-    let tensors = io_tensors(io);
-    let inputs: Vec<(&str, Input)> = tensors
-        .iter()
-        .filter(|(name, _)| name != "noise_pred")
-        .map(|(name, a)| (name.as_str(), Input::F32(a.clone())))
-        .collect();
-    let want = &tensors.iter().find(|(n, _)| n == "noise_pred").unwrap().1;
-    let got = &model.run(inputs).unwrap()["noise_pred"];
-    assert_eq!(got.shape(), want.shape());
-    let (got, want) = (got.as_slice().unwrap(), want.as_slice().unwrap());
-    let max_abs = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-    (relative_error(got, want), max_abs)
-}
 
 /// Exports each (label, checkpoint, needs --config, reference) of `case` and checks parity.
 fn check_case(case: &str, variant: &str, tolerance: f64, sources: &[(&str, &str, &str)]) {
@@ -142,9 +85,10 @@ fn dev_wide_matches_diffusers_with_other_head_dim_and_rope_axes() {
 fn dimensions_come_from_tensor_shapes() {
     let transformer = exporter("transformer").unwrap();
     let wide = case_dir("dev_wide");
-    let from_folder = transformer.analyze(&open(&wide.join("diffusers")), None).unwrap();
-    let from_file =
-        transformer.analyze(&open(&wide.join("bfl.safetensors")), Some(&diffusers_config("dev_wide"))).unwrap();
+    let from_folder = transformer.analyze(&open(&wide.join("diffusers")).unwrap(), None).unwrap();
+    let from_file = transformer
+        .analyze(&open(&wide.join("bfl.safetensors")).unwrap(), Some(&diffusers_config("dev_wide")))
+        .unwrap();
     assert_eq!(from_folder.config, from_file.config);
     let c = &from_folder.config;
     let expect = serde_json::json!({
@@ -153,7 +97,7 @@ fn dimensions_come_from_tensor_shapes() {
         "pooled_projection_dim": 32, "timestep_embedding_dim": 256, "guidance_embeds": true, "axes_dims_rope": [4, 10, 10]
     });
     assert_eq!(c, &expect);
-    let schnell = transformer.analyze(&open(&case_dir("schnell").join("diffusers")), None).unwrap();
+    let schnell = transformer.analyze(&open(&case_dir("schnell").join("diffusers")).unwrap(), None).unwrap();
     assert_eq!(schnell.variant.as_deref(), Some("schnell"));
     assert_eq!(schnell.config["guidance_embeds"], false);
 }
@@ -161,7 +105,8 @@ fn dimensions_come_from_tensor_shapes() {
 #[test]
 fn single_file_with_unusual_head_dim_asks_for_config() {
     let transformer = exporter("transformer").unwrap();
-    let err = transformer.analyze(&open(&case_dir("dev").join("bfl.safetensors")), None).unwrap_err().to_string();
+    let err =
+        transformer.analyze(&open(&case_dir("dev").join("bfl.safetensors")).unwrap(), None).unwrap_err().to_string();
     assert!(err.contains("bfl.safetensors"), "{err}");
     assert!(err.contains("head dim is 16") && err.contains("axes_dims_rope") && err.contains("--config"), "{err}");
 }
@@ -172,15 +117,17 @@ fn config_that_contradicts_the_tensors_is_refused() {
     let mut config = diffusers_config("dev");
     config["num_layers"] = serde_json::json!(19);
     config["joint_attention_dim"] = serde_json::json!(4096);
-    let err =
-        transformer.analyze(&open(&case_dir("dev").join("bfl.safetensors")), Some(&config)).unwrap_err().to_string();
+    let err = transformer
+        .analyze(&open(&case_dir("dev").join("bfl.safetensors")).unwrap(), Some(&config))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("num_layers is 19 in the config but 2 in the tensors"), "{err}");
     assert!(err.contains("joint_attention_dim is 4096 in the config but 40 in the tensors"), "{err}");
 }
 
 #[test]
 fn bf16_graph_keeps_weights_bf16_and_io_float32() {
-    let ckpt = open(&case_dir("dev").join("diffusers_bf16"));
+    let ckpt = open(&case_dir("dev").join("diffusers_bf16")).unwrap();
     let options = GraphOptions { float: ElemType::BF16, ..GraphOptions::default() };
     let (_, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, None, &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
@@ -197,4 +144,17 @@ fn bf16_graph_keeps_weights_bf16_and_io_float32() {
     assert!(graph.inputs.iter().chain(&graph.outputs).all(|v| v.elem == ElemType::F32));
     let out = tempfile::tempdir().unwrap();
     write_model(&graph, out.path(), &mut |_, _| {}).unwrap();
+}
+
+/// fp16 keeps activations in half precision (unit roundoff u = 2⁻¹¹ ≈ 4.9e-4); ORT runs it on
+/// the CPU. The error against the float32 reference stays within a few u (measured ≈ 1.3u).
+#[test]
+fn fp16_graph_runs_within_half_precision_error() {
+    let dir = case_dir("schnell");
+    let out = tempfile::tempdir().unwrap();
+    export(&dir.join("diffusers"), None, ElemType::F16, out.path());
+    let (rel, _) = compare(out.path(), &dir.join("io.safetensors"));
+    eprintln!("parity transformer/schnell fp16 graph rel {rel:.3e}");
+    let u = 2f64.powi(-11);
+    assert!(rel < 8.0 * u, "fp16 graph: relative error {rel:.3e} > 8u");
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod flux;
+
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
