@@ -4,11 +4,20 @@ ORT_VERSION := 1.32.0
 export ORT_DYLIB_PATH := $(CURDIR)/.cache/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
 CARGO ?= cargo
 
-.PHONY: setup test
-setup: $(ORT_DYLIB_PATH)
+.PHONY: setup system-deps test
+setup: system-deps $(ORT_DYLIB_PATH)
+
+system-deps:
+	bash scripts/install-system-deps.sh
 
 $(ORT_DYLIB_PATH):
 	ORT_VERSION=$(ORT_VERSION) bash scripts/fetch-onnxruntime.sh
 
 test: setup
 	$(CARGO) test --workspace
+
+# Regenerates the parity fixtures (needs torch, diffusers, transformers: tests/fixtures/requirements.txt).
+FIXTURE_PY ?= python3
+.PHONY: fixtures
+fixtures:
+	$(FIXTURE_PY) tests/fixtures/make_fixtures.py

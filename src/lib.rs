@@ -4,5 +4,6 @@
 
 pub mod commands;
 pub mod export;
+pub mod manifest;
 pub mod output;
 pub mod runtime;

@@ -3,4 +3,5 @@
 pub mod checkpoint;
 pub mod models;
 pub mod onnx;
+pub mod precision;
 pub mod util;

@@ -1,0 +1,144 @@
+//! Manifests: every artifact fluxbuild writes says what it was made from (sha256 of inputs),
+//! what it is (sha256 of outputs) and with which settings.
+
+use anyhow::{Context, Result};
+use fluxbuild_exporters::onnx::ir::{Dim, ValueInfo};
+use fluxbuild_exporters::util::{sha256_file, write_atomic};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Relative to the artifact's folder for outputs; as given for inputs.
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl FileEntry {
+    /// An output `path` inside `root`, whose hash is already known.
+    pub fn new(root: &Path, path: &Path, bytes: u64, sha256: String) -> FileEntry {
+        FileEntry { path: path.strip_prefix(root).unwrap_or(path).to_path_buf(), bytes, sha256 }
+    }
+
+    /// An output listed as `path` (inside `root`) whose content is currently at `content`.
+    pub fn hash(root: &Path, path: &Path, content: &Path) -> Result<FileEntry> {
+        let bytes = std::fs::metadata(content).with_context(|| format!("{}: cannot stat", content.display()))?.len();
+        Ok(FileEntry::new(root, path, bytes, sha256_file(content)?))
+    }
+
+    /// An input file, recorded by its absolute path.
+    pub fn hash_absolute(path: &Path) -> Result<FileEntry> {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let bytes = std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?.len();
+        Ok(FileEntry { path: absolute, bytes, sha256: sha256_file(path)? })
+    }
+}
+
+/// A graph input or output as the manifest records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    /// Fixed sizes as numbers, dynamic ones by their symbol.
+    pub dims: Vec<serde_json::Value>,
+}
+
+impl From<&ValueInfo> for TensorSpec {
+    fn from(v: &ValueInfo) -> TensorSpec {
+        let dims = v
+            .dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => serde_json::json!(n),
+                Dim::Sym(s) => serde_json::json!(s),
+            })
+            .collect();
+        let dtype = serde_json::to_value(v.elem).ok().and_then(|d| d.as_str().map(String::from)).unwrap_or_default();
+        TensorSpec { name: v.name.clone(), dtype, dims }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub fluxbuild_version: String,
+    /// "export", "engines", "repository"
+    pub kind: String,
+    pub created_unix: u64,
+    pub settings: serde_json::Value,
+    pub inputs: Vec<FileEntry>,
+    pub files: Vec<FileEntry>,
+    /// Per-submodel details, keyed by submodel name.
+    #[serde(default)]
+    pub submodels: serde_json::Value,
+}
+
+impl Manifest {
+    pub fn new(kind: &str, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest {
+        let created_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Manifest {
+            fluxbuild_version: env!("CARGO_PKG_VERSION").to_string(),
+            kind: kind.to_string(),
+            created_unix,
+            settings: serde_json::Value::Null,
+            inputs,
+            files,
+            submodels: serde_json::json!({}),
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a fluxbuild manifest", path.display()))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// `new` plus what an earlier manifest at `previous` recorded for top-level entries
+    /// (`clip/`, `tokenizer/`, ...) that `new` did not replace.
+    pub fn merge_previous(previous: &Path, new: &Manifest, replaced: &[&str]) -> Result<Manifest> {
+        let Ok(old) = Manifest::read(previous) else { return Ok(new.clone()) };
+        if old.kind != new.kind {
+            return Ok(new.clone());
+        }
+        let top = |p: &Path| p.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        let mut merged = new.clone();
+        let kept: Vec<FileEntry> =
+            old.files.into_iter().filter(|f| !replaced.contains(&top(&f.path).as_str()) && !new.files.contains(f)).collect();
+        merged.files.extend(kept);
+        merged.files.sort_by(|a, b| a.path.cmp(&b.path));
+        for input in old.inputs {
+            if !merged.inputs.contains(&input) {
+                merged.inputs.push(input);
+            }
+        }
+        if let (Some(old_subs), Some(subs)) = (old.submodels.as_object(), merged.submodels.as_object_mut()) {
+            for (name, entry) in old_subs {
+                if !replaced.contains(&name.as_str()) {
+                    subs.entry(name.clone()).or_insert_with(|| entry.clone());
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Checks every listed output file against its size and sha256, relative to `root`.
+    pub fn verify(&self, root: &Path) -> Result<()> {
+        for f in &self.files {
+            let path = root.join(&f.path);
+            let entry = FileEntry::hash(root, &path, &path)?;
+            anyhow::ensure!(
+                entry.bytes == f.bytes && entry.sha256 == f.sha256,
+                "{}: does not match the manifest (size {} vs {}, sha256 {} vs {})",
+                path.display(),
+                entry.bytes,
+                f.bytes,
+                entry.sha256,
+                f.sha256
+            );
+        }
+        Ok(())
+    }
+}
