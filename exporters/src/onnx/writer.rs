@@ -10,6 +10,7 @@ use crate::util::{sha256_file, AtomicFile, Sha256Writer};
 use anyhow::{Context, Result};
 use onnx_protobuf as pb;
 use protobuf::{EnumOrUnknown, Message, MessageField};
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -46,15 +47,40 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
     let mut data = Sha256Writer::new(std::io::BufWriter::with_capacity(8 << 20, data_file));
     let mut tensors = Vec::with_capacity(graph.initializers.len());
     let mut saturated = Vec::new();
-    for init in &graph.initializers {
-        let (tensor, stats) = write_initializer(init, &mut data, data_name)
-            .with_context(|| format!("writing initializer {}", init.name))?;
-        if stats.saturated > 0 {
-            saturated.push((init.name.clone(), stats.saturated));
+    // One thread converts initializer i+1 (reading ahead from disk) while this one hashes and
+    // writes initializer i; the channel holds one, so at most three tensors are in memory.
+    std::thread::scope(|s| -> Result<()> {
+        let (encoded_tx, encoded) = std::sync::mpsc::sync_channel(1);
+        s.spawn(move || {
+            for (i, init) in graph.initializers.iter().enumerate() {
+                if let Some(next) = graph.initializers.get(i + 1) {
+                    for_each_part(next, |t| t.prefetch());
+                }
+                for_each_part(init, |t| t.populate());
+                let result = encode_initializer(init).with_context(|| format!("writing initializer {}", init.name));
+                if let Ok((Cow::Owned(_), _)) = &result {
+                    for_each_part(init, |t| t.release()); // converted: the source pages are done
+                }
+                let failed = result.is_err();
+                if encoded_tx.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for init in &graph.initializers {
+            let (bytes, stats) = encoded.recv().context("the encoding thread stopped")??;
+            let tensor =
+                write_initializer(init, &bytes, &mut data, data_name).with_context(|| format!("writing initializer {}", init.name))?;
+            drop(bytes);
+            for_each_part(init, |t| t.release());
+            if stats.saturated > 0 {
+                saturated.push((init.name.clone(), stats.saturated));
+            }
+            progress(&init.name, init.byte_len() as u64);
+            tensors.push(tensor);
         }
-        progress(&init.name, init.byte_len() as u64);
-        tensors.push(tensor);
-    }
+        Ok(())
+    })?;
     let (buffered, data_sha256, data_bytes) = data.finish();
     let data_file = buffered.into_inner().map_err(|e| e.into_error()).context("flushing model data")?;
 
@@ -77,17 +103,10 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
     })
 }
 
-fn write_initializer<W: Write>(
-    init: &Initializer<'_>,
-    data: &mut Sha256Writer<W>,
-    data_name: &str,
-) -> Result<(pb::TensorProto, ConversionStats)> {
-    let mut tensor = pb::TensorProto::new();
-    tensor.name = init.name.clone();
-    tensor.dims = init.dims.iter().map(|&d| d as i64).collect();
-    tensor.data_type = init.elem.onnx_code();
+/// The initializer's bytes in its element type, checked against its dims.
+fn encode_initializer<'a>(init: &'a Initializer<'a>) -> Result<(Cow<'a, [u8]>, ConversionStats)> {
     let (bytes, stats) = match &init.data {
-        InitData::Bytes(bytes) => (std::borrow::Cow::Borrowed(bytes.as_slice()), ConversionStats::default()),
+        InitData::Bytes(bytes) => (Cow::Borrowed(bytes.as_slice()), ConversionStats::default()),
         InitData::Weights(plan) => encode_plan(plan, init.elem)?,
     };
     anyhow::ensure!(
@@ -98,11 +117,31 @@ fn write_initializer<W: Write>(
         init.elem,
         init.byte_len()
     );
+    Ok((bytes, stats))
+}
+
+fn for_each_part(init: &Initializer<'_>, f: impl Fn(&crate::checkpoint::TensorRef<'_>)) {
+    if let InitData::Weights(plan) = &init.data {
+        plan.parts.iter().for_each(|p| f(&p.tensor));
+    }
+}
+
+/// The TensorProto of `init`: small ones inline, the rest appended to the data file.
+fn write_initializer<W: Write>(
+    init: &Initializer<'_>,
+    bytes: &[u8],
+    data: &mut Sha256Writer<W>,
+    data_name: &str,
+) -> Result<pb::TensorProto> {
+    let mut tensor = pb::TensorProto::new();
+    tensor.name = init.name.clone();
+    tensor.dims = init.dims.iter().map(|&d| d as i64).collect();
+    tensor.data_type = init.elem.onnx_code();
     if bytes.len() <= INLINE_LIMIT {
-        tensor.raw_data = bytes.into_owned();
+        tensor.raw_data = bytes.to_vec();
     } else {
         let offset = data.pad_to(DATA_ALIGNMENT)?;
-        data.write_all(&bytes)?;
+        data.write_all(bytes)?;
         tensor.data_location = EnumOrUnknown::new(pb::tensor_proto::DataLocation::EXTERNAL);
         for (key, value) in [("location", data_name.to_string()), ("offset", offset.to_string()), ("length", bytes.len().to_string())] {
             let mut entry = pb::StringStringEntryProto::new();
@@ -111,10 +150,7 @@ fn write_initializer<W: Write>(
             tensor.external_data.push(entry);
         }
     }
-    if let InitData::Weights(plan) = &init.data {
-        plan.parts.iter().for_each(|p| p.tensor.release());
-    }
-    Ok((tensor, stats))
+    Ok(tensor)
 }
 
 /// ONNX IR version matching an opset (the oldest IR that carries it, for the widest reach).
