@@ -21,3 +21,8 @@ FIXTURE_PY ?= python3
 .PHONY: fixtures
 fixtures:
 	$(FIXTURE_PY) tests/fixtures/make_fixtures.py
+
+# Export benchmark (not a test): full-size synthetic checkpoint -> ONNX vs a plain copy; writes bench/export.md.
+.PHONY: bench-export
+bench-export:
+	bash scripts/bench-export.sh

@@ -15,6 +15,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const DATA_ALIGNMENT: u64 = 4096;
+/// Large tensors are written in pieces of this size (the write buffer's capacity).
+const WRITE_PIECE: usize = 8 << 20;
 /// Initializers at most this large stay inside the protobuf.
 const INLINE_LIMIT: usize = 1024;
 
@@ -44,7 +46,7 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
     let data_name = "model.onnx.data";
 
     let data_file = AtomicFile::create(&data_path)?;
-    let mut data = Sha256Writer::new(std::io::BufWriter::with_capacity(8 << 20, data_file));
+    let mut data = Sha256Writer::new(std::io::BufWriter::with_capacity(WRITE_PIECE, data_file));
     let mut tensors = Vec::with_capacity(graph.initializers.len());
     let mut saturated = Vec::new();
     // One thread converts initializer i+1 (reading ahead from disk) while this one hashes and
@@ -141,7 +143,10 @@ fn write_initializer<W: Write>(
         tensor.raw_data = bytes.to_vec();
     } else {
         let offset = data.pad_to(DATA_ALIGNMENT)?;
-        data.write_all(bytes)?;
+        // In pieces: each is hashed and copied to the kernel while it is still in cache.
+        for piece in bytes.chunks(WRITE_PIECE) {
+            data.write_all(piece)?;
+        }
         tensor.data_location = EnumOrUnknown::new(pb::tensor_proto::DataLocation::EXTERNAL);
         for (key, value) in [("location", data_name.to_string()), ("offset", offset.to_string()), ("length", bytes.len().to_string())] {
             let mut entry = pb::StringStringEntryProto::new();
