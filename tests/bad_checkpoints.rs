@@ -192,9 +192,12 @@ fn sharded_folder(dir: &Path, shard_names: [&str; 2]) -> PathBuf {
             shard.header.insert(name.to_string(), entry);
             weight_map.insert(name.to_string(), json!(shard_names[i]));
         }
-        // A shard name that escapes the folder still gets a real file where it points.
-        let plain = !shard_names[i].contains('/');
-        shard.write(&if plain { folder.join(shard_names[i]) } else { dir.join("outside.safetensors") });
+        // A `../` shard gets a real file where it points: only the name can be refused.
+        match shard_names[i].strip_prefix("../") {
+            Some(outside) => shard.write(&dir.join(outside)),
+            None if !shard_names[i].contains('/') => shard.write(&folder.join(shard_names[i])),
+            None => continue,
+        };
     }
     let index = json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(folder.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string()).unwrap();
@@ -258,4 +261,72 @@ fn pickle_checkpoints_are_refused_unopened() {
     std::fs::write(folder.join("diffusion_pytorch_model.bin"), pickle).unwrap();
     assert_mentions(&load_error(&folder), &["only pickle weights found", "diffusion_pytorch_model.bin", "refusing"]);
     assert!(!Path::new("PWNED").exists() && !dir.path().join("PWNED").exists());
+}
+
+/// `fluxbuild export --transformer SOURCE --config CONFIG --out OUT`: (success, stderr).
+fn cli_export(source: &Path, out: &Path) -> (bool, String) {
+    let config = case_dir("schnell").join("diffusers/config.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(["export", "--transformer"])
+        .arg(source)
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Every file under `dir` with its content, to show that a failed export changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = vec![];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn cli_refuses_bad_checkpoints_with_nonzero_exit_and_leaves_the_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(valid_file()).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut raw = Raw::read(&valid_file());
+    raw.header.remove("single_blocks.1.linear2.weight");
+    let missing = raw.write(&dir.path().join("missing.safetensors"));
+    let pickle = dir.path().join("flux1-schnell.pt");
+    std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();
+    let escaping = sharded_folder(&dir.path().join("escaping"), ["a.safetensors", "../b.safetensors"]);
+    let cases: [(&Path, &[&str]); 4] = [
+        (&truncated, &["truncated.safetensors", "truncated"]),
+        (&missing, &["missing.safetensors", "missing tensor single_blocks.1.linear2.weight", "nothing was written"]),
+        (&pickle, &["flux1-schnell.pt", "pickle"]),
+        (&escaping, &["../b.safetensors", "outside the index's folder"]),
+    ];
+
+    // A previous good export in OUT must survive every failed one unchanged.
+    let out = dir.path().join("out");
+    let (ok, stderr) = cli_export(&valid_file(), &out);
+    assert!(ok, "good export failed: {stderr}");
+    let (rel, _) = compare(&out.join("transformer"), &case_dir("schnell").join("io.safetensors"));
+    assert!(rel < 1e-5, "CLI export differs from diffusers: {rel:.3e}");
+    let before = snapshot(&out);
+    for (source, expected) in cases {
+        let (ok, stderr) = cli_export(source, &out);
+        assert!(!ok, "{} exported", source.display());
+        assert_mentions(&stderr, expected);
+        assert!(snapshot(&out) == before, "{}: the failed export changed {}", source.display(), out.display());
+        // Into a fresh folder: nothing at all is left behind.
+        let fresh = dir.path().join("fresh");
+        let (ok, _) = cli_export(source, &fresh);
+        assert!(!ok && !fresh.exists(), "{}: left {}", source.display(), fresh.display());
+    }
 }

@@ -1,13 +1,15 @@
 //! Turning checkpoint tensors into initializer bytes: stacking row blocks, transposing to
 //! MatMul layout, converting the element type. One tensor at a time, so memory stays bounded
-//! by the largest tensor rather than the checkpoint.
+//! by the largest tensor rather than the checkpoint. Converted bytes land in page-aligned
+//! buffers, which the writer passes to the disk without copying.
 
 use super::ir::{ElemType, Part, WeightPlan};
 use crate::checkpoint::DType;
 use anyhow::{bail, Result};
 use float8::F8E4M3;
 use half::{bf16, f16};
-use std::borrow::Cow;
+use super::pagebuf::PageBuf;
+use std::ops::Deref;
 
 /// What a conversion had to change.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -18,13 +20,29 @@ pub struct ConversionStats {
     pub amax: f32,
 }
 
+/// An initializer's bytes: the checkpoint's own, or produced here.
+pub enum Encoded<'a> {
+    Borrowed(&'a [u8]),
+    Owned(PageBuf),
+}
+
+impl Deref for Encoded<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Encoded::Borrowed(bytes) => bytes,
+            Encoded::Owned(buf) => buf,
+        }
+    }
+}
+
 /// Encodes one plan as `elem`, little-endian. Borrows the checkpoint bytes when nothing changes.
-pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Cow<'a, [u8]>, ConversionStats)> {
+pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded<'a>, ConversionStats)> {
     if let Some(bytes) = passthrough(plan, elem) {
-        return Ok((Cow::Borrowed(bytes), ConversionStats::default()));
+        return Ok((Encoded::Borrowed(bytes), ConversionStats::default()));
     }
     if let Some(bytes) = rearrange_exact(plan, elem) {
-        return Ok((Cow::Owned(bytes), ConversionStats::default()));
+        return Ok((Encoded::Owned(bytes), ConversionStats::default()));
     }
     let mut values = Vec::with_capacity(plan.rows() * plan.cols);
     for part in &plan.parts {
@@ -34,7 +52,7 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Cow<'a,
         values = transpose(&values, plan.rows(), plan.cols);
     }
     let (bytes, stats) = encode_f32(&values, elem)?;
-    Ok((Cow::Owned(bytes), stats))
+    Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), stats))
 }
 
 fn part_bytes<'a>(plan: &WeightPlan<'a>, part: &Part<'a>) -> &'a [u8] {
@@ -58,7 +76,7 @@ fn passthrough<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Option<&'a [u8]> {
 /// Stacking, transposing and the conversions that cannot overflow (same type, widening, f32 or
 /// f16 to bf16) in one pass over the elements, on all cores. `None` for the rest (narrowing to
 /// f16, which saturates and counts, or parts of mixed types): those go through f32.
-fn rearrange_exact(plan: &WeightPlan<'_>, elem: ElemType) -> Option<Vec<u8>> {
+fn rearrange_exact(plan: &WeightPlan<'_>, elem: ElemType) -> Option<PageBuf> {
     let dtype = plan.parts[0].tensor.dtype();
     if plan.parts.iter().any(|p| p.tensor.dtype() != dtype) {
         return None;
@@ -87,7 +105,7 @@ const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// The plan's matrix (parts stacked, transposed if asked) with every element of `I` bytes
 /// mapped to `O` bytes by `convert`. Output rows are shared out among the cores.
-fn rearrange<const I: usize, const O: usize>(plan: &WeightPlan<'_>, convert: impl Fn([u8; I]) -> [u8; O] + Sync) -> Vec<u8> {
+fn rearrange<const I: usize, const O: usize>(plan: &WeightPlan<'_>, convert: impl Fn([u8; I]) -> [u8; O] + Sync) -> PageBuf {
     let (rows, cols) = (plan.rows(), plan.cols);
     let mut first = 0;
     let blocks: Vec<Block<'_, I>> = plan
@@ -99,7 +117,7 @@ fn rearrange<const I: usize, const O: usize>(plan: &WeightPlan<'_>, convert: imp
             block
         })
         .collect();
-    let mut out = vec![0u8; rows * cols * O];
+    let mut out = PageBuf::zeroed(rows * cols * O);
     let out_width = if plan.transpose { rows } else { cols };
     let out_rows = rows * cols / out_width.max(1);
     let threads = if out.len() < PARALLEL_MIN_BYTES { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
@@ -291,7 +309,7 @@ mod tests {
                         values = transpose(&values, plan.rows(), plan.cols);
                     }
                     let (slow, _) = encode_f32(&values, elem).unwrap();
-                    assert!(fast == slow, "{dtype} -> {elem:?} (transposed {transposed}) differs");
+                    assert!(*fast == slow[..], "{dtype} -> {elem:?} (transposed {transposed}) differs");
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod builder;
 pub mod encode;
 pub mod ir;
 pub mod nn;
+pub mod pagebuf;
 pub mod weights;
 pub mod writer;
 
