@@ -49,3 +49,8 @@ engines: system-deps
 
 gpu-check: system-deps
 	bash scripts/gpu-check.sh
+
+# Export benchmark (not a test): full-size synthetic checkpoint -> ONNX vs a plain copy; writes bench/export.md.
+.PHONY: bench-export
+bench-export:
+	bash scripts/bench-export.sh
