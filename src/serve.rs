@@ -98,6 +98,10 @@ pub struct ServerOptions {
     pub ready_timeout: Duration,
     /// Extra tritonserver arguments.
     pub extra_args: Vec<String>,
+    /// Where the server's log goes (None: a temporary folder removed with the server).
+    pub log: Option<PathBuf>,
+    /// The server outlives this process (its own session) instead of stopping with it.
+    pub detached: bool,
 }
 
 impl ServerOptions {
@@ -113,6 +117,8 @@ impl ServerOptions {
             ready_model: Some("flux".into()),
             ready_timeout: Duration::from_secs(120),
             extra_args: vec![],
+            log: None,
+            detached: false,
         })
     }
 }
@@ -144,10 +150,15 @@ mod tempfile_dir {
 impl Server {
     pub fn start(install: &Installation, options: &ServerOptions) -> Result<Server> {
         let repo = options.repository.canonicalize().with_context(|| format!("--repo {}: not found", options.repository.display()))?;
-        let log_dir = std::env::temp_dir().join(format!("fluxbuild-triton-{}-{}", std::process::id(), options.http_port));
-        std::fs::create_dir_all(&log_dir)?;
-        let log = log_dir.join("tritonserver.log");
-        let log_file = std::fs::File::create(&log)?;
+        let (log, log_dir) = match &options.log {
+            Some(log) => (std::path::absolute(log)?, None),
+            None => {
+                let dir = std::env::temp_dir().join(format!("fluxbuild-triton-{}-{}", std::process::id(), options.http_port));
+                std::fs::create_dir_all(&dir)?;
+                (dir.join("tritonserver.log"), Some(tempfile_dir::TempDir(dir)))
+            }
+        };
+        let log_file = std::fs::File::create(&log).with_context(|| format!("{}: cannot create the server log", log.display()))?;
         let mut cmd = Command::new(&install.server);
         cmd.arg(format!("--model-repository={}", repo.display()))
             .arg(format!("--backend-directory={}", install.backends.display()))
@@ -172,14 +183,18 @@ impl Server {
         };
         cmd.env("PATH", join(&install.path, "PATH")).env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
         cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
-        stop_with_parent(&mut cmd);
+        if options.detached {
+            own_session(&mut cmd);
+        } else {
+            stop_with_parent(&mut cmd);
+        }
         let child = cmd.spawn().with_context(|| format!("cannot start {}", install.server.display()))?;
         let mut server = Server {
             child: Some(child),
             http_port: options.http_port,
             metrics_port: options.metrics_port,
             log,
-            _log_dir: Some(tempfile_dir::TempDir(log_dir)),
+            _log_dir: log_dir,
         };
         server.wait_ready(options.ready_model.as_deref(), options.ready_timeout)?;
         Ok(server)
@@ -261,11 +276,28 @@ impl Server {
             std::mem::forget(dir);
         }
     }
+
+    /// Leaves the server running on its own (started `detached`); returns its process id.
+    pub fn detach(mut self) -> u32 {
+        self.keep_log();
+        self.child.take().expect("running").id()
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// A detached server leads its own session: the terminal's signals and our exit leave it running.
+fn own_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
     }
 }
 

@@ -1,11 +1,11 @@
 //! A KServe v2 HTTP client for Triton with the binary tensor extension (tensors travel as raw
 //! little-endian bytes after the JSON header; BYTES elements as a 4-byte little-endian length
-//! followed by the bytes), and `generate`: prompts in, images out from the `flux` model.
+//! followed by the bytes), and (`images`) a generation request in, images out from the `flux` model.
 
 mod http;
-mod png_out;
+mod images;
 
-pub use png_out::write_pngs;
+pub use images::Deployment;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -152,125 +152,4 @@ impl Client {
 
 fn error_text(value: &Value) -> String {
     value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string())
-}
-
-/// What `fluxbuild generate --server` asks for; unset fields take the deployment's defaults.
-#[derive(Clone, Debug, Default)]
-pub struct ImageRequest {
-    pub prompts: Vec<String>,
-    pub height: Option<u32>,
-    pub width: Option<u32>,
-    pub steps: Option<u32>,
-    pub guidance: Option<f32>,
-    /// Prompt i uses seed + i (fluxbuild noise v1).
-    pub seed: u64,
-    pub max_sequence_length: Option<u32>,
-    /// [prompts, 16, height/8, width/8] initial latents, replacing the seeded noise.
-    pub noise: Option<Vec<f32>>,
-}
-
-/// An 8-bit RGB image, rows top to bottom, pixels interleaved R, G, B.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Image {
-    pub width: usize,
-    pub height: usize,
-    pub pixels: Vec<u8>,
-}
-
-impl Client {
-    /// One request to `flux` with all of `request.prompts`.
-    pub fn generate(&self, request: &ImageRequest) -> Result<Vec<Image>> {
-        let n = request.prompts.len();
-        if n == 0 {
-            bail!("no prompt given");
-        }
-        let shape = [n as i64, 1];
-        let items: Vec<&[u8]> = request.prompts.iter().map(|p| p.as_bytes()).collect();
-        let mut inputs = vec![Tensor::bytes("prompt", &shape, &items)];
-        let repeat_i32 = |name: &str, v: Option<u32>| v.map(|v| Tensor::i32(name, &shape, &vec![v as i32; n]));
-        inputs.extend(repeat_i32("height", request.height));
-        inputs.extend(repeat_i32("width", request.width));
-        inputs.extend(repeat_i32("steps", request.steps));
-        inputs.extend(repeat_i32("max_sequence_length", request.max_sequence_length));
-        if let Some(g) = request.guidance {
-            inputs.push(Tensor::f32("guidance", &shape, &vec![g; n]));
-        }
-        let seeds: Vec<i64> = (0..n).map(|i| request.seed.wrapping_add(i as u64) as i64).collect();
-        inputs.push(Tensor::i64("seed", &shape, &seeds));
-        if let Some(noise) = &request.noise {
-            let per = noise.len() / n.max(1);
-            let (h, w) = (request.height.context("noise needs --height")? / 8, request.width.context("noise needs --width")? / 8);
-            if per != 16 * (h * w) as usize || noise.len() % n != 0 {
-                bail!("noise has {} values, expected {n} x 16 x {h} x {w}", noise.len());
-            }
-            inputs.push(Tensor::f32("noise", &[n as i64, 16, h as i64, w as i64], noise));
-        }
-        let outputs = self.infer("flux", &inputs, &["image"])?;
-        let image = outputs.into_iter().find(|t| t.name == "image").context("flux answered without an image")?;
-        let [count, height, width, 3] = image.shape[..] else {
-            bail!("flux answered an image of shape {:?}, expected [{n}, H, W, 3]", image.shape);
-        };
-        if count as usize != n || image.datatype != "UINT8" || image.data.len() != (count * height * width * 3) as usize {
-            bail!("flux answered {} {:?} image bytes for {n} prompts", image.datatype, image.shape);
-        }
-        let per = (height * width * 3) as usize;
-        Ok(image
-            .data
-            .chunks_exact(per)
-            .map(|p| Image { width: width as usize, height: height as usize, pixels: p.to_vec() })
-            .collect())
-    }
-
-    /// `flux`'s max_batch_size: the most prompts one request may carry.
-    pub fn max_batch(&self) -> Result<usize> {
-        if !self.live().unwrap_or(false) {
-            bail!("the Triton server at {} is not answering (is it running? `fluxbuild serve --repo REPO`)", self.url());
-        }
-        if !self.model_ready("flux")? {
-            bail!("the Triton server at {} is up but its model `flux` is not ready (see the server log)", self.url());
-        }
-        let config = self.get_json("/v2/models/flux/config")?;
-        Ok(config["max_batch_size"].as_u64().unwrap_or(1).max(1) as usize)
-    }
-
-    /// All prompts, as requests of at most the model's batch size, `concurrency` in flight at once;
-    /// images in prompt order (prompt i keeps seed + i however the requests are cut).
-    pub fn generate_many(&self, request: &ImageRequest, concurrency: usize) -> Result<Vec<Image>> {
-        let max_batch = self.max_batch()?;
-        let n = request.prompts.len();
-        let per_request = n.div_ceil(concurrency.max(1)).clamp(1, max_batch);
-        let chunks: Vec<(usize, ImageRequest)> = (0..n)
-            .step_by(per_request)
-            .map(|start| {
-                let end = (start + per_request).min(n);
-                let mut part = request.clone();
-                part.prompts = request.prompts[start..end].to_vec();
-                part.seed = request.seed.wrapping_add(start as u64);
-                part.noise = request.noise.as_ref().map(|noise| {
-                    let per = noise.len() / n;
-                    noise[start * per..end * per].to_vec()
-                });
-                (start, part)
-            })
-            .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results = std::sync::Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            for _ in 0..concurrency.max(1).min(chunks.len()) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some((start, part)) = chunks.get(i) else { break };
-                    let result = self.generate(part).with_context(|| format!("prompts {}..{}", start, start + part.prompts.len()));
-                    results.lock().expect("no panics").push((*start, result));
-                });
-            }
-        });
-        let mut results = results.into_inner().expect("no panics");
-        results.sort_by_key(|(start, _)| *start);
-        let mut images = Vec::with_capacity(n);
-        for (_, result) in results {
-            images.extend(result?);
-        }
-        Ok(images)
-    }
 }

@@ -1,8 +1,8 @@
 //! `fluxbuild generate`: a text prompt (or several, run as one batch) -> PNG images, from the graphs
 //! `fluxbuild export` wrote, on ONNX Runtime; or with `--server URL`, through a Triton server.
 
-use crate::generate::image::{output_paths, write_png};
-use crate::generate::{generate, Event, ExportedModels, InitialNoise, RequestOptions};
+use crate::generate::image::{output_paths, write_png, RgbImage};
+use crate::generate::{generate, Event, ExportedModels, InitialNoise, Request, RequestOptions, Variant};
 use crate::output::{Output, STEPS_BAR};
 use anyhow::Result;
 use serde_json::json;
@@ -55,24 +55,9 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let started = Instant::now();
     let models = ExportedModels::open(dir)?;
     let variant = models.variant.value;
-    let options = RequestOptions {
-        prompts: args.prompts,
-        height: args.height,
-        width: args.width,
-        steps: args.steps,
-        guidance: args.guidance,
-        seed: args.seed,
-        max_sequence_length: args.max_sequence_length,
-        noise_file: args.noise,
-    };
-    let request = options.resolve(variant)?;
+    let request = request_options(&args).resolve(variant)?;
     let paths = output_paths(&args.out, request.batch())?;
-    if args.guidance.is_some() && !models.guidance_embeds {
-        out.warn(&format!("--guidance is ignored: the {} transformer takes no guidance", variant.name()));
-    }
-    if let (InitialNoise::Seed(seed), None) = (&request.noise, args.seed) {
-        out.warn(&format!("no --seed given: using seed {seed} (from the clock)"));
-    }
+    warn_about_defaults(&args, &request, variant, models.guidance_embeds, out);
 
     let bar = out.bar(request.steps as u64, STEPS_BAR);
     let generation = generate(&models, &request, &mut |event| match event {
@@ -82,9 +67,59 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     })?;
     bar.finish_and_clear();
 
-    let seeds = request.seeds();
     let guidance = models.guidance_embeds.then_some(request.guidance);
-    for (i, (path, image)) in paths.iter().zip(&generation.images).enumerate() {
+    write_images(&paths, &request, variant, guidance, &generation.images)?;
+    let total_s = started.elapsed().as_secs_f64();
+    let mut report = describe(&request, variant, guidance, &paths);
+    report["models"] = json!(models.dir);
+    report["variant"] = json!(models.variant);
+    report["image_seq_len"] = json!(request.image_seq_len());
+    report["scheduler"] = json!(models.scheduler);
+    report["mu"] = json!(generation.mu);
+    report["sigmas"] = json!(generation.sigmas);
+    report["vae_scaling_factor"] = json!(models.vae_scaling_factor);
+    report["vae_shift_factor"] = json!(models.vae_shift_factor);
+    report["seconds"] = json!({ "stages": generation.times, "total": total_s });
+    report["warnings"] = json!(generation.warnings);
+    out.result(&report, || summary(&request, &paths, &format!("in {total_s:.1} s")));
+    Ok(())
+}
+
+/// The request as the flags give it (the same for local generation and `--server`).
+pub(super) fn request_options(args: &Args) -> RequestOptions {
+    RequestOptions {
+        prompts: args.prompts.clone(),
+        height: args.height,
+        width: args.width,
+        steps: args.steps,
+        guidance: args.guidance,
+        seed: args.seed,
+        max_sequence_length: args.max_sequence_length,
+        noise_file: args.noise.clone(),
+    }
+}
+
+/// Says which settings were not the user's: a guidance the transformer ignores, a clock seed.
+pub(super) fn warn_about_defaults(args: &Args, request: &Request, variant: Variant, guidance_embeds: bool, out: &Output) {
+    if args.guidance.is_some() && !guidance_embeds {
+        out.warn(&format!("--guidance is ignored: the {} transformer takes no guidance", variant.name()));
+    }
+    if let (InitialNoise::Seed(seed), None) = (&request.noise, args.seed) {
+        out.warn(&format!("no --seed given: using seed {seed} (from the clock)"));
+    }
+}
+
+/// One PNG per image with the settings that make it again as text chunks. Where it was computed is
+/// left to the report: equal pixels locally and through Triton give byte-identical files.
+pub(super) fn write_images(
+    paths: &[PathBuf],
+    request: &Request,
+    variant: Variant,
+    guidance: Option<f32>,
+    images: &[RgbImage],
+) -> Result<()> {
+    let seeds = request.seeds();
+    for (i, (path, image)) in paths.iter().zip(images).enumerate() {
         let settings = json!({
             "prompt": request.prompts[i],
             "seed": seeds.as_ref().map(|s| s[i]),
@@ -92,49 +127,43 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             "steps": request.steps,
             "guidance": guidance,
             "max_sequence_length": request.max_sequence_length,
-            "generator": "fluxbuild generate (ONNX Runtime)",
         });
         write_png(path, image, &[("Description", request.prompts[i].clone()), ("fluxbuild", settings.to_string())])?;
     }
+    Ok(())
+}
 
-    let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let total_s = started.elapsed().as_secs_f64();
-    let noise_source = match &request.noise {
+/// The report's common part: what was asked and which files were written.
+pub(super) fn describe(request: &Request, variant: Variant, guidance: Option<f32>, paths: &[PathBuf]) -> serde_json::Value {
+    let noise = match &request.noise {
         InitialNoise::Seed(seed) => json!({ "generator": "fluxbuild noise v1", "seed": seed }),
         InitialNoise::Tensor { source, .. } => json!({ "file": source }),
     };
-    let report = json!({
-        "models": models.dir,
-        "variant": models.variant,
+    json!({
+        "variant": variant.name(),
         "prompts": request.prompts,
         "height": request.height,
         "width": request.width,
         "steps": request.steps,
         "guidance": guidance,
         "max_sequence_length": request.max_sequence_length,
-        "noise": noise_source,
-        "seeds": seeds,
-        "image_seq_len": request.image_seq_len(),
-        "scheduler": models.scheduler,
-        "mu": generation.mu,
-        "sigmas": generation.sigmas,
-        "vae_scaling_factor": models.vae_scaling_factor,
-        "vae_shift_factor": models.vae_shift_factor,
-        "files": files,
-        "seconds": { "stages": generation.times, "total": total_s },
-        "warnings": generation.warnings,
-    });
-    out.result(&report, || {
-        let seed_text = seeds.as_ref().map_or("noise from file".into(), |s| format!("seed {}", s[0]));
-        format!(
-            "wrote {} ({} image{} {}x{}, {} steps, {seed_text}) in {total_s:.1} s",
-            files.join(", "),
-            files.len(),
-            if files.len() == 1 { "" } else { "s" },
-            request.width,
-            request.height,
-            request.steps
-        )
-    });
-    Ok(())
+        "noise": noise,
+        "seeds": request.seeds(),
+        "files": paths,
+    })
+}
+
+/// `wrote a.png (1 image 96x64, 4 steps, seed 42) <how>`.
+pub(super) fn summary(request: &Request, paths: &[PathBuf], how: &str) -> String {
+    let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let seed = request.seeds().map_or("noise from file".into(), |s| format!("seed {}", s[0]));
+    let plural = if files.len() == 1 { "" } else { "s" };
+    format!(
+        "wrote {} ({} image{plural} {}x{}, {} steps, {seed}) {how}",
+        files.join(", "),
+        files.len(),
+        request.width,
+        request.height,
+        request.steps
+    )
 }

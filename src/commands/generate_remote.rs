@@ -1,38 +1,34 @@
-//! `fluxbuild generate --server URL`: the same request, sent to a Triton server's `flux` model.
+//! `fluxbuild generate --server URL`: the same request, checked by the same code against what the
+//! deployment serves (its defaults fill what the flags leave out), sent to a Triton server's `flux`
+//! model; the images are written as local generation writes them.
 
-use super::generate::Args;
-use crate::client::{write_pngs, Client, ImageRequest};
+use super::generate::{describe, request_options, summary, warn_about_defaults, write_images, Args};
+use crate::client::Client;
+use crate::generate::image::output_paths;
+use crate::generate::Variant;
 use crate::output::Output;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use std::time::Instant;
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let server = args.server.as_deref().context("--server URL is required without --models")?;
-    if args.noise.is_some() {
-        bail!("--noise is only supported for local generation (--models DIR)");
-    }
-    let narrow = |name: &str, v: Option<usize>| -> Result<Option<u32>> {
-        v.map(|v| u32::try_from(v).with_context(|| format!("--{name} {v} is out of range"))).transpose()
-    };
     let client = Client::new(server)?;
-    let seed = args.seed.unwrap_or(0);
-    let request = ImageRequest {
-        prompts: args.prompts.clone(),
-        height: narrow("height", args.height)?,
-        width: narrow("width", args.width)?,
-        steps: narrow("steps", args.steps)?,
-        guidance: args.guidance,
-        seed,
-        max_sequence_length: narrow("max-sequence-length", args.max_sequence_length)?,
-        noise: None,
-    };
-    let start = std::time::Instant::now();
-    let images = client.generate_many(&request, args.concurrency)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let paths = write_pngs(&args.out, &images)?;
-    let report = serde_json::json!({ "server": client.url(), "images": paths, "seconds": seconds, "seed": seed });
-    out.result(&report, || {
-        let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        format!("wrote {} from {} in {seconds:.2} s", list.join(", "), client.url())
-    });
+    let deployment = client.deployment()?;
+    let variant = deployment.variant;
+    let request = request_options(&args).resolve_within(&deployment.defaults, &deployment.limits)?;
+    let paths = output_paths(&args.out, request.batch())?;
+    let guidance_embeds = variant == Variant::Dev;
+    warn_about_defaults(&args, &request, variant, guidance_embeds, out);
+
+    let started = Instant::now();
+    let images = client.generate_many(&request, args.concurrency, deployment.max_batch)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let guidance = guidance_embeds.then_some(request.guidance);
+    write_images(&paths, &request, variant, guidance, &images)?;
+    let mut report = describe(&request, variant, guidance, &paths);
+    report["server"] = serde_json::json!(client.url());
+    report["concurrency"] = serde_json::json!(args.concurrency);
+    report["seconds"] = serde_json::json!(seconds);
+    out.result(&report, || summary(&request, &paths, &format!("from {} in {seconds:.2} s", client.url())));
     Ok(())
 }

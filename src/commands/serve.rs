@@ -1,9 +1,11 @@
 //! `fluxbuild serve`: start a Triton server on a model repository (127.0.0.1), wait until the
-//! `flux` model is ready, then keep serving until the server exits or this process is stopped.
+//! `flux` model is ready, then keep serving until the server exits or this process is stopped;
+//! with `--detach`, return once it is ready and leave it running (stop it with `kill $(cat PID_FILE)`).
 
 use crate::output::Output;
 use crate::serve::{Installation, Server, ServerOptions};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use fluxbuild_exporters::util::write_atomic;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,10 +16,12 @@ pub struct Args {
     repo: PathBuf,
     #[arg(long, default_value_t = 8000)]
     http_port: u16,
-    #[arg(long, default_value_t = 8001)]
-    grpc_port: u16,
-    #[arg(long, default_value_t = 8002)]
-    metrics_port: u16,
+    /// [default: HTTP port + 1]
+    #[arg(long)]
+    grpc_port: Option<u16>,
+    /// [default: HTTP port + 2]
+    #[arg(long)]
+    metrics_port: Option<u16>,
     /// The Triton venv (default: $FLUXBUILD_TRITON_VENV or .cache/triton-venv; `make triton-venv`).
     #[arg(long)]
     venv: Option<PathBuf>,
@@ -27,37 +31,64 @@ pub struct Args {
     /// Seconds to wait for the server to be ready.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Return once the server is ready and leave it running in the background.
+    #[arg(long, requires = "pid_file")]
+    detach: bool,
+    /// Write the server's process id here (removed again when a foreground server exits).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// The server's log [default: a file in a temporary folder, reported].
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let install = Installation::find(args.venv.as_deref())?;
+    let port = |given: Option<u16>, offset: u16| {
+        given.or_else(|| args.http_port.checked_add(offset)).context("--http-port leaves no room for the gRPC and metrics ports")
+    };
     let options = ServerOptions {
         repository: args.repo.clone(),
         http_port: args.http_port,
-        grpc_port: args.grpc_port,
-        metrics_port: args.metrics_port,
+        grpc_port: port(args.grpc_port, 1)?,
+        metrics_port: port(args.metrics_port, 2)?,
         explicit_model_control: args.explicit_model_control,
         load_models: vec!["*".into()],
         ready_model: Some("flux".into()),
         ready_timeout: Duration::from_secs(args.timeout),
         extra_args: vec![],
+        log: args.log.clone(),
+        detached: args.detach,
     };
+    if let Some(pid_file) = &args.pid_file {
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            if unsafe { libc::kill(pid, 0) } == 0 {
+                bail!("{}: process {pid} is still running (a server from before? stop it first)", pid_file.display());
+            }
+        }
+    }
     let mut server = Server::start(&install, &options).with_context(|| format!("serving {}", args.repo.display()))?;
     server.keep_log();
-    let report = serde_json::json!({
-        "url": server.url(), "metrics": format!("http://127.0.0.1:{}/metrics", server.metrics_port),
-        "log": server.log, "pid": std::process::id(),
-    });
-    out.result(&report, || {
-        format!(
-            "Triton is ready at {} (metrics on :{}, log {}); stop it with Ctrl-C or `kill {}`",
-            server.url(),
-            server.metrics_port,
-            server.log.display(),
-            std::process::id()
-        )
-    });
-    let status = server.wait()?;
-    anyhow::ensure!(status.success(), "tritonserver exited with {status}; see {}", server.log.display());
+    let (url, metrics, log) = (server.url(), format!("http://127.0.0.1:{}/metrics", server.metrics_port), server.log.clone());
+    let report = |pid: u32, stop_with: String| {
+        if let Some(pid_file) = &args.pid_file {
+            write_atomic(pid_file, format!("{pid}\n").as_bytes())?;
+        }
+        let report = serde_json::json!({ "url": url, "metrics": metrics, "log": log, "pid": pid, "detached": args.detach });
+        out.result(&report, || format!("Triton is ready at {url} (metrics {metrics}, log {}); stop it with {stop_with}", log.display()));
+        Ok::<_, anyhow::Error>(())
+    };
+    if args.detach {
+        let pid = server.detach();
+        return report(pid, format!("`kill {pid}`"));
+    }
+    let pid = std::process::id();
+    report(pid, format!("Ctrl-C or `kill {pid}`"))?;
+    let status = server.wait();
+    if let Some(pid_file) = &args.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    let status = status?;
+    anyhow::ensure!(status.success(), "tritonserver exited with {status}; see {}", log.display());
     Ok(())
 }

@@ -10,9 +10,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// The VAE latent normalization of FLUX.1 (`vae/config.json`), used when the manifest has none.
-pub const FLUX_VAE_SCALING: f64 = 0.3611;
-pub const FLUX_VAE_SHIFT: f64 = 0.1159;
+/// The VAE latent normalization of FLUX.1, used when the manifest has none (older exports).
+use fluxbuild_exporters::models::vae::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT};
 
 /// The graph folders `fluxbuild export` writes, in the order generation uses them.
 pub const GRAPHS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];

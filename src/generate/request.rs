@@ -17,18 +17,58 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
 pub const DEFAULT_SIDE: usize = 1024;
 
-/// What FluxPipeline does by default for each variant.
+/// What a request gets for each setting it leaves out.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Defaults {
+    pub height: usize,
+    pub width: usize,
     pub steps: usize,
     pub guidance: f32,
     pub max_sequence_length: usize,
 }
 
 impl Variant {
+    /// What FluxPipeline does by default for each variant.
     pub fn defaults(self) -> Defaults {
+        let (height, width) = (DEFAULT_SIDE, DEFAULT_SIDE);
         match self {
-            Variant::Dev => Defaults { steps: 28, guidance: 3.5, max_sequence_length: 512 },
-            Variant::Schnell => Defaults { steps: 4, guidance: 0.0, max_sequence_length: 256 },
+            Variant::Dev => Defaults { height, width, steps: 28, guidance: 3.5, max_sequence_length: 512 },
+            Variant::Schnell => Defaults { height, width, steps: 4, guidance: 0.0, max_sequence_length: 256 },
+        }
+    }
+}
+
+/// What a request may ask for: what the pipeline's math allows, or less where the graphs or a
+/// Triton deployment serve less.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub min_height: usize,
+    pub max_height: usize,
+    pub min_width: usize,
+    pub max_width: usize,
+    pub max_steps: usize,
+    pub max_sequence_length: usize,
+    /// Who sets these limits, for messages (empty for the pipeline's own).
+    pub set_by: String,
+}
+
+impl Limits {
+    pub fn pipeline() -> Limits {
+        Limits {
+            min_height: MIN_SIDE,
+            max_height: MAX_SIDE,
+            min_width: MIN_SIDE,
+            max_width: MAX_SIDE,
+            max_steps: MAX_STEPS,
+            max_sequence_length: MAX_SEQUENCE_LENGTH,
+            set_by: String::new(),
+        }
+    }
+
+    fn range(&self, low: usize, high: usize) -> String {
+        match self.set_by.as_str() {
+            "" => format!("{low}..={high}"),
+            by => format!("{low}..={high} ({by})"),
         }
     }
 }
@@ -68,10 +108,15 @@ pub struct RequestOptions {
 }
 
 impl RequestOptions {
-    /// Fills in defaults and checks everything; without a seed or noise file the seed comes from the clock.
+    /// Fills in the variant's defaults and checks everything against the pipeline's limits.
     pub fn resolve(self, variant: Variant) -> Result<Request> {
-        let defaults = variant.defaults();
-        let (height, width) = (self.height.unwrap_or(DEFAULT_SIDE), self.width.unwrap_or(DEFAULT_SIDE));
+        self.resolve_within(&variant.defaults(), &Limits::pipeline())
+    }
+
+    /// Fills in `defaults` and checks everything against `limits`; without a seed or noise file
+    /// the seed comes from the clock.
+    pub fn resolve_within(self, defaults: &Defaults, limits: &Limits) -> Result<Request> {
+        let (height, width) = (self.height.unwrap_or(defaults.height), self.width.unwrap_or(defaults.width));
         if self.seed.is_some() && self.noise_file.is_some() {
             bail!("--seed and --noise both choose the initial noise: give one");
         }
@@ -84,7 +129,7 @@ impl RequestOptions {
             max_sequence_length: self.max_sequence_length.unwrap_or(defaults.max_sequence_length),
             noise: InitialNoise::Seed(self.seed.unwrap_or_else(clock_seed)),
         };
-        request.validate()?;
+        request.check(limits)?;
         if let Some(path) = self.noise_file {
             let noise = read_noise_file(&path, request.latent_shape())?;
             request.noise = InitialNoise::Tensor { noise, source: path.display().to_string() };
@@ -114,7 +159,12 @@ impl Request {
         (self.height / SIDE_MULTIPLE) * (self.width / SIDE_MULTIPLE)
     }
 
+    /// Checks the request against what the pipeline's math allows.
     pub fn validate(&self) -> Result<()> {
+        self.check(&Limits::pipeline())
+    }
+
+    pub fn check(&self, limits: &Limits) -> Result<()> {
         if self.prompts.is_empty() {
             bail!("no prompt given (--prompt TEXT)");
         }
@@ -123,19 +173,30 @@ impl Request {
                 bail!("prompt {i} is empty or only whitespace");
             }
         }
-        for (name, side) in [("height", self.height), ("width", self.width)] {
-            if side % SIDE_MULTIPLE != 0 || !(MIN_SIDE..=MAX_SIDE).contains(&side) {
-                bail!("{name} {side} is not a multiple of {SIDE_MULTIPLE} in {MIN_SIDE}..={MAX_SIDE}");
+        let sides = [
+            ("height", self.height, limits.min_height, limits.max_height),
+            ("width", self.width, limits.min_width, limits.max_width),
+        ];
+        for (name, side, low, high) in sides {
+            if side % SIDE_MULTIPLE != 0 {
+                bail!("{name} {side} is not a multiple of {SIDE_MULTIPLE}");
+            }
+            if !(low..=high).contains(&side) {
+                bail!("{name} {side} is out of range {}", limits.range(low, high));
             }
         }
-        if !(1..=MAX_STEPS).contains(&self.steps) {
-            bail!("steps {} is out of range 1..={MAX_STEPS}", self.steps);
+        if !(1..=limits.max_steps).contains(&self.steps) {
+            bail!("steps {} is out of range {}", self.steps, limits.range(1, limits.max_steps));
         }
         if !self.guidance.is_finite() {
             bail!("guidance {} is not a finite number", self.guidance);
         }
-        if !(1..=MAX_SEQUENCE_LENGTH).contains(&self.max_sequence_length) {
-            bail!("max sequence length {} is out of range 1..={MAX_SEQUENCE_LENGTH}", self.max_sequence_length);
+        if !(1..=limits.max_sequence_length).contains(&self.max_sequence_length) {
+            bail!(
+                "max sequence length {} is out of range {}",
+                self.max_sequence_length,
+                limits.range(1, limits.max_sequence_length)
+            );
         }
         if let InitialNoise::Tensor { noise, source } = &self.noise {
             let expected = self.latent_shape();
@@ -155,6 +216,26 @@ impl Request {
         match &self.noise {
             InitialNoise::Seed(seed) => seeded_noise(*seed, self.latent_shape()),
             InitialNoise::Tensor { noise, .. } => noise.clone(),
+        }
+    }
+
+    /// Prompts `range` as a request of their own: each keeps its seed (seed + i) or its noise.
+    pub fn part(&self, range: std::ops::Range<usize>) -> Request {
+        let noise = match &self.noise {
+            InitialNoise::Seed(seed) => InitialNoise::Seed(super::noise::prompt_seed(*seed, range.start)),
+            InitialNoise::Tensor { noise, source } => InitialNoise::Tensor {
+                noise: noise.slice(ndarray::s![range.clone(), .., .., ..]).to_owned(),
+                source: format!("{source} [prompts {}..{}]", range.start, range.end),
+            },
+        };
+        Request {
+            prompts: self.prompts[range].to_vec(),
+            height: self.height,
+            width: self.width,
+            steps: self.steps,
+            guidance: self.guidance,
+            max_sequence_length: self.max_sequence_length,
+            noise,
         }
     }
 

@@ -7,6 +7,9 @@ use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, Tr
 
 /// CLIP's fixed context length.
 pub const CLIP_LENGTH: usize = 77;
+/// What FluxPipeline's tokenizers pad with (CLIP: its end-of-text token, 49407 in CLIP-L; T5: id 0).
+pub const CLIP_PAD_TOKEN: &str = "<|endoftext|>";
+pub const T5_PAD_TOKEN: &str = "<pad>";
 
 /// One of the two text encoders' tokenizers.
 pub struct PromptTokenizer {
@@ -27,12 +30,12 @@ pub struct Tokens {
 impl PromptTokenizer {
     /// CLIP: 77 tokens, padded with its end-of-text token (`<|endoftext|>`, 49407 in CLIP-L).
     pub fn clip(path: &Path) -> Result<PromptTokenizer> {
-        PromptTokenizer::load("CLIP", path, CLIP_LENGTH, "<|endoftext|>")
+        PromptTokenizer::load("CLIP", path, CLIP_LENGTH, CLIP_PAD_TOKEN)
     }
 
     /// T5: `length` tokens (the pipeline's max_sequence_length), `</s>` then `<pad>` (0).
     pub fn t5(path: &Path, length: usize) -> Result<PromptTokenizer> {
-        PromptTokenizer::load("T5", path, length, "<pad>")
+        PromptTokenizer::load("T5", path, length, T5_PAD_TOKEN)
     }
 
     fn load(encoder: &'static str, path: &Path, length: usize, pad_token: &str) -> Result<PromptTokenizer> {

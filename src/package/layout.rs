@@ -4,8 +4,9 @@
 
 use super::config::{DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, Tensor, Warmup, WarmupData, WarmupInput};
 use super::engines::Engine;
-use super::source::{data_type, fixed, numpy_dtype, Exported, Network, Variant};
+use super::source::{data_type, fixed, numpy_dtype, Exported, Network};
 use super::{Options, Target};
+use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,11 +154,14 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
     };
     c.instance_groups.push(InstanceGroup { count: 1, kind, gpus: vec![], profile: vec![] });
 
-    let (default_steps, default_guidance, default_length) = match exported.variant {
-        Variant::Dev => (28, 3.5, 512),
-        Variant::Schnell => (4, 0.0, 256),
-    };
-    let default_length = options.max_sequence_length.map(i64::from).unwrap_or(default_length).min(limits.max_sequence_length);
+    let exported_models = &exported.models;
+    // Local generation's defaults (FluxPipeline's), the T5 length capped by what the graphs or engines take.
+    let defaults = exported_models.variant.value.defaults();
+    let default_length = options
+        .max_sequence_length
+        .map(i64::from)
+        .unwrap_or(defaults.max_sequence_length as i64)
+        .min(limits.max_sequence_length);
     let default_height = i64::from(options.height).clamp(limits.min_height, limits.max_height);
     let default_width = i64::from(options.width).clamp(limits.min_width, limits.max_width);
     let mut dtypes = BTreeMap::new();
@@ -171,23 +175,23 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
     };
     let params: Vec<(&str, String)> = vec![
         ("target", target.into()),
-        ("variant", serde_json::to_value(exported.variant)?.as_str().unwrap_or_default().into()),
+        ("variant", exported_models.variant.value.name().into()),
         ("default_height", default_height.to_string()),
         ("default_width", default_width.to_string()),
         ("min_height", limits.min_height.to_string()),
         ("max_height", limits.max_height.to_string()),
         ("min_width", limits.min_width.to_string()),
         ("max_width", limits.max_width.to_string()),
-        ("default_steps", options.steps.unwrap_or(default_steps).to_string()),
+        ("default_steps", options.steps.map_or(defaults.steps, |s| s as usize).to_string()),
         ("max_steps", options.max_steps.to_string()),
-        ("default_guidance", default_guidance.to_string()),
+        ("default_guidance", defaults.guidance.to_string()),
         ("default_max_sequence_length", default_length.to_string()),
         ("max_max_sequence_length", limits.max_sequence_length.to_string()),
         ("clip_length", limits.clip_length.to_string()),
-        ("clip_pad_token", "<|endoftext|>".into()),
-        ("t5_pad_token", "<pad>".into()),
-        ("vae_scaling_factor", exported.vae_scaling_factor.to_string()),
-        ("vae_shift_factor", exported.vae_shift_factor.to_string()),
+        ("clip_pad_token", CLIP_PAD_TOKEN.into()),
+        ("t5_pad_token", T5_PAD_TOKEN.into()),
+        ("vae_scaling_factor", exported_models.vae_scaling_factor.value.to_string()),
+        ("vae_shift_factor", exported_models.vae_shift_factor.value.to_string()),
         ("network_max_batch", limits.network_max_batch.to_string()),
         ("input_dtypes", serde_json::to_string(&dtypes)?),
     ];
@@ -200,9 +204,11 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
     }
     let files = vec![
         (PathBuf::from("1/model.py"), Source::Bytes(ORCHESTRATOR_PY.as_bytes().to_vec())),
-        (PathBuf::from("1/tokenizer/tokenizer.json"), Source::Link(exported.clip_tokenizer.clone())),
-        (PathBuf::from("1/tokenizer_2/tokenizer.json"), Source::Link(exported.t5_tokenizer.clone())),
-        (PathBuf::from("1/scheduler/scheduler_config.json"), Source::Link(exported.scheduler_config.clone())),
+        (PathBuf::from("1/tokenizer/tokenizer.json"), Source::Link(exported_models.clip_tokenizer.clone())),
+        (PathBuf::from("1/tokenizer_2/tokenizer.json"), Source::Link(exported_models.t5_tokenizer.clone())),
+        // The schedule local generation uses (the export's scheduler_config.json as read, or the
+        // variant's published one), so both compute the same sigmas.
+        (PathBuf::from("1/scheduler/scheduler_config.json"), Source::Bytes(serde_json::to_vec_pretty(&exported_models.scheduler.value)?)),
     ];
     Ok(ModelDir { config: c, files })
 }

@@ -10,6 +10,8 @@ pub mod engines;
 pub mod layout;
 pub mod source;
 
+use crate::generate::request::MAX_SEQUENCE_LENGTH;
+use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
 use anyhow::{bail, Context, Result};
 use engines::EnginesManifest;
 use fluxbuild_exporters::util::{sha256_file, write_atomic};
@@ -108,13 +110,10 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
     write_repository(options, &exported, &dirs, &limits, progress)
 }
 
+/// The orchestrator pads with the tokens local generation pads with: both must be there.
 fn check_tokenizers(exported: &Exported) -> Result<()> {
-    for (path, pad) in [(&exported.clip_tokenizer, "<|endoftext|>"), (&exported.t5_tokenizer, "<pad>")] {
-        let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: not a tokenizer: {e}", path.display()))?;
-        if tokenizer.token_to_id(pad).is_none() {
-            bail!("{}: has no {pad} token to pad prompts with", path.display());
-        }
-    }
+    PromptTokenizer::clip(&exported.models.clip_tokenizer)?;
+    PromptTokenizer::t5(&exported.models.t5_tokenizer, 1)?;
     Ok(())
 }
 
@@ -131,8 +130,8 @@ fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
         max_height: options.max_height.into(),
         min_width: 16,
         max_width: options.max_width.into(),
-        clip_length: clip.dims.get(1).and_then(fixed).unwrap_or(77),
-        max_sequence_length: t5.dims.get(1).and_then(fixed).unwrap_or(512),
+        clip_length: clip.dims.get(1).and_then(fixed).unwrap_or(CLIP_LENGTH as i64),
+        max_sequence_length: t5.dims.get(1).and_then(fixed).unwrap_or(MAX_SEQUENCE_LENGTH as i64),
         network_max_batch: options.max_batch.into(),
     })
 }
@@ -210,13 +209,16 @@ fn write_repository(
             "kind": "fluxbuild triton repository",
             "fluxbuild": env!("CARGO_PKG_VERSION"),
             "target": options.target,
-            "variant": exported.variant,
+            "variant": exported.models.variant,
+            "vae_scaling_factor": exported.models.vae_scaling_factor,
+            "vae_shift_factor": exported.models.vae_shift_factor,
+            "scheduler": exported.models.scheduler,
             "settings": options,
             "limits": limits,
             "models": models,
             "source": {
-                "models": exported.dir,
-                "export_manifest_sha256": sha256_file(&exported.dir.join("manifest.json")).ok(),
+                "models": exported.models.dir,
+                "export_manifest_sha256": sha256_file(&exported.models.dir.join("manifest.json")).ok(),
                 "engines_manifest_sha256": options.engines.as_ref().and_then(|e| sha256_file(&e.join("manifest.json")).ok()),
             },
             "files": listed,

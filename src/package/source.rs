@@ -1,22 +1,18 @@
 //! What `fluxbuild export` wrote, read back for packaging: the four graphs and their interfaces,
-//! the two tokenizers, the scheduler config and the settings the orchestrator needs.
+//! plus everything local generation reads (`generate::ExportedModels`: variant, tokenizers,
+//! scheduler config, the VAE's scaling and shift), read by the same code so that the served
+//! pipeline computes what `fluxbuild generate` computes.
 //!
-//! Fields relied on (everything else in `DIR/manifest.json` is carried into the repository
-//! manifest untouched):
-//! - `DIR/{clip,t5,transformer,vae_decoder}/model.onnx` (+ `model.onnx.data`): inputs and outputs
-//!   are read from the graph itself (the names in the brief's graph interfaces);
-//!   the variant is `dev` when the transformer has a `guidance` input, else `schnell`;
-//! - `DIR/tokenizer/tokenizer.json` (CLIP, must know `<|endoftext|>`), `DIR/tokenizer_2/tokenizer.json`
-//!   (T5, must know `<pad>`), `DIR/scheduler/scheduler_config.json` (diffusers' format);
-//! - `DIR/manifest.json`: optional; `scaling_factor` / `shift_factor` found anywhere under its
-//!   `vae_decoder` entry override the FLUX.1 VAE's 0.3611 / 0.1159.
+//! The graphs' inputs and outputs are read from the graphs themselves (the names in the brief's
+//! graph interfaces); a transformer whose `guidance` input disagrees with the manifest's variant
+//! is refused.
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::generate::ExportedModels;
+use anyhow::{bail, Result};
 use fluxbuild_exporters::onnx::{read_interface, Dim, ElemType, Interface, ValueInfo};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-pub const NETWORKS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
+pub const NETWORKS: [&str; 4] = crate::generate::models::GRAPHS;
 
 /// The inputs and outputs each network must have (the contract between the stages).
 const CONTRACT: [(&str, &[&str], &[&str]); 4] = [
@@ -30,10 +26,6 @@ const CONTRACT: [(&str, &[&str], &[&str]); 4] = [
     ("vae_decoder", &["latent"], &["images"]),
 ];
 
-/// FLUX.1's AutoencoderKL config (FLUX_FACTS.md §1).
-pub const FLUX_VAE_SCALING: f64 = 0.3611;
-pub const FLUX_VAE_SHIFT: f64 = 0.1159;
-
 #[derive(Clone, Debug)]
 pub struct Network {
     pub name: String,
@@ -43,68 +35,27 @@ pub struct Network {
     pub interface: Interface,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Variant {
-    Dev,
-    Schnell,
-}
-
 #[derive(Clone, Debug)]
 pub struct Exported {
-    pub dir: PathBuf,
+    pub models: ExportedModels,
     pub networks: Vec<Network>,
-    pub variant: Variant,
-    pub clip_tokenizer: PathBuf,
-    pub t5_tokenizer: PathBuf,
-    pub scheduler_config: PathBuf,
-    pub vae_scaling_factor: f64,
-    pub vae_shift_factor: f64,
-    /// `DIR/manifest.json` as written by export, when present.
-    pub manifest: Option<Value>,
 }
 
 impl Exported {
     pub fn read(dir: &Path) -> Result<Exported> {
-        if !dir.is_dir() {
-            bail!("--models {}: not a folder (expected what `fluxbuild export` writes)", dir.display());
-        }
+        let models = ExportedModels::open(dir)?;
         let networks = NETWORKS.iter().map(|n| read_network(dir, n, &dir.join(n))).collect::<Result<Vec<_>>>()?;
-        let transformer = &networks[2].interface;
-        let variant = if transformer.input("guidance").is_some() { Variant::Dev } else { Variant::Schnell };
-        let file = |rel: &str| {
-            let path = dir.join(rel);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(anyhow!("{}: missing (export copies it from the pipeline)", path.display()))
-            }
-        };
-        let manifest = match std::fs::read_to_string(dir.join("manifest.json")) {
-            Ok(text) => Some(serde_json::from_str(&text).with_context(|| format!("{}/manifest.json: not JSON", dir.display()))?),
-            Err(_) => None,
-        };
-        let vae = manifest.as_ref().and_then(|m| find_key(m, "vae_decoder"));
-        let factor = |key, default| vae.and_then(|v| find_key(v, key)).and_then(Value::as_f64).unwrap_or(default);
-        let scheduler_config = file("scheduler/scheduler_config.json")?;
-        let scheduler: Value = serde_json::from_str(&std::fs::read_to_string(&scheduler_config)?)
-            .with_context(|| format!("{}: not JSON", scheduler_config.display()))?;
-        for refused in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling"] {
-            if scheduler.get(refused).and_then(Value::as_bool) == Some(true) {
-                bail!("{}: `{refused}: true` is not what FluxPipeline uses on FLUX.1", scheduler_config.display());
-            }
+        let takes_guidance = networks[2].interface.input("guidance").is_some();
+        if takes_guidance != models.guidance_embeds {
+            bail!(
+                "{}: the graph {} a `guidance` input, but {} says guidance_embeds = {}",
+                networks[2].graph.display(),
+                if takes_guidance { "has" } else { "has no" },
+                models.variant.source,
+                models.guidance_embeds
+            );
         }
-        Ok(Exported {
-            dir: dir.to_path_buf(),
-            variant,
-            clip_tokenizer: file("tokenizer/tokenizer.json")?,
-            t5_tokenizer: file("tokenizer_2/tokenizer.json")?,
-            scheduler_config,
-            vae_scaling_factor: factor("scaling_factor", FLUX_VAE_SCALING),
-            vae_shift_factor: factor("shift_factor", FLUX_VAE_SHIFT),
-            manifest,
-            networks,
-        })
+        Ok(Exported { models, networks })
     }
 
     pub fn network(&self, name: &str) -> &Network {
@@ -136,15 +87,6 @@ pub fn read_network(dir: &Path, network: &str, folder: &Path) -> Result<Network>
 
 fn names(values: &[ValueInfo]) -> String {
     values.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// The first value under `key` anywhere in `value` (depth first).
-fn find_key<'v>(value: &'v Value, key: &str) -> Option<&'v Value> {
-    match value {
-        Value::Object(map) => map.get(key).or_else(|| map.values().find_map(|v| find_key(v, key))),
-        Value::Array(items) => items.iter().find_map(|v| find_key(v, key)),
-        _ => None,
-    }
 }
 
 /// A fixed dimension, if it is one.

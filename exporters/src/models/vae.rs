@@ -17,6 +17,9 @@ pub struct VaeDecoderExporter;
 /// Every GroupNorm of the diffusers VAE decoder uses this epsilon (hard-coded there too).
 const NORM_EPS: f32 = 1e-6;
 const FLUX_CHANNELS: [usize; 4] = [128, 256, 512, 512];
+/// FLUX.1's latent normalization (`vae/config.json`), for checkpoints that come without a config.
+pub const FLUX_VAE_SCALING: f64 = 0.3611;
+pub const FLUX_VAE_SHIFT: f64 = 0.1159;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +41,10 @@ pub struct VaeDecoderConfig {
     pub layers_per_block: usize,
     pub norm_num_groups: usize,
     pub mid_block_add_attention: bool,
+    /// The latent normalization the pipeline undoes before decoding (`z / scaling + shift`). Not
+    /// part of the graph: recorded in the manifest for local generation and the orchestrator.
+    pub scaling_factor: f64,
+    pub shift_factor: f64,
     /// Where each value came from.
     pub origins: BTreeMap<String, String>,
 }
@@ -197,6 +204,8 @@ impl Exporter for VaeDecoderExporter {
             layers_per_block,
             norm_num_groups,
             mid_block_add_attention: d.or_default("mid_block_add_attention", true)?,
+            scaling_factor: d.required("scaling_factor", Some((FLUX_VAE_SCALING, "FLUX.1 default")), "latent scaling factor")?,
+            shift_factor: d.required("shift_factor", Some((FLUX_VAE_SHIFT, "FLUX.1 default")), "latent shift factor")?,
             origins: d.origins(),
         };
         let is_flux = config.block_out_channels == FLUX_CHANNELS && (latent_channels, layers_per_block) == (16, 2);

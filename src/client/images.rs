@@ -1,0 +1,140 @@
+//! Generation through a Triton server's `flux` model: the deployment's defaults and limits (from
+//! the config `fluxbuild package` wrote), and a resolved `generate::Request` in, images out.
+//! Requests are checked by the same code as local generation before anything is sent; every
+//! setting travels explicitly, so the server computes exactly what `fluxbuild generate` would.
+
+use super::{Client, Tensor};
+use crate::generate::image::RgbImage;
+use crate::generate::request::{Defaults, Limits};
+use crate::generate::{InitialNoise, Request, Variant};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The orchestrator every request goes to.
+const MODEL: &str = "flux";
+
+/// What a deployment serves.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub variant: Variant,
+    /// `flux`'s max_batch_size: the most prompts one request may carry.
+    pub max_batch: usize,
+    pub defaults: Defaults,
+    pub limits: Limits,
+}
+
+impl Deployment {
+    fn from_config(config: &Value, url: &str) -> Result<Deployment> {
+        let parameter = |key: &str| -> Result<&str> {
+            config["parameters"][key]["string_value"]
+                .as_str()
+                .with_context(|| format!("{url}: the config of `{MODEL}` has no parameter `{key}` (not a fluxbuild repository?)"))
+        };
+        let number = |key: &str| -> Result<usize> {
+            let text = parameter(key)?;
+            text.parse().with_context(|| format!("{url}: parameter `{key}` of `{MODEL}` is {text:?}, not a count"))
+        };
+        let guidance = parameter("default_guidance")?;
+        Ok(Deployment {
+            variant: Variant::parse(parameter("variant")?)?,
+            max_batch: config["max_batch_size"].as_u64().unwrap_or(1).max(1) as usize,
+            defaults: Defaults {
+                height: number("default_height")?,
+                width: number("default_width")?,
+                steps: number("default_steps")?,
+                guidance: guidance.parse().with_context(|| format!("{url}: default_guidance {guidance:?}"))?,
+                max_sequence_length: number("default_max_sequence_length")?,
+            },
+            limits: Limits {
+                min_height: number("min_height")?,
+                max_height: number("max_height")?,
+                min_width: number("min_width")?,
+                max_width: number("max_width")?,
+                max_steps: number("max_steps")?,
+                max_sequence_length: number("max_max_sequence_length")?,
+                set_by: format!("what the Triton deployment at {url} serves"),
+            },
+        })
+    }
+}
+
+impl Client {
+    /// The deployment behind this server, once it is live and `flux` is ready.
+    pub fn deployment(&self) -> Result<Deployment> {
+        if !self.live().unwrap_or(false) {
+            bail!("the Triton server at {} is not answering (is it running? `fluxbuild serve --repo REPO`)", self.url());
+        }
+        if !self.model_ready(MODEL)? {
+            bail!("the Triton server at {} is up but its model `{MODEL}` is not ready (see the server log)", self.url());
+        }
+        Deployment::from_config(&self.get_json(&format!("/v2/models/{MODEL}/config"))?, &self.url())
+    }
+
+    /// One request to `flux` with all of `request.prompts`.
+    pub fn generate(&self, request: &Request) -> Result<Vec<RgbImage>> {
+        let n = request.batch();
+        let shape = [n as i64, 1];
+        let prompts: Vec<&[u8]> = request.prompts.iter().map(|p| p.as_bytes()).collect();
+        let int = |name: &str, value: usize| -> Result<Tensor> {
+            let value = i32::try_from(value).with_context(|| format!("{name} {value} does not fit the INT32 input"))?;
+            Ok(Tensor::i32(name, &shape, &vec![value; n]))
+        };
+        let mut inputs = vec![
+            Tensor::bytes("prompt", &shape, &prompts),
+            int("height", request.height)?,
+            int("width", request.width)?,
+            int("steps", request.steps)?,
+            int("max_sequence_length", request.max_sequence_length)?,
+            Tensor::f32("guidance", &shape, &vec![request.guidance; n]),
+        ];
+        match &request.noise {
+            InitialNoise::Seed(_) => {
+                let seeds: Vec<i64> = request.seeds().expect("seeded").into_iter().map(|s| s as i64).collect();
+                inputs.push(Tensor::i64("seed", &shape, &seeds));
+            }
+            InitialNoise::Tensor { noise, .. } => {
+                let dims: Vec<i64> = noise.shape().iter().map(|&d| d as i64).collect();
+                inputs.push(Tensor::f32("noise", &dims, &noise.iter().copied().collect::<Vec<f32>>()));
+            }
+        }
+        let outputs = self.infer(MODEL, &inputs, &["image"])?;
+        let image = outputs.into_iter().find(|t| t.name == "image").context("flux answered without an image")?;
+        let expected = [n as i64, request.height as i64, request.width as i64, 3];
+        if image.shape != expected || image.datatype != "UINT8" || image.data.len() != n * request.height * request.width * 3 {
+            bail!("flux answered {} {:?} ({} bytes), expected UINT8 {expected:?}", image.datatype, image.shape, image.data.len());
+        }
+        Ok(image
+            .data
+            .chunks_exact(request.height * request.width * 3)
+            .map(|pixels| RgbImage { width: request.width, height: request.height, pixels: pixels.to_vec() })
+            .collect())
+    }
+
+    /// All prompts, as requests of at most `max_batch` prompts, `concurrency` in flight at once;
+    /// images in prompt order (prompt i keeps seed + i, or its noise, however the requests are cut).
+    pub fn generate_many(&self, request: &Request, concurrency: usize, max_batch: usize) -> Result<Vec<RgbImage>> {
+        let n = request.batch();
+        let per_request = n.div_ceil(concurrency.max(1)).clamp(1, max_batch.max(1));
+        let parts: Vec<(usize, Request)> =
+            (0..n).step_by(per_request).map(|start| (start, request.part(start..(start + per_request).min(n)))).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..concurrency.max(1).min(parts.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((start, part)) = parts.get(i) else { break };
+                    let result = self.generate(part).with_context(|| format!("prompts {start}..{}", start + part.batch()));
+                    results.lock().expect("no panics").push((*start, result));
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("no panics");
+        results.sort_by_key(|(start, _)| *start);
+        let mut images = Vec::with_capacity(n);
+        for (_, result) in results {
+            images.extend(result?);
+        }
+        Ok(images)
+    }
+}
