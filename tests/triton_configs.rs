@@ -1,6 +1,7 @@
-//! The gpu target's repository, checked by the real server's config parser: every model's
-//! config.pbtxt must parse and validate; loading may fail only because this machine has no
-//! TensorRT backend and no GPU. A deliberately broken config shows the check can fail.
+//! The gpu target's repository for the tiny FLUX.1-dev fixture (exported by `fluxbuild export`),
+//! checked by the real server's config parser: every model's config.pbtxt must parse and
+//! validate; loading may fail only because this machine has no TensorRT backend and no GPU.
+//! A deliberately broken config shows the check can fail.
 
 mod triton_support;
 
@@ -8,6 +9,8 @@ use fluxbuild::package::{package, Options, Target};
 use fluxbuild::serve::{Installation, Server, ServerOptions};
 use std::path::Path;
 
+/// An engines manifest as `fluxbuild build` writes it, with profiles for the fixture's graphs
+/// (joint_attention_dim and pooled_projection_dim 32); the plans are placeholders.
 fn engines(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let shapes = |min: &[i64], opt: &[i64], max: &[i64]| serde_json::json!({ "min": min, "opt": opt, "max": max });
@@ -19,8 +22,8 @@ fn engines(dir: &Path) {
     };
     let transformer_inputs = serde_json::json!({
         "hidden_states": shapes(&[1, 256, 64], &[1, 4096, 64], &[4, 4096, 64]),
-        "encoder_hidden_states": shapes(&[1, 256, 8], &[1, 512, 8], &[4, 512, 8]),
-        "pooled_projections": shapes(&[1, 8], &[1, 8], &[4, 8]),
+        "encoder_hidden_states": shapes(&[1, 256, 32], &[1, 512, 32], &[4, 512, 32]),
+        "pooled_projections": shapes(&[1, 32], &[1, 32], &[4, 32]),
         "timestep": shapes(&[1], &[1], &[4]),
         "img_ids": shapes(&[256, 3], &[4096, 3], &[4096, 3]),
         "txt_ids": shapes(&[256, 3], &[512, 3], &[512, 3]),
@@ -59,8 +62,7 @@ fn missing_tensorrt_or_gpu(message: &str) -> bool {
 #[test]
 fn every_gpu_config_is_accepted_by_the_servers_parser() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("export");
-    triton_support::write_tiny_export(&models);
+    let models = triton_support::export("dev", &dir.path().join("export"));
     engines(&dir.path().join("engines"));
     let repo = dir.path().join("repo");
     let options = Options {

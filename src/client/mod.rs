@@ -96,6 +96,15 @@ impl Client {
         Ok(value)
     }
 
+    /// GET a text document (Triton's Prometheus metrics).
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        let response = self.call("GET", path, &[], b"")?;
+        if response.status != 200 {
+            bail!("{}{path}: {}", self.url(), response.status);
+        }
+        Ok(String::from_utf8_lossy(&response.body).into_owned())
+    }
+
     /// POST to the repository API (`load` / `unload`; needs `--model-control-mode=explicit`).
     pub fn repository(&self, model: &str, action: &str) -> Result<()> {
         let response = self.call("POST", &format!("/v2/repository/models/{model}/{action}"), &[], b"")?;

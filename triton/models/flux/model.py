@@ -390,16 +390,17 @@ class TritonPythonModel:
 
     async def execute(self, requests):
         errors = [None] * len(requests)
+        bad_request = [False] * len(requests)  # answered as INVALID_ARG (HTTP 400), the rest as INTERNAL (500)
         images = [None] * len(requests)
         groups = {}
         for r, request in enumerate(requests):
             try:
                 items = self._parse(request, r)
             except RequestError as e:
-                errors[r] = str(e)
+                errors[r], bad_request[r] = str(e), True
                 continue
             except Exception as e:  # a malformed tensor the checks above did not foresee
-                errors[r] = f"bad request: {e}"
+                errors[r], bad_request[r] = f"bad request: {e}", True
                 continue
             images[r] = [None] * len(items)
             for item in items:
@@ -424,7 +425,8 @@ class TritonPythonModel:
         responses = []
         for r in range(len(requests)):
             if errors[r] is not None:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r])))
+                code = pb_utils.TritonError.INVALID_ARG if bad_request[r] else pb_utils.TritonError.INTERNAL
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r], code)))
             else:
                 self.images.increment(len(images[r]))
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("image", np.stack(images[r]))]))
