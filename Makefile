@@ -16,6 +16,15 @@ $(ORT_DYLIB_PATH):
 test: setup triton-venv
 	$(CARGO) test --workspace
 
+# The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
+# a cpu Triton repository, a real Triton server on 127.0.0.1:$(DEMO_PORT), the image through it
+# (out/demo/triton.png), the server stopped, and whether it equals the local one.
+DEMO_PORT ?= 18000
+.PHONY: demo
+demo: setup triton-venv
+	$(CARGO) build --bin fluxbuild
+	PORT=$(DEMO_PORT) bash scripts/demo.sh
+
 # Regenerates the parity fixtures (needs torch, diffusers, transformers: tests/fixtures/requirements.txt).
 FIXTURE_PY ?= python3
 .PHONY: fixtures

@@ -1,42 +1,74 @@
 #!/usr/bin/env bash
 # The whole flow on the bundled tiny FLUX.1-dev checkpoint (random weights, real tokenizers):
 # inspect -> export -> lint -> local image -> Triton repository -> real Triton server -> image.
+# `make demo` builds fluxbuild and sets everything up first. The server listens on 127.0.0.1 only
+# and is stopped when the script ends, also on failure or Ctrl-C.
+# Knobs: FLUXBUILD (binary), CHECKPOINT, OUT (default out/demo), PROMPT, PORT (HTTP; gRPC and
+# metrics on the next two), SEED, HEIGHT, WIDTH, STEPS.
 set -euo pipefail
-fluxbuild=${FLUXBUILD:-target/debug/fluxbuild}
+cd "$(dirname "$0")/.."
+fluxbuild=${FLUXBUILD:-${CARGO_TARGET_DIR:-target}/debug/fluxbuild}
 checkpoint=${CHECKPOINT:-tests/fixtures/pipeline/dev}
 out=${OUT:-out/demo}
 prompt=${PROMPT:-a photo of a cat}
 port=${PORT:-18000}
-rm -rf "$out" && mkdir -p "$out"
+seed=${SEED:-42}
+size=(--height "${HEIGHT:-64}" --width "${WIDTH:-96}" --steps "${STEPS:-4}")
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.32.0}
+pid_file=$out/triton.pid
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Stops the server this script started (SIGTERM, then SIGKILL after 30 s).
+stop_server() {
+  [[ -f "$pid_file" ]] || return 0
+  local pid
+  pid=$(cat "$pid_file")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    echo "stopped the Triton server (pid $pid)"
+  fi
+  rm -f "$pid_file"
+}
+
+[[ -x "$fluxbuild" ]] || { echo "error: $fluxbuild not found (run \`make demo\`, or cargo build first)" >&2; exit 1; }
+stop_server   # one left behind by an interrupted earlier run
+rm -rf "$out" && mkdir -p "$out"
+trap 'status=$?; stop_server; [[ $status -eq 0 ]] || echo "demo failed (exit $status); server log: $out/triton.log" >&2' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 step "inspect $checkpoint"
-$fluxbuild inspect "$checkpoint"
+"$fluxbuild" inspect "$checkpoint"
 
-step "export (fp32 graphs, tokenizers, manifest)"
-$fluxbuild export --checkpoint "$checkpoint" --out "$out/models"
+step "export: fp32 ONNX graphs, tokenizers, scheduler config, manifest.json"
+"$fluxbuild" export --checkpoint "$checkpoint" --out "$out/models"
 
-step "lint against TensorRT 10's ONNX parser support"
-$fluxbuild lint "$out/models"
+step "lint the graphs against TensorRT 10's ONNX parser support"
+"$fluxbuild" lint "$out/models"
 
 step "generate locally with ONNX Runtime"
-$fluxbuild generate --models "$out/models" --prompt "$prompt" --seed 42 --height 64 --width 96 --steps 4 --out "$out/local.png"
+"$fluxbuild" generate --models "$out/models" --prompt "$prompt" --seed "$seed" "${size[@]}" --out "$out/local.png"
 
-step "package a Triton model repository (cpu target)"
-$fluxbuild package --models "$out/models" --out "$out/repo" --target cpu
+step "package a Triton model repository (cpu target: ONNX Runtime in Python-backend models)"
+"$fluxbuild" package --models "$out/models" --out "$out/repo" --target cpu
 
-step "serve it with a real Triton server on 127.0.0.1:$port"
-$fluxbuild serve --repo "$out/repo" --http-port "$port" --pid-file "$out/triton.pid" --log "$out/triton.log"
-trap 'kill "$(cat "$out/triton.pid")" 2>/dev/null || true' EXIT
+step "start a real Triton server on 127.0.0.1:$port"
+"$fluxbuild" serve --repo "$out/repo" --http-port "$port" --detach --pid-file "$pid_file" --log "$out/triton.log"
 
 step "send the prompt through Triton"
-$fluxbuild generate --server "http://127.0.0.1:$port" --prompt "$prompt" --seed 42 --height 64 --width 96 --steps 4 --out "$out/triton.png"
+"$fluxbuild" generate --server "http://127.0.0.1:$port" --prompt "$prompt" --seed "$seed" "${size[@]}" --out "$out/triton.png"
+
+step "stop the server"
+stop_server
 
 step "compare"
+echo "image from Triton: $out/triton.png"
+echo "local image:       $out/local.png"
 if cmp -s "$out/local.png" "$out/triton.png"; then
-  echo "Triton's image is byte-identical to the local one: $out/triton.png"
+  echo "equal: Triton's PNG is byte-identical to the local one (same pixels, same settings)"
 else
-  echo "Triton's image differs from the local one" >&2
+  echo "NOT equal: Triton's PNG differs from the local one" >&2
   exit 1
 fi
