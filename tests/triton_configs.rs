@@ -84,7 +84,8 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
     };
     let packaged = package(&options, &|_| indicatif::ProgressBar::hidden()).unwrap();
     assert_eq!(packaged.models, ["clip", "t5", "transformer", "transformer_fp16", "vae_decoder", "flux"]);
-    assert_eq!((packaged.limits.max_height, packaged.limits.min_height, packaged.limits.max_sequence_length), (1024, 256, 512));
+    let limits = &packaged.limits;
+    assert_eq!((limits.max_height, limits.min_height, limits.min_sequence_length, limits.max_sequence_length), (1024, 256, 256, 512));
     let transformer = std::fs::read_to_string(repo.join("transformer/config.pbtxt")).unwrap();
     assert!(transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"1\" ]"), "{transformer}");
     let flux = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();

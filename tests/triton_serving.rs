@@ -102,6 +102,15 @@ fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path)
     assert!(status.success(), "the tritonclient script failed");
     assert!(std::fs::read(&raw).unwrap() == want.pixels, "tritonclient got other pixels than local generate");
 
+    // Initial noise from a file travels as the orchestrator's `noise` input.
+    let noise = dir.join("noise.safetensors");
+    common::write_f32_safetensors(&noise, &[("noise", vec![1, 16, 4, 6], common::pseudo_random(16 * 4 * 6, 3))]);
+    let noise_args = ["--prompt", PROMPTS[3], "--noise", path(&noise), "--height", "32", "--width", "48", "--steps", "3"];
+    let (local_noise, served_noise) = (dir.join("local-noise.png"), dir.join("served-noise.png"));
+    fluxbuild_ok(&[&["generate", "--models", path(models)], &noise_args[..], &["--out", path(&local_noise)]].concat());
+    fluxbuild_ok(&[&["generate", "--server", &server.url()], &noise_args[..], &["--out", path(&served_noise)]].concat());
+    assert_eq!(std::fs::read(&served_noise).unwrap(), std::fs::read(&local_noise).unwrap(), "--noise FILE through Triton");
+
     // The seed reaches the noise: another seed, another image.
     let other = dir.join("other.png");
     let other_seed = args.map(|a| if a == "42" { "43" } else { a });

@@ -51,6 +51,7 @@ impl Deployment {
                 min_width: number("min_width")?,
                 max_width: number("max_width")?,
                 max_steps: number("max_steps")?,
+                min_sequence_length: number("min_max_sequence_length")?,
                 max_sequence_length: number("max_max_sequence_length")?,
                 set_by: format!("what the Triton deployment at {url} serves"),
             },

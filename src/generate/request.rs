@@ -47,6 +47,7 @@ pub struct Limits {
     pub min_width: usize,
     pub max_width: usize,
     pub max_steps: usize,
+    pub min_sequence_length: usize,
     pub max_sequence_length: usize,
     /// Who sets these limits, for messages (empty for the pipeline's own).
     pub set_by: String,
@@ -60,6 +61,7 @@ impl Limits {
             min_width: MIN_SIDE,
             max_width: MAX_SIDE,
             max_steps: MAX_STEPS,
+            min_sequence_length: 1,
             max_sequence_length: MAX_SEQUENCE_LENGTH,
             set_by: String::new(),
         }
@@ -191,11 +193,11 @@ impl Request {
         if !self.guidance.is_finite() {
             bail!("guidance {} is not a finite number", self.guidance);
         }
-        if !(1..=limits.max_sequence_length).contains(&self.max_sequence_length) {
+        if !(limits.min_sequence_length..=limits.max_sequence_length).contains(&self.max_sequence_length) {
             bail!(
                 "max sequence length {} is out of range {}",
                 self.max_sequence_length,
-                limits.range(1, limits.max_sequence_length)
+                limits.range(limits.min_sequence_length, limits.max_sequence_length)
             );
         }
         if let InitialNoise::Tensor { noise, source } = &self.noise {

@@ -42,6 +42,8 @@ pub struct Limits {
     pub min_width: i64,
     pub max_width: i64,
     pub clip_length: i64,
+    /// T5 tokens: what the T5 graph or engine and the transformer's text axis both take.
+    pub min_sequence_length: i64,
     pub max_sequence_length: i64,
     pub network_max_batch: i64,
 }
@@ -161,7 +163,7 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
         .max_sequence_length
         .map(i64::from)
         .unwrap_or(defaults.max_sequence_length as i64)
-        .min(limits.max_sequence_length);
+        .clamp(limits.min_sequence_length, limits.max_sequence_length);
     let default_height = i64::from(options.height).clamp(limits.min_height, limits.max_height);
     let default_width = i64::from(options.width).clamp(limits.min_width, limits.max_width);
     let mut dtypes = BTreeMap::new();
@@ -186,6 +188,7 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
         ("max_steps", options.max_steps.to_string()),
         ("default_guidance", defaults.guidance.to_string()),
         ("default_max_sequence_length", default_length.to_string()),
+        ("min_max_sequence_length", limits.min_sequence_length.to_string()),
         ("max_max_sequence_length", limits.max_sequence_length.to_string()),
         ("clip_length", limits.clip_length.to_string()),
         ("clip_pad_token", CLIP_PAD_TOKEN.into()),

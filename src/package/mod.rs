@@ -131,6 +131,7 @@ fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
         min_width: 16,
         max_width: options.max_width.into(),
         clip_length: clip.dims.get(1).and_then(fixed).unwrap_or(CLIP_LENGTH as i64),
+        min_sequence_length: t5.dims.get(1).and_then(fixed).unwrap_or(1),
         max_sequence_length: t5.dims.get(1).and_then(fixed).unwrap_or(MAX_SEQUENCE_LENGTH as i64),
         network_max_batch: options.max_batch.into(),
     })
@@ -143,7 +144,15 @@ fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
     let (min_h, max_h) = vae.range("latent", 2)?;
     let (min_w, max_w) = vae.range("latent", 3)?;
     let clip_length = engine("clip").range("input_ids", 1)?.1;
-    let max_sequence_length = engine("t5").range("input_ids", 1)?.1;
+    // T5's output is the transformer's text input: both engines must take the length.
+    let (t5_min, t5_max) = engine("t5").range("input_ids", 1)?;
+    let (text_min, text_max) = engine("transformer").range("encoder_hidden_states", 1)?;
+    let (min_sequence_length, max_sequence_length) = (t5_min.max(text_min), t5_max.min(text_max));
+    if min_sequence_length > max_sequence_length {
+        bail!(
+            "the t5 engine takes {t5_min}..={t5_max} tokens, the transformer engine {text_min}..={text_max}: no T5 length fits both"
+        );
+    }
     let batch = [("clip", "input_ids"), ("t5", "input_ids"), ("transformer", "hidden_states"), ("vae_decoder", "latent")]
         .iter()
         .map(|(n, i)| engine(n).max_batch(i))
@@ -155,6 +164,7 @@ fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
         min_width: round_up(min_w),
         max_width: max_w * 8 / 16 * 16,
         clip_length,
+        min_sequence_length,
         max_sequence_length,
         network_max_batch: batch.into_iter().min().expect("four networks"),
     })

@@ -271,6 +271,7 @@ class Settings:
         self.max_steps = int(get("max_steps"))
         self.default_guidance = float(get("default_guidance"))
         self.default_max_sequence_length = int(get("default_max_sequence_length"))
+        self.min_max_sequence_length = int(params.get("min_max_sequence_length", 1))
         self.max_max_sequence_length = int(get("max_max_sequence_length"))
         self.clip_length = int(get("clip_length"))
         self.clip_pad_token = get("clip_pad_token")
@@ -366,8 +367,10 @@ class TritonPythonModel:
                 raise RequestError(f"steps {steps[i]} must be between 1 and {s.max_steps}")
             if not math.isfinite(guidance[i]):
                 raise RequestError(f"guidance {guidance[i]} is not a finite number")
-            if not 1 <= lengths[i] <= s.max_max_sequence_length:
-                raise RequestError(f"max_sequence_length {lengths[i]} must be between 1 and {s.max_max_sequence_length}")
+            if not s.min_max_sequence_length <= lengths[i] <= s.max_max_sequence_length:
+                raise RequestError(
+                    f"max_sequence_length {lengths[i]} must be between {s.min_max_sequence_length} and {s.max_max_sequence_length}"
+                )
         noise = pb_utils.get_input_tensor_by_name(request, "noise")
         expected = (n, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
         if noise is not None:
