@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::precision::Precision;
 use fluxbuild_exporters::quantize::amax::write_calibration_model;
 use fluxbuild_exporters::quantize::calibration::{CalibratedModel, CalibrationTable, FORMAT};
-use fluxbuild_exporters::util::sha256_file;
 use indicatif::ProgressBar;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use fluxbuild_exporters::util::{hex, sha256_file};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -51,10 +51,6 @@ impl Prompts {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[derive(Clone, Debug)]
 pub struct CalibrationRequest {
     /// Folder written by `fluxbuild export --precision fp32`.
@@ -88,8 +84,12 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
         let dir = transformer_dir.clone();
         move || -> Result<(String, String)> { Ok((sha256_file(&dir.join("model.onnx"))?, sha256_file(&dir.join("model.onnx.data"))?)) }
     });
-    let scratch = Scratch(request.models.join(format!(".fluxbuild-calibration-{}", std::process::id())));
-    let calibration_graph = write_calibration_model(&transformer_dir, &scratch.0)?;
+    // Inside the export, so that the calibration graph can hard-link the weights file.
+    let scratch = tempfile::Builder::new()
+        .prefix(".fluxbuild-calibration-")
+        .tempdir_in(&request.models)
+        .with_context(|| format!("{}: cannot create a scratch folder", request.models.display()))?;
+    let calibration_graph = write_calibration_model(&transformer_dir, scratch.path())?;
     models.replace_graph("transformer", &calibration_graph.path);
 
     let variant = models.variant.value;
@@ -208,13 +208,4 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
         data_sha256: file_sha("model.onnx.data")?,
         checkpoint_sha256,
     })
-}
-
-/// A folder removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
