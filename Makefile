@@ -37,3 +37,20 @@ serve: triton-venv
 
 test-triton: setup triton-venv
 	$(CARGO) test --test triton_serving --test triton_configs
+
+# On a GPU build host with TensorRT (NVIDIA's TensorRT container): FLUX pipeline -> graphs ->
+# lint -> TensorRT engines -> Triton repository (gpu target), under OUT (default out/flux).
+#   make engines CHECKPOINT=/models/FLUX.1-dev [PROFILE=static-1024] [BUILDER=trtexec|native]
+# Knobs: scripts/make-engines.sh. gpu-check builds the tiny fixture's engines and compares them
+# with ONNX Runtime (needs Python tensorrt, onnxruntime, torch).
+.PHONY: engines gpu-check
+engines: system-deps
+	bash scripts/make-engines.sh
+
+gpu-check: system-deps
+	bash scripts/gpu-check.sh
+
+# Export benchmark (not a test): full-size synthetic checkpoint -> ONNX vs a plain copy; writes bench/export.md.
+.PHONY: bench-export
+bench-export:
+	bash scripts/bench-export.sh

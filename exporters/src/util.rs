@@ -16,11 +16,32 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<AtomicFile> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        AtomicFile::create_with(path, &options)
+    }
+
+    /// Creates the temporary file with `options` (e.g. O_DIRECT flags).
+    pub fn create_with(path: &Path, options: &std::fs::OpenOptions) -> Result<AtomicFile> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let file = options.open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
         Ok(AtomicFile { file: Some(file), tmp, path: path.to_path_buf() })
+    }
+
+    /// Turns O_DIRECT on or off for the open file.
+    pub fn set_direct(&mut self, direct: bool) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_ref().expect("not committed").as_raw_fd();
+        // SAFETY: fcntl on a file descriptor this struct owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let flags = if direct { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     pub fn commit(mut self) -> Result<()> {

@@ -49,6 +49,12 @@ impl<'a> TensorRef<'a> {
     pub fn release(&self) {
         self.file.release(self.info)
     }
+    pub fn prefetch(&self) {
+        self.file.prefetch(self.info)
+    }
+    pub fn populate(&self) {
+        self.file.populate(self.info)
+    }
 }
 
 impl Checkpoint {

@@ -1,33 +1,56 @@
 //! Turning checkpoint tensors into initializer bytes: stacking row blocks, transposing to
 //! MatMul layout, converting the element type. One tensor at a time, so memory stays bounded
-//! by the largest tensor rather than the checkpoint.
+//! by the largest tensor rather than the checkpoint. Converted bytes land in page-aligned
+//! buffers, which the writer passes to the disk without copying.
 
-use super::ir::{ElemType, WeightPlan};
+use super::ir::{ElemType, Part, WeightPlan};
 use crate::checkpoint::DType;
 use crate::quantize::fp8;
 use anyhow::{bail, Result};
+use float8::F8E4M3;
 use half::{bf16, f16};
-use std::borrow::Cow;
+use super::pagebuf::PageBuf;
+use std::ops::Deref;
 
 /// What a conversion had to change.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct ConversionStats {
     /// Values beyond the target's finite range, saturated to its largest finite value.
     pub saturated: u64,
-    /// The largest magnitude seen in the source.
+    /// The largest magnitude seen in the source (0 where values were only moved or widened exactly).
     pub amax: f32,
 }
 
+/// An initializer's bytes: the checkpoint's own, or produced here.
+pub enum Encoded<'a> {
+    Borrowed(&'a [u8]),
+    Owned(PageBuf),
+}
+
+impl Deref for Encoded<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Encoded::Borrowed(bytes) => bytes,
+            Encoded::Owned(buf) => buf,
+        }
+    }
+}
+
 /// Encodes one plan as `elem`, little-endian. Borrows the checkpoint bytes when nothing changes.
-pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Cow<'a, [u8]>, ConversionStats)> {
-    if let Some(bytes) = passthrough(plan, elem) {
-        return Ok((Cow::Borrowed(bytes), ConversionStats::default()));
+pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded<'a>, ConversionStats)> {
+    // A quantization scale always needs the values, so it takes the f32 path below.
+    if plan.scale.is_none() {
+        if let Some(bytes) = passthrough(plan, elem) {
+            return Ok((Encoded::Borrowed(bytes), ConversionStats::default()));
+        }
+        if let Some(bytes) = rearrange_exact(plan, elem) {
+            return Ok((Encoded::Owned(bytes), ConversionStats::default()));
+        }
     }
     let mut values = Vec::with_capacity(plan.rows() * plan.cols);
     for part in &plan.parts {
-        let row_bytes = plan.cols * part.tensor.dtype().size();
-        let bytes = &part.tensor.bytes()[part.rows.start * row_bytes..part.rows.end * row_bytes];
-        part.tensor.dtype().decode_into(bytes, &mut values);
+        part.tensor.dtype().decode_into(part_bytes(plan, part), &mut values);
     }
     if plan.transpose {
         values = transpose(&values, plan.rows(), plan.cols);
@@ -37,23 +60,152 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Cow<'a,
         let cols = if plan.transpose { plan.rows() } else { plan.cols };
         let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
         let (bytes, saturated) = fp8::encode(&values, cols, scale);
-        return Ok((Cow::Owned(bytes), ConversionStats { saturated, amax }));
+        return Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), ConversionStats { saturated, amax }));
     }
     let (bytes, stats) = encode_f32(&values, elem)?;
-    Ok((Cow::Owned(bytes), stats))
+    Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), stats))
+}
+
+fn part_bytes<'a>(plan: &WeightPlan<'a>, part: &Part<'a>) -> &'a [u8] {
+    let row_bytes = plan.cols * part.tensor.dtype().size();
+    &part.tensor.bytes()[part.rows.start * row_bytes..part.rows.end * row_bytes]
+}
+
+fn same_type(dtype: DType, elem: ElemType) -> bool {
+    matches!(
+        (dtype, elem),
+        (DType::F32, ElemType::F32) | (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) | (DType::F8E4M3, ElemType::F8E4M3)
+    )
 }
 
 fn passthrough<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Option<&'a [u8]> {
     let [part] = plan.parts.as_slice() else { return None };
-    if plan.scale.is_some() {
+    let whole = part.rows.start == 0 && part.rows.len() * plan.cols == part.tensor.info.numel();
+    (same_type(part.tensor.dtype(), elem) && whole && !plan.transpose).then(|| part.tensor.bytes())
+}
+
+/// Stacking, transposing and the conversions that cannot overflow (same type, widening, f32 or
+/// f16 to bf16) in one pass over the elements, on all cores. `None` for the rest (narrowing to
+/// f16, which saturates and counts, or parts of mixed types): those go through f32.
+fn rearrange_exact(plan: &WeightPlan<'_>, elem: ElemType) -> Option<PageBuf> {
+    let dtype = plan.parts[0].tensor.dtype();
+    if plan.parts.iter().any(|p| p.tensor.dtype() != dtype) {
         return None;
     }
-    let same_type = matches!(
-        (part.tensor.dtype(), elem),
-        (DType::F32, ElemType::F32) | (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) | (DType::F8E4M3, ElemType::F8E4M3)
-    );
-    let whole = part.rows.start == 0 && part.rows.len() * plan.cols == part.tensor.info.numel();
-    (same_type && whole && !plan.transpose).then(|| part.tensor.bytes())
+    let bf16_of = |v: f32| bf16::from_f32(v).to_le_bytes();
+    Some(match (dtype, elem) {
+        (DType::F32, ElemType::F32) => rearrange::<4, 4>(plan, |x| x),
+        (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) => rearrange::<2, 2>(plan, |x| x),
+        (DType::F8E4M3, ElemType::F8E4M3) => rearrange::<1, 1>(plan, |x| x),
+        (DType::BF16, ElemType::F32) => rearrange::<2, 4>(plan, |x| ((u16::from_le_bytes(x) as u32) << 16).to_le_bytes()),
+        (DType::F16, ElemType::F32) => rearrange::<2, 4>(plan, |x| f16::from_le_bytes(x).to_f32().to_le_bytes()),
+        (DType::F8E4M3, ElemType::F32) => rearrange::<1, 4>(plan, |[x]| F8E4M3::from_bits(x).to_f32().to_le_bytes()),
+        (DType::F32, ElemType::BF16) => rearrange::<4, 2>(plan, |x| bf16_of(f32::from_le_bytes(x))),
+        (DType::F16, ElemType::BF16) => rearrange::<2, 2>(plan, |x| bf16_of(f16::from_le_bytes(x).to_f32())),
+        (DType::F8E4M3, ElemType::BF16) => rearrange::<1, 2>(plan, |[x]| bf16_of(F8E4M3::from_bits(x).to_f32())),
+        // e4m3 (max 448) fits f16 exactly.
+        (DType::F8E4M3, ElemType::F16) => {
+            rearrange::<1, 2>(plan, |[x]| f16::from_f32(F8E4M3::from_bits(x).to_f32()).to_le_bytes())
+        }
+        _ => return None,
+    })
+}
+
+/// Tensors below this size are rearranged on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+
+/// The plan's matrix (parts stacked, transposed if asked) with every element of `I` bytes
+/// mapped to `O` bytes by `convert`. Output rows are shared out among the cores.
+fn rearrange<const I: usize, const O: usize>(plan: &WeightPlan<'_>, convert: impl Fn([u8; I]) -> [u8; O] + Sync) -> PageBuf {
+    let (rows, cols) = (plan.rows(), plan.cols);
+    let mut first = 0;
+    let blocks: Vec<Block<'_, I>> = plan
+        .parts
+        .iter()
+        .map(|part| {
+            let block = Block { first_row: first, elems: part_bytes(plan, part).as_chunks::<I>().0 };
+            first += part.rows.len();
+            block
+        })
+        .collect();
+    let mut out = PageBuf::zeroed(rows * cols * O);
+    let out_width = if plan.transpose { rows } else { cols };
+    let out_rows = rows * cols / out_width.max(1);
+    let threads = if out.len() < PARALLEL_MIN_BYTES { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let rows_per_thread = out_rows.div_ceil(threads).max(1);
+    let (elems, _) = out.as_chunks_mut::<O>();
+    std::thread::scope(|s| {
+        for (t, chunk) in elems.chunks_mut(rows_per_thread * out_width).enumerate() {
+            let (blocks, convert) = (&blocks, &convert);
+            let mut fill = move || {
+                let first_out_row = t * rows_per_thread;
+                if plan.transpose {
+                    fill_transposed(chunk, first_out_row, blocks, cols, rows, convert)
+                } else {
+                    fill_stacked(chunk, first_out_row, blocks, cols, convert)
+                }
+            };
+            if threads == 1 {
+                fill();
+            } else {
+                s.spawn(fill);
+            }
+        }
+    });
+    out
+}
+
+/// One part's rows, starting at row `first_row` of the stacked matrix.
+struct Block<'a, const I: usize> {
+    first_row: usize,
+    elems: &'a [[u8; I]],
+}
+
+/// Stacked rows `first_out_row..` into `out`.
+fn fill_stacked<const I: usize, const O: usize>(
+    out: &mut [[u8; O]],
+    first_out_row: usize,
+    blocks: &[Block<'_, I>],
+    cols: usize,
+    convert: &impl Fn([u8; I]) -> [u8; O],
+) {
+    for (i, row_out) in out.chunks_mut(cols).enumerate() {
+        let r = first_out_row + i;
+        let block = blocks.iter().rev().find(|b| b.first_row <= r).expect("row within the plan");
+        let row_in = &block.elems[(r - block.first_row) * cols..][..cols];
+        for (o, &x) in row_out.iter_mut().zip(row_in) {
+            *o = convert(x);
+        }
+    }
+}
+
+/// Rows `first_out_row..` of the transpose (= columns of the stacked matrix, `rows` long) into
+/// `out`, tile by tile so that reads and writes both stay in cache.
+fn fill_transposed<const I: usize, const O: usize>(
+    out: &mut [[u8; O]],
+    first_out_row: usize,
+    blocks: &[Block<'_, I>],
+    cols: usize,
+    rows: usize,
+    convert: &impl Fn([u8; I]) -> [u8; O],
+) {
+    const TILE: usize = 64;
+    let out_rows = out.len() / rows;
+    for block in blocks {
+        let block_rows = block.elems.len() / cols;
+        for r0 in (0..block_rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(block_rows);
+            for c0 in (0..out_rows).step_by(TILE) {
+                for oc in c0..(c0 + TILE).min(out_rows) {
+                    let c = first_out_row + oc;
+                    let dst = &mut out[oc * rows + block.first_row..][..block_rows];
+                    for r in r0..r1 {
+                        dst[r] = convert(block.elems[r * cols + c]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Cache-blocked transpose of a row-major [rows, cols] matrix.
@@ -108,6 +260,68 @@ mod tests {
         for r in 0..rows {
             for c in 0..cols {
                 assert_eq!(t[c * rows + r], m[r * cols + c]);
+            }
+        }
+    }
+
+    /// The one-pass rearrangement gives the same bytes as decoding to f32, transposing and encoding.
+    #[test]
+    fn exact_rearrangement_matches_the_f32_path() {
+        use crate::checkpoint::Checkpoint;
+        use crate::onnx::ir::Part;
+        use safetensors::tensor::{Dtype, TensorView};
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (Dtype::F32, DType::F32, [ElemType::F32, ElemType::BF16]),
+            (Dtype::BF16, DType::BF16, [ElemType::BF16, ElemType::F32]),
+            (Dtype::F16, DType::F16, [ElemType::F16, ElemType::BF16]),
+            (Dtype::F8_E4M3, DType::F8E4M3, [ElemType::F32, ElemType::F16]),
+        ];
+        for (st_dtype, dtype, targets) in cases {
+            // Two tensors with ragged sizes, the second big enough to be split among threads.
+            let shapes = [vec![37usize, 700], vec![1100, 700]];
+            let mut state = 12345u64;
+            let data: Vec<Vec<u8>> = shapes
+                .iter()
+                .map(|shape| {
+                    (0..shape.iter().product::<usize>() * dtype.size())
+                        .map(|i| {
+                            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            let byte = (state >> 33) as u8;
+                            // keep exponents moderate (no NaN/inf patterns): clear the top exponent bit
+                            if (i + 1) % dtype.size() == 0 { byte & 0xbf } else { byte }
+                        })
+                        .collect()
+                })
+                .collect();
+            let views: Vec<(String, TensorView)> = shapes
+                .iter()
+                .zip(&data)
+                .enumerate()
+                .map(|(i, (shape, bytes))| (format!("t{i}"), TensorView::new(st_dtype, shape.clone(), bytes).unwrap()))
+                .collect();
+            let path = dir.path().join(format!("{}.safetensors", dtype.name()));
+            safetensors::serialize_to_file(views, None, &path).unwrap();
+            let ckpt = Checkpoint::load(&path, "", &[]).unwrap();
+            let (t0, t1) = (ckpt.get("t0").unwrap(), ckpt.get("t1").unwrap());
+            for transposed in [false, true] {
+                let plan = WeightPlan {
+                    parts: vec![Part { tensor: t1, rows: 5..1005 }, Part { tensor: t0, rows: 0..37 }],
+                    cols: 700,
+                    transpose: transposed,
+                };
+                for elem in targets {
+                    let fast = rearrange_exact(&plan, elem).expect("an exact conversion");
+                    let mut values = Vec::new();
+                    for part in &plan.parts {
+                        dtype.decode_into(part_bytes(&plan, part), &mut values);
+                    }
+                    if transposed {
+                        values = transpose(&values, plan.rows(), plan.cols);
+                    }
+                    let (slow, _) = encode_f32(&values, elem).unwrap();
+                    assert!(*fast == slow[..], "{dtype} -> {elem:?} (transposed {transposed}) differs");
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod encode;
 pub mod ir;
 pub mod nn;
 pub mod reader;
+pub mod pagebuf;
 pub mod weights;
 pub mod writer;
 

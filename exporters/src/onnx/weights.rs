@@ -19,6 +19,14 @@ pub enum Problem {
     Unexpected { tensor: String, shape: Vec<usize> },
 }
 
+impl Problem {
+    pub fn tensor(&self) -> &str {
+        match self {
+            Problem::Missing { tensor, .. } | Problem::WrongShape { tensor, .. } | Problem::Unexpected { tensor, .. } => tensor,
+        }
+    }
+}
+
 impl Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -107,8 +115,10 @@ impl<'a> Weights<'a> {
 
     fn lookup(&self, full: &str, shape: &[usize]) -> Option<TensorRef<'a>> {
         let mut log = self.log.borrow_mut();
-        log.used.insert(full.to_string());
+        // A tensor read in several pieces (BFL's fused tensors) is reported once.
+        let first_use = log.used.insert(full.to_string());
         match self.ckpt.get(full) {
+            _ if !first_use && log.problems.iter().any(|p| p.tensor() == full) => None,
             None => {
                 log.problems.push(Problem::Missing { tensor: full.into(), expected: shape.to_vec() });
                 None
