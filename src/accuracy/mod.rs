@@ -76,7 +76,15 @@ pub struct CheckpointReport {
     pub networks: Vec<NetworkError>,
     pub end_to_end: Vec<EndToEnd>,
     /// Bytes of `transformer/model.onnx.data`: "fp32" and each configuration.
-    pub transformer_weights: BTreeMap<String, u64>,
+    pub transformer_weights: BTreeMap<String, WeightsSize>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct WeightsSize {
+    /// `model.onnx.data`, page padding included.
+    pub file: u64,
+    /// The bytes of the tensors stored in it.
+    pub tensors: u64,
 }
 
 /// One output of one network on one input set, at one configuration.
@@ -190,6 +198,23 @@ fn measure_checkpoint(checkpoint: &Path, settings: &Settings, work: &Path, progr
                 }
             }
         }
+        // How much of the transformer's error is the rounding of 1000·σ and 1000·g alone.
+        if config.emulate {
+            let t = SUBMODELS.iter().position(|n| *n == "transformer").expect("transformer is a submodel");
+            let rounded: Vec<Probe> = probes[t].iter().map(|p| p.with_conditioning_rounded(config.precision)).collect();
+            let got = run_probes(&models.graph("transformer"), &rounded)?;
+            for ((probe, want), got) in rounded.iter().zip(&expected[t]).zip(&got) {
+                let (relative_error, max_abs_error) = compare(&got["noise_pred"], &want["noise_pred"]);
+                report.networks.push(NetworkError {
+                    network: "transformer".into(),
+                    inputs: probe.label.clone(),
+                    output: "noise_pred".into(),
+                    config: config.name.into(),
+                    relative_error,
+                    max_abs_error,
+                });
+            }
+        }
         report.transformer_weights.insert(config.name.into(), weights_bytes(&dir)?);
 
         // The whole pipeline with the precision's defaults, as `export --precision P` gives it.
@@ -229,9 +254,19 @@ fn export_pipeline(checkpoint: &Path, out: &Path, spec: &str, networks: &[&str],
     export(&request, &ProgressBar::hidden()).with_context(|| format!("export --precision {spec}"))
 }
 
-fn weights_bytes(dir: &Path) -> Result<u64> {
+/// The transformer's weights: the data file, and the bytes of the tensors in it (the writer pads
+/// every tensor to a 4 KiB page, which dominates a tiny checkpoint).
+fn weights_bytes(dir: &Path) -> Result<WeightsSize> {
     let path = dir.join("transformer/model.onnx.data");
-    Ok(std::fs::metadata(&path).with_context(|| format!("{}: cannot stat", path.display()))?.len())
+    let file = std::fs::metadata(&path).with_context(|| format!("{}: cannot stat", path.display()))?.len();
+    let model = fluxbuild_engines::graph::read_model(&dir.join("transformer/model.onnx"))?;
+    let tensors = model
+        .graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.external_data.iter().find(|e| e.key == "length").and_then(|e| e.value.parse::<u64>().ok()))
+        .sum();
+    Ok(WeightsSize { file, tensors })
 }
 
 /// A named set of graph inputs.
@@ -243,6 +278,38 @@ struct Probe {
 enum Feed {
     F32(ArrayD<f32>),
     I64(ArrayD<i64>),
+}
+
+impl Probe {
+    /// The same transformer inputs with `timestep` and `guidance` replaced by what the graph at
+    /// `precision` embeds (see `rounded_conditioning`), for the fp32 graph.
+    fn with_conditioning_rounded(&self, precision: Precision) -> Probe {
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(n, f)| {
+                let feed = match f {
+                    Feed::F32(a) if n == "timestep" || n == "guidance" => Feed::F32(a.mapv(|x| rounded_conditioning(x, precision))),
+                    Feed::F32(a) => Feed::F32(a.clone()),
+                    Feed::I64(a) => Feed::I64(a.clone()),
+                };
+                (n.clone(), feed)
+            })
+            .collect();
+        Probe { label: format!("{}, fp32 but 1000·σ, 1000·g rounded", self.label), inputs }
+    }
+}
+
+/// The transformer embeds 1000·x after rounding x to its float type and multiplying there, as
+/// diffusers does (`timestep.to(dtype) * 1000`): the value (divided by 1000 again) an fp32
+/// graph must be fed to embed the same number. fp8 graphs do this part in fp16.
+pub fn rounded_conditioning(x: f32, precision: Precision) -> f32 {
+    let round = |v: f32| match precision {
+        Precision::Fp32 => v,
+        Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
+        Precision::Fp16 | Precision::Fp8 => half::f16::from_f32(v).to_f32(),
+    };
+    round(round(x) * 1000.0) / 1000.0
 }
 
 /// The fp32 generation, and each network's inputs from it (in `SUBMODELS` order): the token ids,

@@ -1,6 +1,6 @@
 //! The accuracy report as markdown (the json is the `Report` itself).
 
-use super::{CheckpointReport, Report, CONFIGS};
+use super::{CheckpointReport, Report, WeightsSize, CONFIGS};
 use std::fmt::Write;
 
 /// Full-size FLUX.1 transformers (diffusers layout, FLUX_FACTS tensor names): all parameters,
@@ -46,7 +46,13 @@ pub fn markdown(report: &Report) -> String {
          Per-network rows put one network at the precision and feed it the inputs the fp32 pipeline gave it \
          (the token ids, the transformer's inputs at the first and middle step, the final latents), so errors do \
          not compound; FP8 applies to the transformer only. End-to-end rows export the whole pipeline with \
-         `--precision P` and its defaults (shown) and compare the 8-bit image with the fp32 pipeline's.\n\n",
+         `--precision P` and its defaults (shown) and compare the 8-bit image with the fp32 pipeline's.\n\n\
+         Rows marked *1000·σ, 1000·g rounded* run the **fp32** transformer with only its time and guidance \
+         inputs rounded as the precision's graph rounds them before embedding them (the graph, like diffusers' \
+         `timestep.to(dtype) * 1000`, multiplies in the model's type: in bf16 1000·3.5 is 3504, in fp16 \
+         1000·0.6128 is 613). The tiny random-weight dev checkpoint is far more sensitive to its guidance \
+         and time values than a trained one, so where its precision row is large, compare it with this row: \
+         that share of the error is diffusers' own behaviour at that dtype, not the graph's arithmetic.\n\n",
     );
     for c in &report.checkpoints {
         checkpoint_section(&mut md, c);
@@ -67,6 +73,7 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
             rows.push(row);
         }
     }
+    rows.sort_by_key(|(network, ..)| crate::export::SUBMODELS.iter().position(|n| n == network));
     for (network, output, inputs) in rows {
         let cells: Vec<String> = CONFIGS
             .iter()
@@ -93,15 +100,22 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
     let _ = writeln!(md, "| image PSNR (dB), per prompt | {} |", cell(&psnr));
     let _ = writeln!(md, "| final latents, relative error | {} |", cell(&latents));
 
-    let fp16 = c.transformer_weights.get(CONFIGS[1].name).copied().unwrap_or(0);
-    let fp8 = c.transformer_weights.get(CONFIGS[3].name).copied().unwrap_or(0);
-    let fp32 = c.transformer_weights.get("fp32").copied().unwrap_or(0);
+    let size = |name: &str| c.transformer_weights.get(name).copied().unwrap_or(WeightsSize { file: 0, tensors: 0 });
+    let (fp32, fp16, fp8) = (size("fp32"), size(CONFIGS[1].name), size(CONFIGS[3].name));
     let _ = writeln!(
         md,
-        "\nTransformer weights file (`model.onnx.data`): fp32 {fp32} B, fp16 {fp16} B, fp8 {fp8} B: fp8/fp16 = {:.3}. \
-         The tiny checkpoint's embedders, kept in fp16, and its biases and norms are a large share of its \
-         parameters; at full size they are under 1%:\n",
-        fp8 as f64 / fp16.max(1) as f64
+        "\nTransformer weights, bytes of the tensors in `model.onnx.data`: fp32 {} / fp16 {} / fp8 {}: **fp8/fp16 = {:.3}** (the files, which pad \
+         every tensor to a 4 KiB page: {} / {} / {} B, {:.3}). The tiny checkpoint's embedders and final layer \
+         (kept in fp16) and its biases and norms are a large share of its parameters; at full size they are \
+         under 1%:\n",
+        fp32.tensors,
+        fp16.tensors,
+        fp8.tensors,
+        fp8.tensors as f64 / fp16.tensors.max(1) as f64,
+        fp32.file,
+        fp16.file,
+        fp8.file,
+        fp8.file as f64 / fp16.file.max(1) as f64,
     );
     if c.variant == "dev" || c.variant == "schnell" {
         let (name, total, quantized) = FULL_SIZE[if c.variant == "dev" { 0 } else { 1 }];
