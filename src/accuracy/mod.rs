@@ -120,7 +120,10 @@ pub fn measure(checkpoints: &[PathBuf], settings: &Settings, work: &Path, progre
     progress.finish_and_clear();
     Ok(Report {
         fluxbuild_version: env!("CARGO_PKG_VERSION").into(),
-        runtime: format!("ONNX Runtime (CPU) from {}", crate::runtime::library_path()?.display()),
+        runtime: format!(
+            "ONNX Runtime (CPU, {})",
+            crate::runtime::library_path()?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ),
         settings: settings.clone(),
         configs: CONFIGS.to_vec(),
         checkpoints: reports,
