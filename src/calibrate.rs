@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::precision::Precision;
 use fluxbuild_exporters::quantize::amax::write_calibration_model;
 use fluxbuild_exporters::quantize::calibration::{CalibratedModel, CalibrationTable, FORMAT};
+use fluxbuild_exporters::util::{hex, sha256_file};
 use indicatif::ProgressBar;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use fluxbuild_exporters::util::{hex, sha256_file};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -37,7 +37,8 @@ impl Prompts {
     }
 
     pub fn read(path: &Path) -> Result<Prompts> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the prompts file", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the prompts file", path.display()))?;
         Prompts::parse(&path.display().to_string(), &text)
     }
 
@@ -82,7 +83,9 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
     let transformer_dir = request.models.join("transformer");
     let hashing = std::thread::spawn({
         let dir = transformer_dir.clone();
-        move || -> Result<(String, String)> { Ok((sha256_file(&dir.join("model.onnx"))?, sha256_file(&dir.join("model.onnx.data"))?)) }
+        move || -> Result<(String, String)> {
+            Ok((sha256_file(&dir.join("model.onnx"))?, sha256_file(&dir.join("model.onnx.data"))?))
+        }
     });
     // Inside the export, so that the calibration graph can hard-link the weights file.
     let scratch = tempfile::Builder::new()
@@ -141,7 +144,10 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
 
     let (model_sha256, data_sha256) = hashing.join().expect("hashing thread")?;
     if (model_sha256.as_str(), data_sha256.as_str()) != (model.model_sha256.as_str(), model.data_sha256.as_str()) {
-        bail!("{}: the transformer graph does not match its manifest entry (changed since export?)", transformer_dir.display());
+        bail!(
+            "{}: the transformer graph does not match its manifest entry (changed since export?)",
+            transformer_dir.display()
+        );
     }
     let table = CalibrationTable {
         format: FORMAT.into(),

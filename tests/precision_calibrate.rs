@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const PROMPTS: [&str; 3] = ["a photo of a cat", "a watercolor lighthouse in a storm, dramatic sky", "pixel art of a knight"];
+const PROMPTS: [&str; 3] =
+    ["a photo of a cat", "a watercolor lighthouse in a storm, dramatic sky", "pixel art of a knight"];
 const STEPS: usize = 2;
 const HEIGHT: usize = 32;
 const WIDTH: usize = 48;
@@ -69,8 +70,20 @@ fn calibrated() -> &'static Calibrated {
         let (steps, height, width) = (STEPS.to_string(), HEIGHT.to_string(), WIDTH.to_string());
         let out = ok(
             fluxbuild(&[
-                "calibrate", "--models", s(&fp32), "--prompts", s(&prompts), "--steps", &steps, "--height", &height, "--width",
-                &width, "--out", s(&table), "--json",
+                "calibrate",
+                "--models",
+                s(&fp32),
+                "--prompts",
+                s(&prompts),
+                "--steps",
+                &steps,
+                "--height",
+                &height,
+                "--width",
+                &width,
+                "--out",
+                s(&table),
+                "--json",
             ]),
             "calibrate",
         );
@@ -126,7 +139,9 @@ fn calibration_covers_every_quantized_linear_and_names_its_model() {
         .unwrap();
         generate(&models, &request, &mut |event| {
             if let Event::Transformer { inputs, .. } = event {
-                let amax = |name: &str| inputs.iter().find(|(n, _)| *n == name).unwrap().1.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let amax = |name: &str| {
+                    inputs.iter().find(|(n, _)| *n == name).unwrap().1.iter().fold(0f32, |m, v| m.max(v.abs()))
+                };
                 latents = latents.max(amax("hidden_states"));
                 text = text.max(amax("encoder_hidden_states"));
             }
@@ -136,8 +151,11 @@ fn calibration_covers_every_quantized_linear_and_names_its_model() {
     assert_eq!(table.amax["x_embedder.weight"], latents, "x_embedder input = hidden_states");
     assert_eq!(table.amax["context_embedder.weight"], text, "context_embedder input = encoder_hidden_states");
     // Nothing of the calibration run is left in the export.
-    let leftovers: Vec<_> =
-        std::fs::read_dir(&c.fp32).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&c.fp32)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -145,7 +163,10 @@ fn calibration_covers_every_quantized_linear_and_names_its_model() {
 fn images(models: &Path) -> Vec<Vec<u8>> {
     let models = ExportedModels::open(models).unwrap();
     let request = RequestOptions {
-        prompts: vec!["a red bicycle leaning against a brick wall".into(), "an aerial photograph of a river in autumn".into()],
+        prompts: vec![
+            "a red bicycle leaning against a brick wall".into(),
+            "an aerial photograph of a river in autumn".into(),
+        ],
         steps: Some(4),
         height: Some(48),
         width: Some(80),
@@ -162,7 +183,8 @@ fn fp8_pipeline_keeps_the_image_and_passes_the_tensorrt_lint() {
     let c = calibrated();
     let fp8 = c.dir.join("fp8-emulated");
     ok(export("dev", &fp8, &["--precision", "fp8", "--calibration", s(&c.table), "--emulate"]), "fp8 export");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fp8.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fp8.join("manifest.json")).unwrap()).unwrap();
     let quantization = &manifest["submodels"]["transformer"]["quantization"];
     assert_eq!(quantization["quantized"], quantized_linears().len());
     assert_eq!(quantization["calibration_sha256"].as_str().unwrap(), sha256_file(&c.table).unwrap());
@@ -178,7 +200,10 @@ fn fp8_pipeline_keeps_the_image_and_passes_the_tensorrt_lint() {
 
     // The deployable fp8 graph (no emulation) is what TensorRT gets: it must lint clean.
     let native = c.dir.join("fp8");
-    ok(export("dev", &native, &["--only", "transformer", "--precision", "fp8", "--calibration", s(&c.table)]), "fp8 export");
+    ok(
+        export("dev", &native, &["--only", "transformer", "--precision", "fp8", "--calibration", s(&c.table)]),
+        "fp8 export",
+    );
     let out = ok(fluxbuild(&["lint", s(&native.join("transformer/model.onnx")), "--json"]), "lint");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["passed"], true, "{report}");
@@ -191,19 +216,36 @@ fn calibration_problems_are_refused_with_the_file_named() {
     let c = calibrated();
     let fp16 = c.dir.join("fp16");
     ok(export("dev", &fp16, &["--precision", "fp16"]), "fp16 export");
-    let out = fluxbuild(&["calibrate", "--models", s(&fp16), "--steps", "1", "--height", "16", "--width", "16", "--out", s(&c.dir.join("x.json"))]);
+    let out = fluxbuild(&[
+        "calibrate",
+        "--models",
+        s(&fp16),
+        "--steps",
+        "1",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--out",
+        s(&c.dir.join("x.json")),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fp32 export"), "{err}");
     assert!(!c.dir.join("x.json").exists());
 
     let empty = c.dir.join("empty.txt");
     std::fs::write(&empty, "# nothing\n\n").unwrap();
-    let out = fluxbuild(&["calibrate", "--models", s(&c.fp32), "--prompts", s(&empty), "--out", s(&c.dir.join("x.json"))]);
+    let out =
+        fluxbuild(&["calibrate", "--models", s(&c.fp32), "--prompts", s(&empty), "--out", s(&c.dir.join("x.json"))]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("empty.txt") && err.contains("no prompts"), "{err}");
 
     // A table measured on the dev checkpoint does not quantize schnell.
-    let out = export("schnell", &c.dir.join("schnell"), &["--only", "transformer", "--precision", "fp8", "--calibration", s(&c.table)]);
+    let out = export(
+        "schnell",
+        &c.dir.join("schnell"),
+        &["--only", "transformer", "--precision", "fp8", "--calibration", s(&c.table)],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("calibrated on checkpoint"), "{err}");
 }

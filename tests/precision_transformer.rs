@@ -30,7 +30,8 @@ fn write(dir: &Path, float: ElemType, fp8: Option<&BTreeMap<String, f32>>, emula
     let ckpt = open(&case_dir("dev").join("bfl.safetensors")).unwrap();
     let opset = if fp8.is_some() { qdq::FP8_OPSET } else { 17 };
     let options = GraphOptions { float, wide: float, opset };
-    let (_, mut graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, Some(&diffusers_config("dev")), &options).unwrap();
+    let (_, mut graph, problems) =
+        plan(exporter("transformer").unwrap(), &ckpt, Some(&diffusers_config("dev")), &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     if let Some(table) = fp8 {
         let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
@@ -60,12 +61,19 @@ fn initializer_bytes(model: &Path) -> u64 {
 
 type Inputs = Vec<(String, ArrayD<f32>)>;
 
-/// The fixture's inputs, and diffusers' fp32 noise_pred for them.
-fn fixture() -> (Inputs, ArrayD<f32>) {
+/// A folder holding the fp32 graph (`fp32/`), the fixture's inputs, and diffusers' fp32 noise_pred for them.
+fn fixture() -> (tempfile::TempDir, Inputs, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    export(
+        &case_dir("dev").join("bfl.safetensors"),
+        Some(&diffusers_config("dev")),
+        ElemType::F32,
+        &dir.path().join("fp32"),
+    );
     let mut tensors = io_tensors(&case_dir("dev").join("io.safetensors"));
     let at = tensors.iter().position(|(n, _)| n == "noise_pred").unwrap();
-    let want = tensors.remove(at).1;
-    (tensors, want)
+    let want = tensors.remove(at).1.iter().copied().collect();
+    (dir, tensors, want)
 }
 
 fn run(dir: &Path, inputs: &Inputs) -> BTreeMap<String, ArrayD<f32>> {
@@ -87,10 +95,7 @@ fn with(inputs: &Inputs, name: &str, f: impl Fn(f32) -> f32) -> Inputs {
 
 #[test]
 fn fp16_transformer_stays_within_1e_2_of_fp32() {
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, want) = fixture();
-    let want: Vec<f32> = want.iter().copied().collect();
-    export(&case_dir("dev").join("bfl.safetensors"), Some(&diffusers_config("dev")), ElemType::F32, &dir.path().join("fp32"));
+    let (dir, inputs, want) = fixture();
     write(&dir.path().join("fp16"), ElemType::F16, None, true);
     let fp32 = noise_pred(&dir.path().join("fp32"), &inputs);
     let fp16 = noise_pred(&dir.path().join("fp16"), &inputs);
@@ -104,7 +109,9 @@ fn fp16_transformer_stays_within_1e_2_of_fp32() {
     let mid = with(&inputs, "timestep", |x| if x == 0.9 { sigmas[0] } else { sigmas[1] });
     let fp16 = noise_pred(&dir.path().join("fp16"), &mid);
     let raw = relative_error(&fp16, &noise_pred(&dir.path().join("fp32"), &mid));
-    let rounded = with(&with(&mid, "timestep", |x| rounded_conditioning(x, Precision::Fp16)), "guidance", |x| rounded_conditioning(x, Precision::Fp16));
+    let rounded = with(&with(&mid, "timestep", |x| rounded_conditioning(x, Precision::Fp16)), "guidance", |x| {
+        rounded_conditioning(x, Precision::Fp16)
+    });
     let arithmetic = relative_error(&fp16, &noise_pred(&dir.path().join("fp32"), &rounded));
     eprintln!("mid-schedule: fp16 (emulated) vs fp32 {raw:.2e}; vs fp32 with the same rounded 1000·σ, 1000·g {arithmetic:.2e}");
     assert!(arithmetic <= 1e-2, "fp16 transformer arithmetic error {arithmetic:.2e} at mid-schedule σ");
@@ -112,15 +119,13 @@ fn fp16_transformer_stays_within_1e_2_of_fp32() {
 
 #[test]
 fn fp8_transformer_stays_close_to_fp32_and_halves_the_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let (inputs, want) = fixture();
-    let want: Vec<f32> = want.iter().copied().collect();
-    export(&case_dir("dev").join("bfl.safetensors"), Some(&diffusers_config("dev")), ElemType::F32, &dir.path().join("fp32"));
+    let (dir, inputs, want) = fixture();
 
     // Calibrated on the fixture inputs themselves (the pipeline-level calibration is tested in precision_calibrate).
     let calibration = amax::write_calibration_model(&dir.path().join("fp32"), &dir.path().join("calib")).unwrap();
     let out = run_graph(&calibration.path, &inputs);
-    let table: BTreeMap<String, f32> = calibration.outputs.iter().map(|(w, o)| (w.clone(), out[o].first().copied().unwrap())).collect();
+    let table: BTreeMap<String, f32> =
+        calibration.outputs.iter().map(|(w, o)| (w.clone(), out[o].first().copied().unwrap())).collect();
 
     let fp16_bytes = write(&dir.path().join("fp16"), ElemType::F16, None, true);
     let fp8_bytes = write(&dir.path().join("fp8"), ElemType::F16, Some(&table), true);

@@ -115,7 +115,10 @@ pub fn measure(checkpoints: &[PathBuf], settings: &Settings, work: &Path, progre
     let reports = checkpoints
         .iter()
         .enumerate()
-        .map(|(i, c)| measure_checkpoint(c, settings, &work.join(i.to_string()), progress).with_context(|| c.display().to_string()))
+        .map(|(i, c)| {
+            measure_checkpoint(c, settings, &work.join(i.to_string()), progress)
+                .with_context(|| c.display().to_string())
+        })
         .collect::<Result<_>>()?;
     progress.finish_and_clear();
     Ok(Report {
@@ -130,7 +133,12 @@ pub fn measure(checkpoints: &[PathBuf], settings: &Settings, work: &Path, progre
     })
 }
 
-fn measure_checkpoint(checkpoint: &Path, settings: &Settings, work: &Path, progress: &ProgressBar) -> Result<CheckpointReport> {
+fn measure_checkpoint(
+    checkpoint: &Path,
+    settings: &Settings,
+    work: &Path,
+    progress: &ProgressBar,
+) -> Result<CheckpointReport> {
     let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     progress.set_message(format!("{name} fp32"));
     let fp32_dir = work.join("fp32");
@@ -228,7 +236,11 @@ fn measure_checkpoint(checkpoint: &Path, settings: &Settings, work: &Path, progr
             config: config.name.into(),
             precisions: serde_json::from_value(manifest.settings["precision"].clone())?,
             psnr_db: generation.images.iter().zip(&reference.images).map(|(a, b)| psnr(&a.pixels, &b.pixels)).collect(),
-            final_latents_relative_error: compare(&generation.final_latents.into_dyn(), &reference.final_latents.clone().into_dyn()).0,
+            final_latents_relative_error: compare(
+                &generation.final_latents.into_dyn(),
+                &reference.final_latents.clone().into_dyn(),
+            )
+            .0,
         });
         progress.inc(1);
     }
@@ -237,7 +249,13 @@ fn measure_checkpoint(checkpoint: &Path, settings: &Settings, work: &Path, progr
 }
 
 /// Exports `networks` of the pipeline folder with the precision `spec` (`--precision`).
-fn export_pipeline(checkpoint: &Path, out: &Path, spec: &str, networks: &[&str], precision: &PrecisionSettings) -> Result<Manifest> {
+fn export_pipeline(
+    checkpoint: &Path,
+    out: &Path,
+    spec: &str,
+    networks: &[&str],
+    precision: &PrecisionSettings,
+) -> Result<Manifest> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot remove", out.display()))?;
     }
@@ -245,7 +263,12 @@ fn export_pipeline(checkpoint: &Path, out: &Path, spec: &str, networks: &[&str],
     let submodels = SUBMODELS
         .iter()
         .filter(|n| networks.contains(n))
-        .map(|&name| SubmodelSource { name, path: checkpoint.into(), config: None, precision: plan.with_defaults(name) })
+        .map(|&name| SubmodelSource {
+            name,
+            path: checkpoint.into(),
+            config: None,
+            precision: plan.with_defaults(name),
+        })
         .collect();
     let request = ExportRequest {
         submodels,
@@ -292,7 +315,9 @@ impl Probe {
             .iter()
             .map(|(n, f)| {
                 let feed = match f {
-                    Feed::F32(a) if n == "timestep" || n == "guidance" => Feed::F32(a.mapv(|x| rounded_conditioning(x, precision))),
+                    Feed::F32(a) if n == "timestep" || n == "guidance" => {
+                        Feed::F32(a.mapv(|x| rounded_conditioning(x, precision)))
+                    }
                     Feed::F32(a) => Feed::F32(a.clone()),
                     Feed::I64(a) => Feed::I64(a.clone()),
                 };
@@ -330,7 +355,12 @@ fn reference_run(models: &ExportedModels, request: &Request) -> Result<(Generati
             }
         }
     })?;
-    let ids = |ids: &ndarray::Array2<i64>| vec![Probe { label: "prompt tokens".into(), inputs: vec![("input_ids".into(), Feed::I64(ids.clone().into_dyn()))] }];
+    let ids = |ids: &ndarray::Array2<i64>| {
+        vec![Probe {
+            label: "prompt tokens".into(),
+            inputs: vec![("input_ids".into(), Feed::I64(ids.clone().into_dyn()))],
+        }]
+    };
     let latent = decoder_latent(models, request, &generation.final_latents).into_dyn();
     let vae = vec![Probe { label: "final latents".into(), inputs: vec![("latent".into(), Feed::F32(latent))] }];
     let probes = vec![ids(&generation.clip_ids), ids(&generation.t5_ids), transformer, vae];
@@ -368,7 +398,18 @@ pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> (f64, f64) {
         norm += (*y as f64).powi(2);
         max = max.max(d);
     }
-    (if norm == 0.0 { if diff == 0.0 { 0.0 } else { f64::INFINITY } } else { (diff / norm).sqrt() }, max)
+    (
+        if norm == 0.0 {
+            if diff == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            (diff / norm).sqrt()
+        },
+        max,
+    )
 }
 
 /// PSNR in dB of 8-bit `a` against `b` (peak 255); `None` when identical.

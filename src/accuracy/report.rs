@@ -80,7 +80,10 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
             .map(|k| {
                 c.networks
                     .iter()
-                    .find(|e| (e.network.as_str(), e.output.as_str(), e.inputs.as_str(), e.config.as_str()) == (network, output, inputs, k.name))
+                    .find(|e| {
+                        (e.network.as_str(), e.output.as_str(), e.inputs.as_str(), e.config.as_str())
+                            == (network, output, inputs, k.name)
+                    })
                     .map_or("—".into(), |e| format!("{:.2e}", e.relative_error))
             })
             .collect();
@@ -91,10 +94,17 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
     let _ = writeln!(md, "| | {} |", header.join(" | "));
     let _ = writeln!(md, "|---|{}", "---:|".repeat(CONFIGS.len()));
     let cell = |f: &dyn Fn(&super::EndToEnd) -> String| -> String {
-        CONFIGS.iter().map(|k| c.end_to_end.iter().find(|e| e.config == k.name).map_or("—".into(), f)).collect::<Vec<_>>().join(" | ")
+        CONFIGS
+            .iter()
+            .map(|k| c.end_to_end.iter().find(|e| e.config == k.name).map_or("—".into(), f))
+            .collect::<Vec<_>>()
+            .join(" | ")
     };
-    let precisions = |e: &super::EndToEnd| e.precisions.iter().map(|(n, p)| format!("{n} {p}")).collect::<Vec<_>>().join(", ");
-    let psnr = |e: &super::EndToEnd| e.psnr_db.iter().map(|p| p.map_or("identical".into(), |v| format!("{v:.1}"))).collect::<Vec<_>>().join(" / ");
+    let precisions =
+        |e: &super::EndToEnd| e.precisions.iter().map(|(n, p)| format!("{n} {p}")).collect::<Vec<_>>().join(", ");
+    let psnr = |e: &super::EndToEnd| {
+        e.psnr_db.iter().map(|p| p.map_or("identical".into(), |v| format!("{v:.1}"))).collect::<Vec<_>>().join(" / ")
+    };
     let latents = |e: &super::EndToEnd| format!("{:.2e}", e.final_latents_relative_error);
     let _ = writeln!(md, "| networks | {} |", cell(&precisions));
     let _ = writeln!(md, "| image PSNR (dB), per prompt | {} |", cell(&psnr));
