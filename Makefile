@@ -54,3 +54,7 @@ gpu-check: system-deps
 .PHONY: bench-export
 bench-export:
 	bash scripts/bench-export.sh
+
+# Benchmarks (not tests): reports under bench/.
+.PHONY: bench
+bench: bench-export
