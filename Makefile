@@ -13,7 +13,7 @@ system-deps:
 $(ORT_DYLIB_PATH):
 	ORT_VERSION=$(ORT_VERSION) bash scripts/fetch-onnxruntime.sh
 
-test: setup
+test: setup triton-venv
 	$(CARGO) test --workspace
 
 # Regenerates the parity fixtures (needs torch, diffusers, transformers: tests/fixtures/requirements.txt).
@@ -21,6 +21,34 @@ FIXTURE_PY ?= python3
 .PHONY: fixtures
 fixtures:
 	$(FIXTURE_PY) tests/fixtures/make_fixtures.py
+
+# ---- Triton (CPU server from the pinned PyPI wheel) ----------------------------------------
+TRITON_VENV := $(CURDIR)/.cache/triton-venv
+.PHONY: triton-venv serve test-triton
+triton-venv: $(TRITON_VENV)/.complete
+$(TRITON_VENV)/.complete: scripts/triton-venv.sh
+	bash scripts/triton-venv.sh $(TRITON_VENV)
+
+# make serve REPO=out/repo [PORT=8000]
+REPO ?= out/repo
+PORT ?= 8000
+serve: triton-venv
+	$(CARGO) run --release -- serve --repo $(REPO) --http-port $(PORT) --grpc-port $$(($(PORT)+1)) --metrics-port $$(($(PORT)+2))
+
+test-triton: setup triton-venv
+	$(CARGO) test --test triton_serving --test triton_configs
+
+# On a GPU build host with TensorRT (NVIDIA's TensorRT container): FLUX pipeline -> graphs ->
+# lint -> TensorRT engines -> Triton repository (gpu target), under OUT (default out/flux).
+#   make engines CHECKPOINT=/models/FLUX.1-dev [PROFILE=static-1024] [BUILDER=trtexec|native]
+# Knobs: scripts/make-engines.sh. gpu-check builds the tiny fixture's engines and compares them
+# with ONNX Runtime (needs Python tensorrt, onnxruntime, torch).
+.PHONY: engines gpu-check
+engines: system-deps
+	bash scripts/make-engines.sh
+
+gpu-check: system-deps
+	bash scripts/gpu-check.sh
 
 # Export benchmark (not a test): full-size synthetic checkpoint -> ONNX vs a plain copy; writes bench/export.md.
 .PHONY: bench-export

@@ -8,8 +8,10 @@ use crate::manifest::{FileEntry, Manifest};
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
-use fluxbuild_exporters::onnx::{problems_error, write_model, ElemType, Graph};
-use fluxbuild_exporters::precision::Precision;
+use fluxbuild_exporters::onnx::{problems_error, write_model, Graph};
+use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
+use fluxbuild_exporters::quantize::calibration::CalibrationTable;
+use fluxbuild_exporters::quantize::{qdq, Fp8Policy, Fp8Summary, WeightScaling};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -39,6 +41,21 @@ pub struct ExportRequest {
     pub pipeline: Option<PathBuf>,
     pub out: PathBuf,
     pub opset: i64,
+    pub precision: PrecisionSettings,
+}
+
+/// How reduced precisions are applied.
+#[derive(Clone, Debug, Default)]
+pub struct PrecisionSettings {
+    /// The table `fluxbuild calibrate` wrote (activation amax per linear layer), for fp8.
+    pub calibration: Option<PathBuf>,
+    pub fp8_weights: WeightScaling,
+    /// Weight-name patterns kept in 16-bit besides the defaults.
+    pub fp8_keep: Vec<String>,
+    /// fp16/bf16/fp8 submodels become fp32 graphs that round like them (16-bit weights, every
+    /// 16-bit op output rounded), for accuracy checks on ONNX Runtime's CPU, which lacks bf16
+    /// kernels and runs fp16 ops in fp32. Not for deployment.
+    pub emulate: bool,
 }
 
 /// The manifest entry of one exported submodel.
@@ -50,6 +67,12 @@ pub struct ExportedSubmodel {
     pub variant: Option<String>,
     pub config: serde_json::Value,
     pub precision: Precision,
+    /// Element types and wider parts the precision implies.
+    #[serde(default)]
+    pub precision_plan: Option<NetworkPrecision>,
+    /// FP8 quantization details (fp8 submodels only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Fp8Summary>,
     pub opset: i64,
     pub parameters: u64,
     pub nodes: usize,
@@ -60,15 +83,12 @@ pub struct ExportedSubmodel {
     pub saturated: Vec<(String, u64)>,
 }
 
-/// Graph element type for a precision (fp8 quantizes weights on top of a 16-bit graph).
-pub fn graph_options(precision: Precision, opset: i64) -> Result<GraphOptions> {
-    let float = match precision {
-        Precision::Fp32 => ElemType::F32,
-        Precision::Fp16 => ElemType::F16,
-        Precision::Bf16 => ElemType::BF16,
-        Precision::Fp8 => bail!("fp8 export needs calibration support, which this build does not have yet"),
-    };
-    Ok(GraphOptions { float, opset })
+/// How `network`'s graph is built at `precision`. fp8 builds the fp16 graph at opset 19 (FP8
+/// Q/DQ), which `quantize_fp8` then rewrites.
+pub fn graph_options(network: &str, precision: Precision, opset: i64) -> Result<GraphOptions> {
+    let plan = NetworkPrecision::new(network, precision)?;
+    let opset = if plan.fp8_linears { opset.max(qdq::FP8_OPSET) } else { opset };
+    Ok(GraphOptions { float: plan.float, wide: plan.wide, opset })
 }
 
 struct Planned<'a> {
@@ -76,6 +96,57 @@ struct Planned<'a> {
     ckpt: &'a Checkpoint,
     analysis: Analysis,
     graph: Graph<'a>,
+    fp8: Option<Fp8Summary>,
+    emulated: bool,
+}
+
+/// The calibration table, loaded when some submodel is fp8.
+struct Calibration {
+    path: PathBuf,
+    sha256: String,
+    table: CalibrationTable,
+}
+
+fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
+    let Some(fp8) = request.submodels.iter().find(|s| s.precision == Precision::Fp8) else { return Ok(None) };
+    let Some(path) = &request.precision.calibration else {
+        bail!(
+            "--precision {}=fp8 needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
+            fp8.name
+        );
+    };
+    let table = CalibrationTable::read(path)?;
+    if table.model.submodel != fp8.name {
+        bail!("{}: a calibration of `{}`, not of `{}`", path.display(), table.model.submodel, fp8.name);
+    }
+    Ok(Some(Calibration { path: path.clone(), sha256: fluxbuild_exporters::util::sha256_file(path)?, table }))
+}
+
+/// Rewrites the linear layers of an fp8 submodel's graph into FP8 Q/DQ form.
+fn quantize_fp8(request: &ExportRequest, source: &SubmodelSource, graph: &mut Graph<'_>, calibration: &Calibration) -> Result<Fp8Summary> {
+    let policy = Fp8Policy::for_network(source.name, request.precision.fp8_weights, &request.precision.fp8_keep);
+    let mut summary = qdq::quantize_linears(graph, &policy, &calibration.table.amax)
+        .with_context(|| format!("{} with calibration {}", source.name, calibration.path.display()))?;
+    summary.calibration_sha256 = Some(calibration.sha256.clone());
+    Ok(summary)
+}
+
+/// Refuses a calibration measured on another checkpoint (known once the inputs are hashed).
+fn check_calibration(planned: &[Planned<'_>], inputs: &[FileEntry], calibration: Option<&Calibration>) -> Result<()> {
+    let Some(calibration) = calibration else { return Ok(()) };
+    for p in planned.iter().filter(|p| p.fp8.is_some()) {
+        let hashes: Vec<String> = p
+            .ckpt
+            .source_files()
+            .iter()
+            .filter_map(|f| {
+                let absolute = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+                inputs.iter().find(|i| i.path == absolute).map(|i| i.sha256.clone())
+            })
+            .collect();
+        calibration.table.check_checkpoint(&calibration.path, &hashes)?;
+    }
+    Ok(())
 }
 
 /// Runs the export. Returns the manifest written to `out/manifest.json`.
@@ -93,8 +164,9 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         })
         .collect::<Result<_>>()?;
     let inputs_hashing = hash_inputs_in_background(&checkpoints);
+    let calibration = load_calibration(request)?;
 
-    let planned = plan_all(request, &checkpoints)?;
+    let planned = plan_all(request, &checkpoints, calibration.as_ref())?;
     let staging = Staging::create(&request.out)?;
     let total: u64 = planned.iter().flat_map(|p| &p.graph.initializers).map(|i| i.byte_len() as u64).sum();
     progress.set_length(total);
@@ -127,10 +199,18 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     }
 
     let inputs = inputs_hashing.join().expect("hashing thread")?;
+    check_calibration(&planned, &inputs, calibration.as_ref())?;
     let mut manifest = Manifest::new("export", inputs, files);
     manifest.settings = serde_json::json!({
         "opset": request.opset,
         "precision": planned.iter().map(|p| (p.source.name, p.source.precision)).collect::<BTreeMap<_, _>>(),
+        "fp8": calibration.as_ref().map(|c| serde_json::json!({
+            "calibration": c.path,
+            "calibration_sha256": c.sha256,
+            "weights": request.precision.fp8_weights,
+            "keep": request.precision.fp8_keep,
+        })),
+        "emulated_in_fp32": request.precision.emulate,
         "pipeline": request.pipeline,
     });
     manifest.submodels = serde_json::to_value(&submodels)?;
@@ -144,20 +224,28 @@ fn exporter_for(name: &str) -> &'static dyn Exporter {
 }
 
 /// Analyzes and builds every graph; reports every checkpoint problem of every submodel at once.
-fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint]) -> Result<Vec<Planned<'a>>> {
+fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calibration: Option<&Calibration>) -> Result<Vec<Planned<'a>>> {
     let mut planned = Vec::new();
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
         let exporter = exporter_for(source.name);
-        let options = graph_options(source.precision, request.opset)?;
+        let emulate = request.precision.emulate && source.precision != Precision::Fp32;
+        let options = graph_options(source.name, source.precision, request.opset)?;
         let config = match &source.config {
             Some(path) => read_json(Some(path))?,
             None => ckpt.config()?,
         };
-        let (analysis, graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
+        let (analysis, mut graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
             .with_context(|| format!("{} ({})", source.name, source.path.display()))?;
         if problems.is_empty() {
-            planned.push(Planned { source, ckpt, analysis, graph });
+            let fp8 = match calibration.filter(|_| source.precision == Precision::Fp8) {
+                Some(c) => Some(quantize_fp8(request, source, &mut graph, c)?),
+                None => None,
+            };
+            if emulate {
+                fluxbuild_exporters::quantize::emulate::emulate_in_fp32(&mut graph);
+            }
+            planned.push(Planned { source, ckpt, analysis, graph, fp8, emulated: emulate });
         } else {
             let files: Vec<String> = ckpt.source_files().iter().map(|f| f.display().to_string()).collect();
             failures.push(format!("{:#}", problems_error(&format!("{} ({})", source.name, files.join(", ")), &problems)));
@@ -177,6 +265,13 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
         variant: p.analysis.variant.clone(),
         config: p.analysis.config.clone(),
         precision: p.source.precision,
+        precision_plan: NetworkPrecision::new(p.source.name, p.source.precision).ok().map(|mut plan| {
+            if p.emulated {
+                plan.notes.push(format!("emulated in an fp32 graph: {:?} weights, every {:?} op output rounded", plan.float, plan.float));
+            }
+            plan
+        }),
+        quantization: p.fp8.clone(),
         opset: p.graph.opset,
         parameters: p.ckpt.param_count(),
         nodes: written.nodes,

@@ -2,8 +2,12 @@
 //! checkpoint -> graphs (`export`) -> engines (`fluxbuild-engines`) -> repository (`package`),
 //! plus local generation (`generate`) and serving (`serve`, `client`).
 
+pub mod client;
 pub mod commands;
 pub mod export;
+pub mod generate;
 pub mod manifest;
 pub mod output;
+pub mod package;
 pub mod runtime;
+pub mod serve;

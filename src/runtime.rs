@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::ArrayD;
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -51,8 +51,12 @@ pub enum Input {
 }
 
 impl Input {
-    fn value(self) -> Result<DynValue> {
+    /// The tensor for an input declared as `declared`: float32 data goes in as float16 where
+    /// the graph takes float16 (fp16 graphs), so callers hand every graph f32.
+    fn value(self, declared: Option<&ValueType>) -> Result<DynValue> {
+        let wants_f16 = matches!(declared, Some(ValueType::Tensor { ty: TensorElementType::Float16, .. }));
         Ok(match self {
+            Input::F32(a) if wants_f16 => Tensor::from_array(a.mapv(half::f16::from_f32))?.into_dyn(),
             Input::F32(a) => Tensor::from_array(a)?.into_dyn(),
             Input::I64(a) => Tensor::from_array(a)?.into_dyn(),
             Input::I32(a) => Tensor::from_array(a)?.into_dyn(),
@@ -81,17 +85,23 @@ impl Model {
         self.session.inputs().iter().map(|i| i.name().to_string()).collect()
     }
 
-    /// Runs the graph; every float output is returned as f32.
+    /// Runs the graph; every float output is returned as f32 (float16 ones converted).
     pub fn run(&mut self, inputs: Vec<(&str, Input)>) -> Result<BTreeMap<String, ArrayD<f32>>> {
+        let declared: BTreeMap<String, ValueType> =
+            self.session.inputs().iter().map(|i| (i.name().to_string(), i.dtype().clone())).collect();
         let values: Vec<(String, DynValue)> =
-            inputs.into_iter().map(|(n, v)| Ok((n.to_string(), v.value()?))).collect::<Result<_>>()?;
+            inputs.into_iter().map(|(n, v)| Ok((n.to_string(), v.value(declared.get(n))?))).collect::<Result<_>>()?;
         let outputs = self.session.run(values).with_context(|| format!("{}: inference failed", self.path.display()))?;
         let mut result = BTreeMap::new();
         for (name, value) in outputs.iter() {
-            let array = value
-                .try_extract_array::<f32>()
-                .with_context(|| format!("{}: output {name} is not float32", self.path.display()))?;
-            result.insert(name.to_string(), array.to_owned());
+            let array = match value.try_extract_array::<f32>() {
+                Ok(array) => array.to_owned(),
+                Err(_) => value
+                    .try_extract_array::<half::f16>()
+                    .with_context(|| format!("{}: output {name} is not float32 or float16", self.path.display()))?
+                    .mapv(half::f16::to_f32),
+            };
+            result.insert(name.to_string(), array);
         }
         Ok(result)
     }

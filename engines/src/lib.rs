@@ -1,1 +1,17 @@
-pub fn placeholder() {}
+//! Stage 3: exported ONNX graphs -> TensorRT engine plans.
+//!
+//! - `lint`: will TensorRT 10's ONNX parser take each graph? (runs anywhere, no TensorRT)
+//! - `toolchain`: what this machine has (TensorRT libraries, trtexec, GPU), probed before work
+//! - `build`: plans every engine (graph hashes, profile shapes, cache keys), then builds the
+//!   ones whose key changed with the native builder API (`native`, trtx) or `trtexec`.
+
+pub mod build;
+pub mod graph;
+pub mod interface;
+pub mod key;
+pub mod lint;
+#[cfg(feature = "native-builder")]
+pub mod native;
+pub mod settings;
+pub mod toolchain;
+pub mod trtexec;

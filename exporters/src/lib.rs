@@ -4,4 +4,5 @@ pub mod checkpoint;
 pub mod models;
 pub mod onnx;
 pub mod precision;
+pub mod quantize;
 pub mod util;

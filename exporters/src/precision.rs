@@ -1,5 +1,6 @@
 //! Precision choices, globally or per network: `fp16`, `transformer=fp8,t5=bf16`, `bf16,t5=fp32`.
 
+use crate::onnx::ElemType;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,6 +72,66 @@ impl PrecisionPlan {
     pub fn for_network(&self, network: &str, fallback: Precision) -> Precision {
         self.per_network.get(network).copied().or(self.default).unwrap_or(fallback)
     }
+
+    /// The precision `network` gets: its own entry, else the default adapted to what is known
+    /// to work for it (a global `fp8` quantizes the transformer only; a global `fp16` or `fp8`
+    /// leaves the VAE decoder in fp32), else fp32.
+    pub fn with_defaults(&self, network: &str) -> Precision {
+        if let Some(p) = self.per_network.get(network) {
+            return *p;
+        }
+        match (network, self.default.unwrap_or(Precision::Fp32)) {
+            ("vae_decoder", Precision::Fp16 | Precision::Fp8) => Precision::Fp32,
+            (n, Precision::Fp8) if n != "transformer" => Precision::Fp16,
+            (_, p) => p,
+        }
+    }
+
+    /// `with_defaults` with what that means for the graph: the plan export and build apply.
+    pub fn resolve(&self, network: &str) -> Result<NetworkPrecision> {
+        NetworkPrecision::new(network, self.with_defaults(network))
+    }
+}
+
+/// How one network runs at a precision: the element type of its graph, the parts kept wider
+/// than that because they overflow, and whether its linear layers are FP8.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkPrecision {
+    pub precision: Precision,
+    /// Activations and unquantized weights.
+    pub float: ElemType,
+    /// Parts that overflow in `float` run in this type (T5's residual stream and FFN output
+    /// projection in fp16); equal to `float` when there are none.
+    pub wide: ElemType,
+    /// FP8 (E4M3FN) weights and activations for the linear layers (explicit Q/DQ).
+    pub fp8_linears: bool,
+    /// Why the plan differs from the plain precision, for people reading the manifest.
+    pub notes: Vec<String>,
+}
+
+impl NetworkPrecision {
+    pub fn new(network: &str, precision: Precision) -> Result<NetworkPrecision> {
+        let float = match precision {
+            Precision::Fp32 => ElemType::F32,
+            Precision::Bf16 => ElemType::BF16,
+            Precision::Fp16 | Precision::Fp8 => ElemType::F16,
+        };
+        let mut plan = NetworkPrecision { precision, float, wide: float, fp8_linears: precision == Precision::Fp8, notes: vec![] };
+        match (network, precision) {
+            ("transformer", Precision::Fp8) => plan.notes.push(
+                "linear layers in FP8 E4M3 (weights from their amax, activations from calibration); embedders, \
+                 final projection, norms and attention in fp16"
+                    .into(),
+            ),
+            (_, Precision::Fp8) => bail!("--precision {network}=fp8: FP8 quantization is implemented for the transformer only"),
+            ("t5", Precision::Fp16) => {
+                plan.wide = ElemType::F32;
+                plan.notes.push("T5 overflows fp16 in its FFN output: residual stream and `wo` projections run in fp32".into());
+            }
+            _ => {}
+        }
+        Ok(plan)
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +145,23 @@ mod tests {
         assert_eq!(plan.for_network("clip", Precision::Fp16), Precision::Bf16);
         let empty = PrecisionPlan::parse("", &["t5"]).unwrap();
         assert_eq!(empty.for_network("t5", Precision::Fp16), Precision::Fp16);
+    }
+
+    #[test]
+    fn defaults_avoid_the_known_failures() {
+        let nets = ["clip", "t5", "transformer", "vae_decoder"];
+        let fp8 = PrecisionPlan::parse("fp8", &nets).unwrap();
+        let got: Vec<Precision> = nets.iter().map(|n| fp8.with_defaults(n)).collect();
+        assert_eq!(got, vec![Precision::Fp16, Precision::Fp16, Precision::Fp8, Precision::Fp32]);
+        let t5 = fp8.resolve("t5").unwrap();
+        assert_eq!((t5.float, t5.wide), (ElemType::F16, ElemType::F32));
+        assert_eq!(fp8.resolve("transformer").unwrap().float, ElemType::F16);
+        assert!(fp8.resolve("transformer").unwrap().fp8_linears);
+        let explicit = PrecisionPlan::parse("fp16,vae_decoder=fp16", &nets).unwrap();
+        assert_eq!(explicit.with_defaults("vae_decoder"), Precision::Fp16);
+        assert_eq!(PrecisionPlan::parse("", &nets).unwrap().with_defaults("t5"), Precision::Fp32);
+        let err = PrecisionPlan::parse("clip=fp8", &nets).unwrap().resolve("clip").unwrap_err().to_string();
+        assert!(err.contains("transformer only"), "{err}");
     }
 
     #[test]

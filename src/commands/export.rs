@@ -1,10 +1,11 @@
 //! `fluxbuild export`: checkpoint(s) -> `OUT/{clip,t5,transformer,vae_decoder}/model.onnx`.
 
-use crate::export::{export, ExportRequest, SubmodelSource, SUBMODELS};
+use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource, SUBMODELS};
 use crate::output::{Output, BYTES_BAR};
 use anyhow::{bail, Result};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
-use fluxbuild_exporters::precision::{Precision, PrecisionPlan};
+use fluxbuild_exporters::precision::PrecisionPlan;
+use fluxbuild_exporters::quantize::WeightScaling;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -33,18 +34,46 @@ pub struct Args {
     /// Only these submodels (comma-separated: clip,t5,transformer,vae_decoder).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Precision, globally or per network: `fp32`, `bf16`, `transformer=bf16,t5=fp32`.
+    /// Precision, globally or per network: `fp32`, `fp16`, `bf16`, `fp8`, `transformer=fp8,t5=bf16`.
+    /// A global fp8 quantizes the transformer and leaves CLIP and T5 fp16; a global fp16 or fp8
+    /// keeps the VAE decoder fp32; T5 in fp16 keeps its residual stream and FFN output in fp32.
     #[arg(long, default_value = "fp32")]
     precision: String,
+    /// Activation scales for fp8 submodels (written by `fluxbuild calibrate`).
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// FP8 weight scales: one per tensor, or one per output channel.
+    #[arg(long, value_enum, default_value = "per-tensor")]
+    fp8_weights: Fp8WeightsArg,
+    /// Linear layers (weight-name patterns, `*` = anything) kept in 16-bit besides the defaults
+    /// (embedders and final projection), e.g. `*.norm1.linear.weight`.
+    #[arg(long = "fp8-keep", value_delimiter = ',')]
+    fp8_keep: Vec<String>,
+    /// Write fp16/bf16/fp8 submodels as fp32 graphs that round like them, for accuracy checks
+    /// on ONNX Runtime's CPU (no bf16 kernels; fp16 ops run in fp32). Not for deployment.
+    #[arg(long)]
+    emulate: bool,
     /// ONNX opset of the graphs.
     #[arg(long, default_value_t = DEFAULT_OPSET)]
     opset: i64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Fp8WeightsArg {
+    PerTensor,
+    PerChannel,
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let request = request(&args)?;
     let bar = out.bar(0, BYTES_BAR);
     let manifest = export(&request, &bar)?;
+    for s in &request.submodels {
+        let entry: Option<ExportedSubmodel> = manifest.submodels.get(s.name).and_then(|v| serde_json::from_value(v.clone()).ok());
+        for (tensor, count) in entry.map(|e| e.saturated).unwrap_or_default() {
+            out.warn(&format!("{}: {count} value(s) of {tensor} exceed the {} range and were saturated", s.name, s.precision));
+        }
+    }
     out.result(&manifest, || {
         let mut text = format!("exported to {}", request.out.display());
         for s in &request.submodels {
@@ -72,10 +101,21 @@ fn request(args: &Args) -> Result<ExportRequest> {
         let Some(path) = path.clone().or_else(|| args.checkpoint.clone()) else {
             bail!("--only {name}: no source for it (give --checkpoint or --{})", flag_for(name));
         };
-        submodels.push(SubmodelSource { name, path, config: None, precision: precision.for_network(name, Precision::Fp32) });
+        precision.resolve(name)?;
+        submodels.push(SubmodelSource { name, path, config: None, precision: precision.with_defaults(name) });
     }
     assign_configs(&args.configs, &mut submodels)?;
-    Ok(ExportRequest { submodels, pipeline: args.checkpoint.clone(), out: args.out.clone(), opset: args.opset })
+    let weights = match args.fp8_weights {
+        Fp8WeightsArg::PerTensor => WeightScaling::PerTensor,
+        Fp8WeightsArg::PerChannel => WeightScaling::PerChannel,
+    };
+    let settings = PrecisionSettings {
+        calibration: args.calibration.clone(),
+        fp8_weights: weights,
+        fp8_keep: args.fp8_keep.clone(),
+        emulate: args.emulate,
+    };
+    Ok(ExportRequest { submodels, pipeline: args.checkpoint.clone(), out: args.out.clone(), opset: args.opset, precision: settings })
 }
 
 fn flag_for(name: &str) -> &str {

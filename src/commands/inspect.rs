@@ -71,7 +71,7 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
         Some(c) => read_json(Some(c))?,
         None => ckpt.config()?,
     };
-    let options = graph_options(Precision::Fp32, DEFAULT_OPSET)?;
+    let options = graph_options(exporter.name(), Precision::Fp32, DEFAULT_OPSET)?;
     let (analysis, problems) = match models::plan(exporter, &ckpt, config.as_ref(), &options) {
         Ok((analysis, _graph, problems)) => (Some(analysis), problems.iter().map(Problem::to_string).collect()),
         Err(e) => (None, vec![format!("{e:#}")]),

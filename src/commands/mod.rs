@@ -5,6 +5,7 @@ pub mod build;
 pub mod calibrate;
 pub mod export;
 pub mod generate;
+pub mod generate_remote;
 pub mod inspect;
 pub mod lint;
 pub mod package;

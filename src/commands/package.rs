@@ -1,11 +1,96 @@
-//! `fluxbuild package` (not yet implemented).
+//! `fluxbuild package`: exported graphs (cpu) or engines (gpu) -> a Triton model repository.
 
-use crate::output::Output;
-use anyhow::{bail, Result};
+use crate::output::{Output, BYTES_BAR};
+use crate::package::{package, Options, Target};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// What `fluxbuild export` wrote (graphs, tokenizers, scheduler config, manifest.json).
+    #[arg(long)]
+    models: PathBuf,
+    /// The repository folder to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// gpu: TensorRT plans from --engines; cpu: the ONNX graphs run by ONNX Runtime in the Python backend.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// What `fluxbuild build` wrote (plans + manifest.json with their optimization profiles); gpu only.
+    #[arg(long)]
+    engines: Option<PathBuf>,
+    /// Prompts per batch: the orchestrator's max_batch_size (and the cpu networks').
+    #[arg(long, default_value_t = 4)]
+    max_batch: u32,
+    /// How long the orchestrator's dynamic batcher waits to fill a batch, in microseconds.
+    #[arg(long, default_value_t = 20_000)]
+    queue_delay_us: u64,
+    /// Default image height and width (requests may ask for others within the limits).
+    #[arg(long, default_value_t = 1024)]
+    height: u32,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    /// cpu: the largest height and width served (gpu: taken from the engines' profiles).
+    #[arg(long, default_value_t = 1024)]
+    max_height: u32,
+    #[arg(long, default_value_t = 1024)]
+    max_width: u32,
+    /// Default denoising steps (else 28 for dev, 4 for schnell).
+    #[arg(long)]
+    steps: Option<u32>,
+    /// The most steps a request may ask for.
+    #[arg(long, default_value_t = 100)]
+    max_steps: u32,
+    /// Default T5 length (else 512 for dev, 256 for schnell, within what the graph or engines allow).
+    #[arg(long)]
+    max_sequence_length: Option<u32>,
+    /// cpu: NETWORK=DIR, a folder with an alternative model.onnx served as `<network>_altN` and used
+    /// when the primary is not ready. Repeatable.
+    #[arg(long = "alternative", value_parser = parse_alternative)]
+    alternatives: Vec<(String, PathBuf)>,
+    /// Replace an existing repository at --out.
+    #[arg(long)]
+    force: bool,
+}
 
-pub fn run(_args: Args, _out: &Output) -> Result<()> {
-    bail!("`fluxbuild package` is not implemented yet")
+fn parse_alternative(s: &str) -> Result<(String, PathBuf), String> {
+    let (network, dir) = s.split_once('=').ok_or_else(|| format!("expected NETWORK=DIR, got {s:?}"))?;
+    Ok((network.to_string(), PathBuf::from(dir)))
+}
+
+pub fn run(args: Args, out: &Output) -> Result<()> {
+    let options = Options {
+        models: args.models,
+        out: args.out,
+        target: args.target,
+        engines: args.engines,
+        max_batch: args.max_batch.max(1),
+        queue_delay_us: args.queue_delay_us,
+        height: args.height,
+        width: args.width,
+        max_height: args.max_height,
+        max_width: args.max_width,
+        steps: args.steps,
+        max_steps: args.max_steps,
+        max_sequence_length: args.max_sequence_length,
+        alternatives: args.alternatives,
+        force: args.force,
+    };
+    let packaged = package(&options, &|total| out.bar(total, BYTES_BAR)).context("fluxbuild package")?;
+    out.result(&packaged, || {
+        format!(
+            "wrote {} ({:?} target): models {}; {} files, {} bytes; serves {}..{} x {}..{} px, up to {} prompts per network call",
+            packaged.repository.display(),
+            packaged.target,
+            packaged.models.join(", "),
+            packaged.files,
+            packaged.bytes,
+            packaged.limits.min_height,
+            packaged.limits.max_height,
+            packaged.limits.min_width,
+            packaged.limits.max_width,
+            packaged.limits.network_max_batch
+        )
+    });
+    Ok(())
 }

@@ -11,6 +11,8 @@ pub enum DType {
     BF16,
     /// float8 e4m3 "fn" (no infinities, NaN = 0x7f/0xff); ONNX FLOAT8E4M3FN.
     F8E4M3,
+    /// Index buffers some files carry (CLIP's `position_ids`); listed, never a weight.
+    I64,
 }
 
 impl DType {
@@ -20,7 +22,8 @@ impl DType {
             "F16" => DType::F16,
             "BF16" => DType::BF16,
             "F8_E4M3" => DType::F8E4M3,
-            other => bail!("unsupported dtype {other} (expected F32, F16, BF16 or F8_E4M3)"),
+            "I64" => DType::I64,
+            other => bail!("unsupported dtype {other} (expected F32, F16, BF16, F8_E4M3 or I64)"),
         })
     }
 
@@ -29,6 +32,7 @@ impl DType {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::F8E4M3 => 1,
+            DType::I64 => 8,
         }
     }
 
@@ -38,10 +42,12 @@ impl DType {
             DType::F16 => "F16",
             DType::BF16 => "BF16",
             DType::F8E4M3 => "F8_E4M3",
+            DType::I64 => "I64",
         }
     }
 
-    /// Decodes little-endian elements of this type into `out` (exact: every source value is an f32).
+    /// Decodes little-endian elements of this type into `out` (exact: every float source value is an
+    /// f32, and index buffers hold small integers).
     pub fn decode_into(self, bytes: &[u8], out: &mut Vec<f32>) {
         out.reserve(bytes.len() / self.size());
         match self {
@@ -49,6 +55,7 @@ impl DType {
             DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
             DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
             DType::F8E4M3 => out.extend(bytes.iter().map(|&b| float8::F8E4M3::from_bits(b).to_f32())),
+            DType::I64 => out.extend(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)),
         }
     }
 }

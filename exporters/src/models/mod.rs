@@ -2,6 +2,7 @@
 //! `inspect` and the tests treat all four alike.
 
 pub mod clip;
+pub mod derive;
 pub mod t5;
 pub mod transformer;
 pub mod vae;
@@ -28,12 +29,15 @@ pub struct Analysis {
 pub struct GraphOptions {
     /// Element type of weights and activations.
     pub float: ElemType,
+    /// Element type of the parts that overflow in `float` and must run wider (T5's residual
+    /// stream and FFN output projection `wo` in an fp16 graph); equal to `float` otherwise.
+    pub wide: ElemType,
     pub opset: i64,
 }
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        GraphOptions { float: ElemType::F32, opset: DEFAULT_OPSET }
+        GraphOptions { float: ElemType::F32, wide: ElemType::F32, opset: DEFAULT_OPSET }
     }
 }
 

@@ -134,6 +134,18 @@ impl<'a> GraphBuilder<'a> {
         self.initializer(&name, ElemType::I64, &[values.len()], InitData::Bytes(bytes))
     }
 
+    /// A 0-d int64 (Range's operands).
+    pub fn scalar_i64(&mut self, value: i64) -> V {
+        let name = self.fresh("const");
+        self.initializer(&name, ElemType::I64, &[], InitData::Bytes(value.to_le_bytes().to_vec()))
+    }
+
+    pub fn const_i32(&mut self, values: &[i32]) -> V {
+        let name = self.fresh("const");
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(&name, ElemType::I32, &[values.len()], InitData::Bytes(bytes))
+    }
+
     pub fn finish(self) -> Graph<'a> {
         self.graph
     }
@@ -155,6 +167,10 @@ impl<'a> GraphBuilder<'a> {
     pub fn mul_scalar(&mut self, a: &V, s: f32) -> V {
         let s = self.scalar(s);
         self.mul(a, &s)
+    }
+    pub fn div_scalar(&mut self, a: &V, s: f32) -> V {
+        let s = self.scalar(s);
+        self.div(a, &s)
     }
     pub fn add_scalar(&mut self, a: &V, s: f32) -> V {
         let s = self.scalar(s);
@@ -187,6 +203,18 @@ impl<'a> GraphBuilder<'a> {
     pub fn cast(&mut self, x: &V, to: ElemType) -> V {
         self.op("Cast", &[x], &[("to", Attr::Int(to.onnx_code() as i64))])
     }
+    /// `x` (of type `from`) as `to`: a Cast only where the types differ.
+    pub fn convert(&mut self, x: &V, from: ElemType, to: ElemType) -> V {
+        if from == to { x.clone() } else { self.cast(x, to) }
+    }
+    /// Runs `f` with `float` as the graph's float type, for the parts of a mixed-precision graph
+    /// that must run wider (weights and constants made inside `f` take that type).
+    pub fn with_float<R>(&mut self, float: ElemType, f: impl FnOnce(&mut Self) -> R) -> R {
+        let outer = std::mem::replace(&mut self.float, float);
+        let out = f(self);
+        self.float = outer;
+        out
+    }
 
     // ---- linear algebra and normalization -----------------------------------------------------
 
@@ -199,6 +227,28 @@ impl<'a> GraphBuilder<'a> {
     /// LayerNormalization-17 over the last axis with the given (or unit) affine.
     pub fn layer_norm(&mut self, x: &V, scale: &V, bias: &V, eps: f32) -> V {
         self.op("LayerNormalization", &[x, scale, bias], &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))])
+    }
+    /// InstanceNormalization over the trailing axes of [N, C, ...], per-C `scale` and `bias`.
+    pub fn instance_norm(&mut self, x: &V, scale: &V, bias: &V, eps: f32) -> V {
+        self.op("InstanceNormalization", &[x, scale, bias], &[("epsilon", Attr::Float(eps))])
+    }
+    /// 2-D convolution, NCHW, `pads` = [top, left, bottom, right].
+    pub fn conv(&mut self, x: &V, weight: &V, bias: Option<&V>, pads: [i64; 4], stride: i64) -> V {
+        let mut inputs = vec![x, weight];
+        inputs.extend(bias);
+        let attrs = [("pads", Attr::Ints(pads.to_vec())), ("strides", Attr::Ints(vec![stride, stride]))];
+        self.op("Conv", &inputs, &attrs)
+    }
+    /// Nearest-neighbour resize by per-axis `scales`. Source index = floor(dst / scale), which
+    /// is what torch's `F.interpolate(mode="nearest")` computes.
+    pub fn resize_nearest(&mut self, x: &V, scales: &[f32]) -> V {
+        let scales = self.const_float(ElemType::F32, &[scales.len()], scales);
+        let attrs = [
+            ("mode", Attr::Str("nearest".into())),
+            ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+            ("nearest_mode", Attr::Str("floor".into())),
+        ];
+        self.op("Resize", &[x, &Self::none(), &scales], &attrs)
     }
     pub fn reduce_mean(&mut self, x: &V, axes: &[i64], keepdims: bool) -> V {
         let attrs = [("keepdims", Attr::Int(keepdims as i64))];

@@ -5,6 +5,7 @@
 
 use super::ir::{ElemType, Part, WeightPlan};
 use crate::checkpoint::DType;
+use crate::quantize::fp8;
 use anyhow::{bail, Result};
 use float8::F8E4M3;
 use half::{bf16, f16};
@@ -38,11 +39,14 @@ impl Deref for Encoded<'_> {
 
 /// Encodes one plan as `elem`, little-endian. Borrows the checkpoint bytes when nothing changes.
 pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded<'a>, ConversionStats)> {
-    if let Some(bytes) = passthrough(plan, elem) {
-        return Ok((Encoded::Borrowed(bytes), ConversionStats::default()));
-    }
-    if let Some(bytes) = rearrange_exact(plan, elem) {
-        return Ok((Encoded::Owned(bytes), ConversionStats::default()));
+    // A quantization scale always needs the values, so it takes the f32 path below.
+    if plan.scale.is_none() {
+        if let Some(bytes) = passthrough(plan, elem) {
+            return Ok((Encoded::Borrowed(bytes), ConversionStats::default()));
+        }
+        if let Some(bytes) = rearrange_exact(plan, elem) {
+            return Ok((Encoded::Owned(bytes), ConversionStats::default()));
+        }
     }
     let mut values = Vec::with_capacity(plan.rows() * plan.cols);
     for part in &plan.parts {
@@ -50,6 +54,13 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded
     }
     if plan.transpose {
         values = transpose(&values, plan.rows(), plan.cols);
+    }
+    if let Some(scale) = &plan.scale {
+        anyhow::ensure!(elem == ElemType::F8E4M3, "a quantization scale needs an FP8 initializer, not {elem:?}");
+        let cols = if plan.transpose { plan.rows() } else { plan.cols };
+        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (bytes, saturated) = fp8::encode(&values, cols, scale);
+        return Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), ConversionStats { saturated, amax }));
     }
     let (bytes, stats) = encode_f32(&values, elem)?;
     Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), stats))

@@ -115,6 +115,9 @@ pub struct WeightPlan<'a> {
     /// Row length of every part (product of the trailing dims).
     pub cols: usize,
     pub transpose: bool,
+    /// Quantization scale: values are divided by it before encoding (FP8 weights). One scale for
+    /// the whole tensor, or one per column of the encoded matrix (its output channels).
+    pub scale: Option<Vec<f32>>,
 }
 
 impl WeightPlan<'_> {

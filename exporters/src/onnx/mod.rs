@@ -5,12 +5,14 @@ pub mod builder;
 pub mod encode;
 pub mod ir;
 pub mod nn;
+pub mod reader;
 pub mod pagebuf;
 pub mod weights;
 pub mod writer;
 
 pub use builder::{GraphBuilder, V};
-pub use ir::{Attr, Dim, ElemType, Graph};
+pub use ir::{Attr, Dim, ElemType, Graph, ValueInfo};
+pub use reader::{read_interface, Interface};
 pub use weights::{problems_error, Param, Problem, Weights};
 pub use writer::{write_model, WrittenModel};
 

@@ -1,6 +1,7 @@
 //! Layers shared by the FLUX submodels, in terms of `Weights` and the graph builder.
 
 use super::builder::{GraphBuilder, V};
+use super::ir::ElemType;
 use super::weights::{Param, Weights};
 
 /// `y = x @ Wᵀ + b` with PyTorch's `weight` [out, in] and `bias` [out] under `w`.
@@ -53,4 +54,60 @@ pub fn rms_norm<'a>(b: &mut GraphBuilder<'a>, weight: Param<'a>, x: &V, eps: f32
     let normed = b.div(x, &rms);
     let weight = weight.add(b);
     b.mul(&normed, &weight)
+}
+
+/// `Conv2d(c_in, c_out, kernel, padding=kernel/2)` with `weight` [c_out, c_in, k, k] and `bias` [c_out].
+pub fn conv2d<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, c_in: usize, c_out: usize, kernel: usize) -> V {
+    let weight = w.get("weight", &[c_out, c_in, kernel, kernel]).add(b);
+    let bias = w.get("bias", &[c_out]).add(b);
+    let pad = (kernel / 2) as i64;
+    b.conv(x, &weight, Some(&bias), [pad; 4], 1)
+}
+
+/// GroupNorm over [N, C, H, W] with per-channel `weight` and `bias` [C], written as
+/// Reshape [N, G, -1] -> InstanceNormalization (unit scale) -> Reshape back -> Mul/Add per channel:
+/// GroupNormalization-18 scales per group (wrong for these weights) and -21 is newer than the
+/// opset-17 parsers, while TensorRT and ONNX Runtime both run this form natively. TensorRT's
+/// InstanceNormalization takes only float32 or float16, so a bfloat16 graph normalizes in float32.
+pub fn group_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, channels: usize, groups: usize, eps: f32) -> V {
+    let float = b.float;
+    let norm_float = if float == ElemType::BF16 { ElemType::F32 } else { float };
+    let ones = b.const_float(norm_float, &[groups], &vec![1.0; groups]);
+    let zeros = b.const_float(norm_float, &[groups], &vec![0.0; groups]);
+    let grouped = b.reshape(x, &[0, groups as i64, -1]);
+    let grouped = b.convert(&grouped, float, norm_float);
+    let normed = b.instance_norm(&grouped, &ones, &zeros, eps);
+    let normed = b.convert(&normed, norm_float, float);
+    let shape = b.shape_of(x, 0, i64::MAX);
+    let normed = b.reshape_to(&normed, &shape);
+    let scale = w.get("weight", &[channels]).reshaped(&[channels, 1, 1]).add(b);
+    let shift = w.get("bias", &[channels]).reshaped(&[channels, 1, 1]).add(b);
+    let scaled = b.mul(&normed, &scale);
+    b.add(&scaled, &shift)
+}
+
+/// [B, L, heads·d] -> [B, heads, L, d].
+pub fn split_heads(b: &mut GraphBuilder<'_>, x: &V, heads: usize, head_dim: usize) -> V {
+    let x = b.reshape(x, &[0, 0, heads as i64, head_dim as i64]);
+    b.transpose(&x, &[0, 2, 1, 3])
+}
+
+/// [B, heads, L, d] -> [B, L, heads·d].
+pub fn merge_heads(b: &mut GraphBuilder<'_>, x: &V, width: usize) -> V {
+    let x = b.transpose(x, &[0, 2, 1, 3]);
+    b.reshape(&x, &[0, 0, width as i64])
+}
+
+/// softmax(scale·q·kᵀ + bias)·v for q, k, v [B, heads, L, d]. `q` is scaled before the product
+/// (scores stay in range in half precision); `bias` is an additive mask or position bias, broadcast.
+pub fn attention(b: &mut GraphBuilder<'_>, q: &V, k: &V, v: &V, scale: f32, bias: Option<&V>) -> V {
+    let q = if scale == 1.0 { q.clone() } else { b.mul_scalar(q, scale) };
+    let kt = b.transpose(k, &[0, 1, 3, 2]);
+    let scores = b.matmul(&q, &kt);
+    let scores = match bias {
+        Some(bias) => b.add(&scores, bias),
+        None => scores,
+    };
+    let probs = b.softmax(&scores, -1);
+    b.matmul(&probs, v)
 }

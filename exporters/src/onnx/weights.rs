@@ -98,6 +98,7 @@ impl<'a> Weights<'a> {
             cols: shape[1..].iter().product(),
             parts: vec![Part { tensor: t, rows: 0..shape.first().copied().unwrap_or(1) }],
             transpose: false,
+            scale: None,
         });
         Param { name: full, shape: shape.to_vec(), plan }
     }
@@ -162,6 +163,7 @@ impl<'a> Param<'a> {
         let plan = plans.map(|plans| WeightPlan {
             cols: plans[0].cols,
             transpose: false,
+            scale: None,
             parts: plans.into_iter().flat_map(|p| p.parts).collect(),
         });
         Param { name: name.into(), shape, plan }

@@ -254,7 +254,7 @@ fn to_proto(graph: &Graph<'_>, initializers: Vec<pb::TensorProto>) -> pb::ModelP
     model
 }
 
-fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
+pub(crate) fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
     let mut shape = pb::TensorShapeProto::new();
     for d in &v.dims {
         let mut dim = pb::tensor_shape_proto::Dimension::new();
@@ -275,7 +275,7 @@ fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
     info
 }
 
-fn node(n: &Node) -> pb::NodeProto {
+pub(crate) fn node(n: &Node) -> pb::NodeProto {
     use pb::attribute_proto::AttributeType as T;
     let mut p = pb::NodeProto::new();
     p.op_type = n.op.clone();

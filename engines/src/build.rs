@@ -1,0 +1,513 @@
+//! Planning and running engine builds. Order of work (the CLI follows it): read and check the
+//! graphs, probe the toolchain, plan (hash the graphs, compute cache keys, decide what is
+//! reused), check free disk, then build what changed, one network at a time, each plan
+//! written under a temporary name and renamed.
+
+use crate::graph::{external_files, read_model};
+use crate::interface;
+use crate::key::{cache_key, FileDigest, KeyInputs};
+use crate::settings::{BuildSettings, BuilderKind, Precision};
+use crate::toolchain::Toolchain;
+use anyhow::{bail, Context, Result};
+use fluxbuild_exporters::util::{sha256_file, write_atomic};
+use fluxbuild_profiles::{Network, OptProfile, Preset, ProfileShapes, Variant};
+use indicatif::{ProgressBar, ProgressStyle};
+use onnx_protobuf as pb;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+pub struct BuildRequest {
+    pub models: PathBuf,
+    pub out: PathBuf,
+    pub preset: Preset,
+    pub settings: BuildSettings,
+    pub timing_cache: Option<PathBuf>,
+    /// Networks to build; empty means all four.
+    pub only: Vec<Network>,
+}
+
+/// One network's graph, read and checked against the profile shapes.
+pub struct Graph {
+    pub network: Network,
+    pub onnx: PathBuf,
+    pub model: pb::ModelProto,
+    pub shapes: Vec<ProfileShapes>,
+}
+
+/// What the engines manifest records for every engine (its `submodels` entry).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EngineRecord {
+    pub key: String,
+    /// The arithmetic label: the graph's precision for strongly typed builds, else the build's.
+    pub precision: String,
+    /// The plan, relative to the engines folder.
+    pub plan: PathBuf,
+    pub plan_bytes: u64,
+    pub plan_sha256: String,
+    pub onnx: PathBuf,
+    pub graph_files: Vec<FileDigest>,
+    /// "export manifest" (sha256 taken from DIR/manifest.json after checking it) or "hashed".
+    pub graph_hashes_from: String,
+    pub preset: String,
+    pub variant: Variant,
+    /// The preset's ranges for this network, one per optimization profile.
+    pub optimization_profiles: Vec<OptProfile>,
+    /// The exact min/opt/max shapes given to TensorRT.
+    pub shapes: Vec<ProfileShapes>,
+    pub settings: BuildSettings,
+    pub timing_cache: Option<PathBuf>,
+    pub tensorrt_version: String,
+    pub compute_capability: String,
+    pub gpu: String,
+    /// The trtexec command line (trtexec builds only).
+    pub command_line: Option<Vec<String>>,
+    pub build_seconds: f64,
+    pub built_unix: u64,
+}
+
+pub fn networks(request: &BuildRequest) -> Vec<Network> {
+    if request.only.is_empty() {
+        Network::ALL.to_vec()
+    } else {
+        Network::ALL.into_iter().filter(|n| request.only.contains(n)).collect()
+    }
+}
+
+/// Reads every requested graph (protobuf only) and checks it against the preset's shapes.
+pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
+    let wanted = networks(request);
+    let path = |n: Network| request.models.join(n.name()).join("model.onnx");
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|n| !path(**n).is_file())
+        .map(|n| format!("{n}/model.onnx"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{}: missing {} (expected the folder `fluxbuild export` writes); build a subset with --only",
+            request.models.display(),
+            missing.join(", ")
+        );
+    }
+    let models: Vec<(Network, pb::ModelProto)> = wanted
+        .iter()
+        .map(|n| Ok((*n, read_model(&path(*n))?)))
+        .collect::<Result<_>>()?;
+    let find = |net: Network| models.iter().find(|(n, _)| *n == net).map(|(_, m)| m);
+    let dims = interface::model_dims(find(Network::Transformer), find(Network::VaeDecoder));
+    interface::check_variant(&request.preset, &dims)?;
+    models
+        .into_iter()
+        .map(|(network, model)| {
+            let shapes = request.preset.shapes(network, &dims);
+            interface::check(network, &path(network), &model, &shapes)?;
+            Ok(Graph {
+                network,
+                onnx: path(network),
+                model,
+                shapes,
+            })
+        })
+        .collect()
+}
+
+/// Refuses, before any work, settings this toolchain cannot build with.
+pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain) -> Result<()> {
+    if let Some(cache) = &request.timing_cache {
+        let parent = cache
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            bail!(
+                "--timing-cache {}: folder {} does not exist",
+                cache.display(),
+                parent.display()
+            );
+        }
+    }
+    match toolchain.builder {
+        BuilderKind::Trtexec => Ok(()),
+        #[cfg(feature = "native-builder")]
+        BuilderKind::Native => {
+            let libs = toolchain
+                .libs
+                .as_ref()
+                .expect("the native probe requires the libraries");
+            crate::native::check(libs, &request.settings, request.timing_cache.as_deref())
+        }
+        #[cfg(not(feature = "native-builder"))]
+        BuilderKind::Native => {
+            bail!("this fluxbuild was built without the native builder (feature native-builder); use --builder trtexec")
+        }
+    }
+}
+
+/// A planned engine: its key, and the earlier build it reuses if that key matches.
+pub struct EnginePlan {
+    pub graph: Graph,
+    pub files: Vec<FileDigest>,
+    pub hashes_from: &'static str,
+    pub key: String,
+    /// Relative to the engines folder.
+    pub plan: PathBuf,
+    pub reuse: Option<EngineRecord>,
+    /// Bytes of the graph's weights: about the size of the plan and of host memory the build needs.
+    pub weight_bytes: u64,
+    /// The graph's precision as the export manifest records it.
+    pub graph_precision: Option<String>,
+}
+
+pub fn plan(
+    request: &BuildRequest,
+    graphs: Vec<Graph>,
+    toolchain: &Toolchain,
+    previous: &BTreeMap<String, EngineRecord>,
+) -> Result<Vec<EnginePlan>> {
+    let export = ExportFiles::read(&request.models);
+    let tensorrt = toolchain.tensorrt.to_string();
+    let spinner = spinner();
+    let plans = graphs
+        .into_iter()
+        .map(|graph| {
+            spinner.set_message(format!("hashing {}", graph.network));
+            let (files, hashes_from) = graph_digests(&graph, export.as_ref())?;
+            let key = cache_key(&KeyInputs {
+                network: graph.network,
+                graph: &files,
+                settings: &request.settings,
+                profiles: &graph.shapes,
+                tensorrt: &tensorrt,
+                compute_capability: &toolchain.gpu.compute_capability,
+            });
+            let plan = PathBuf::from(graph.network.name()).join("model.plan");
+            let reuse = previous
+                .get(graph.network.name())
+                .filter(|r| r.key == key && r.plan == plan)
+                .filter(|r| std::fs::metadata(request.out.join(&r.plan)).is_ok_and(|m| m.len() == r.plan_bytes))
+                .cloned();
+            let weight_bytes = files.iter().filter(|f| f.name != "model.onnx").map(|f| f.bytes).sum();
+            let graph_precision = export
+                .as_ref()
+                .and_then(|e| e.precision.get(graph.network.name()).cloned());
+            Ok(EnginePlan {
+                graph,
+                files,
+                hashes_from,
+                key,
+                plan,
+                reuse,
+                weight_bytes,
+                graph_precision,
+            })
+        })
+        .collect();
+    spinner.finish_and_clear();
+    plans
+}
+
+/// Enough free disk in the engines folder for the plans to build (about the size of their weights).
+pub fn check_disk(request: &BuildRequest, plans: &[EnginePlan]) -> Result<()> {
+    let needed: u64 = plans.iter().filter(|p| p.reuse.is_none()).map(|p| p.weight_bytes).sum();
+    let Some(free) = free_bytes(&request.out) else {
+        return Ok(());
+    };
+    if needed > free {
+        bail!(
+            "{}: the engines need about {:.1} GB (the size of their weights) but only {:.1} GB is free there",
+            request.out.display(),
+            needed as f64 / 1e9,
+            free as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// A warning when a build will hold more weights in host memory than is available.
+pub fn memory_warning(plan: &EnginePlan) -> Option<String> {
+    let available = available_memory()?;
+    (plan.reuse.is_none() && plan.weight_bytes > available).then(|| {
+        format!(
+            "{}: TensorRT holds the {:.1} GB of weights in host memory while building; {:.1} GB is available",
+            plan.graph.network,
+            plan.weight_bytes as f64 / 1e9,
+            available as f64 / 1e9
+        )
+    })
+}
+
+/// Builds one engine into `out/<network>/model.plan`; returns its record.
+pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePlan) -> Result<EngineRecord> {
+    let network = plan.graph.network;
+    let plan_path = request.out.join(&plan.plan);
+    let folder = plan_path.parent().expect("plan in a folder").to_path_buf();
+    let created = !folder.exists();
+    std::fs::create_dir_all(&folder).with_context(|| format!("{}: cannot create", folder.display()))?;
+    let bar = build_bar(network);
+    let started = Instant::now();
+    let result = run_builder(request, toolchain, plan, &plan_path, &bar);
+    bar.finish_and_clear();
+    let command_line = match result {
+        Ok(command_line) => command_line,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir(&folder); // only if the failed build left it empty
+            }
+            return Err(e.context(format!(
+                "building the {network} engine from {}",
+                plan.graph.onnx.display()
+            )));
+        }
+    };
+    let plan_bytes = std::fs::metadata(&plan_path)
+        .with_context(|| format!("{}: missing after the build", plan_path.display()))?
+        .len();
+    let precision = match (request.settings.precision, &plan.graph_precision) {
+        (Precision::Typed, Some(graph)) => graph.clone(),
+        (p, _) => p.name().to_string(),
+    };
+    Ok(EngineRecord {
+        key: plan.key.clone(),
+        precision,
+        plan: plan.plan.clone(),
+        plan_bytes,
+        plan_sha256: sha256_file(&plan_path)?,
+        onnx: std::path::absolute(&plan.graph.onnx).unwrap_or_else(|_| plan.graph.onnx.clone()),
+        graph_files: plan.files.clone(),
+        graph_hashes_from: plan.hashes_from.to_string(),
+        preset: request.preset.name.clone(),
+        variant: request.preset.variant,
+        optimization_profiles: request.preset.profiles(network).to_vec(),
+        shapes: plan.graph.shapes.clone(),
+        settings: request.settings.clone(),
+        timing_cache: request.timing_cache.clone(),
+        tensorrt_version: toolchain.tensorrt.to_string(),
+        compute_capability: toolchain.gpu.compute_capability.clone(),
+        gpu: toolchain.gpu.name.clone(),
+        command_line,
+        build_seconds: started.elapsed().as_secs_f64(),
+        built_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    })
+}
+
+/// Runs the chosen builder; returns trtexec's command line for trtexec builds.
+fn run_builder(
+    request: &BuildRequest,
+    toolchain: &Toolchain,
+    plan: &EnginePlan,
+    plan_path: &Path,
+    bar: &ProgressBar,
+) -> Result<Option<Vec<String>>> {
+    match toolchain.builder {
+        BuilderKind::Trtexec => {
+            let trtexec = toolchain.trtexec.as_ref().expect("the trtexec probe found it");
+            let tmp = crate::trtexec::temporary_engine(plan_path);
+            let job = crate::trtexec::TrtexecJob {
+                onnx: &plan.graph.onnx,
+                engine: &tmp,
+                profiles: &plan.graph.shapes,
+                settings: &request.settings,
+                timing_cache: request.timing_cache.as_deref(),
+            };
+            let args = crate::trtexec::command_line(&job);
+            let outcome = crate::trtexec::run(trtexec, &args, bar);
+            let log = plan_path.with_file_name("build.log");
+            let renamed = outcome.and_then(|text| {
+                write_atomic(&log, text.as_bytes())?;
+                std::fs::rename(&tmp, plan_path)
+                    .with_context(|| format!("cannot rename {} to {}", tmp.display(), plan_path.display()))
+            });
+            if renamed.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            renamed?;
+            Ok(Some(
+                std::iter::once(trtexec.display().to_string()).chain(args).collect(),
+            ))
+        }
+        #[cfg(feature = "native-builder")]
+        BuilderKind::Native => {
+            let libs = toolchain.libs.as_ref().expect("the native probe found the libraries");
+            let job = crate::native::NativeJob {
+                onnx: &plan.graph.onnx,
+                plan: plan_path,
+                profiles: &plan.graph.shapes,
+                settings: &request.settings,
+            };
+            crate::native::build(libs, &job, bar)?;
+            Ok(None)
+        }
+        #[cfg(not(feature = "native-builder"))]
+        BuilderKind::Native => unreachable!("refused by check_builder"),
+    }
+}
+
+/// The export manifest's file list (`DIR/manifest.json`, written by `fluxbuild export`).
+struct ExportFiles {
+    files: BTreeMap<PathBuf, (u64, String)>,
+    written: SystemTime,
+    /// Submodel -> precision label ("bf16", ...).
+    precision: BTreeMap<String, String>,
+}
+
+impl ExportFiles {
+    fn read(models: &Path) -> Option<ExportFiles> {
+        let path = models.join("manifest.json");
+        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+        let files = value["files"]
+            .as_array()?
+            .iter()
+            .filter_map(|f| {
+                Some((
+                    PathBuf::from(f["path"].as_str()?),
+                    (f["bytes"].as_u64()?, f["sha256"].as_str()?.to_string()),
+                ))
+            })
+            .collect();
+        let precision = value["submodels"]
+            .as_object()
+            .map(|subs| {
+                subs.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v["precision"].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ExportFiles {
+            files,
+            written,
+            precision,
+        })
+    }
+
+    /// The recorded digest of `rel`, if the file on disk still looks like what was recorded
+    /// (same size, not modified after the manifest was written).
+    fn digest(&self, rel: &Path, path: &Path) -> Option<&String> {
+        let (bytes, sha) = self.files.get(rel)?;
+        let meta = std::fs::metadata(path).ok()?;
+        (meta.len() == *bytes && meta.modified().ok()? <= self.written).then_some(sha)
+    }
+}
+
+/// The `engines` list `fluxbuild package` reads (src/package/engines.rs): per engine its
+/// network, precision label, plan file and every profile's shapes by input name.
+pub fn package_view(records: &BTreeMap<String, EngineRecord>) -> serde_json::Value {
+    let engines: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(network, r)| {
+            let profiles: Vec<serde_json::Value> = r
+                .shapes
+                .iter()
+                .map(|p| {
+                    let inputs: serde_json::Map<String, serde_json::Value> = p
+                        .inputs
+                        .iter()
+                        .map(|i| {
+                            (
+                                i.name.clone(),
+                                serde_json::json!({ "min": i.min, "opt": i.opt, "max": i.max }),
+                            )
+                        })
+                        .collect();
+                    serde_json::json!({ "inputs": inputs })
+                })
+                .collect();
+            serde_json::json!({ "network": network, "precision": r.precision, "file": r.plan, "profiles": profiles })
+        })
+        .collect();
+    serde_json::Value::Array(engines)
+}
+
+/// sha256 of `model.onnx` (always computed: it is small) and of its external data files
+/// (taken from the export manifest when it is consistent with the files, else computed).
+fn graph_digests(graph: &Graph, export: Option<&ExportFiles>) -> Result<(Vec<FileDigest>, &'static str)> {
+    let folder = graph.onnx.parent().expect("model.onnx in a folder");
+    let digest = |name: &str, sha: String| -> Result<FileDigest> {
+        let path = folder.join(name);
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("{}: cannot stat", path.display()))?
+            .len();
+        Ok(FileDigest {
+            name: name.to_string(),
+            bytes,
+            sha256: sha,
+        })
+    };
+    let model = digest("model.onnx", sha256_file(&graph.onnx)?)?;
+    let rel = |name: &str| PathBuf::from(graph.network.name()).join(name);
+    let trusted = export.filter(|e| e.digest(&rel("model.onnx"), &graph.onnx) == Some(&model.sha256));
+    let mut files = vec![model];
+    let mut from_manifest = trusted.is_some();
+    for name in external_files(&graph.model) {
+        let path = folder.join(&name);
+        if Path::new(&name)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "{}: external data location {name:?} leaves the graph's folder",
+                graph.onnx.display()
+            );
+        }
+        if !path.is_file() {
+            bail!(
+                "{}: external data file {name} (named in the graph) is missing",
+                path.display()
+            );
+        }
+        let known = trusted.and_then(|e| e.digest(&rel(&name), &path)).cloned();
+        from_manifest &= known.is_some();
+        let sha = match known {
+            Some(sha) => sha,
+            None => sha256_file(&path)?,
+        };
+        files.push(digest(&name, sha)?);
+    }
+    Ok((files, if from_manifest { "export manifest" } else { "hashed" }))
+}
+
+fn free_bytes(out: &Path) -> Option<u64> {
+    let existing = out.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct for a valid NUL-terminated path.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut s) == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+    }
+}
+
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}
+
+fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+/// A spinner with elapsed time; the native builder turns it into a step bar when TensorRT
+/// reports phases.
+fn build_bar(network: Network) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {network:>12} {{msg}} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}})"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

@@ -1,0 +1,42 @@
+//! Engine cache keys. A plan is reused only when the key of the requested build equals the
+//! key it was built under: sha256 over the graph's files, the build settings, the exact
+//! profile shapes, the TensorRT version and the GPU's compute capability.
+
+use crate::settings::BuildSettings;
+use fluxbuild_exporters::util::hex;
+use fluxbuild_profiles::{Network, ProfileShapes};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One file of an exported graph (`model.onnx`, `model.onnx.data`), named relative to the
+/// graph's folder so that moving the models folder keeps the key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Everything a plan depends on.
+#[derive(Serialize)]
+pub struct KeyInputs<'a> {
+    pub network: Network,
+    pub graph: &'a [FileDigest],
+    pub settings: &'a BuildSettings,
+    pub profiles: &'a [ProfileShapes],
+    /// Full TensorRT version, e.g. "10.13.0".
+    pub tensorrt: &'a str,
+    /// e.g. "9.0" for H100/H200.
+    pub compute_capability: &'a str,
+}
+
+/// Bumped when the plan format or what fluxbuild passes to TensorRT changes meaning.
+const KEY_SCHEMA: &str = "fluxbuild-engine-key-v1";
+
+pub fn cache_key(inputs: &KeyInputs<'_>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(KEY_SCHEMA.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(serde_json::to_vec(inputs).expect("key inputs serialize"));
+    hex(&hasher.finalize())
+}

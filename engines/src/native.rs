@@ -1,0 +1,199 @@
+//! Builds with the TensorRT builder API in-process, through trtx (standard TensorRT,
+//! "enterprise" headers 11.4; libnvinfer / libnvonnxparser are dlopened from the paths the
+//! probe found). Progress comes from TensorRT's own IProgressMonitor.
+
+use crate::settings::{BuildSettings, Precision};
+use crate::toolchain::{TensorRtLibs, Version};
+use anyhow::{anyhow, bail, Context, Result};
+use fluxbuild_exporters::util::AtomicFile;
+use fluxbuild_profiles::ProfileShapes;
+use indicatif::ProgressBar;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use trtx::builder::{BuilderFlag, MemoryPoolType};
+use trtx::interfaces::MonitorProgress;
+use trtx::trtx_sys::Dims64;
+use trtx::{Builder, LogHandler, Logger, OnnxParser, OptProfileSelector, Severity};
+
+/// The TensorRT version of the headers trtx was compiled against.
+pub fn header_version() -> Version {
+    // SAFETY: returns a compile-time constant from the headers; loads nothing.
+    Version::from_int(unsafe { trtx::trtx_sys::get_tensorrt_version() })
+}
+
+/// Refuses, before any work, what the native builder cannot do with these libraries.
+pub fn check(libs: &TensorRtLibs, settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()> {
+    let headers = header_version();
+    // The C++ API is inline wrappers over versioned vtables: another major release lays them
+    // out differently, an older minor release lacks the newer entries.
+    if libs.version.major != headers.major || libs.version.minor < headers.minor {
+        bail!(
+            "the native builder is compiled against TensorRT {headers} headers (trtx 0.9.1) and needs TensorRT {}.{} or a \
+             later {}.x; {} is TensorRT {}. Use --builder trtexec with this TensorRT",
+            headers.major,
+            headers.minor,
+            headers.major,
+            libs.nvinfer.display(),
+            libs.version
+        );
+    }
+    if timing_cache.is_some() {
+        bail!("--timing-cache: trtx 0.9.1 does not expose TensorRT's ITimingCache; use --builder trtexec for timing caches");
+    }
+    if matches!(settings.precision, Precision::Fp16 | Precision::Bf16 | Precision::Fp8) {
+        bail!(
+            "--precision {}: TensorRT {} networks are always strongly typed (weak typing was removed); export the graph in the \
+             precision you want (`fluxbuild export --precision ...`) and build with --precision typed",
+            settings.precision.name(),
+            headers.major
+        );
+    }
+    Ok(())
+}
+
+pub struct NativeJob<'a> {
+    pub onnx: &'a Path,
+    pub plan: &'a Path,
+    pub profiles: &'a [ProfileShapes],
+    pub settings: &'a BuildSettings,
+}
+
+/// Parses the ONNX graph (external data beside it), builds, and writes the plan atomically.
+pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Result<()> {
+    trtx::dynamically_load_tensorrt(Some(&libs.nvinfer))
+        .map_err(|e| anyhow!("loading {}: {e}", libs.nvinfer.display()))?;
+    trtx::dynamically_load_tensorrt_onnxparser(Some(&libs.onnxparser))
+        .map_err(|e| anyhow!("loading {}: {e}", libs.onnxparser.display()))?;
+    let log = TensorRtLog {
+        errors: Arc::default(),
+        bar: bar.clone(),
+    };
+    let errors = log.errors.clone();
+    let with_log = move |what: &str, e: trtx::Error| {
+        let logged = errors.lock().expect("log lock").join("\n");
+        anyhow!(
+            "{what}: {e}{}{logged}",
+            if logged.is_empty() { "" } else { "\nTensorRT said:\n" }
+        )
+    };
+    let logger = Logger::new(log).map_err(|e| anyhow!("TensorRT logger: {e}"))?;
+    let mut builder = Builder::new(&logger).map_err(|e| with_log("creating the TensorRT builder", e))?;
+    // No creation flags: TensorRT 11 networks are strongly typed by definition.
+    let network = builder
+        .create_network(0)
+        .map_err(|e| with_log("creating the network", e))?;
+    let mut parser = OnnxParser::new(network, &logger).map_err(|e| with_log("creating the ONNX parser", e))?;
+    bar.set_message("parsing ONNX");
+    let onnx = job
+        .onnx
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: path is not UTF-8", job.onnx.display()))?;
+    parser
+        .parse_from_file(onnx, Severity::Warning as i32)
+        .map_err(|e| with_log(&format!("parsing {onnx}"), e))?;
+
+    let mut config = builder
+        .create_config()
+        .map_err(|e| with_log("creating the builder config", e))?;
+    if let Some(bytes) = job.settings.workspace_bytes {
+        config.set_memory_pool_limit(MemoryPoolType::kWORKSPACE, bytes as usize);
+    }
+    if let Some(level) = job.settings.optimization_level {
+        config.set_builder_optimization_level(level as i32);
+    }
+    if job.settings.precision == Precision::Fp32 {
+        config.clear_flag(BuilderFlag::kTF32);
+    }
+    let mut profiles = Vec::new();
+    for (index, shapes) in job.profiles.iter().enumerate() {
+        let mut profile = builder
+            .creata_optimization_profile()
+            .map_err(|e| with_log("creating an optimization profile", e))?;
+        for input in &shapes.inputs {
+            for (selector, dims) in [
+                (OptProfileSelector::kMIN, &input.min),
+                (OptProfileSelector::kOPT, &input.opt),
+                (OptProfileSelector::kMAX, &input.max),
+            ] {
+                profile
+                    .set_dimensions(&input.name, selector, &Dims64::from_slice(dims))
+                    .map_err(|e| with_log(&format!("profile {index}: {} {selector:?} {dims:?}", input.name), e))?;
+            }
+        }
+        config
+            .add_optimization_profile(&mut profile)
+            .map_err(|e| with_log(&format!("adding profile {index}"), e))?;
+        profiles.push(profile);
+    }
+    config
+        .set_progress_monitor(Box::new(Monitor {
+            bar: bar.clone(),
+            phases: Mutex::default(),
+        }))
+        .map_err(|e| with_log("progress monitor", e))?;
+
+    bar.set_message("building");
+    let plan = builder
+        .build_serialized_network(parser.network_mut(), &mut config)
+        .map_err(|e| with_log("building the engine", e))?;
+    let mut file = AtomicFile::create(job.plan)?;
+    file.write_all(plan.as_ref())
+        .with_context(|| format!("{}: write failed", job.plan.display()))?;
+    file.commit()?;
+    drop(profiles);
+    Ok(())
+}
+
+/// TensorRT's log: errors are kept for the error message, warnings shown above the bar.
+struct TensorRtLog {
+    errors: Arc<Mutex<Vec<String>>>,
+    bar: ProgressBar,
+}
+
+impl LogHandler for TensorRtLog {
+    fn log(&self, severity: Severity, message: &str) {
+        match severity {
+            Severity::InternalError | Severity::Error => {
+                self.errors.lock().expect("log lock").push(message.to_string())
+            }
+            Severity::Warning => self.bar.suspend(|| eprintln!("TensorRT warning: {message}")),
+            Severity::Info | Severity::Verbose => {}
+        }
+    }
+}
+
+/// Shows the build phases TensorRT reports ("Building engine" > "Tactic selection" ...).
+struct Monitor {
+    bar: ProgressBar,
+    phases: Mutex<Vec<(String, i32)>>,
+}
+
+impl MonitorProgress for Monitor {
+    fn phase_start(&self, phase_name: &str, _parent: Option<&str>, num_steps: i32) {
+        let mut phases = self.phases.lock().expect("phase lock");
+        phases.push((phase_name.to_string(), num_steps));
+        if phases.len() == 1 {
+            self.bar.set_length(num_steps.max(1) as u64);
+            self.bar.set_position(0);
+        }
+        self.bar
+            .set_message(phases.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(" > "));
+    }
+
+    fn step_complete(&self, phase_name: &str, step: i32) -> ControlFlow<()> {
+        let phases = self.phases.lock().expect("phase lock");
+        if phases.first().is_some_and(|(p, _)| p == phase_name) {
+            self.bar.set_position(step as u64 + 1);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn phase_finish(&self, phase_name: &str) {
+        let mut phases = self.phases.lock().expect("phase lock");
+        if let Some(i) = phases.iter().rposition(|(p, _)| p == phase_name) {
+            phases.truncate(i);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! What `fluxbuild export` wrote, read for generation: the four graphs, the tokenizers, the
+//! scheduler config and the settings in `manifest.json` (`submodels.NAME`) the pipeline needs.
+//! Every missing file or field is named in the error; optional ones fall back to the published
+//! FLUX.1 values and say so.
+
+use super::scheduler::SchedulerConfig;
+use super::Variant;
+use crate::manifest::Manifest;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The VAE latent normalization of FLUX.1 (`vae/config.json`), used when the manifest has none.
+pub const FLUX_VAE_SCALING: f64 = 0.3611;
+pub const FLUX_VAE_SHIFT: f64 = 0.1159;
+
+/// The graph folders `fluxbuild export` writes, in the order generation uses them.
+pub const GRAPHS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
+
+/// A value and where it came from (for `--json` and messages).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportedModels {
+    pub dir: PathBuf,
+    pub variant: Sourced<Variant>,
+    /// Whether the transformer takes `guidance` (dev).
+    pub guidance_embeds: bool,
+    pub vae_scaling_factor: Sourced<f64>,
+    pub vae_shift_factor: Sourced<f64>,
+    pub scheduler: Sourced<SchedulerConfig>,
+    pub clip_tokenizer: PathBuf,
+    pub t5_tokenizer: PathBuf,
+}
+
+impl ExportedModels {
+    /// Checks that `dir` holds everything generation needs, before any graph is loaded.
+    pub fn open(dir: &Path) -> Result<ExportedModels> {
+        if !dir.is_dir() {
+            bail!("--models {}: not a folder (expected what `fluxbuild export` writes)", dir.display());
+        }
+        let missing: Vec<String> = GRAPHS
+            .iter()
+            .map(|g| dir.join(g).join("model.onnx"))
+            .chain([dir.join("tokenizer/tokenizer.json"), dir.join("tokenizer_2/tokenizer.json")])
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            bail!("{}: missing {} (run `fluxbuild export` for all four submodels)", dir.display(), missing.join(", "));
+        }
+        let manifest_path = dir.join("manifest.json");
+        let manifest = Manifest::read(&manifest_path)?;
+        let entry = |name: &str| manifest.submodels.get(name);
+        let manifest_name = manifest_path.display().to_string();
+
+        let transformer = entry("transformer")
+            .with_context(|| format!("{manifest_name}: no entry for the transformer (submodels.transformer)"))?;
+        let guidance_field = field(transformer, "guidance_embeds").and_then(Value::as_bool);
+        let variant = match field(transformer, "variant").and_then(Value::as_str) {
+            Some(name) => Sourced {
+                value: Variant::parse(name)
+                    .with_context(|| format!("{manifest_name}: submodels.transformer.variant"))?,
+                source: format!("{manifest_name}: submodels.transformer.variant"),
+            },
+            None => match guidance_field {
+                Some(g) => Sourced {
+                    value: if g { Variant::Dev } else { Variant::Schnell },
+                    source: format!("{manifest_name}: submodels.transformer guidance_embeds"),
+                },
+                None => {
+                    bail!("{manifest_name}: submodels.transformer has neither `variant` nor `config.guidance_embeds`")
+                }
+            },
+        };
+        let guidance_embeds = guidance_field.unwrap_or(variant.value == Variant::Dev);
+
+        let vae = entry("vae_decoder");
+        let vae_value = |name: &str, default: f64| match vae.and_then(|v| field(v, name)).and_then(Value::as_f64) {
+            Some(value) => Sourced { value, source: format!("{manifest_name}: submodels.vae_decoder {name}") },
+            None => Sourced { value: default, source: format!("FLUX.1 default (not in {manifest_name})") },
+        };
+        let vae_scaling_factor = vae_value("scaling_factor", FLUX_VAE_SCALING);
+        let vae_shift_factor = vae_value("shift_factor", FLUX_VAE_SHIFT);
+        if vae_scaling_factor.value == 0.0 || !vae_scaling_factor.value.is_finite() {
+            bail!("{}: VAE scaling_factor must be a non-zero number", vae_scaling_factor.source);
+        }
+
+        let scheduler_path = dir.join("scheduler/scheduler_config.json");
+        let scheduler = if scheduler_path.is_file() {
+            Sourced { value: SchedulerConfig::read(&scheduler_path)?, source: scheduler_path.display().to_string() }
+        } else {
+            Sourced {
+                value: SchedulerConfig::for_variant(variant.value),
+                source: format!("FLUX.1 {} default ({} not found)", variant.value.name(), scheduler_path.display()),
+            }
+        };
+        Ok(ExportedModels {
+            dir: dir.to_path_buf(),
+            variant,
+            guidance_embeds,
+            vae_scaling_factor,
+            vae_shift_factor,
+            scheduler,
+            clip_tokenizer: dir.join("tokenizer/tokenizer.json"),
+            t5_tokenizer: dir.join("tokenizer_2/tokenizer.json"),
+        })
+    }
+
+    pub fn graph(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("model.onnx")
+    }
+}
+
+/// A setting of a submodel's entry, on it or in its derived `config`.
+fn field<'a>(entry: &'a Value, name: &str) -> Option<&'a Value> {
+    entry.get(name).or_else(|| entry.get("config").and_then(|c| c.get(name)))
+}

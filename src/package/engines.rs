@@ -1,0 +1,117 @@
+//! `ENGINES/manifest.json` as the gpu layout reads it. Fields relied on (others are ignored):
+//!
+//! ```json
+//! { "engines": [ { "network": "transformer", "precision": "fp8", "file": "transformer.fp8.plan",
+//!                  "profiles": [ { "inputs": { "hidden_states": { "min": [1,256,64],
+//!                                  "opt": [1,4096,64], "max": [4,4096,64] }, ... } } ] }, ... ] }
+//! ```
+//! - `network`: clip, t5, transformer or vae_decoder; `file`: the plan, relative to ENGINES;
+//! - `precision`: a label (names the fallback model `<network>_<precision>`);
+//! - `profiles[i].inputs[name].{min,opt,max}`: the optimization profile's shapes, batch first
+//!   for every input the graph batches; every profile names every dynamic input.
+//!
+//! The first engine of a network is its primary model; the later ones are fallbacks the
+//! orchestrator uses, in order, when the primary is not ready (e.g. fp16 when fp8 failed to load).
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct EnginesManifest {
+    pub engines: Vec<Engine>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Engine {
+    pub network: String,
+    #[serde(default)]
+    pub precision: Option<String>,
+    pub file: PathBuf,
+    pub profiles: Vec<Profile>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Profile {
+    pub inputs: BTreeMap<String, Shapes>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Shapes {
+    pub min: Vec<i64>,
+    pub opt: Vec<i64>,
+    pub max: Vec<i64>,
+}
+
+impl EnginesManifest {
+    pub fn read(dir: &Path) -> Result<EnginesManifest> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (expected what `fluxbuild build` writes)", path.display()))?;
+        let mut manifest: EnginesManifest = serde_json::from_str(&text).with_context(|| format!("{}: not an engines manifest", path.display()))?;
+        for engine in &mut manifest.engines {
+            let label = format!("{}: engine {} ({})", path.display(), engine.network, engine.file.display());
+            let at = |what: String| format!("{label}: {what}");
+            if !super::source::NETWORKS.contains(&engine.network.as_str()) {
+                bail!(at(format!("unknown network (expected one of {:?})", super::source::NETWORKS)));
+            }
+            engine.file = dir.join(&engine.file);
+            if !engine.file.is_file() {
+                bail!(at("the plan file is missing".into()));
+            }
+            if engine.profiles.is_empty() {
+                bail!(at("has no optimization profile".into()));
+            }
+            for (i, profile) in engine.profiles.iter().enumerate() {
+                for (name, s) in &profile.inputs {
+                    let ordered = s.min.len() == s.opt.len()
+                        && s.opt.len() == s.max.len()
+                        && s.min.iter().zip(&s.opt).zip(&s.max).all(|((a, b), c)| 0 < *a && a <= b && b <= c);
+                    if !ordered {
+                        bail!(at(format!("profile {i}, input {name}: expected 0 < min <= opt <= max of equal rank, got {s:?}")));
+                    }
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The engines of `network`, primary first.
+    pub fn of(&self, network: &str) -> Vec<&Engine> {
+        self.engines.iter().filter(|e| e.network == network).collect()
+    }
+}
+
+impl Engine {
+    /// min/max of `input`'s dimension `axis` over all profiles.
+    pub fn range(&self, input: &str, axis: usize) -> Result<(i64, i64)> {
+        let mut range: Option<(i64, i64)> = None;
+        for (i, p) in self.profiles.iter().enumerate() {
+            let s = p.inputs.get(input).with_context(|| format!("{}: profile {i} has no shapes for input {input}", self.file.display()))?;
+            let (lo, hi) = (*s.min.get(axis).context("rank")?, *s.max.get(axis).context("rank")?);
+            range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+        }
+        range.context("no profiles")
+    }
+
+    /// Whether dimension `axis` of `input` is the same in every profile (then Triton sees it fixed).
+    pub fn fixed_dim(&self, input: &str, axis: usize) -> Option<i64> {
+        let (lo, hi) = self.range(input, axis).ok()?;
+        (lo == hi).then_some(lo)
+    }
+
+    /// The largest batch every profile accepts: the smallest per-profile max batch.
+    pub fn max_batch(&self, input: &str) -> Result<i64> {
+        let maxes: Vec<i64> = self.profiles.iter().filter_map(|p| p.inputs.get(input).map(|s| s.max[0])).collect();
+        maxes.into_iter().min().with_context(|| format!("{}: no profile shapes for {input}", self.file.display()))
+    }
+
+    /// The model name in the repository: the network for the primary engine, else `<network>_<precision>`.
+    pub fn model_name(&self, index: usize) -> String {
+        if index == 0 {
+            self.network.clone()
+        } else {
+            format!("{}_{}", self.network, self.precision.clone().unwrap_or_else(|| format!("alt{index}")))
+        }
+    }
+}

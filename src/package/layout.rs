@@ -1,0 +1,208 @@
+//! The models of a repository, per target: what each model's folder holds and its config.
+//! cpu: every network is a Python-backend model running its ONNX graph with ONNX Runtime;
+//! gpu: every network is a `tensorrt_plan` model on its engine. Both get the same orchestrator.
+
+use super::config::{DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, Tensor, Warmup, WarmupData, WarmupInput};
+use super::engines::Engine;
+use super::source::{data_type, fixed, numpy_dtype, Exported, Network, Variant};
+use super::{Options, Target};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub const ORCHESTRATOR: &str = "flux";
+const ORCHESTRATOR_PY: &str = include_str!("../../triton/models/flux/model.py");
+const ONNX_NETWORK_PY: &str = include_str!("../../triton/models/onnx_network/model.py");
+
+/// One model folder: its config and its files (relative to the model folder).
+pub struct ModelDir {
+    pub config: ModelConfig,
+    pub files: Vec<(PathBuf, Source)>,
+}
+
+pub enum Source {
+    /// Hard-linked (copied across file systems).
+    Link(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// Whether Triton batches this network (every input has a leading batch dim). The transformer
+/// does not: its `img_ids` / `txt_ids` have none, so it is a `max_batch_size: 0` model with an
+/// explicit batch dim and the orchestrator forms its batches.
+pub fn batched(network: &str) -> bool {
+    network != "transformer"
+}
+
+/// What the orchestrator may ask of the networks (from the graphs on cpu, the profiles on gpu).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Limits {
+    pub min_height: i64,
+    pub max_height: i64,
+    pub min_width: i64,
+    pub max_width: i64,
+    pub clip_length: i64,
+    pub max_sequence_length: i64,
+    pub network_max_batch: i64,
+}
+
+/// Triton dims of a graph value: symbolic dims become -1, the batch dim is dropped when batched.
+fn graph_dims(network: &Network, value: &fluxbuild_exporters::onnx::ValueInfo) -> Result<Vec<i64>> {
+    let dims: Vec<i64> = value.dims.iter().map(|d| fixed(d).unwrap_or(-1)).collect();
+    if !batched(&network.name) {
+        return Ok(dims);
+    }
+    if dims.first() != Some(&-1) {
+        bail!("{}: `{}` must have a dynamic batch dim first, has {:?}", network.graph.display(), value.name, value.dims);
+    }
+    Ok(dims[1..].to_vec())
+}
+
+fn tensors(network: &Network, values: &[fluxbuild_exporters::onnx::ValueInfo]) -> Result<Vec<Tensor>> {
+    values.iter().map(|v| Ok(Tensor::new(&v.name, data_type(v.elem)?, &graph_dims(network, v)?))).collect()
+}
+
+/// cpu: the network's graph run by ONNX Runtime inside a Python-backend model.
+pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<ModelDir> {
+    let mut config = ModelConfig::new(name);
+    config.backend = Some("python".into());
+    config.inputs = tensors(network, &network.interface.inputs)?;
+    config.outputs = tensors(network, &network.interface.outputs)?;
+    if batched(&network.name) {
+        config.max_batch_size = options.max_batch;
+        config.dynamic_batching = Some(DynamicBatching { preferred_batch_size: vec![], max_queue_delay_microseconds: 0 });
+    }
+    config.instance_groups.push(InstanceGroup { count: 1, kind: InstanceKind::Cpu, gpus: vec![], profile: vec![] });
+    config.parameters.push(("onnx_file".into(), "model.onnx".into()));
+    config.parameters.push(("intra_op_threads".into(), "0".into()));
+    let mut files = vec![
+        (PathBuf::from("1/model.py"), Source::Bytes(ONNX_NETWORK_PY.as_bytes().to_vec())),
+        (PathBuf::from("1/model.onnx"), Source::Link(network.graph.clone())),
+    ];
+    if let Some(data) = &network.data {
+        files.push((PathBuf::from("1/model.onnx.data"), Source::Link(data.clone())));
+    }
+    Ok(ModelDir { config, files })
+}
+
+/// gpu: a TensorRT plan, one instance group per optimization profile, warmed up at its opt shapes.
+pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<ModelDir> {
+    let mut config = ModelConfig::new(name);
+    config.platform = Some("tensorrt_plan".into());
+    config.default_model_filename = Some("model.plan".into());
+    let is_batched = batched(&network.name);
+    let skip = usize::from(is_batched);
+    let mut inputs = Vec::new();
+    for value in &network.interface.inputs {
+        let dims: Vec<i64> = (0..value.dims.len())
+            .map(|axis| fixed(&value.dims[axis]).or_else(|| engine.fixed_dim(&value.name, axis)).unwrap_or(-1))
+            .collect();
+        inputs.push(Tensor::new(&value.name, data_type(value.elem)?, &dims[skip..]));
+    }
+    config.inputs = inputs;
+    config.outputs = tensors(network, &network.interface.outputs)?;
+    if is_batched {
+        let first = &network.interface.inputs[0].name;
+        config.max_batch_size = u32::try_from(engine.max_batch(first)?).context("batch")?;
+        let mut preferred: Vec<u32> =
+            engine.profiles.iter().filter_map(|p| p.inputs.get(first)).map(|s| s.opt[0] as u32).filter(|b| *b > 1).collect();
+        preferred.sort();
+        preferred.dedup();
+        config.dynamic_batching = Some(DynamicBatching { preferred_batch_size: preferred, max_queue_delay_microseconds: 100 });
+    }
+    for i in 0..engine.profiles.len() {
+        config.instance_groups.push(InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![], profile: vec![i.to_string()] });
+    }
+    let opt = &engine.profiles[0].inputs;
+    let mut warmup = Warmup { name: "profile_0_opt".into(), batch_size: 1, inputs: vec![] };
+    for value in &network.interface.inputs {
+        let shape = match opt.get(&value.name) {
+            Some(s) => s.opt.clone(),
+            None => value.dims.iter().map(|d| fixed(d).context("a dynamic dim without profile shapes")).collect::<Result<_>>()?,
+        };
+        if is_batched {
+            warmup.batch_size = shape[0] as u32;
+        }
+        warmup.inputs.push(WarmupInput { name: value.name.clone(), data_type: data_type(value.elem)?, dims: shape[skip..].to_vec(), data: WarmupData::Zero });
+    }
+    config.warmup.push(warmup);
+    let files = vec![(PathBuf::from("1/model.plan"), Source::Link(engine.file.clone()))];
+    Ok(ModelDir { config, files })
+}
+
+/// The orchestrator: prompt in, image out, driving the networks by BLS.
+pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, models: &BTreeMap<String, Vec<String>>) -> Result<ModelDir> {
+    let mut c = ModelConfig::new(ORCHESTRATOR);
+    c.backend = Some("python".into());
+    c.max_batch_size = options.max_batch;
+    c.inputs = vec![
+        Tensor::new("prompt", DataType::String, &[1]),
+        Tensor::new("height", DataType::Int32, &[1]).optional(),
+        Tensor::new("width", DataType::Int32, &[1]).optional(),
+        Tensor::new("steps", DataType::Int32, &[1]).optional(),
+        Tensor::new("guidance", DataType::Fp32, &[1]).optional(),
+        Tensor::new("seed", DataType::Int64, &[1]).optional(),
+        Tensor::new("max_sequence_length", DataType::Int32, &[1]).optional(),
+        Tensor::new("noise", DataType::Fp32, &[16, -1, -1]).optional(),
+    ];
+    c.outputs = vec![Tensor::new("image", DataType::Uint8, &[-1, -1, 3])];
+    c.dynamic_batching =
+        Some(DynamicBatching { preferred_batch_size: vec![options.max_batch], max_queue_delay_microseconds: options.queue_delay_us });
+    let kind = match options.target {
+        Target::Cpu => InstanceKind::Cpu,
+        Target::Gpu => InstanceKind::Gpu,
+    };
+    c.instance_groups.push(InstanceGroup { count: 1, kind, gpus: vec![], profile: vec![] });
+
+    let (default_steps, default_guidance, default_length) = match exported.variant {
+        Variant::Dev => (28, 3.5, 512),
+        Variant::Schnell => (4, 0.0, 256),
+    };
+    let default_length = options.max_sequence_length.map(i64::from).unwrap_or(default_length).min(limits.max_sequence_length);
+    let default_height = i64::from(options.height).clamp(limits.min_height, limits.max_height);
+    let default_width = i64::from(options.width).clamp(limits.min_width, limits.max_width);
+    let mut dtypes = BTreeMap::new();
+    for value in &exported.network("transformer").interface.inputs {
+        dtypes.insert(value.name.clone(), numpy_dtype(value.elem));
+    }
+    dtypes.insert("latent".into(), numpy_dtype(exported.network("vae_decoder").interface.input("latent").expect("checked").elem));
+    let target = match options.target {
+        Target::Cpu => "cpu",
+        Target::Gpu => "gpu",
+    };
+    let params: Vec<(&str, String)> = vec![
+        ("target", target.into()),
+        ("variant", serde_json::to_value(exported.variant)?.as_str().unwrap_or_default().into()),
+        ("default_height", default_height.to_string()),
+        ("default_width", default_width.to_string()),
+        ("min_height", limits.min_height.to_string()),
+        ("max_height", limits.max_height.to_string()),
+        ("min_width", limits.min_width.to_string()),
+        ("max_width", limits.max_width.to_string()),
+        ("default_steps", options.steps.unwrap_or(default_steps).to_string()),
+        ("max_steps", options.max_steps.to_string()),
+        ("default_guidance", default_guidance.to_string()),
+        ("default_max_sequence_length", default_length.to_string()),
+        ("max_max_sequence_length", limits.max_sequence_length.to_string()),
+        ("clip_length", limits.clip_length.to_string()),
+        ("clip_pad_token", "<|endoftext|>".into()),
+        ("t5_pad_token", "<pad>".into()),
+        ("vae_scaling_factor", exported.vae_scaling_factor.to_string()),
+        ("vae_shift_factor", exported.vae_shift_factor.to_string()),
+        ("network_max_batch", limits.network_max_batch.to_string()),
+        ("input_dtypes", serde_json::to_string(&dtypes)?),
+    ];
+    c.parameters = params.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for (network, names) in models {
+        c.parameters.push((format!("model_{network}"), names[0].clone()));
+        if names.len() > 1 {
+            c.parameters.push((format!("fallback_{network}"), names[1..].join(",")));
+        }
+    }
+    let files = vec![
+        (PathBuf::from("1/model.py"), Source::Bytes(ORCHESTRATOR_PY.as_bytes().to_vec())),
+        (PathBuf::from("1/tokenizer/tokenizer.json"), Source::Link(exported.clip_tokenizer.clone())),
+        (PathBuf::from("1/tokenizer_2/tokenizer.json"), Source::Link(exported.t5_tokenizer.clone())),
+        (PathBuf::from("1/scheduler/scheduler_config.json"), Source::Link(exported.scheduler_config.clone())),
+    ];
+    Ok(ModelDir { config: c, files })
+}

@@ -1,0 +1,250 @@
+//! Stage 4: exported graphs (cpu) or engines (gpu) -> a Triton model repository.
+//!
+//! `clip`, `t5`, `transformer`, `vae_decoder` (one model per network) and the orchestrator `flux`
+//! (prompt in, image out), each with its `config.pbtxt` and version folder `1/`, plus
+//! `manifest.json` (settings, sha256 of every file). Written under a temporary name beside the
+//! destination and renamed into place when complete.
+
+pub mod config;
+pub mod engines;
+pub mod layout;
+pub mod source;
+
+use anyhow::{bail, Context, Result};
+use engines::EnginesManifest;
+use fluxbuild_exporters::util::{sha256_file, write_atomic};
+use layout::{Limits, ModelDir, Source};
+use serde_json::json;
+use source::{fixed, Exported, NETWORKS};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Python-backend models running the ONNX graphs with ONNX Runtime on the CPU.
+    Cpu,
+    /// TensorRT plans (KIND_GPU) from `--engines`.
+    Gpu,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Options {
+    pub models: PathBuf,
+    pub out: PathBuf,
+    pub target: Target,
+    pub engines: Option<PathBuf>,
+    /// `max_batch_size` of the orchestrator (and of the cpu networks).
+    pub max_batch: u32,
+    /// How long the orchestrator's dynamic batcher waits to fill a batch.
+    pub queue_delay_us: u64,
+    /// Default image size (clamped to what the deployment serves).
+    pub height: u32,
+    pub width: u32,
+    /// cpu: the largest image served (gpu: from the engines' profiles).
+    pub max_height: u32,
+    pub max_width: u32,
+    /// Default steps (else 28 dev / 4 schnell) and the most a request may ask for.
+    pub steps: Option<u32>,
+    pub max_steps: u32,
+    /// Default T5 length (else 512 dev / 256 schnell, within what the graph or engines allow).
+    pub max_sequence_length: Option<u32>,
+    /// cpu: alternative graphs per network (`transformer=DIR`), tried when the primary is not ready.
+    pub alternatives: Vec<(String, PathBuf)>,
+    /// Replace an existing repository.
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Packaged {
+    pub repository: PathBuf,
+    pub target: Target,
+    pub models: Vec<String>,
+    pub files: usize,
+    pub bytes: u64,
+    pub limits: Limits,
+}
+
+pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressBar) -> Result<Packaged> {
+    let exported = Exported::read(&options.models)?;
+    check_tokenizers(&exported)?;
+    let mut dirs: Vec<ModelDir> = Vec::new();
+    let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let limits = match options.target {
+        Target::Cpu => {
+            for network in &exported.networks {
+                dirs.push(layout::cpu_network(network, &network.name, options)?);
+                models.insert(network.name.clone(), vec![network.name.clone()]);
+            }
+            for (i, (name, dir)) in options.alternatives.iter().enumerate() {
+                if !NETWORKS.contains(&name.as_str()) {
+                    bail!("--alternative {name}=...: unknown network (expected one of {NETWORKS:?})");
+                }
+                let alternative = source::read_network(dir, name, dir)?;
+                let model = format!("{name}_alt{}", i + 1);
+                dirs.push(layout::cpu_network(&alternative, &model, options)?);
+                models.get_mut(name).expect("all networks").push(model);
+            }
+            cpu_limits(&exported, options)?
+        }
+        Target::Gpu => {
+            let dir = options.engines.as_ref().context("--target gpu needs --engines DIR (what `fluxbuild build` writes)")?;
+            let manifest = EnginesManifest::read(dir)?;
+            for network in &exported.networks {
+                let engines = manifest.of(&network.name);
+                if engines.is_empty() {
+                    bail!("{}/manifest.json: no engine for {}", dir.display(), network.name);
+                }
+                for (i, engine) in engines.iter().enumerate() {
+                    let name = engine.model_name(i);
+                    dirs.push(layout::gpu_network(network, engine, &name)?);
+                    models.entry(network.name.clone()).or_default().push(name);
+                }
+            }
+            gpu_limits(&manifest)?
+        }
+    };
+    dirs.push(layout::orchestrator(&exported, options, &limits, &models)?);
+    write_repository(options, &exported, &dirs, &limits, progress)
+}
+
+fn check_tokenizers(exported: &Exported) -> Result<()> {
+    for (path, pad) in [(&exported.clip_tokenizer, "<|endoftext|>"), (&exported.t5_tokenizer, "<pad>")] {
+        let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: not a tokenizer: {e}", path.display()))?;
+        if tokenizer.token_to_id(pad).is_none() {
+            bail!("{}: has no {pad} token to pad prompts with", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
+    let clip = exported.network("clip").interface.input("input_ids").expect("checked");
+    let t5 = exported.network("t5").interface.input("input_ids").expect("checked");
+    for (name, size) in [("--max-height", options.max_height), ("--max-width", options.max_width)] {
+        if size < 16 || size % 16 != 0 {
+            bail!("{name} {size}: must be a positive multiple of 16");
+        }
+    }
+    Ok(Limits {
+        min_height: 16,
+        max_height: options.max_height.into(),
+        min_width: 16,
+        max_width: options.max_width.into(),
+        clip_length: clip.dims.get(1).and_then(fixed).unwrap_or(77),
+        max_sequence_length: t5.dims.get(1).and_then(fixed).unwrap_or(512),
+        network_max_batch: options.max_batch.into(),
+    })
+}
+
+/// What the primary engines accept, all profiles together.
+fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
+    let engine = |n: &str| manifest.of(n)[0];
+    let vae = engine("vae_decoder");
+    let (min_h, max_h) = vae.range("latent", 2)?;
+    let (min_w, max_w) = vae.range("latent", 3)?;
+    let clip_length = engine("clip").range("input_ids", 1)?.1;
+    let max_sequence_length = engine("t5").range("input_ids", 1)?.1;
+    let batch = [("clip", "input_ids"), ("t5", "input_ids"), ("transformer", "hidden_states"), ("vae_decoder", "latent")]
+        .iter()
+        .map(|(n, i)| engine(n).max_batch(i))
+        .collect::<Result<Vec<_>>>()?;
+    let round_up = |v: i64| (v * 8 + 15) / 16 * 16;
+    Ok(Limits {
+        min_height: round_up(min_h),
+        max_height: max_h * 8 / 16 * 16,
+        min_width: round_up(min_w),
+        max_width: max_w * 8 / 16 * 16,
+        clip_length,
+        max_sequence_length,
+        network_max_batch: batch.into_iter().min().expect("four networks"),
+    })
+}
+
+fn write_repository(
+    options: &Options,
+    exported: &Exported,
+    dirs: &[ModelDir],
+    limits: &Limits,
+    progress: &dyn Fn(u64) -> indicatif::ProgressBar,
+) -> Result<Packaged> {
+    let out = &options.out;
+    if out.exists() && !options.force {
+        bail!("{}: already exists (pass --force to replace it)", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    let name = out.file_name().context("--out needs a folder name")?.to_string_lossy().to_string();
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        let mut files = Vec::new();
+        for dir in dirs {
+            let model = tmp.join(&dir.config.name);
+            std::fs::create_dir_all(model.join("1"))?;
+            std::fs::write(model.join("config.pbtxt"), dir.config.to_pbtxt())?;
+            files.push(PathBuf::from(&dir.config.name).join("config.pbtxt"));
+            for (rel, source) in &dir.files {
+                let dest = model.join(rel);
+                std::fs::create_dir_all(dest.parent().expect("inside the model"))?;
+                match source {
+                    Source::Bytes(bytes) => std::fs::write(&dest, bytes)?,
+                    Source::Link(from) => link_or_copy(from, &dest)?,
+                }
+                files.push(PathBuf::from(&dir.config.name).join(rel));
+            }
+        }
+        let total: u64 = files.iter().map(|f| std::fs::metadata(tmp.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
+        let bar = progress(total);
+        bar.set_message("sha256");
+        let mut listed = Vec::new();
+        for file in &files {
+            let path = tmp.join(file);
+            let bytes = std::fs::metadata(&path)?.len();
+            listed.push(json!({ "path": file, "bytes": bytes, "sha256": sha256_file(&path)? }));
+            bar.inc(bytes);
+        }
+        bar.finish_and_clear();
+        let models: Vec<String> = dirs.iter().map(|d| d.config.name.clone()).collect();
+        let manifest = json!({
+            "kind": "fluxbuild triton repository",
+            "fluxbuild": env!("CARGO_PKG_VERSION"),
+            "target": options.target,
+            "variant": exported.variant,
+            "settings": options,
+            "limits": limits,
+            "models": models,
+            "source": {
+                "models": exported.dir,
+                "export_manifest_sha256": sha256_file(&exported.dir.join("manifest.json")).ok(),
+                "engines_manifest_sha256": options.engines.as_ref().and_then(|e| sha256_file(&e.join("manifest.json")).ok()),
+            },
+            "files": listed,
+        });
+        write_atomic(&tmp.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        Ok::<_, anyhow::Error>((models, files.len(), total))
+    })();
+    let (models, count, bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("writing the repository {}", out.display())));
+        }
+    };
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old).with_context(|| format!("{}: cannot move the old repository aside", out.display()))?;
+        std::fs::rename(&tmp, out)?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove the old repository", old.display()))?;
+    } else {
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+    }
+    Ok(Packaged { repository: out.clone(), target: options.target, models, files: count, bytes, limits: limits.clone() })
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Starting a real Triton server on a model repository, bound to 127.0.0.1, and waiting until
+//! it is ready. The server comes from the pinned PyPI wheel `nvidia-pytriton==0.7.0` (tritonserver
+//! 2.51 with the Python backend) in the venv `scripts/triton-venv.sh` creates, or from a
+//! `tritonserver` on PATH (the NVIDIA container, `/opt/tritonserver/backends`).
+
+use crate::client::Client;
+use anyhow::{bail, Context, Result};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a tritonserver binary, its backends and its environment are.
+#[derive(Clone, Debug)]
+pub struct Installation {
+    pub server: PathBuf,
+    pub backends: PathBuf,
+    /// Prepended to PATH (the Python backend stub finds the venv's python3 there).
+    pub path: Vec<PathBuf>,
+    pub ld_library_path: Vec<PathBuf>,
+}
+
+/// The default venv: `$FLUXBUILD_TRITON_VENV`, else `.cache/triton-venv` here or in the source tree.
+pub fn default_venv() -> PathBuf {
+    if let Some(v) = std::env::var_os("FLUXBUILD_TRITON_VENV") {
+        return PathBuf::from(v);
+    }
+    let local = PathBuf::from(".cache/triton-venv");
+    if local.is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/triton-venv")
+}
+
+impl Installation {
+    pub fn find(venv: Option<&Path>) -> Result<Installation> {
+        let venv = venv.map(Path::to_path_buf).unwrap_or_else(default_venv);
+        if venv.is_dir() {
+            return Installation::from_venv(&venv);
+        }
+        let system = Path::new("/opt/tritonserver");
+        if system.join("bin/tritonserver").is_file() {
+            return Ok(Installation {
+                server: system.join("bin/tritonserver"),
+                backends: system.join("backends"),
+                path: vec![],
+                ld_library_path: vec![],
+            });
+        }
+        bail!(
+            "no Triton server found: {} does not exist (create it with `make triton-venv`, i.e. \
+             scripts/triton-venv.sh) and there is no /opt/tritonserver",
+            venv.display()
+        )
+    }
+
+    fn from_venv(venv: &Path) -> Result<Installation> {
+        let venv = venv.canonicalize().with_context(|| format!("{}: cannot resolve", venv.display()))?;
+        if !venv.join(".complete").is_file() {
+            bail!("{}: the Triton venv is incomplete (rerun `make triton-venv`)", venv.display());
+        }
+        let python = venv.join("bin/python3");
+        let query = "import sysconfig; print(sysconfig.get_paths()['purelib']); print(sysconfig.get_config_var('LIBDIR'))";
+        let output = Command::new(&python).args(["-c", query]).output().with_context(|| format!("cannot run {}", python.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut lines = text.lines();
+        let (Some(site), Some(libdir)) = (lines.next(), lines.next()) else {
+            bail!("{}: cannot query its paths: {}", python.display(), String::from_utf8_lossy(&output.stderr));
+        };
+        let triton = Path::new(site).join("pytriton/tritonserver");
+        let server = triton.join("bin/tritonserver");
+        if !server.is_file() {
+            bail!("{}: missing (is nvidia-pytriton==0.7.0 installed in {}?)", server.display(), venv.display());
+        }
+        Ok(Installation {
+            server,
+            backends: triton.join("backends"),
+            path: vec![venv.join("bin")],
+            ld_library_path: vec![Path::new(site).join("nvidia_pytriton.libs"), PathBuf::from(libdir)],
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub repository: PathBuf,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    /// `--model-control-mode=explicit`: models can be unloaded and loaded at run time.
+    pub explicit_model_control: bool,
+    /// With explicit control: the models loaded at start (`*`: all).
+    pub load_models: Vec<String>,
+    /// The model whose readiness means "ready" (None: the server being live is enough).
+    pub ready_model: Option<String>,
+    /// How long to wait for the server (and the `flux` model) to be ready.
+    pub ready_timeout: Duration,
+    /// Extra tritonserver arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl ServerOptions {
+    /// Options on free loopback ports.
+    pub fn new(repository: &Path) -> Result<ServerOptions> {
+        Ok(ServerOptions {
+            repository: repository.to_path_buf(),
+            http_port: free_port()?,
+            grpc_port: free_port()?,
+            metrics_port: free_port()?,
+            explicit_model_control: false,
+            load_models: vec!["*".into()],
+            ready_model: Some("flux".into()),
+            ready_timeout: Duration::from_secs(120),
+            extra_args: vec![],
+        })
+    }
+}
+
+/// A port the kernel just handed out (free unless someone takes it before the server binds it).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running tritonserver; dropped, it is stopped (SIGTERM, then SIGKILL after 10 s).
+pub struct Server {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    _log_dir: Option<tempfile_dir::TempDir>,
+}
+
+mod tempfile_dir {
+    /// A folder removed on drop (the server log lives there unless the caller keeps it).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Server {
+    pub fn start(install: &Installation, options: &ServerOptions) -> Result<Server> {
+        let repo = options.repository.canonicalize().with_context(|| format!("--repo {}: not found", options.repository.display()))?;
+        let log_dir = std::env::temp_dir().join(format!("fluxbuild-triton-{}-{}", std::process::id(), options.http_port));
+        std::fs::create_dir_all(&log_dir)?;
+        let log = log_dir.join("tritonserver.log");
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&install.server);
+        cmd.arg(format!("--model-repository={}", repo.display()))
+            .arg(format!("--backend-directory={}", install.backends.display()))
+            .args(["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"])
+            .arg(format!("--http-port={}", options.http_port))
+            .arg(format!("--grpc-port={}", options.grpc_port))
+            .arg(format!("--metrics-port={}", options.metrics_port))
+            // A network that fails to load must not take the others down (fallbacks, clear errors).
+            .arg("--exit-on-error=false")
+            .arg("--strict-readiness=false");
+        if options.explicit_model_control {
+            cmd.arg("--model-control-mode=explicit");
+            cmd.args(options.load_models.iter().map(|m| format!("--load-model={m}")));
+        }
+        cmd.args(&options.extra_args);
+        let join = |extra: &[PathBuf], var: &str| {
+            let mut parts: Vec<PathBuf> = extra.to_vec();
+            if let Some(old) = std::env::var_os(var) {
+                parts.extend(std::env::split_paths(&old));
+            }
+            std::env::join_paths(parts).expect("valid paths")
+        };
+        cmd.env("PATH", join(&install.path, "PATH")).env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
+        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+        stop_with_parent(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("cannot start {}", install.server.display()))?;
+        let mut server = Server {
+            child: Some(child),
+            http_port: options.http_port,
+            metrics_port: options.metrics_port,
+            log,
+            _log_dir: Some(tempfile_dir::TempDir(log_dir)),
+        };
+        server.wait_ready(options.ready_model.as_deref(), options.ready_timeout)?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url()).expect("valid url")
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    fn tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the server is live and `model` (the orchestrator `flux`) is ready (fallback
+    /// networks may have failed to load: the server still serves with them).
+    fn wait_ready(&mut self, model: Option<&str>, timeout: Duration) -> Result<()> {
+        let client = self.client();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
+                bail!("tritonserver exited ({status}) before it was ready; its log:\n{}", self.tail(40));
+            }
+            let ready = match model {
+                Some(m) => client.model_ready(m).unwrap_or(false),
+                None => client.live().unwrap_or(false),
+            };
+            if ready {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                let _ = self.stop();
+                bail!("tritonserver was not ready after {} s; its log:\n{}", timeout.as_secs(), self.tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the server to exit by itself (e.g. a signal to `fluxbuild serve`).
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.take().expect("running").wait()?)
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL if it has not exited after 10 s.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Keeps the log file after the server is dropped (for `fluxbuild serve`).
+    pub fn keep_log(&mut self) {
+        if let Some(dir) = self._log_dir.take() {
+            std::mem::forget(dir);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The server gets SIGTERM when the process that started it dies (no orphaned servers).
+fn stop_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}

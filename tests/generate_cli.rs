@@ -1,0 +1,70 @@
+//! `fluxbuild generate` refuses bad input before touching a graph: the graphs here are empty files,
+//! so any attempt to load one would fail with a different (ONNX Runtime) message.
+
+use std::path::Path;
+use std::process::Command;
+
+fn fake_models(dir: &Path, skip: Option<&str>) {
+    for name in ["clip", "t5", "transformer", "vae_decoder"].into_iter().filter(|n| Some(*n) != skip) {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("model.onnx"), b"").unwrap();
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline/dev");
+    for sub in ["tokenizer", "tokenizer_2"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::copy(fixture.join(sub).join("tokenizer.json"), dir.join(sub).join("tokenizer.json")).unwrap();
+    }
+    let manifest = serde_json::json!({
+        "fluxbuild_version": "test", "kind": "export", "created_unix": 0, "settings": null, "inputs": [], "files": [],
+        "submodels": { "transformer": { "variant": "dev", "config": { "guidance_embeds": true } } }
+    });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+}
+
+fn generate(models: &Path, extra: &[&str]) -> (bool, String) {
+    let out = models.parent().unwrap().join("out.png");
+    let mut args = vec!["generate", "--models", models.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--out") {
+        args.extend(["--out", out.to_str().unwrap()]);
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(&args).output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn bad_requests_fail_before_any_graph_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    fake_models(&models, None);
+    let cases: [(&[&str], &str); 7] = [
+        (&["--prompt", "   "], "prompt 0 is empty"),
+        (&["--prompt", "a cat", "--height", "100"], "height 100 is not a multiple of 16"),
+        (&["--prompt", "a cat", "--width", "8192"], "width 8192"),
+        (&["--prompt", "a cat", "--steps", "0"], "steps 0"),
+        (&["--prompt", "a cat", "--max-sequence-length", "1024"], "max sequence length 1024"),
+        (&["--prompt", "a cat", "--noise", "/nonexistent/noise.safetensors"], "cannot read the noise file"),
+        (&["--prompt", "a cat", "--seed", "1", "--out", "x.jpg"], ".png"),
+    ];
+    for (args, want) in cases {
+        let (ok, err) = generate(&models, args);
+        assert!(!ok && err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+}
+
+#[test]
+fn a_missing_graph_or_manifest_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    fake_models(&models, Some("vae_decoder"));
+    let (ok, err) = generate(&models, &["--prompt", "a cat"]);
+    assert!(!ok && err.contains("vae_decoder/model.onnx") && err.contains("missing"), "{err}");
+
+    fake_models(&models, None);
+    std::fs::write(models.join("manifest.json"), r#"{"kind": "export"}"#).unwrap();
+    let (ok, err) = generate(&models, &["--prompt", "a cat"]);
+    assert!(!ok && err.contains("manifest.json"), "{err}");
+
+    let (ok, err) = generate(&dir.path().join("nowhere"), &["--prompt", "a cat"]);
+    assert!(!ok && err.contains("not a folder"), "{err}");
+}

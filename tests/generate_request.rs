@@ -1,0 +1,84 @@
+//! Bad requests are refused before any work, with a message naming what is wrong.
+
+mod common;
+
+use fluxbuild::generate::{InitialNoise, RequestOptions, Variant};
+
+fn options() -> RequestOptions {
+    RequestOptions {
+        prompts: vec!["a cat".into()],
+        height: Some(48),
+        width: Some(80),
+        seed: Some(1),
+        ..Default::default()
+    }
+}
+
+fn refused(options: RequestOptions) -> String {
+    format!("{:#}", options.resolve(Variant::Dev).unwrap_err())
+}
+
+#[test]
+fn defaults_follow_the_variant() {
+    let dev = RequestOptions { prompts: vec!["a cat".into()], ..Default::default() }.resolve(Variant::Dev).unwrap();
+    assert_eq!((dev.height, dev.width, dev.steps, dev.guidance, dev.max_sequence_length), (1024, 1024, 28, 3.5, 512));
+    assert!(matches!(dev.noise, InitialNoise::Seed(_)), "a seed from the clock");
+    let schnell = options().resolve(Variant::Schnell).unwrap();
+    assert_eq!((schnell.steps, schnell.max_sequence_length), (4, 256));
+    assert_eq!(schnell.image_seq_len(), 3 * 5);
+    assert_eq!(schnell.latent_shape(), [1, 16, 6, 10]);
+}
+
+#[test]
+fn bad_values_are_named() {
+    let cases: Vec<(RequestOptions, &str)> = vec![
+        (RequestOptions { prompts: vec![], ..options() }, "no prompt"),
+        (RequestOptions { prompts: vec!["ok".into(), " \t\n".into()], ..options() }, "prompt 1 is empty"),
+        (RequestOptions { prompts: vec!["".into()], ..options() }, "prompt 0 is empty"),
+        (RequestOptions { height: Some(50), ..options() }, "height 50 is not a multiple of 16"),
+        (RequestOptions { width: Some(0), ..options() }, "width 0"),
+        (RequestOptions { width: Some(4112), ..options() }, "width 4112"),
+        (RequestOptions { steps: Some(0), ..options() }, "steps 0"),
+        (RequestOptions { guidance: Some(f32::NAN), ..options() }, "guidance NaN"),
+        (RequestOptions { max_sequence_length: Some(513), ..options() }, "max sequence length 513"),
+        (RequestOptions { noise_file: Some("x.safetensors".into()), ..options() }, "--seed and --noise"),
+    ];
+    for (options, want) in cases {
+        let err = refused(options);
+        assert!(err.contains(want), "expected {want:?} in {err:?}");
+    }
+}
+
+#[test]
+fn noise_of_the_wrong_shape_names_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.safetensors");
+    common::write_f32_safetensors(&path, &[("noise", vec![1, 16, 6, 8], vec![0.0; 16 * 6 * 8])]);
+    let err = refused(RequestOptions { seed: None, noise_file: Some(path.clone()), ..options() });
+    assert!(err.contains("[1, 16, 6, 8]") && err.contains("expected [1, 16, 6, 10]"), "{err}");
+    // two prompts need a batch of two
+    let err = refused(RequestOptions {
+        prompts: vec!["a".into(), "b".into()],
+        seed: None,
+        height: Some(48),
+        width: Some(64),
+        noise_file: Some(path),
+        ..options()
+    });
+    assert!(err.contains("expected [2, 16, 6, 8]"), "{err}");
+}
+
+#[test]
+fn seeds_per_prompt() {
+    let request =
+        RequestOptions { prompts: vec!["a".into(), "b".into(), "c".into()], seed: Some(u64::MAX - 1), ..options() }
+            .resolve(Variant::Dev)
+            .unwrap();
+    assert_eq!(request.seeds().unwrap(), vec![u64::MAX - 1, u64::MAX, 0]);
+    let noise = request.initial_noise();
+    assert_eq!(noise.shape(), &[3, 16, 6, 10]);
+    assert_eq!(
+        noise.index_axis(ndarray::Axis(0), 2).iter().copied().collect::<Vec<_>>(),
+        fluxbuild::generate::noise::gaussian(0, 960)
+    );
+}

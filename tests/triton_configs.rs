@@ -1,0 +1,108 @@
+//! The gpu target's repository, checked by the real server's config parser: every model's
+//! config.pbtxt must parse and validate; loading may fail only because this machine has no
+//! TensorRT backend and no GPU. A deliberately broken config shows the check can fail.
+
+mod triton_support;
+
+use fluxbuild::package::{package, Options, Target};
+use fluxbuild::serve::{Installation, Server, ServerOptions};
+use std::path::Path;
+
+fn engines(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let shapes = |min: &[i64], opt: &[i64], max: &[i64]| serde_json::json!({ "min": min, "opt": opt, "max": max });
+    let engine = |network: &str, precision: &str, inputs: serde_json::Value, profiles: usize| {
+        let file = format!("{network}.{precision}.plan");
+        std::fs::write(dir.join(&file), b"a TensorRT plan would be here").unwrap();
+        serde_json::json!({ "network": network, "precision": precision, "file": file,
+            "profiles": (0..profiles).map(|_| serde_json::json!({ "inputs": inputs.clone() })).collect::<Vec<_>>() })
+    };
+    let transformer_inputs = serde_json::json!({
+        "hidden_states": shapes(&[1, 256, 64], &[1, 4096, 64], &[4, 4096, 64]),
+        "encoder_hidden_states": shapes(&[1, 256, 8], &[1, 512, 8], &[4, 512, 8]),
+        "pooled_projections": shapes(&[1, 8], &[1, 8], &[4, 8]),
+        "timestep": shapes(&[1], &[1], &[4]),
+        "img_ids": shapes(&[256, 3], &[4096, 3], &[4096, 3]),
+        "txt_ids": shapes(&[256, 3], &[512, 3], &[512, 3]),
+        "guidance": shapes(&[1], &[1], &[4]),
+    });
+    let manifest = serde_json::json!({ "engines": [
+        engine("clip", "fp16", serde_json::json!({ "input_ids": shapes(&[1, 77], &[2, 77], &[4, 77]) }), 1),
+        engine("t5", "bf16", serde_json::json!({ "input_ids": shapes(&[1, 256], &[2, 512], &[4, 512]) }), 1),
+        engine("transformer", "fp8", transformer_inputs.clone(), 2),
+        engine("transformer", "fp16", transformer_inputs, 1),
+        engine("vae_decoder", "fp16", serde_json::json!({ "latent": shapes(&[1, 16, 32, 32], &[1, 16, 128, 128], &[4, 16, 128, 128]) }), 1),
+    ]});
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+/// Loads each model through the repository API and returns (model, error message).
+fn load_errors(repo: &Path, models: &[&str]) -> Vec<(String, String)> {
+    let install = Installation::find(None).expect("the Triton venv (run `make triton-venv`)");
+    let mut options = ServerOptions::new(repo).unwrap();
+    options.explicit_model_control = true;
+    options.load_models = vec![];
+    options.ready_model = None;
+    let server = Server::start(&install, &options).unwrap();
+    let client = server.client();
+    models
+        .iter()
+        .map(|m| (m.to_string(), client.repository(m, "load").map(|_| "loaded".to_string()).unwrap_or_else(|e| format!("{e:#}"))))
+        .collect()
+}
+
+/// The only reasons a valid config may fail to load here: no TensorRT backend, no GPU.
+fn missing_tensorrt_or_gpu(message: &str) -> bool {
+    message.contains("unable to find backend library for backend 'tensorrt'") || message.contains("GPU") || message.contains("CUDA")
+}
+
+#[test]
+fn every_gpu_config_is_accepted_by_the_servers_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("export");
+    triton_support::write_tiny_export(&models);
+    engines(&dir.path().join("engines"));
+    let repo = dir.path().join("repo");
+    let options = Options {
+        models: models.clone(),
+        out: repo.clone(),
+        target: Target::Gpu,
+        engines: Some(dir.path().join("engines")),
+        max_batch: 4,
+        queue_delay_us: 10_000,
+        height: 1024,
+        width: 1024,
+        max_height: 0,
+        max_width: 0,
+        steps: None,
+        max_steps: 100,
+        max_sequence_length: None,
+        alternatives: vec![],
+        force: false,
+    };
+    let packaged = package(&options, &|_| indicatif::ProgressBar::hidden()).unwrap();
+    assert_eq!(packaged.models, ["clip", "t5", "transformer", "transformer_fp16", "vae_decoder", "flux"]);
+    assert_eq!((packaged.limits.max_height, packaged.limits.min_height, packaged.limits.max_sequence_length), (1024, 256, 512));
+    let transformer = std::fs::read_to_string(repo.join("transformer/config.pbtxt")).unwrap();
+    assert!(transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"1\" ]"), "{transformer}");
+    let flux = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
+    assert!(flux.contains("kind: KIND_GPU") && flux.contains("string_value: \"transformer_fp16\""), "{flux}");
+    assert!(repo.join("transformer/1/model.plan").is_file() && repo.join("manifest.json").is_file());
+
+    let names = ["clip", "t5", "transformer", "transformer_fp16", "vae_decoder", "flux"];
+    let errors = load_errors(&repo, &names);
+    for (model, message) in &errors {
+        eprintln!("{model}: {message}");
+    }
+    for (model, message) in &errors {
+        assert!(missing_tensorrt_or_gpu(message), "{model}: the server rejected its config: {message}");
+    }
+
+    // The check can fail: a config the parser rejects never reaches the backend lookup
+    // (the server's log has the line and column).
+    let broken = repo.join("clip/config.pbtxt");
+    std::fs::write(&broken, std::fs::read_to_string(&broken).unwrap().replace("max_batch_size: 4", "max_batch_size: four")).unwrap();
+    let errors = load_errors(&repo, &["clip"]);
+    eprintln!("broken clip: {}", errors[0].1);
+    assert!(!missing_tensorrt_or_gpu(&errors[0].1) && errors[0].1.contains("failed to poll from model repository"), "{:?}", errors[0]);
+}

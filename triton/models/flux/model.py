@@ -1,0 +1,539 @@
+"""FLUX.1 text-to-image orchestrator: a Triton Python-backend model that drives the four networks
+through BLS (business logic scripting), written into the repository by `fluxbuild package`.
+
+Per dynamic batch: validate each request on its own -> group the prompts that share size, steps and
+T5 length -> per group (split at the networks' largest batch): tokenize -> CLIP and T5 at the same
+time (async BLS) -> FlowMatch Euler denoising loop on the transformer -> VAE decoder -> 8-bit RGB.
+The math follows diffusers' FluxPipeline to the float precision of each operation (see
+`FlowMatchEuler`), and the initial noise is "fluxbuild noise v1" (docs/noise.md), so a seed gives
+the image `fluxbuild generate` gives locally.
+
+On the gpu target the tensors stay on the device between networks: BLS outputs are handed on by
+DLPack without a host copy, the Euler update runs in torch on the device, and only the final uint8
+image comes back to the host. Each host<->device copy is counted (log line and the metric
+`flux_host_device_copies_total`).
+
+Settings come from this model's config.pbtxt `parameters` (written by `fluxbuild package`).
+"""
+
+import asyncio
+import json
+import math
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+NETWORKS = ("clip", "t5", "transformer", "vae_decoder")
+LATENT_CHANNELS = 16
+VAE_SCALE = 8
+# Height and width must be multiples of this: the VAE's 8x and the transformer's 2x2 patches.
+SIZE_MULTIPLE = 16
+
+
+class RequestError(Exception):
+    """A bad request: only that request fails."""
+
+
+class NetworkError(Exception):
+    """A network failed; the message names it."""
+
+    def __init__(self, network, message, out_of_memory=False):
+        super().__init__(f"network '{network}' failed: {message}")
+        self.network = network
+        self.out_of_memory = out_of_memory
+
+
+def is_out_of_memory(message):
+    text = message.lower()
+    return any(s in text for s in ("out of memory", "out_of_memory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation"))
+
+
+# ---- fluxbuild noise v1 ------------------------------------------------------------------------
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def noise_v1(seed, shape):
+    """SplitMix64 words from `seed`, Box-Muller on each pair in float64, every value cast to
+    float32, filling `shape` in C order (an odd count drops the last z1)."""
+    count = int(np.prod(shape))
+    pairs = (count + 1) // 2
+    with np.errstate(over="ignore"):
+        steps = np.arange(1, 2 * pairs + 1, dtype=np.uint64)
+        z = np.uint64(seed % (1 << 64)) + steps * _GOLDEN  # uint64 arrays wrap modulo 2^64
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    a, b = z[0::2], z[1::2]
+    u1 = ((a >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0**-53
+    u2 = (b >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    r = np.sqrt(-2.0 * np.log(u1))
+    angle = 2.0 * math.pi * u2
+    values = np.empty(2 * pairs, dtype=np.float32)
+    values[0::2] = (r * np.cos(angle)).astype(np.float32)
+    values[1::2] = (r * np.sin(angle)).astype(np.float32)
+    return values[:count].reshape(shape)
+
+
+# ---- scheduler ---------------------------------------------------------------------------------
+
+
+class FlowMatchEuler:
+    """diffusers' FlowMatchEulerDiscreteScheduler as FluxPipeline drives it: linspace in float64,
+    cast to float32, shifted in float32 (mu from calculate_shift in float64), terminal 0 appended;
+    the transformer sees (1000*sigma)/1000 in float32; Euler steps in float32."""
+
+    def __init__(self, config):
+        self.train_timesteps = float(config.get("num_train_timesteps", 1000))
+        self.shift = float(config.get("shift", 1.0))
+        self.dynamic = bool(config.get("use_dynamic_shifting", False))
+        self.base_shift = float(config.get("base_shift", 0.5))
+        self.max_shift = float(config.get("max_shift", 1.15))
+        self.base_seq_len = float(config.get("base_image_seq_len", 256))
+        self.max_seq_len = float(config.get("max_image_seq_len", 4096))
+        self.shift_type = config.get("time_shift_type", "exponential")
+        self.shift_terminal = config.get("shift_terminal")
+
+    def mu(self, image_seq_len):
+        m = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
+        b = self.base_shift - m * self.base_seq_len
+        return image_seq_len * m + b
+
+    def sigmas(self, steps, image_seq_len):
+        f32 = np.float32
+        sigmas = np.linspace(1.0, 1.0 / steps, steps).astype(f32)
+        if self.dynamic:
+            mu = self.mu(image_seq_len)
+            numerator = f32(math.exp(mu) if self.shift_type == "exponential" else mu)
+            sigmas = numerator / (numerator + (f32(1.0) / sigmas - f32(1.0)))
+        else:
+            sigmas = f32(self.shift) * sigmas / (f32(1.0) + f32(self.shift - 1.0) * sigmas)
+        if self.shift_terminal:
+            scale = (f32(1.0) - sigmas[-1]) / f32(1.0 - self.shift_terminal)
+            sigmas = f32(1.0) - (f32(1.0) - sigmas) / scale
+        return np.append(sigmas.astype(f32), f32(0.0))
+
+    def model_timestep(self, sigma):
+        return np.float32(np.float32(sigma) * np.float32(self.train_timesteps)) / np.float32(1000.0)
+
+
+# ---- arrays: numpy on the host, torch on the device ------------------------------------------
+
+
+class HostArrays:
+    """cpu target: every tensor is a numpy array in host memory; nothing to copy."""
+
+    device = "cpu"
+
+    def __init__(self):
+        self.h2d = 0
+        self.d2h = 0
+
+    def from_output(self, tensor):
+        return tensor.as_numpy()
+
+    def to_input(self, name, array):
+        return pb_utils.Tensor(name, np.ascontiguousarray(array))
+
+    def upload(self, array):
+        return array
+
+    def download(self, array):
+        return array
+
+    def full(self, shape, value, dtype):
+        return np.full(shape, value, dtype=dtype)
+
+    def image_ids(self, rows, cols, dtype):
+        ids = np.zeros((rows, cols, 3), dtype=dtype)
+        ids[..., 1] = np.arange(rows, dtype=dtype)[:, None]
+        ids[..., 2] = np.arange(cols, dtype=dtype)[None, :]
+        return ids.reshape(rows * cols, 3)
+
+    def cast(self, array, dtype):
+        return array.astype(dtype, copy=False)
+
+    def float32(self, array):
+        return array.astype(np.float32, copy=False)
+
+    def concat(self, arrays):
+        return np.concatenate(arrays, axis=0)
+
+    def to_uint8_hwc(self, decoded):
+        images = np.clip(decoded.astype(np.float32) * np.float32(0.5) + np.float32(0.5), 0.0, 1.0)
+        images = np.transpose(images, (0, 2, 3, 1))
+        return np.round(images * np.float32(255.0)).astype(np.uint8)
+
+
+class DeviceArrays:
+    """gpu target: torch tensors on the model instance's GPU, exchanged with Triton by DLPack."""
+
+    def __init__(self, torch, device_id):
+        self.torch = torch
+        self.device = f"cuda:{device_id}"
+        self.h2d = 0
+        self.d2h = 0
+
+    def _dtype(self, dtype):
+        return {np.float32: self.torch.float32, np.float16: self.torch.float16, np.int64: self.torch.int64}[np.dtype(dtype).type]
+
+    def from_output(self, tensor):
+        if tensor.is_cpu():
+            self.h2d += 1
+            return self.torch.from_numpy(tensor.as_numpy()).to(self.device)
+        return self.torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+
+    def to_input(self, name, array):
+        if isinstance(array, np.ndarray):
+            self.h2d += 1  # Triton copies it to the GPU for the network
+            return pb_utils.Tensor(name, np.ascontiguousarray(array))
+        return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(array.contiguous()))
+
+    def upload(self, array):
+        self.h2d += 1
+        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def download(self, array):
+        self.d2h += 1
+        return array.cpu().numpy()
+
+    def full(self, shape, value, dtype):
+        return self.torch.full(shape, float(value), dtype=self._dtype(dtype), device=self.device)
+
+    def image_ids(self, rows, cols, dtype):
+        t = self.torch
+        ids = t.zeros((rows, cols, 3), dtype=self._dtype(dtype), device=self.device)
+        ids[..., 1] = t.arange(rows, device=self.device)[:, None]
+        ids[..., 2] = t.arange(cols, device=self.device)[None, :]
+        return ids.reshape(rows * cols, 3)
+
+    def cast(self, array, dtype):
+        return array.to(self._dtype(dtype))
+
+    def float32(self, array):
+        return array.float()
+
+    def concat(self, arrays):
+        return self.torch.cat(arrays, dim=0)
+
+    def to_uint8_hwc(self, decoded):
+        images = (decoded.float() * 0.5 + 0.5).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+        return (images * 255.0).round().to(self.torch.uint8)
+
+
+def pack(latents, rows, cols):
+    """[B,16,h,w] -> [B,(h/2)(w/2),64], channel c*4 + dy*2 + dx (FluxPipeline._pack_latents)."""
+    b = latents.shape[0]
+    x = latents.reshape(b, LATENT_CHANNELS, rows, 2, cols, 2)
+    x = x.transpose(0, 2, 4, 1, 3, 5) if isinstance(x, np.ndarray) else x.permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, rows * cols, LATENT_CHANNELS * 4)
+
+
+def unpack(packed, rows, cols):
+    b = packed.shape[0]
+    x = packed.reshape(b, rows, cols, LATENT_CHANNELS, 2, 2)
+    x = x.transpose(0, 3, 1, 4, 2, 5) if isinstance(x, np.ndarray) else x.permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, LATENT_CHANNELS, rows * 2, cols * 2)
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+
+class Item:
+    """One prompt of a request, with its settings."""
+
+    __slots__ = ("request", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise")
+
+    def group_key(self):
+        return (self.height, self.width, self.steps, self.max_sequence_length)
+
+
+class Settings:
+    def __init__(self, params):
+        def get(key):
+            if key not in params:
+                raise pb_utils.TritonModelException(f"config.pbtxt of flux lacks the parameter '{key}'")
+            return params[key]
+
+        self.target = get("target")
+        self.variant = get("variant")
+        self.default_height = int(get("default_height"))
+        self.default_width = int(get("default_width"))
+        self.max_height = int(get("max_height"))
+        self.max_width = int(get("max_width"))
+        self.min_height = int(params.get("min_height", SIZE_MULTIPLE))
+        self.min_width = int(params.get("min_width", SIZE_MULTIPLE))
+        self.default_steps = int(get("default_steps"))
+        self.max_steps = int(get("max_steps"))
+        self.default_guidance = float(get("default_guidance"))
+        self.default_max_sequence_length = int(get("default_max_sequence_length"))
+        self.max_max_sequence_length = int(get("max_max_sequence_length"))
+        self.clip_length = int(get("clip_length"))
+        self.clip_pad_token = get("clip_pad_token")
+        self.t5_pad_token = get("t5_pad_token")
+        self.vae_scaling_factor = float(get("vae_scaling_factor"))
+        self.vae_shift_factor = float(get("vae_shift_factor"))
+        self.network_max_batch = int(get("network_max_batch"))
+        self.models = {n: [get(f"model_{n}")] + [m for m in params.get(f"fallback_{n}", "").split(",") if m] for n in NETWORKS}
+        self.dtypes = {key: np.dtype(value) for key, value in json.loads(get("input_dtypes")).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.settings = s = Settings(params)
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.clip_tokenizer = self._tokenizer(os.path.join(here, "tokenizer", "tokenizer.json"), s.clip_pad_token)
+        self.t5_tokenizer = self._tokenizer(os.path.join(here, "tokenizer_2", "tokenizer.json"), s.t5_pad_token)
+        with open(os.path.join(here, "scheduler", "scheduler_config.json")) as f:
+            self.scheduler = FlowMatchEuler(json.load(f))
+        self.torch = None
+        if s.target == "gpu" and args.get("model_instance_kind") == "GPU":
+            import torch  # the gpu target's server image carries torch for DLPack math
+
+            self.torch = torch
+            self.device_id = int(args["model_instance_device_id"])
+        self.copies = pb_utils.MetricFamily(
+            name="flux_host_device_copies_total",
+            description="Tensor copies between host and device memory made by the flux orchestrator",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.copies_h2d = self.copies.Metric(labels={"direction": "host_to_device"})
+        self.copies_d2h = self.copies.Metric(labels={"direction": "device_to_host"})
+        # The families must outlive their metrics: keep both.
+        self.images_family = pb_utils.MetricFamily(
+            name="flux_images_total", description="Images generated by the flux orchestrator", kind=pb_utils.MetricFamily.COUNTER
+        )
+        self.images = self.images_family.Metric(labels={})
+        self.logger = pb_utils.Logger
+
+    @staticmethod
+    def _tokenizer(path, pad_token):
+        tokenizer = Tokenizer.from_file(path)
+        pad_id = tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise pb_utils.TritonModelException(f"{path}: no pad token {pad_token!r}")
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer, pad_id, pad_token, {}
+
+    def _arrays(self):
+        return DeviceArrays(self.torch, self.device_id) if self.torch is not None else HostArrays()
+
+    # ---- parsing and validation ------------------------------------------------------------
+
+    def _parse(self, request, index):
+        s = self.settings
+        prompt = pb_utils.get_input_tensor_by_name(request, "prompt")
+        if prompt is None:
+            raise RequestError("input 'prompt' is required (TYPE_STRING [1] per image)")
+        prompts = [p.decode("utf-8", errors="replace") if isinstance(p, bytes) else str(p) for p in prompt.as_numpy().reshape(-1)]
+        n = len(prompts)
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                raise RequestError(f"prompt {i} is empty")
+
+        def values(name, kind, default):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                return [default] * n
+            array = tensor.as_numpy().reshape(-1)
+            if array.size != n:
+                raise RequestError(f"input '{name}' has {array.size} values for {n} prompts (one per prompt)")
+            return [kind(v) for v in array]
+
+        heights = values("height", int, s.default_height)
+        widths = values("width", int, s.default_width)
+        if len(set(heights)) > 1 or len(set(widths)) > 1:
+            raise RequestError("every prompt of one request must ask for the same height and width (send different sizes as separate requests)")
+        height, width = heights[0], widths[0]
+        for name, value, low, high in (("height", height, s.min_height, s.max_height), ("width", width, s.min_width, s.max_width)):
+            if value % SIZE_MULTIPLE:
+                raise RequestError(f"{name} {value} is not a multiple of {SIZE_MULTIPLE}")
+            if not low <= value <= high:
+                raise RequestError(f"{name} {value} is outside what this deployment serves ({low}..{high})")
+        steps = values("steps", int, s.default_steps)
+        guidance = values("guidance", float, s.default_guidance)
+        seeds = values("seed", int, 0)
+        lengths = values("max_sequence_length", int, s.default_max_sequence_length)
+        for i in range(n):
+            if not 1 <= steps[i] <= s.max_steps:
+                raise RequestError(f"steps {steps[i]} must be between 1 and {s.max_steps}")
+            if not math.isfinite(guidance[i]):
+                raise RequestError(f"guidance {guidance[i]} is not a finite number")
+            if not 1 <= lengths[i] <= s.max_max_sequence_length:
+                raise RequestError(f"max_sequence_length {lengths[i]} must be between 1 and {s.max_max_sequence_length}")
+        noise = pb_utils.get_input_tensor_by_name(request, "noise")
+        expected = (n, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+        if noise is not None:
+            noise = noise.as_numpy()
+            if tuple(noise.shape) != expected:
+                raise RequestError(f"input 'noise' has shape {list(noise.shape)}, expected {list(expected)} ([prompts, 16, height/8, width/8])")
+            if not np.all(np.isfinite(noise)):
+                raise RequestError("input 'noise' holds non-finite values")
+        items = []
+        for i in range(n):
+            item = Item()
+            item.request, item.index, item.prompt = index, i, prompts[i]
+            item.height, item.width, item.steps, item.guidance = height, width, steps[i], guidance[i]
+            item.seed, item.max_sequence_length = seeds[i], lengths[i]
+            item.noise = None if noise is None else noise[i].astype(np.float32)
+            items.append(item)
+        return items
+
+    # ---- execution -------------------------------------------------------------------------
+
+    async def execute(self, requests):
+        errors = [None] * len(requests)
+        images = [None] * len(requests)
+        groups = {}
+        for r, request in enumerate(requests):
+            try:
+                items = self._parse(request, r)
+            except RequestError as e:
+                errors[r] = str(e)
+                continue
+            except Exception as e:  # a malformed tensor the checks above did not foresee
+                errors[r] = f"bad request: {e}"
+                continue
+            images[r] = [None] * len(items)
+            for item in items:
+                groups.setdefault(item.group_key(), []).append(item)
+        arrays = self._arrays()
+        for key, items in groups.items():
+            items = [i for i in items if errors[i.request] is None]
+            try:
+                results = await self._run_split(arrays, items)
+            except NetworkError as e:
+                for item in items:
+                    errors[item.request] = str(e)
+                continue
+            except Exception as e:
+                for item in items:
+                    errors[item.request] = f"flux orchestrator failed: {type(e).__name__}: {e}"
+                continue
+            for item, image in zip(items, results):
+                images[item.request][item.index] = image
+        self.copies_h2d.increment(arrays.h2d)
+        self.copies_d2h.increment(arrays.d2h)
+        responses = []
+        for r in range(len(requests)):
+            if errors[r] is not None:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r])))
+            else:
+                self.images.increment(len(images[r]))
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("image", np.stack(images[r]))]))
+        count = sum(len(i) for i in groups.values())
+        self.logger.log_info(
+            f"flux: {len(requests)} requests, {count} prompts in {len(groups)} groups on {arrays.device}; "
+            f"host<->device copies: {arrays.h2d} host->device, {arrays.d2h} device->host"
+        )
+        return responses
+
+    async def _run_split(self, arrays, items):
+        """Runs items in chunks the networks accept; halves a chunk that runs out of memory."""
+        limit = self.settings.network_max_batch
+        results = []
+        for start in range(0, len(items), limit):
+            results.extend(await self._run_retrying(arrays, items[start : start + limit]))
+        return results
+
+    async def _run_retrying(self, arrays, items):
+        try:
+            return await self._run_chunk(arrays, items)
+        except NetworkError as e:
+            if not e.out_of_memory or len(items) == 1:
+                raise
+            half = len(items) // 2
+            self.logger.log_warn(f"flux: {e}; retrying the batch of {len(items)} as {half} + {len(items) - half}")
+            return await self._run_retrying(arrays, items[:half]) + await self._run_retrying(arrays, items[half:])
+
+    def _tokenize(self, tokenizer, prompts, length):
+        """Token ids [B, length] as FluxPipeline's tokenizers give them: special tokens added,
+        truncated to `length`, padded on the right with the pad token."""
+        return np.array([e.ids for e in self._fitted(tokenizer, length).encode_batch(prompts, add_special_tokens=True)], dtype=np.int64)
+
+    def _fitted(self, tokenizer, length):
+        base, pad_id, pad_token, fitted = tokenizer
+        if length not in fitted:
+            tok = Tokenizer.from_str(base.to_str())
+            tok.enable_truncation(max_length=length)
+            tok.enable_padding(length=length, pad_id=pad_id, pad_token=pad_token, direction="right")
+            fitted[length] = tok
+        return fitted[length]
+
+    async def _infer(self, network, inputs, outputs):
+        """One BLS call to the network's model, or to its fallbacks where it is not available."""
+        candidates = self.settings.models[network]
+        last = None
+        for model in candidates:
+            if len(candidates) > 1 and not pb_utils.is_model_ready(model_name=model):
+                last = f"model '{model}' is not ready"
+                continue
+            request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+            response = await request.async_exec()
+            if response.has_error():
+                message = response.error().message()
+                if is_out_of_memory(message):
+                    raise NetworkError(network, message, out_of_memory=True)
+                last = message
+                continue
+            return [pb_utils.get_output_tensor_by_name(response, name) for name in outputs]
+        raise NetworkError(network, last)
+
+    async def _run_chunk(self, xp, items):
+        s = self.settings
+        first = items[0]
+        b, height, width = len(items), first.height, first.width
+        rows, cols = height // SIZE_MULTIPLE, width // SIZE_MULTIPLE
+        length = first.max_sequence_length
+        prompts = [i.prompt for i in items]
+        clip_ids = self._tokenize(self.clip_tokenizer, prompts, s.clip_length)
+        t5_ids = self._tokenize(self.t5_tokenizer, prompts, length)
+
+        (pooled,), (text,) = await asyncio.gather(
+            self._infer("clip", [xp.to_input("input_ids", clip_ids)], ["pooled_embeddings"]),
+            self._infer("t5", [xp.to_input("input_ids", t5_ids)], ["text_embeddings"]),
+        )
+        # Handed to the transformer as they came (no host round trip on the gpu target).
+        pooled = xp.from_output(pooled)
+        text = xp.from_output(text)
+
+        noise = np.stack([i.noise if i.noise is not None else noise_v1(i.seed, (LATENT_CHANNELS, 2 * rows, 2 * cols)) for i in items])
+        latent_dtype = s.dtypes["hidden_states"]
+        latents = xp.cast(pack(xp.upload(noise), rows, cols), latent_dtype)
+        img_ids = xp.image_ids(rows, cols, s.dtypes["img_ids"])
+        txt_ids = xp.full((length, 3), 0.0, s.dtypes["txt_ids"])
+        guidance = None
+        if "guidance" in s.dtypes:
+            guidance = xp.upload(np.array([i.guidance for i in items], dtype=s.dtypes["guidance"]))
+
+        sigmas = self.scheduler.sigmas(first.steps, rows * cols)
+        for step in range(first.steps):
+            timestep = xp.full((b,), self.scheduler.model_timestep(sigmas[step]), s.dtypes["timestep"])
+            inputs = [
+                xp.to_input("hidden_states", latents),
+                xp.to_input("encoder_hidden_states", xp.cast(text, s.dtypes["encoder_hidden_states"])),
+                xp.to_input("pooled_projections", xp.cast(pooled, s.dtypes["pooled_projections"])),
+                xp.to_input("timestep", timestep),
+                xp.to_input("img_ids", img_ids),
+                xp.to_input("txt_ids", txt_ids),
+            ]
+            if guidance is not None:
+                inputs.append(xp.to_input("guidance", guidance))
+            (velocity,) = await self._infer("transformer", inputs, ["noise_pred"])
+            velocity = xp.float32(xp.from_output(velocity))
+            dt = float(np.float32(sigmas[step + 1] - sigmas[step]))  # exact in float32: both sides compute in float32
+            latents = xp.cast(xp.float32(latents) + velocity * dt, latent_dtype)
+
+        latent = unpack(xp.float32(latents), rows, cols) / s.vae_scaling_factor + s.vae_shift_factor  # float32, as diffusers
+        (decoded,) = await self._infer("vae_decoder", [xp.to_input("latent", xp.cast(latent, s.dtypes["latent"]))], ["images"])
+        pixels = xp.download(xp.to_uint8_hwc(xp.from_output(decoded)))
+        if pixels.shape[1:] != (height, width, 3):
+            raise NetworkError("vae_decoder", f"returned images of shape {list(pixels.shape[1:3])}, expected [{height}, {width}]")
+        return list(pixels)

@@ -1,0 +1,78 @@
+"""One FLUX network (clip, t5, transformer or vae_decoder) served on the CPU: a Triton
+Python-backend model that runs its ONNX graph with ONNX Runtime. `fluxbuild package --target cpu`
+writes it beside the graph (`<network>/1/model.onnx` + `model.onnx.data`); the gpu target serves
+the same interface from TensorRT plans instead.
+
+Requests of one dynamic batch whose tensors agree in every dimension but the first run as one
+ONNX Runtime call; every request gets its own response (an error names the network).
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise pb_utils.TritonModelException(f"{self.name}: ONNX Runtime cannot load {path}: {e}")
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+        self.batched = config.get("max_batch_size", 0) > 0
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        missing = [n for n in self.inputs if n not in graph_inputs]
+        if missing:
+            raise pb_utils.TritonModelException(f"{self.name}: {path} has no inputs {missing} (it has {sorted(graph_inputs)})")
+
+    def _feeds(self, request):
+        feeds = {}
+        for name in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                feeds[name] = tensor.as_numpy()
+        return feeds
+
+    def _run(self, feeds, outputs):
+        return dict(zip(outputs, self.session.run(outputs, feeds)))
+
+    def execute(self, requests):
+        parsed = []
+        for request in requests:
+            wanted = [n for n in request.requested_output_names() if n in self.outputs] or self.outputs
+            parsed.append((self._feeds(request), wanted))
+        results = [None] * len(requests)
+        # One call for the whole dynamic batch where shapes allow.
+        if self.batched and len(requests) > 1:
+            shapes = {tuple((k, v.shape[1:]) for k, v in sorted(f.items())) for f, _ in parsed}
+            if len(shapes) == 1:
+                outputs = sorted({n for _, wanted in parsed for n in wanted})
+                try:
+                    feeds = {k: np.concatenate([f[k] for f, _ in parsed]) for k in parsed[0][0]}
+                    merged = self._run(feeds, outputs)
+                    start = 0
+                    for r, (f, wanted) in enumerate(parsed):
+                        n = next(iter(f.values())).shape[0]
+                        results[r] = {k: merged[k][start : start + n] for k in wanted}
+                        start += n
+                except Exception:
+                    results = [None] * len(requests)  # run them one by one below to pin the failure
+        responses = []
+        for r, (feeds, wanted) in enumerate(parsed):
+            try:
+                out = results[r] if results[r] is not None else self._run(feeds, wanted)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in out.items()]))
+            except Exception as e:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")))
+        return responses
