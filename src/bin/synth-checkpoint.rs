@@ -51,7 +51,8 @@ fn parse_shape(text: &str) -> Result<Vec<usize>> {
 }
 
 fn read_specs(args: &Args) -> Result<Vec<Spec>> {
-    let text = std::fs::read_to_string(&args.names).with_context(|| format!("{}: cannot read", args.names.display()))?;
+    let text =
+        std::fs::read_to_string(&args.names).with_context(|| format!("{}: cannot read", args.names.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
     let mut specs = Vec::new();
@@ -127,7 +128,8 @@ impl Values {
                 for chunk in out.chunks_exact_mut(8) {
                     let r = self.next();
                     for (k, word) in chunk.chunks_exact_mut(4).enumerate() {
-                        let value = (Self::bf16((r >> (32 * k)) as u16) as u32) << 16 | ((r >> (32 * k + 16)) as u32 & 0xffff);
+                        let value =
+                            (Self::bf16((r >> (32 * k)) as u16) as u32) << 16 | ((r >> (32 * k + 16)) as u32 & 0xffff);
                         word.copy_from_slice(&value.to_le_bytes());
                     }
                 }
@@ -156,11 +158,15 @@ fn main() -> Result<()> {
     };
     let specs = read_specs(&args)?;
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt", "generator": "fluxbuild synth-checkpoint" }));
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({ "format": "pt", "generator": "fluxbuild synth-checkpoint" }),
+    );
     let mut offset = 0usize;
     for s in &specs {
         let bytes = s.shape.iter().product::<usize>() * size;
-        let entry = serde_json::json!({ "dtype": args.dtype, "shape": s.shape, "data_offsets": [offset, offset + bytes] });
+        let entry =
+            serde_json::json!({ "dtype": args.dtype, "shape": s.shape, "data_offsets": [offset, offset + bytes] });
         ensure!(header.insert(s.name.clone(), entry).is_none(), "tensor {} listed twice", s.name);
         offset += bytes;
     }
