@@ -8,6 +8,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use fluxbuild::generate::noise::SplitMix64;
 use fluxbuild_exporters::util::AtomicFile;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -95,17 +96,12 @@ fn read_specs(args: &Args) -> Result<Vec<Spec>> {
 
 /// Random bit patterns of modest magnitude (|x| in [2⁻⁷, 2⁻³)), never NaN or infinite.
 struct Values {
-    state: u64,
+    words: SplitMix64,
 }
 
 impl Values {
     fn next(&mut self) -> u64 {
-        // SplitMix64
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.words.next()
     }
 
     fn bf16(bits: u16) -> u16 {
@@ -184,7 +180,7 @@ fn main() -> Result<()> {
     let mut file = BufWriter::with_capacity(8 << 20, AtomicFile::create(out)?);
     file.write_all(&(header.len() as u64).to_le_bytes())?;
     file.write_all(&header)?;
-    let mut values = Values { state: args.seed };
+    let mut values = Values { words: SplitMix64::new(args.seed) };
     let mut buf = vec![0u8; 8 << 20];
     for s in &specs {
         let mut left = s.shape.iter().product::<usize>() * size;
