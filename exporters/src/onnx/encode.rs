@@ -309,6 +309,7 @@ mod tests {
                     parts: vec![Part { tensor: t1, rows: 5..1005 }, Part { tensor: t0, rows: 0..37 }],
                     cols: 700,
                     transpose: transposed,
+                    scale: None,
                 };
                 for elem in targets {
                     let fast = rearrange_exact(&plan, elem).expect("an exact conversion");
