@@ -63,3 +63,13 @@ gpu-check: system-deps
 .PHONY: bench-export
 bench-export:
 	bash scripts/bench-export.sh
+
+# Benchmarks (not tests): reports under bench/.
+.PHONY: bench
+bench: bench-export
+
+# Accuracy report (not a test): fp16/bf16/fp8 against fp32, per network and end to end, on the tiny
+# fixture pipelines in ONNX Runtime (CPU); writes bench/accuracy.md and bench/accuracy.json.
+.PHONY: accuracy
+accuracy: $(ORT_DYLIB_PATH)
+	$(CARGO) run -- accuracy --checkpoint tests/fixtures/pipeline/dev --checkpoint tests/fixtures/pipeline/schnell --out bench

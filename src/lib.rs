@@ -2,6 +2,8 @@
 //! checkpoint -> graphs (`export`) -> engines (`fluxbuild-engines`) -> repository (`package`),
 //! plus local generation (`generate`) and serving (`serve`, `client`).
 
+pub mod accuracy;
+pub mod calibrate;
 pub mod client;
 pub mod commands;
 pub mod export;

@@ -49,7 +49,7 @@ fn run_t5(ckpt_dir: &Path, out: &Path, float: ElemType, wide: ElemType, ids: &Ar
     let exporter = models::exporter("t5").unwrap();
     let ckpt = Checkpoint::load(&ckpt_dir.join("model.safetensors"), exporter.subfolder(), exporter.key_prefixes()).unwrap();
     let options = GraphOptions { float, wide, opset: fluxbuild_exporters::onnx::DEFAULT_OPSET };
-    let mut run = |emulate: bool| {
+    let run = |emulate: bool| {
         let (_, mut graph, problems) = models::plan(exporter, &ckpt, ckpt.config().unwrap().as_ref(), &options).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         if emulate {

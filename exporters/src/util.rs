@@ -77,43 +77,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.commit()
 }
 
-/// A writer that hashes and counts what passes through it.
-pub struct Sha256Writer<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> Sha256Writer<W> {
-    pub fn new(inner: W) -> Self {
-        Sha256Writer { inner, hasher: Sha256::new(), written: 0 }
-    }
-
-    /// Pads with zeros to a multiple of `align`; returns the new offset.
-    pub fn pad_to(&mut self, align: u64) -> std::io::Result<u64> {
-        let pad = (align - self.written % align) % align;
-        self.write_all(&vec![0u8; pad as usize])?;
-        Ok(self.written)
-    }
-
-    /// (inner writer, hex digest, bytes written)
-    pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex(&self.hasher.finalize()), self.written)
-    }
-}
-
-impl<W: Write> Write for Sha256Writer<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -8,6 +8,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use fluxbuild::generate::noise::SplitMix64;
 use fluxbuild_exporters::util::AtomicFile;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -51,7 +52,8 @@ fn parse_shape(text: &str) -> Result<Vec<usize>> {
 }
 
 fn read_specs(args: &Args) -> Result<Vec<Spec>> {
-    let text = std::fs::read_to_string(&args.names).with_context(|| format!("{}: cannot read", args.names.display()))?;
+    let text =
+        std::fs::read_to_string(&args.names).with_context(|| format!("{}: cannot read", args.names.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
     let mut specs = Vec::new();
@@ -94,17 +96,12 @@ fn read_specs(args: &Args) -> Result<Vec<Spec>> {
 
 /// Random bit patterns of modest magnitude (|x| in [2⁻⁷, 2⁻³)), never NaN or infinite.
 struct Values {
-    state: u64,
+    words: SplitMix64,
 }
 
 impl Values {
     fn next(&mut self) -> u64 {
-        // SplitMix64
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.words.next()
     }
 
     fn bf16(bits: u16) -> u16 {
@@ -127,7 +124,8 @@ impl Values {
                 for chunk in out.chunks_exact_mut(8) {
                     let r = self.next();
                     for (k, word) in chunk.chunks_exact_mut(4).enumerate() {
-                        let value = (Self::bf16((r >> (32 * k)) as u16) as u32) << 16 | ((r >> (32 * k + 16)) as u32 & 0xffff);
+                        let value =
+                            (Self::bf16((r >> (32 * k)) as u16) as u32) << 16 | ((r >> (32 * k + 16)) as u32 & 0xffff);
                         word.copy_from_slice(&value.to_le_bytes());
                     }
                 }
@@ -156,11 +154,15 @@ fn main() -> Result<()> {
     };
     let specs = read_specs(&args)?;
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt", "generator": "fluxbuild synth-checkpoint" }));
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({ "format": "pt", "generator": "fluxbuild synth-checkpoint" }),
+    );
     let mut offset = 0usize;
     for s in &specs {
         let bytes = s.shape.iter().product::<usize>() * size;
-        let entry = serde_json::json!({ "dtype": args.dtype, "shape": s.shape, "data_offsets": [offset, offset + bytes] });
+        let entry =
+            serde_json::json!({ "dtype": args.dtype, "shape": s.shape, "data_offsets": [offset, offset + bytes] });
         ensure!(header.insert(s.name.clone(), entry).is_none(), "tensor {} listed twice", s.name);
         offset += bytes;
     }
@@ -178,7 +180,7 @@ fn main() -> Result<()> {
     let mut file = BufWriter::with_capacity(8 << 20, AtomicFile::create(out)?);
     file.write_all(&(header.len() as u64).to_le_bytes())?;
     file.write_all(&header)?;
-    let mut values = Values { state: args.seed };
+    let mut values = Values { words: SplitMix64::new(args.seed) };
     let mut buf = vec![0u8; 8 << 20];
     for s in &specs {
         let mut left = s.shape.iter().product::<usize>() * size;

@@ -64,6 +64,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         Event::Warning(message) => bar.suspend(|| out.warn(&message)),
         Event::Stage(stage) => bar.set_message(stage),
         Event::Step { done, .. } => bar.set_position(done as u64),
+        Event::Transformer { .. } => {}
     })?;
     bar.finish_and_clear();
 

@@ -8,6 +8,7 @@ use super::Variant;
 use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The VAE latent normalization of FLUX.1, used when the manifest has none (older exports).
@@ -34,6 +35,10 @@ pub struct ExportedModels {
     pub scheduler: Sourced<SchedulerConfig>,
     pub clip_tokenizer: PathBuf,
     pub t5_tokenizer: PathBuf,
+    /// Graphs run in place of the exported ones, by name (`fluxbuild calibrate` runs a copy of
+    /// the transformer with extra outputs).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub replaced: BTreeMap<&'static str, PathBuf>,
 }
 
 impl ExportedModels {
@@ -107,11 +112,17 @@ impl ExportedModels {
             scheduler,
             clip_tokenizer: dir.join("tokenizer/tokenizer.json"),
             t5_tokenizer: dir.join("tokenizer_2/tokenizer.json"),
+            replaced: BTreeMap::new(),
         })
     }
 
     pub fn graph(&self, name: &str) -> PathBuf {
-        self.dir.join(name).join("model.onnx")
+        self.replaced.get(name).cloned().unwrap_or_else(|| self.dir.join(name).join("model.onnx"))
+    }
+
+    /// Runs the graph at `path` in place of the exported `name` (which must have the same interface).
+    pub fn replace_graph(&mut self, name: &'static str, path: &Path) {
+        self.replaced.insert(name, path.to_path_buf());
     }
 }
 

@@ -10,12 +10,16 @@ use std::path::Path;
 pub const NOISE_TENSOR: &str = "noise";
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one u64 word per call.
-struct SplitMix64 {
+pub struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    pub fn next(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -27,7 +31,7 @@ impl SplitMix64 {
 /// `count` standard normal values from `seed`: Box–Muller on pairs of words, in f64, each cast to f32.
 pub fn gaussian(seed: u64, count: usize) -> Vec<f32> {
     const TWO_POW_MINUS_53: f64 = 1.0 / (1u64 << 53) as f64;
-    let mut words = SplitMix64 { state: seed };
+    let mut words = SplitMix64::new(seed);
     let mut values = Vec::with_capacity(count + 1);
     while values.len() < count {
         let (a, b) = (words.next(), words.next());

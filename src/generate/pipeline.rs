@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// What the pipeline reports while it works.
-pub enum Event {
+pub enum Event<'a> {
     Warning(String),
     /// A graph is being loaded / run.
     Stage(&'static str),
@@ -24,6 +24,13 @@ pub enum Event {
     Step {
         done: usize,
         total: usize,
+    },
+    /// The transformer ran for denoising step `step` (from 0): the inputs it was fed and all of
+    /// its outputs (with a graph override, e.g. a calibration graph, more than `noise_pred`).
+    Transformer {
+        step: usize,
+        inputs: &'a [(&'static str, ArrayD<f32>)],
+        outputs: &'a BTreeMap<String, ArrayD<f32>>,
     },
 }
 
@@ -88,17 +95,18 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
         for step in 0..request.steps {
             let timestep = Array1::from_elem(batch, scheduler.model_timestep(sigmas[step]));
             let mut inputs = vec![
-                ("hidden_states", Input::F32(latents.clone().into_dyn())),
-                ("encoder_hidden_states", Input::F32(prompt_embeds.clone().into_dyn())),
-                ("pooled_projections", Input::F32(pooled_embeds.clone().into_dyn())),
-                ("timestep", Input::F32(timestep.into_dyn())),
-                ("img_ids", Input::F32(img_ids.clone())),
-                ("txt_ids", Input::F32(txt_ids.clone())),
+                ("hidden_states", latents.clone().into_dyn()),
+                ("encoder_hidden_states", prompt_embeds.clone().into_dyn()),
+                ("pooled_projections", pooled_embeds.clone().into_dyn()),
+                ("timestep", timestep.into_dyn()),
+                ("img_ids", img_ids.clone()),
+                ("txt_ids", txt_ids.clone()),
             ];
             if models.guidance_embeds {
-                inputs.push(("guidance", Input::F32(Array1::from_elem(batch, request.guidance).into_dyn())));
+                inputs.push(("guidance", Array1::from_elem(batch, request.guidance).into_dyn()));
             }
-            let mut out = transformer.run(inputs)?;
+            let mut out = transformer.run(inputs.iter().map(|(n, a)| (*n, Input::F32(a.clone()))).collect())?;
+            on(Event::Transformer { step, inputs: &inputs, outputs: &out });
             let velocity = take(&mut out, transformer, "noise_pred", latents.shape())
                 .with_context(|| format!("denoising step {}", step + 1))?;
             euler_step(
@@ -112,8 +120,7 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
         Ok(())
     })?;
 
-    let (scale, shift) = (models.vae_scaling_factor.value as f32, models.vae_shift_factor.value as f32);
-    let z = unpack(&latents, h, w).mapv(|x| x / scale + shift);
+    let z = decoder_latent(models, request, &latents);
     let decoded = with_graph(models, "vae_decoder", &mut times, on, |vae, _| {
         let mut out = vae.run(vec![("latent", Input::F32(z.into_dyn()))])?;
         take(&mut out, vae, "images", &[batch, 3, request.height, request.width])?
@@ -135,6 +142,13 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
         times,
         warnings,
     })
+}
+
+/// The VAE decoder's input for packed final latents: unpacked, then `x / scaling + shift`.
+pub fn decoder_latent(models: &ExportedModels, request: &Request, latents: &Array3<f32>) -> Array4<f32> {
+    let [_, _, h, w] = request.latent_shape();
+    let (scale, shift) = (models.vae_scaling_factor.value as f32, models.vae_shift_factor.value as f32);
+    unpack(latents, h, w).mapv(|x| x / scale + shift)
 }
 
 /// Loads one graph, runs `work` on it, records the seconds, and drops it.
