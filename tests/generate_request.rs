@@ -86,16 +86,28 @@ fn seeds_per_prompt() {
 #[test]
 fn a_deployments_defaults_and_limits_apply_and_parts_keep_their_noise() {
     use fluxbuild::generate::request::{Defaults, Limits};
-    let limits = Limits { max_height: 128, min_sequence_length: 8, set_by: "what the deployment serves".into(), ..Limits::pipeline() };
+    let limits = Limits {
+        max_height: 128,
+        min_sequence_length: 8,
+        set_by: "what the deployment serves".into(),
+        ..Limits::pipeline()
+    };
     let defaults = Defaults { height: 64, width: 96, ..Variant::Schnell.defaults() };
-    let three = RequestOptions { prompts: vec!["a".into(), "b".into(), "c".into()], seed: Some(u64::MAX), ..Default::default() };
+    let three = RequestOptions {
+        prompts: vec!["a".into(), "b".into(), "c".into()],
+        seed: Some(u64::MAX),
+        ..Default::default()
+    };
     let request = three.clone().resolve_within(&defaults, &limits).unwrap();
     assert_eq!((request.height, request.width, request.steps, request.max_sequence_length), (64, 96, 4, 256));
     let part = request.part(1..3);
     assert_eq!((part.prompts.clone(), part.seeds()), (vec!["b".to_string(), "c".to_string()], Some(vec![0, 1])));
     assert_eq!(part.initial_noise(), request.initial_noise().slice(ndarray::s![1..3, .., .., ..]));
     for (options, want) in [
-        (RequestOptions { height: Some(256), ..three.clone() }, "height 256 is out of range 16..=128 (what the deployment serves)"),
+        (
+            RequestOptions { height: Some(256), ..three.clone() },
+            "height 256 is out of range 16..=128 (what the deployment serves)",
+        ),
         (RequestOptions { max_sequence_length: Some(4), ..three }, "max sequence length 4 is out of range 8..=512"),
     ] {
         let err = format!("{:#}", options.resolve_within(&defaults, &limits).unwrap_err());

@@ -38,9 +38,10 @@ fn options(prompts: &[&str], seed: u64) -> RequestOptions {
 
 /// The image `prompt` gets alone from local generation (SIZE x SIZE, STEPS steps).
 fn local(models: &ExportedModels, prompt: &str, seed: u64) -> Vec<u8> {
-    let request = RequestOptions { height: Some(SIZE), width: Some(SIZE), steps: Some(STEPS), ..options(&[prompt], seed) }
-        .resolve(models.variant.value)
-        .unwrap();
+    let request =
+        RequestOptions { height: Some(SIZE), width: Some(SIZE), steps: Some(STEPS), ..options(&[prompt], seed) }
+            .resolve(models.variant.value)
+            .unwrap();
     generate(models, &request, &mut |_| {}).unwrap().images.remove(0).pixels
 }
 
@@ -67,7 +68,7 @@ fn dev_through_triton_gives_the_local_images_and_clear_errors() {
 
     one_prompt_matches_local_generate(&server, &models, dir.path());
     batches_and_concurrent_requests_match_single_prompts(&server, &exported);
-    bad_requests_get_clear_errors(&server);
+    bad_requests_get_clear_errors(&server, dir.path());
     unloading_the_transformer_names_it_and_loading_recovers(&server, &exported);
     copies_reported(&server);
 }
@@ -83,11 +84,21 @@ fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path)
     };
     let local_s = generate(&["--models", path(models)], &local_png);
     let served_s = generate(&["--server", &server.url()], &served_png);
-    eprintln!("one 48x32 image, 3 steps: local (process, load included) {local_s:.2} s, through Triton {served_s:.2} s");
+    eprintln!(
+        "one 48x32 image, 3 steps: local (process, load included) {local_s:.2} s, through Triton {served_s:.2} s"
+    );
     let (want, got) = (read_png(&local_png).unwrap(), read_png(&served_png).unwrap());
     assert_eq!((got.width, got.height), (48, 32));
-    assert!(got.pixels == want.pixels, "Rust client: PSNR {:.1} dB against local generate, expected identical pixels", psnr(&got.pixels, &want.pixels));
-    assert_eq!(std::fs::read(&served_png).unwrap(), std::fs::read(&local_png).unwrap(), "same pixels and settings, same PNG file");
+    assert!(
+        got.pixels == want.pixels,
+        "Rust client: PSNR {:.1} dB against local generate, expected identical pixels",
+        psnr(&got.pixels, &want.pixels)
+    );
+    assert_eq!(
+        std::fs::read(&served_png).unwrap(),
+        std::fs::read(&local_png).unwrap(),
+        "same pixels and settings, same PNG file"
+    );
     let distinct: std::collections::BTreeSet<&[u8]> = got.pixels.chunks(3).collect();
     assert!(distinct.len() > 100, "a real image, not a flat one: {} distinct colors", distinct.len());
 
@@ -105,11 +116,18 @@ fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path)
     // Initial noise from a file travels as the orchestrator's `noise` input.
     let noise = dir.join("noise.safetensors");
     common::write_f32_safetensors(&noise, &[("noise", vec![1, 16, 4, 6], common::pseudo_random(16 * 4 * 6, 3))]);
-    let noise_args = ["--prompt", PROMPTS[3], "--noise", path(&noise), "--height", "32", "--width", "48", "--steps", "3"];
+    let noise_args =
+        ["--prompt", PROMPTS[3], "--noise", path(&noise), "--height", "32", "--width", "48", "--steps", "3"];
     let (local_noise, served_noise) = (dir.join("local-noise.png"), dir.join("served-noise.png"));
     fluxbuild_ok(&[&["generate", "--models", path(models)], &noise_args[..], &["--out", path(&local_noise)]].concat());
-    fluxbuild_ok(&[&["generate", "--server", &server.url()], &noise_args[..], &["--out", path(&served_noise)]].concat());
-    assert_eq!(std::fs::read(&served_noise).unwrap(), std::fs::read(&local_noise).unwrap(), "--noise FILE through Triton");
+    fluxbuild_ok(
+        &[&["generate", "--server", &server.url()], &noise_args[..], &["--out", path(&served_noise)]].concat(),
+    );
+    assert_eq!(
+        std::fs::read(&served_noise).unwrap(),
+        std::fs::read(&local_noise).unwrap(),
+        "--noise FILE through Triton"
+    );
 
     // The seed reaches the noise: another seed, another image.
     let other = dir.join("other.png");
@@ -146,7 +164,12 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     let started = Instant::now();
     let four = client.generate(&remote(&client, &PROMPTS[..4], 100)).unwrap();
     let four_s = started.elapsed().as_secs_f64();
-    let identical = four.iter().zip(&want).enumerate().filter(|(i, (image, want))| assert_close(&image.pixels, want, &format!("prompt {i} of the batch of 4"))).count();
+    let identical = four
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(i, (image, want))| assert_close(&image.pixels, want, &format!("prompt {i} of the batch of 4")))
+        .count();
     eprintln!("one request of 4 prompts: {four_s:.2} s; {identical} of 4 images identical to the prompt alone");
 
     // Eight single-prompt requests at once: the dynamic batcher groups them.
@@ -155,7 +178,12 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     let eight = client.generate_many(&remote(&client, &PROMPTS, 100), 8, max_batch).unwrap();
     let eight_s = started.elapsed().as_secs_f64();
     let after = batch_stats(&client, "flux");
-    let identical = eight.iter().zip(&want).enumerate().filter(|(i, (image, want))| assert_close(&image.pixels, want, &format!("concurrent request {i}"))).count();
+    let identical = eight
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(i, (image, want))| assert_close(&image.pixels, want, &format!("concurrent request {i}")))
+        .count();
     eprintln!("8 concurrent requests: {eight_s:.2} s; {identical} of 8 images identical to the prompt alone");
     eprintln!("flux batch stats (batch size, executions): before {before:?}, after {after:?}");
     assert!(
@@ -174,7 +202,7 @@ fn flux_metrics(server: &Server) -> String {
     text.lines().filter(|l| l.starts_with("flux_")).collect::<Vec<_>>().join("\n")
 }
 
-fn bad_requests_get_clear_errors(server: &Server) {
+fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
     use fluxbuild::client::Tensor;
     let client = server.client();
     let prompt = |p: &str| Tensor::bytes("prompt", &[1, 1], &[p.as_bytes()]);
@@ -204,7 +232,8 @@ fn bad_requests_get_clear_errors(server: &Server) {
     std::thread::scope(|scope| {
         let bad = scope.spawn(|| client.infer("flux", &[prompt("")], &["image"]));
         let client = &client;
-        let good: Vec<_> = (0..3).map(|i| scope.spawn(move || client.generate(&remote(client, &PROMPTS[i..=i], 7)))).collect();
+        let good: Vec<_> =
+            (0..3).map(|i| scope.spawn(move || client.generate(&remote(client, &PROMPTS[i..=i], 7)))).collect();
         assert!(bad.join().unwrap().is_err());
         for g in good {
             assert_eq!(g.join().unwrap().unwrap().len(), 1);
@@ -212,12 +241,23 @@ fn bad_requests_get_clear_errors(server: &Server) {
     });
     // `fluxbuild generate --server` checks a request against the deployment before sending it,
     // and says when there is no server.
-    let url = server.url();
-    let (ok, _, err) = fluxbuild(&["generate", "--server", &url, "--prompt", "a cat", "--width", "256", "--out", "/tmp/x.png"]);
+    let (url, never_written) = (server.url(), dir.join("never-written.png"));
+    let (ok, _, err) = fluxbuild(&[
+        "generate",
+        "--server",
+        &url,
+        "--prompt",
+        "a cat",
+        "--width",
+        "256",
+        "--out",
+        path(&never_written),
+    ]);
     assert!(!ok && err.contains("width 256 is out of range 16..=128 (what the Triton deployment at"), "{err}");
     let down = format!("http://127.0.0.1:{}", fluxbuild::serve::free_port().unwrap());
-    let (ok, _, err) = fluxbuild(&["generate", "--server", &down, "--prompt", "a cat", "--out", "/tmp/x.png"]);
+    let (ok, _, err) = fluxbuild(&["generate", "--server", &down, "--prompt", "a cat", "--out", path(&never_written)]);
     assert!(!ok && err.contains("not answering"), "{err}");
+    assert!(!never_written.exists());
 }
 
 fn unloading_the_transformer_names_it_and_loading_recovers(server: &Server, models: &ExportedModels) {
@@ -236,7 +276,8 @@ fn unloading_the_transformer_names_it_and_loading_recovers(server: &Server, mode
 /// The orchestrator counts host<->device copies (none on the cpu target: no device).
 fn copies_reported(server: &Server) {
     let log = server.log_text();
-    let line = log.lines().rev().find(|l| l.contains("host<->device copies")).expect("the orchestrator logs its copies");
+    let line =
+        log.lines().rev().find(|l| l.contains("host<->device copies")).expect("the orchestrator logs its copies");
     eprintln!("{}", line.trim());
     assert!(line.contains("0 host->device, 0 device->host") && line.contains("on cpu"), "{line}");
     let metrics = flux_metrics(server);
@@ -258,8 +299,15 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
     let client = server.client();
     assert!(!client.model_ready("transformer").unwrap());
     let deployment = client.deployment().unwrap();
-    assert_eq!((deployment.variant.name(), deployment.defaults.steps, deployment.defaults.max_sequence_length), ("schnell", 2, 256));
+    assert_eq!(
+        (deployment.variant.name(), deployment.defaults.steps, deployment.defaults.max_sequence_length),
+        ("schnell", 2, 256)
+    );
     let images = client.generate(&remote(&client, &PROMPTS[2..3], 9)).unwrap();
     let want = local(&ExportedModels::open(&models).unwrap(), PROMPTS[2], 9);
-    assert!(images[0].pixels == want, "served by transformer_alt1: PSNR {:.1} dB against local generation", psnr(&images[0].pixels, &want));
+    assert!(
+        images[0].pixels == want,
+        "served by transformer_alt1: PSNR {:.1} dB against local generation",
+        psnr(&images[0].pixels, &want)
+    );
 }

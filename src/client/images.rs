@@ -26,9 +26,9 @@ pub struct Deployment {
 impl Deployment {
     fn from_config(config: &Value, url: &str) -> Result<Deployment> {
         let parameter = |key: &str| -> Result<&str> {
-            config["parameters"][key]["string_value"]
-                .as_str()
-                .with_context(|| format!("{url}: the config of `{MODEL}` has no parameter `{key}` (not a fluxbuild repository?)"))
+            config["parameters"][key]["string_value"].as_str().with_context(|| {
+                format!("{url}: the config of `{MODEL}` has no parameter `{key}` (not a fluxbuild repository?)")
+            })
         };
         let number = |key: &str| -> Result<usize> {
             let text = parameter(key)?;
@@ -63,10 +63,16 @@ impl Client {
     /// The deployment behind this server, once it is live and `flux` is ready.
     pub fn deployment(&self) -> Result<Deployment> {
         if !self.live().unwrap_or(false) {
-            bail!("the Triton server at {} is not answering (is it running? `fluxbuild serve --repo REPO`)", self.url());
+            bail!(
+                "the Triton server at {} is not answering (is it running? `fluxbuild serve --repo REPO`)",
+                self.url()
+            );
         }
         if !self.model_ready(MODEL)? {
-            bail!("the Triton server at {} is up but its model `{MODEL}` is not ready (see the server log)", self.url());
+            bail!(
+                "the Triton server at {} is up but its model `{MODEL}` is not ready (see the server log)",
+                self.url()
+            );
         }
         Deployment::from_config(&self.get_json(&format!("/v2/models/{MODEL}/config"))?, &self.url())
     }
@@ -101,8 +107,16 @@ impl Client {
         let outputs = self.infer(MODEL, &inputs, &["image"])?;
         let image = outputs.into_iter().find(|t| t.name == "image").context("flux answered without an image")?;
         let expected = [n as i64, request.height as i64, request.width as i64, 3];
-        if image.shape != expected || image.datatype != "UINT8" || image.data.len() != n * request.height * request.width * 3 {
-            bail!("flux answered {} {:?} ({} bytes), expected UINT8 {expected:?}", image.datatype, image.shape, image.data.len());
+        if image.shape != expected
+            || image.datatype != "UINT8"
+            || image.data.len() != n * request.height * request.width * 3
+        {
+            bail!(
+                "flux answered {} {:?} ({} bytes), expected UINT8 {expected:?}",
+                image.datatype,
+                image.shape,
+                image.data.len()
+            );
         }
         Ok(image
             .data
@@ -116,8 +130,10 @@ impl Client {
     pub fn generate_many(&self, request: &Request, concurrency: usize, max_batch: usize) -> Result<Vec<RgbImage>> {
         let n = request.batch();
         let per_request = n.div_ceil(concurrency.max(1)).clamp(1, max_batch.max(1));
-        let parts: Vec<(usize, Request)> =
-            (0..n).step_by(per_request).map(|start| (start, request.part(start..(start + per_request).min(n)))).collect();
+        let parts: Vec<(usize, Request)> = (0..n)
+            .step_by(per_request)
+            .map(|start| (start, request.part(start..(start + per_request).min(n))))
+            .collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|scope| {
@@ -125,7 +141,8 @@ impl Client {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((start, part)) = parts.get(i) else { break };
-                    let result = self.generate(part).with_context(|| format!("prompts {start}..{}", start + part.batch()));
+                    let result =
+                        self.generate(part).with_context(|| format!("prompts {start}..{}", start + part.batch()));
                     results.lock().expect("no panics").push((*start, result));
                 });
             }

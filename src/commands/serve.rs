@@ -45,7 +45,9 @@ pub struct Args {
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let install = Installation::find(args.venv.as_deref())?;
     let port = |given: Option<u16>, offset: u16| {
-        given.or_else(|| args.http_port.checked_add(offset)).context("--http-port leaves no room for the gRPC and metrics ports")
+        given
+            .or_else(|| args.http_port.checked_add(offset))
+            .context("--http-port leaves no room for the gRPC and metrics ports")
     };
     let options = ServerOptions {
         repository: args.repo.clone(),
@@ -69,13 +71,17 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     }
     let mut server = Server::start(&install, &options).with_context(|| format!("serving {}", args.repo.display()))?;
     server.keep_log();
-    let (url, metrics, log) = (server.url(), format!("http://127.0.0.1:{}/metrics", server.metrics_port), server.log.clone());
+    let (url, metrics, log) =
+        (server.url(), format!("http://127.0.0.1:{}/metrics", server.metrics_port), server.log.clone());
     let report = |pid: u32, stop_with: String| {
         if let Some(pid_file) = &args.pid_file {
             write_atomic(pid_file, format!("{pid}\n").as_bytes())?;
         }
-        let report = serde_json::json!({ "url": url, "metrics": metrics, "log": log, "pid": pid, "detached": args.detach });
-        out.result(&report, || format!("Triton is ready at {url} (metrics {metrics}, log {}); stop it with {stop_with}", log.display()));
+        let report =
+            serde_json::json!({ "url": url, "metrics": metrics, "log": log, "pid": pid, "detached": args.detach });
+        out.result(&report, || {
+            format!("Triton is ready at {url} (metrics {metrics}, log {}); stop it with {stop_with}", log.display())
+        });
         Ok::<_, anyhow::Error>(())
     };
     if args.detach {

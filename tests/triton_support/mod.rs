@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 /// Runs the fluxbuild binary; returns (success, stdout, stderr).
 pub fn fluxbuild(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(args).output().expect("run fluxbuild");
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Runs the fluxbuild binary and requires it to succeed.
@@ -36,7 +40,20 @@ pub fn export(variant: &str, out: &Path) -> PathBuf {
 /// `fluxbuild package --target cpu` with small defaults (64x64, 2 steps) and limits (128 px, 50 steps).
 pub fn package_cpu(models: &Path, repo: &Path, extra: &[&str]) {
     let mut args = vec!["package", "--models", path(models), "--out", path(repo), "--target", "cpu"];
-    args.extend(["--height", "64", "--width", "64", "--max-height", "128", "--max-width", "128", "--steps", "2", "--max-steps", "50"]);
+    args.extend([
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--max-height",
+        "128",
+        "--max-width",
+        "128",
+        "--steps",
+        "2",
+        "--max-steps",
+        "50",
+    ]);
     args.extend(extra);
     fluxbuild_ok(&args);
 }

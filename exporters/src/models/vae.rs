@@ -204,8 +204,16 @@ impl Exporter for VaeDecoderExporter {
             layers_per_block,
             norm_num_groups,
             mid_block_add_attention: d.or_default("mid_block_add_attention", true)?,
-            scaling_factor: d.required("scaling_factor", Some((FLUX_VAE_SCALING, "FLUX.1 default")), "latent scaling factor")?,
-            shift_factor: d.required("shift_factor", Some((FLUX_VAE_SHIFT, "FLUX.1 default")), "latent shift factor")?,
+            scaling_factor: d.required(
+                "scaling_factor",
+                Some((FLUX_VAE_SCALING, "FLUX.1 default")),
+                "latent scaling factor",
+            )?,
+            shift_factor: d.required(
+                "shift_factor",
+                Some((FLUX_VAE_SHIFT, "FLUX.1 default")),
+                "latent shift factor",
+            )?,
             origins: d.origins(),
         };
         let is_flux = config.block_out_channels == FLUX_CHANNELS && (latent_channels, layers_per_block) == (16, 2);
