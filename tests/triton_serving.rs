@@ -11,7 +11,7 @@ mod common;
 mod triton_support;
 
 use fluxbuild::client::Client;
-use fluxbuild::generate::image::read_png;
+use fluxbuild::generate::image::{read_png, RgbImage};
 use fluxbuild::generate::{generate, ExportedModels, Request, RequestOptions};
 use fluxbuild::serve::Server;
 use std::path::Path;
@@ -51,10 +51,15 @@ fn remote(client: &Client, prompts: &[&str], seed: u64) -> Request {
     options(prompts, seed).resolve_within(&deployment.defaults, &deployment.limits).unwrap()
 }
 
-fn assert_close(got: &[u8], want: &[u8], what: &str) -> bool {
-    let db = psnr(got, want);
-    assert!(db >= 60.0, "{what}: PSNR {db:.1} dB against local generation (need >= 60)");
-    db.is_infinite()
+/// Every image within PSNR >= 60 dB of the prompt alone; returns how many are identical.
+fn count_identical(images: &[RgbImage], alone: &[Vec<u8>], what: &str) -> usize {
+    assert_eq!(images.len(), alone.len(), "{what}: one image per prompt");
+    let close = |(i, (image, want)): (usize, (&RgbImage, &Vec<u8>))| {
+        let db = psnr(&image.pixels, want);
+        assert!(db >= 60.0, "{what}, prompt {i}: PSNR {db:.1} dB against the prompt alone (need >= 60)");
+        db.is_infinite()
+    };
+    images.iter().zip(alone).enumerate().map(close).filter(|identical| *identical).count()
 }
 
 #[test]
@@ -164,12 +169,7 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     let started = Instant::now();
     let four = client.generate(&remote(&client, &PROMPTS[..4], 100)).unwrap();
     let four_s = started.elapsed().as_secs_f64();
-    let identical = four
-        .iter()
-        .zip(&want)
-        .enumerate()
-        .filter(|(i, (image, want))| assert_close(&image.pixels, want, &format!("prompt {i} of the batch of 4")))
-        .count();
+    let identical = count_identical(&four, &want[..4], "the batch of 4");
     eprintln!("one request of 4 prompts: {four_s:.2} s; {identical} of 4 images identical to the prompt alone");
 
     // Eight single-prompt requests at once: the dynamic batcher groups them.
@@ -178,12 +178,7 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     let eight = client.generate_many(&remote(&client, &PROMPTS, 100), 8, max_batch).unwrap();
     let eight_s = started.elapsed().as_secs_f64();
     let after = batch_stats(&client, "flux");
-    let identical = eight
-        .iter()
-        .zip(&want)
-        .enumerate()
-        .filter(|(i, (image, want))| assert_close(&image.pixels, want, &format!("concurrent request {i}")))
-        .count();
+    let identical = count_identical(&eight, &want, "8 concurrent requests");
     eprintln!("8 concurrent requests: {eight_s:.2} s; {identical} of 8 images identical to the prompt alone");
     eprintln!("flux batch stats (batch size, executions): before {before:?}, after {after:?}");
     assert!(
