@@ -34,6 +34,9 @@ case "$MODEL/$LAYOUT" in
     vae/bfl) tsv=vae_name_map.tsv; column=bfl_ae; input=ae.safetensors; flag=--vae; source=$input ;;
     *) fail "unknown MODEL/LAYOUT $MODEL/$LAYOUT" ;;
 esac
+# The submodel `--only` names: the flag's name, except the VAE's, which exports its decoder.
+submodel=${flag#--}
+[[ $submodel == vae ]] && submodel=vae_decoder
 generator_args=(--names "$TENSOR_NAMES/$tsv" --column "$column" --dtype BF16)
 [[ -n "${MAX_COUNT:-}" ]] && generator_args+=(--max-count "$MAX_COUNT")
 
@@ -70,7 +73,7 @@ timed "$BENCH_DIR/t_cp" sh -c "cp --reflink=never '$in_dir/$input' '$copy' && sy
 rm -f "$copy"
 
 echo "bench-export: fluxbuild export $flag ... --precision $PRECISION" >&2
-timed "$BENCH_DIR/t_export" $bin/fluxbuild export "$flag" "$in_dir/$source" --only "${flag#--}" \
+timed "$BENCH_DIR/t_export" $bin/fluxbuild export "$flag" "$in_dir/$source" --only "$submodel" \
     --precision "$PRECISION" --out "$out_dir" > "$BENCH_DIR/export.log" 2>&1 \
     || { cat "$BENCH_DIR/export.log" >&2; fail "the export failed"; }
 out_bytes=$(du -sb "$out_dir" | cut -f1)
