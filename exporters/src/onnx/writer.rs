@@ -50,13 +50,15 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
     let mut data = DataFile::create(&data_path, true)?;
     let mut tensors = Vec::with_capacity(graph.initializers.len());
     let mut saturated = Vec::new();
+    let order = in_source_order(graph);
     // One thread converts initializer i+1 (reading ahead from disk) while this one hashes and
     // writes initializer i; the channel holds one, so at most three tensors are in memory.
     std::thread::scope(|s| -> Result<()> {
         let (encoded_tx, encoded) = std::sync::mpsc::sync_channel(1);
+        let order = &order;
         s.spawn(move || {
-            for (i, init) in graph.initializers.iter().enumerate() {
-                if let Some(next) = graph.initializers.get(i + 1) {
+            for (i, init) in order.iter().copied().enumerate() {
+                if let Some(next) = order.get(i + 1).copied() {
                     for_each_part(next, |t| t.prefetch());
                 }
                 for_each_part(init, |t| t.populate());
@@ -70,7 +72,7 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
                 }
             }
         });
-        for init in &graph.initializers {
+        for init in order.iter().copied() {
             let (bytes, stats) = encoded.recv().context("the encoding thread stopped")??;
             let tensor =
                 write_initializer(init, &bytes, &mut data, data_name).with_context(|| format!("writing initializer {}", init.name))?;
@@ -215,6 +217,18 @@ impl DataFile {
     fn finish(self) -> (AtomicFile, String, u64) {
         (self.file, hex(&self.hasher.finalize()), self.len)
     }
+}
+
+/// Initializers in the order their bytes lie in the checkpoint (constants first): the checkpoint
+/// is then read front to back once, and the manifest's input hash, reading the same files in the
+/// same order on another thread, finds the pages still cached instead of reading them again.
+fn in_source_order<'g, 'a>(graph: &'g Graph<'a>) -> Vec<&'g Initializer<'a>> {
+    let mut order: Vec<&Initializer<'a>> = graph.initializers.iter().collect();
+    order.sort_by_cached_key(|init| match &init.data {
+        InitData::Bytes(_) => None,
+        InitData::Weights(plan) => plan.parts.first().map(|p| (p.tensor.file.path.clone(), p.tensor.info.start)),
+    });
+    order
 }
 
 /// ONNX IR version matching an opset (the oldest IR that carries it, for the widest reach).
