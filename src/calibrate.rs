@@ -43,12 +43,20 @@ impl Prompts {
     }
 
     fn parse(source: &str, text: &str) -> Result<Prompts> {
-        let prompts: Vec<String> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        let prompts: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
         if prompts.is_empty() {
             bail!("{source}: no prompts (one a line; blank lines and lines starting with # are skipped)");
         }
-        Ok(Prompts { source: source.into(), sha256: hex(&Sha256::digest(text.as_bytes())), prompts })
+        Ok(Prompts {
+            source: source.into(),
+            sha256: hex(&Sha256::digest(text.as_bytes())),
+            prompts,
+        })
     }
 }
 
@@ -84,7 +92,10 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
     let hashing = std::thread::spawn({
         let dir = transformer_dir.clone();
         move || -> Result<(String, String)> {
-            Ok((sha256_file(&dir.join("model.onnx"))?, sha256_file(&dir.join("model.onnx.data"))?))
+            Ok((
+                sha256_file(&dir.join("model.onnx"))?,
+                sha256_file(&dir.join("model.onnx.data"))?,
+            ))
         }
     });
     // Inside the export, so that the calibration graph can hard-link the weights file.
@@ -203,9 +214,18 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
         .iter()
         .map(|f| {
             let absolute = std::path::absolute(f).unwrap_or_else(|_| f.clone());
-            manifest.inputs.iter().find(|i| i.path == absolute).map(|i| i.sha256.clone()).with_context(|| {
-                format!("{}: the transformer source {} is not among the inputs", manifest_path.display(), f.display())
-            })
+            manifest
+                .inputs
+                .iter()
+                .find(|i| i.path == absolute)
+                .map(|i| i.sha256.clone())
+                .with_context(|| {
+                    format!(
+                        "{}: the transformer source {} is not among the inputs",
+                        manifest_path.display(),
+                        f.display()
+                    )
+                })
         })
         .collect::<Result<_>>()?;
     Ok(CalibratedModel {

@@ -87,8 +87,16 @@ pub struct ExportedSubmodel {
 /// Q/DQ), which `quantize_fp8` then rewrites.
 pub fn graph_options(network: &str, precision: Precision, opset: i64) -> Result<GraphOptions> {
     let plan = NetworkPrecision::new(network, precision)?;
-    let opset = if plan.fp8_linears { opset.max(qdq::FP8_OPSET) } else { opset };
-    Ok(GraphOptions { float: plan.float, wide: plan.wide, opset })
+    let opset = if plan.fp8_linears {
+        opset.max(qdq::FP8_OPSET)
+    } else {
+        opset
+    };
+    Ok(GraphOptions {
+        float: plan.float,
+        wide: plan.wide,
+        opset,
+    })
 }
 
 struct Planned<'a> {
@@ -108,7 +116,9 @@ struct Calibration {
 }
 
 fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
-    let Some(fp8) = request.submodels.iter().find(|s| s.precision == Precision::Fp8) else { return Ok(None) };
+    let Some(fp8) = request.submodels.iter().find(|s| s.precision == Precision::Fp8) else {
+        return Ok(None);
+    };
     let Some(path) = &request.precision.calibration else {
         bail!(
             "--precision {}=fp8 needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
@@ -117,13 +127,27 @@ fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
     };
     let table = CalibrationTable::read(path)?;
     if table.model.submodel != fp8.name {
-        bail!("{}: a calibration of `{}`, not of `{}`", path.display(), table.model.submodel, fp8.name);
+        bail!(
+            "{}: a calibration of `{}`, not of `{}`",
+            path.display(),
+            table.model.submodel,
+            fp8.name
+        );
     }
-    Ok(Some(Calibration { path: path.clone(), sha256: fluxbuild_exporters::util::sha256_file(path)?, table }))
+    Ok(Some(Calibration {
+        path: path.clone(),
+        sha256: fluxbuild_exporters::util::sha256_file(path)?,
+        table,
+    }))
 }
 
 /// Rewrites the linear layers of an fp8 submodel's graph into FP8 Q/DQ form.
-fn quantize_fp8(request: &ExportRequest, source: &SubmodelSource, graph: &mut Graph<'_>, calibration: &Calibration) -> Result<Fp8Summary> {
+fn quantize_fp8(
+    request: &ExportRequest,
+    source: &SubmodelSource,
+    graph: &mut Graph<'_>,
+    calibration: &Calibration,
+) -> Result<Fp8Summary> {
     let policy = Fp8Policy::for_network(source.name, request.precision.fp8_weights, &request.precision.fp8_keep);
     let mut summary = qdq::quantize_linears(graph, &policy, &calibration.table.amax)
         .with_context(|| format!("{} with calibration {}", source.name, calibration.path.display()))?;
@@ -168,7 +192,11 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
 
     let planned = plan_all(request, &checkpoints, calibration.as_ref())?;
     let staging = Staging::create(&request.out)?;
-    let total: u64 = planned.iter().flat_map(|p| &p.graph.initializers).map(|i| i.byte_len() as u64).sum();
+    let total: u64 = planned
+        .iter()
+        .flat_map(|p| &p.graph.initializers)
+        .map(|i| i.byte_len() as u64)
+        .sum();
     progress.set_length(total);
 
     let mut submodels = BTreeMap::new();
@@ -178,8 +206,18 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         let dir = staging.path().join(p.source.name);
         let written = write_model(&p.graph, &dir, &mut |_, bytes| progress.inc(bytes))
             .with_context(|| format!("writing {}", p.source.name))?;
-        files.push(FileEntry::new(&request.out, &request.out.join(p.source.name).join("model.onnx"), written.model_bytes, written.model_sha256.clone()));
-        files.push(FileEntry::new(&request.out, &request.out.join(p.source.name).join("model.onnx.data"), written.data_bytes, written.data_sha256.clone()));
+        files.push(FileEntry::new(
+            &request.out,
+            &request.out.join(p.source.name).join("model.onnx"),
+            written.model_bytes,
+            written.model_sha256.clone(),
+        ));
+        files.push(FileEntry::new(
+            &request.out,
+            &request.out.join(p.source.name).join("model.onnx.data"),
+            written.data_bytes,
+            written.data_sha256.clone(),
+        ));
         submodels.insert(p.source.name.to_string(), describe(p, &written));
     }
     progress.finish_and_clear();
@@ -214,7 +252,11 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         "pipeline": request.pipeline,
     });
     manifest.submodels = serde_json::to_value(&submodels)?;
-    let entries: Vec<&str> = planned.iter().map(|p| p.source.name).chain(extras.iter().copied()).collect();
+    let entries: Vec<&str> = planned
+        .iter()
+        .map(|p| p.source.name)
+        .chain(extras.iter().copied())
+        .collect();
     staging.commit(&entries, &manifest)?;
     Ok(manifest)
 }
@@ -224,7 +266,11 @@ fn exporter_for(name: &str) -> &'static dyn Exporter {
 }
 
 /// Analyzes and builds every graph; reports every checkpoint problem of every submodel at once.
-fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calibration: Option<&Calibration>) -> Result<Vec<Planned<'a>>> {
+fn plan_all<'a>(
+    request: &'a ExportRequest,
+    checkpoints: &'a [Checkpoint],
+    calibration: Option<&Calibration>,
+) -> Result<Vec<Planned<'a>>> {
     let mut planned = Vec::new();
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
@@ -245,10 +291,20 @@ fn plan_all<'a>(request: &'a ExportRequest, checkpoints: &'a [Checkpoint], calib
             if emulate {
                 fluxbuild_exporters::quantize::emulate::emulate_in_fp32(&mut graph);
             }
-            planned.push(Planned { source, ckpt, analysis, graph, fp8, emulated: emulate });
+            planned.push(Planned {
+                source,
+                ckpt,
+                analysis,
+                graph,
+                fp8,
+                emulated: emulate,
+            });
         } else {
             let files: Vec<String> = ckpt.source_files().iter().map(|f| f.display().to_string()).collect();
-            failures.push(format!("{:#}", problems_error(&format!("{} ({})", source.name, files.join(", ")), &problems)));
+            failures.push(format!(
+                "{:#}",
+                problems_error(&format!("{} ({})", source.name, files.join(", ")), &problems)
+            ));
         }
     }
     if !failures.is_empty() {
@@ -265,12 +321,17 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
         variant: p.analysis.variant.clone(),
         config: p.analysis.config.clone(),
         precision: p.source.precision,
-        precision_plan: NetworkPrecision::new(p.source.name, p.source.precision).ok().map(|mut plan| {
-            if p.emulated {
-                plan.notes.push(format!("emulated in an fp32 graph: {:?} weights, every {:?} op output rounded", plan.float, plan.float));
-            }
-            plan
-        }),
+        precision_plan: NetworkPrecision::new(p.source.name, p.source.precision)
+            .ok()
+            .map(|mut plan| {
+                if p.emulated {
+                    plan.notes.push(format!(
+                        "emulated in an fp32 graph: {:?} weights, every {:?} op output rounded",
+                        plan.float, plan.float
+                    ));
+                }
+                plan
+            }),
         quantization: p.fp8.clone(),
         opset: p.graph.opset,
         parameters: p.ckpt.param_count(),
@@ -330,7 +391,11 @@ impl Staging {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        Ok(Staging { out: out.to_path_buf(), dir, committed: false })
+        Ok(Staging {
+            out: out.to_path_buf(),
+            dir,
+            committed: false,
+        })
     }
 
     fn path(&self) -> &Path {
@@ -346,7 +411,8 @@ impl Staging {
             if target.exists() {
                 std::fs::remove_dir_all(&target).with_context(|| format!("{}: cannot replace", target.display()))?;
             }
-            std::fs::rename(self.dir.join(entry), &target).with_context(|| format!("{}: cannot move into place", target.display()))?;
+            std::fs::rename(self.dir.join(entry), &target)
+                .with_context(|| format!("{}: cannot move into place", target.display()))?;
         }
         merged.write(&self.out.join("manifest.json"))?;
         std::fs::remove_dir_all(&self.dir)?;

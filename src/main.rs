@@ -5,7 +5,11 @@ use fluxbuild::commands;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fluxbuild", version, about = "FLUX.1 safetensors -> ONNX graphs -> TensorRT engines -> Triton model repository")]
+#[command(
+    name = "fluxbuild",
+    version,
+    about = "FLUX.1 safetensors -> ONNX graphs -> TensorRT engines -> Triton model repository"
+)]
 struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]

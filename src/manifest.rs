@@ -18,20 +18,32 @@ pub struct FileEntry {
 impl FileEntry {
     /// An output `path` inside `root`, whose hash is already known.
     pub fn new(root: &Path, path: &Path, bytes: u64, sha256: String) -> FileEntry {
-        FileEntry { path: path.strip_prefix(root).unwrap_or(path).to_path_buf(), bytes, sha256 }
+        FileEntry {
+            path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
+            bytes,
+            sha256,
+        }
     }
 
     /// An output listed as `path` (inside `root`) whose content is currently at `content`.
     pub fn hash(root: &Path, path: &Path, content: &Path) -> Result<FileEntry> {
-        let bytes = std::fs::metadata(content).with_context(|| format!("{}: cannot stat", content.display()))?.len();
+        let bytes = std::fs::metadata(content)
+            .with_context(|| format!("{}: cannot stat", content.display()))?
+            .len();
         Ok(FileEntry::new(root, path, bytes, sha256_file(content)?))
     }
 
     /// An input file, recorded by its absolute path.
     pub fn hash_absolute(path: &Path) -> Result<FileEntry> {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let bytes = std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?.len();
-        Ok(FileEntry { path: absolute, bytes, sha256: sha256_file(path)? })
+        let bytes = std::fs::metadata(path)
+            .with_context(|| format!("{}: cannot stat", path.display()))?
+            .len();
+        Ok(FileEntry {
+            path: absolute,
+            bytes,
+            sha256: sha256_file(path)?,
+        })
     }
 }
 
@@ -54,8 +66,15 @@ impl From<&ValueInfo> for TensorSpec {
                 Dim::Sym(s) => serde_json::json!(s),
             })
             .collect();
-        let dtype = serde_json::to_value(v.elem).ok().and_then(|d| d.as_str().map(String::from)).unwrap_or_default();
-        TensorSpec { name: v.name.clone(), dtype, dims }
+        let dtype = serde_json::to_value(v.elem)
+            .ok()
+            .and_then(|d| d.as_str().map(String::from))
+            .unwrap_or_default();
+        TensorSpec {
+            name: v.name.clone(),
+            dtype,
+            dims,
+        }
     }
 }
 
@@ -75,7 +94,9 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new(kind: &str, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest {
-        let created_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Manifest {
             fluxbuild_version: env!("CARGO_PKG_VERSION").to_string(),
             kind: kind.to_string(),
@@ -99,14 +120,24 @@ impl Manifest {
     /// `new` plus what an earlier manifest at `previous` recorded for top-level entries
     /// (`clip/`, `tokenizer/`, ...) that `new` did not replace.
     pub fn merge_previous(previous: &Path, new: &Manifest, replaced: &[&str]) -> Result<Manifest> {
-        let Ok(old) = Manifest::read(previous) else { return Ok(new.clone()) };
+        let Ok(old) = Manifest::read(previous) else {
+            return Ok(new.clone());
+        };
         if old.kind != new.kind {
             return Ok(new.clone());
         }
-        let top = |p: &Path| p.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        let top = |p: &Path| {
+            p.components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         let mut merged = new.clone();
-        let kept: Vec<FileEntry> =
-            old.files.into_iter().filter(|f| !replaced.contains(&top(&f.path).as_str()) && !new.files.contains(f)).collect();
+        let kept: Vec<FileEntry> = old
+            .files
+            .into_iter()
+            .filter(|f| !replaced.contains(&top(&f.path).as_str()) && !new.files.contains(f))
+            .collect();
         merged.files.extend(kept);
         merged.files.sort_by(|a, b| a.path.cmp(&b.path));
         for input in old.inputs {

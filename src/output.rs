@@ -25,7 +25,10 @@ impl Output {
     pub fn error(&self, error: &anyhow::Error) {
         if self.json {
             let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
-            println!("{}", serde_json::json!({ "error": format!("{error:#}"), "causes": chain }));
+            println!(
+                "{}",
+                serde_json::json!({ "error": format!("{error:#}"), "causes": chain })
+            );
         }
         eprintln!("error: {error:#}");
     }
@@ -33,7 +36,11 @@ impl Output {
     /// A progress bar on stderr (hidden when stderr is not a terminal).
     pub fn bar(&self, len: u64, template: &str) -> ProgressBar {
         let bar = ProgressBar::new(len);
-        bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
         bar
     }
 }

@@ -54,7 +54,13 @@ impl Input {
     /// The tensor for an input declared as `declared`: float32 data goes in as float16 where
     /// the graph takes float16 (fp16 graphs), so callers hand every graph f32.
     fn value(self, declared: Option<&ValueType>) -> Result<DynValue> {
-        let wants_f16 = matches!(declared, Some(ValueType::Tensor { ty: TensorElementType::Float16, .. }));
+        let wants_f16 = matches!(
+            declared,
+            Some(ValueType::Tensor {
+                ty: TensorElementType::Float16,
+                ..
+            })
+        );
         Ok(match self {
             Input::F32(a) if wants_f16 => Tensor::from_array(a.mapv(half::f16::from_f32))?.into_dyn(),
             Input::F32(a) => Tensor::from_array(a)?.into_dyn(),
@@ -78,7 +84,10 @@ impl Model {
         let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
         builder = builder.with_intra_threads(threads).map_err(|e| fail(e.to_string()))?;
         let session = builder.commit_from_file(path).map_err(|e| fail(e.to_string()))?;
-        Ok(Model { session, path: path.to_path_buf() })
+        Ok(Model {
+            session,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn input_names(&self) -> Vec<String> {
@@ -87,11 +96,20 @@ impl Model {
 
     /// Runs the graph; every float output is returned as f32 (float16 ones converted).
     pub fn run(&mut self, inputs: Vec<(&str, Input)>) -> Result<BTreeMap<String, ArrayD<f32>>> {
-        let declared: BTreeMap<String, ValueType> =
-            self.session.inputs().iter().map(|i| (i.name().to_string(), i.dtype().clone())).collect();
-        let values: Vec<(String, DynValue)> =
-            inputs.into_iter().map(|(n, v)| Ok((n.to_string(), v.value(declared.get(n))?))).collect::<Result<_>>()?;
-        let outputs = self.session.run(values).with_context(|| format!("{}: inference failed", self.path.display()))?;
+        let declared: BTreeMap<String, ValueType> = self
+            .session
+            .inputs()
+            .iter()
+            .map(|i| (i.name().to_string(), i.dtype().clone()))
+            .collect();
+        let values: Vec<(String, DynValue)> = inputs
+            .into_iter()
+            .map(|(n, v)| Ok((n.to_string(), v.value(declared.get(n))?)))
+            .collect::<Result<_>>()?;
+        let outputs = self
+            .session
+            .run(values)
+            .with_context(|| format!("{}: inference failed", self.path.display()))?;
         let mut result = BTreeMap::new();
         for (name, value) in outputs.iter() {
             let array = match value.try_extract_array::<f32>() {

@@ -56,22 +56,39 @@ impl Installation {
     }
 
     fn from_venv(venv: &Path) -> Result<Installation> {
-        let venv = venv.canonicalize().with_context(|| format!("{}: cannot resolve", venv.display()))?;
+        let venv = venv
+            .canonicalize()
+            .with_context(|| format!("{}: cannot resolve", venv.display()))?;
         if !venv.join(".complete").is_file() {
-            bail!("{}: the Triton venv is incomplete (rerun `make triton-venv`)", venv.display());
+            bail!(
+                "{}: the Triton venv is incomplete (rerun `make triton-venv`)",
+                venv.display()
+            );
         }
         let python = venv.join("bin/python3");
-        let query = "import sysconfig; print(sysconfig.get_paths()['purelib']); print(sysconfig.get_config_var('LIBDIR'))";
-        let output = Command::new(&python).args(["-c", query]).output().with_context(|| format!("cannot run {}", python.display()))?;
+        let query =
+            "import sysconfig; print(sysconfig.get_paths()['purelib']); print(sysconfig.get_config_var('LIBDIR'))";
+        let output = Command::new(&python)
+            .args(["-c", query])
+            .output()
+            .with_context(|| format!("cannot run {}", python.display()))?;
         let text = String::from_utf8_lossy(&output.stdout);
         let mut lines = text.lines();
         let (Some(site), Some(libdir)) = (lines.next(), lines.next()) else {
-            bail!("{}: cannot query its paths: {}", python.display(), String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "{}: cannot query its paths: {}",
+                python.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
         };
         let triton = Path::new(site).join("pytriton/tritonserver");
         let server = triton.join("bin/tritonserver");
         if !server.is_file() {
-            bail!("{}: missing (is nvidia-pytriton==0.7.0 installed in {}?)", server.display(), venv.display());
+            bail!(
+                "{}: missing (is nvidia-pytriton==0.7.0 installed in {}?)",
+                server.display(),
+                venv.display()
+            );
         }
         Ok(Installation {
             server,
@@ -149,20 +166,29 @@ mod tempfile_dir {
 
 impl Server {
     pub fn start(install: &Installation, options: &ServerOptions) -> Result<Server> {
-        let repo = options.repository.canonicalize().with_context(|| format!("--repo {}: not found", options.repository.display()))?;
+        let repo = options
+            .repository
+            .canonicalize()
+            .with_context(|| format!("--repo {}: not found", options.repository.display()))?;
         let (log, log_dir) = match &options.log {
             Some(log) => (std::path::absolute(log)?, None),
             None => {
-                let dir = std::env::temp_dir().join(format!("fluxbuild-triton-{}-{}", std::process::id(), options.http_port));
+                let dir =
+                    std::env::temp_dir().join(format!("fluxbuild-triton-{}-{}", std::process::id(), options.http_port));
                 std::fs::create_dir_all(&dir)?;
                 (dir.join("tritonserver.log"), Some(tempfile_dir::TempDir(dir)))
             }
         };
-        let log_file = std::fs::File::create(&log).with_context(|| format!("{}: cannot create the server log", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("{}: cannot create the server log", log.display()))?;
         let mut cmd = Command::new(&install.server);
         cmd.arg(format!("--model-repository={}", repo.display()))
             .arg(format!("--backend-directory={}", install.backends.display()))
-            .args(["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"])
+            .args([
+                "--http-address=127.0.0.1",
+                "--grpc-address=127.0.0.1",
+                "--metrics-address=127.0.0.1",
+            ])
             .arg(format!("--http-port={}", options.http_port))
             .arg(format!("--grpc-port={}", options.grpc_port))
             .arg(format!("--metrics-port={}", options.metrics_port))
@@ -181,14 +207,17 @@ impl Server {
             }
             std::env::join_paths(parts).expect("valid paths")
         };
-        cmd.env("PATH", join(&install.path, "PATH")).env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
+        cmd.env("PATH", join(&install.path, "PATH"))
+            .env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
         cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         if options.detached {
             own_session(&mut cmd);
         } else {
             stop_with_parent(&mut cmd);
         }
-        let child = cmd.spawn().with_context(|| format!("cannot start {}", install.server.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", install.server.display()))?;
         let mut server = Server {
             child: Some(child),
             http_port: options.http_port,
@@ -230,7 +259,10 @@ impl Server {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                bail!("tritonserver exited ({status}) before it was ready; its log:\n{}", self.tail(40));
+                bail!(
+                    "tritonserver exited ({status}) before it was ready; its log:\n{}",
+                    self.tail(40)
+                );
             }
             let ready = match model {
                 Some(m) => client.model_ready(m).unwrap_or(false),
@@ -241,7 +273,11 @@ impl Server {
             }
             if start.elapsed() > timeout {
                 let _ = self.stop();
-                bail!("tritonserver was not ready after {} s; its log:\n{}", timeout.as_secs(), self.tail(40));
+                bail!(
+                    "tritonserver was not ready after {} s; its log:\n{}",
+                    timeout.as_secs(),
+                    self.tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -254,7 +290,9 @@ impl Server {
 
     /// Stops the server: SIGTERM, then SIGKILL if it has not exited after 10 s.
     pub fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }

@@ -18,7 +18,10 @@ impl Raw {
         let bytes = std::fs::read(path).unwrap();
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        Raw { header, data: bytes[8 + n..].to_vec() }
+        Raw {
+            header,
+            data: bytes[8 + n..].to_vec(),
+        }
     }
 
     fn write(&self, path: &Path) -> PathBuf {
@@ -71,7 +74,11 @@ fn truncated_file_names_the_file_and_first_tensor_past_the_end() {
     // The tensor named is one whose bytes are really gone.
     let raw = Raw::read(&valid_file());
     let data_len = (raw.data.len() - 1000) as u64;
-    let named = raw.header.keys().find(|k| err.contains(&format!("tensor {k}:"))).expect("names a tensor");
+    let named = raw
+        .header
+        .keys()
+        .find(|k| err.contains(&format!("tensor {k}:")))
+        .expect("names a tensor");
     assert!(raw.offsets(named)[1] > data_len, "{named} is not past the cut");
 
     let tiny = dir.path().join("tiny.safetensors");
@@ -87,7 +94,10 @@ fn header_length_beyond_the_file_is_refused() {
     bytes[..8].copy_from_slice(&lie.to_le_bytes());
     let path = dir.path().join("long_header.safetensors");
     std::fs::write(&path, &bytes).unwrap();
-    assert_mentions(&load_error(&path), &[&path.display().to_string(), "header length", "goes beyond the file"]);
+    assert_mentions(
+        &load_error(&path),
+        &[&path.display().to_string(), "header length", "goes beyond the file"],
+    );
 }
 
 #[test]
@@ -98,14 +108,24 @@ fn offsets_out_of_range_or_overlapping_are_refused_by_tensor_name() {
     let beyond = raw.data.len() as u64 + 64;
     raw.entry("img_in.weight")["data_offsets"] = json!([beyond, beyond + end - start]);
     let path = raw.write(&dir.path().join("out_of_range.safetensors"));
-    assert_mentions(&load_error(&path), &[&path.display().to_string(), "tensor img_in.weight", "end beyond the file"]);
+    assert_mentions(
+        &load_error(&path),
+        &[
+            &path.display().to_string(),
+            "tensor img_in.weight",
+            "end beyond the file",
+        ],
+    );
 
     let mut raw = Raw::read(&valid_file());
     let [a_start, _] = raw.offsets("txt_in.weight");
     let [b_start, b_end] = raw.offsets("txt_in.bias");
     raw.entry("txt_in.bias")["data_offsets"] = json!([a_start + 4, a_start + 4 + (b_end - b_start)]);
     let path = raw.write(&dir.path().join("overlap.safetensors"));
-    assert_mentions(&load_error(&path), &[&path.display().to_string(), "txt_in.weight", "txt_in.bias", "overlap"]);
+    assert_mentions(
+        &load_error(&path),
+        &[&path.display().to_string(), "txt_in.weight", "txt_in.bias", "overlap"],
+    );
 
     let mut raw = Raw::read(&valid_file());
     raw.entry("img_in.bias")["data_offsets"] = json!([0, 3]);
@@ -125,7 +145,10 @@ fn missing_misshaped_and_unexpected_tensors_are_reported_together() {
     // A diffusers name in a BFL file.
     let at = raw.data.len();
     raw.data.extend([0u8; 32 * 4]);
-    raw.header.insert("x_embedder.bias".into(), json!({"dtype": "F32", "shape": [32], "data_offsets": [at, at + 128]}));
+    raw.header.insert(
+        "x_embedder.bias".into(),
+        json!({"dtype": "F32", "shape": [32], "data_offsets": [at, at + 128]}),
+    );
     let path = raw.write(&dir.path().join("bad.safetensors"));
     let (_, problems) = problems(&path, Some(&config())).unwrap();
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -168,7 +191,12 @@ fn not_a_transformer_is_named_as_such() {
     let err = format!("{:#}", problems(&path, Some(&config())).unwrap_err());
     assert_mentions(
         &err,
-        &[&path.display().to_string(), "not a FLUX transformer", "x_embedder.weight", "img_in.weight"],
+        &[
+            &path.display().to_string(),
+            "not a FLUX transformer",
+            "x_embedder.weight",
+            "img_in.weight",
+        ],
     );
 }
 
@@ -182,7 +210,10 @@ fn sharded_folder(dir: &Path, shard_names: [&str; 2]) -> PathBuf {
     let mut weight_map = Map::new();
     let names: Vec<&String> = raw.header.keys().filter(|k| *k != "__metadata__").collect();
     for (i, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
-        let mut shard = Raw { header: Map::new(), data: vec![] };
+        let mut shard = Raw {
+            header: Map::new(),
+            data: vec![],
+        };
         for name in chunk {
             let [start, end] = raw.offsets(name);
             let mut entry = raw.header[*name].clone();
@@ -200,15 +231,21 @@ fn sharded_folder(dir: &Path, shard_names: [&str; 2]) -> PathBuf {
         };
     }
     let index = json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(folder.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        folder.join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     folder
 }
 
 #[test]
 fn symlinked_shards_load_and_export_correctly() {
     let dir = tempfile::tempdir().unwrap();
-    let names =
-        ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"];
+    let names = [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ];
     let folder = sharded_folder(dir.path(), names);
     // Hugging Face cache style: the snapshot folder links to blobs stored elsewhere.
     let blobs = dir.path().join("blobs");
@@ -227,13 +264,24 @@ fn symlinked_shards_load_and_export_correctly() {
 
 #[test]
 fn shard_names_escaping_the_folder_are_refused() {
-    for escaping in ["../outside.safetensors", "/tmp/outside.safetensors", "sub/../../outside.safetensors"] {
+    for escaping in [
+        "../outside.safetensors",
+        "/tmp/outside.safetensors",
+        "sub/../../outside.safetensors",
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let folder = sharded_folder(dir.path(), ["diffusion_pytorch_model-00001-of-00002.safetensors", escaping]);
+        let folder = sharded_folder(
+            dir.path(),
+            ["diffusion_pytorch_model-00001-of-00002.safetensors", escaping],
+        );
         let err = load_error(&folder);
         assert_mentions(
             &err,
-            &["diffusion_pytorch_model.safetensors.index.json", escaping, "outside the index's folder"],
+            &[
+                "diffusion_pytorch_model.safetensors.index.json",
+                escaping,
+                "outside the index's folder",
+            ],
         );
     }
 }
@@ -246,12 +294,18 @@ fn pickle_checkpoints_are_refused_unopened() {
     for ext in ["ckpt", "pt", "pth", "bin"] {
         let path = dir.path().join(format!("flux1-dev.{ext}"));
         std::fs::write(&path, pickle).unwrap();
-        assert_mentions(&load_error(&path), &[&path.display().to_string(), "refusing a pickle checkpoint"]);
+        assert_mentions(
+            &load_error(&path),
+            &[&path.display().to_string(), "refusing a pickle checkpoint"],
+        );
     }
     // Disguised as safetensors: caught by its magic bytes.
     let disguised = dir.path().join("flux1-dev.safetensors");
     std::fs::write(&disguised, pickle).unwrap();
-    assert_mentions(&load_error(&disguised), &[&disguised.display().to_string(), "pickle", "refusing"]);
+    assert_mentions(
+        &load_error(&disguised),
+        &[&disguised.display().to_string(), "pickle", "refusing"],
+    );
     let zipped = dir.path().join("zipped.safetensors");
     std::fs::write(&zipped, b"PK\x03\x04 torch.save archive").unwrap();
     assert_mentions(&load_error(&zipped), &["zipped.safetensors", "pickle/zip", "refusing"]);
@@ -259,7 +313,10 @@ fn pickle_checkpoints_are_refused_unopened() {
     let folder = dir.path().join("transformer");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(folder.join("diffusion_pytorch_model.bin"), pickle).unwrap();
-    assert_mentions(&load_error(&folder), &["only pickle weights found", "diffusion_pytorch_model.bin", "refusing"]);
+    assert_mentions(
+        &load_error(&folder),
+        &["only pickle weights found", "diffusion_pytorch_model.bin", "refusing"],
+    );
     assert!(!Path::new("PWNED").exists() && !dir.path().join("PWNED").exists());
 }
 
@@ -275,7 +332,10 @@ fn cli_export(source: &Path, out: &Path) -> (bool, String) {
         .arg(out)
         .output()
         .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Every file under `dir` with its content, to show that a failed export changed nothing.
@@ -307,7 +367,14 @@ fn cli_refuses_bad_checkpoints_with_nonzero_exit_and_leaves_the_output_untouched
     let escaping = sharded_folder(&dir.path().join("escaping"), ["a.safetensors", "../b.safetensors"]);
     let cases: [(&Path, &[&str]); 4] = [
         (&truncated, &["truncated.safetensors", "truncated"]),
-        (&missing, &["missing.safetensors", "missing tensor single_blocks.1.linear2.weight", "nothing was written"]),
+        (
+            &missing,
+            &[
+                "missing.safetensors",
+                "missing tensor single_blocks.1.linear2.weight",
+                "nothing was written",
+            ],
+        ),
         (&pickle, &["flux1-schnell.pt", "pickle"]),
         (&escaping, &["../b.safetensors", "outside the index's folder"]),
     ];
@@ -323,7 +390,12 @@ fn cli_refuses_bad_checkpoints_with_nonzero_exit_and_leaves_the_output_untouched
         let (ok, stderr) = cli_export(source, &out);
         assert!(!ok, "{} exported", source.display());
         assert_mentions(&stderr, expected);
-        assert!(snapshot(&out) == before, "{}: the failed export changed {}", source.display(), out.display());
+        assert!(
+            snapshot(&out) == before,
+            "{}: the failed export changed {}",
+            source.display(),
+            out.display()
+        );
         // Into a fresh folder: nothing at all is left behind.
         let fresh = dir.path().join("fresh");
         let (ok, _) = cli_export(source, &fresh);

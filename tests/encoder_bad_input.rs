@@ -36,7 +36,10 @@ fn export_error(name: &str, path: &Path, config: Option<&Value>) -> String {
     match export_submodel(name, path, config, &GraphOptions::default(), &out.path().join(name)) {
         Ok(_) => panic!("{}: export succeeded", path.display()),
         Err(e) => {
-            assert!(!out.path().join(name).join("model.onnx").exists(), "a model was written");
+            assert!(
+                !out.path().join(name).join("model.onnx").exists(),
+                "a model was written"
+            );
             format!("{e:#}")
         }
     }
@@ -65,29 +68,51 @@ fn edited_vae_folder(dir: &tempfile::TempDir, edit: impl Fn(&str, &[usize]) -> E
     let dst = dir.path().join("vae");
     std::fs::create_dir(&dst).unwrap();
     std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
-    rewrite(&src.join("diffusion_pytorch_model.safetensors"), &dst.join("diffusion_pytorch_model.safetensors"), edit);
+    rewrite(
+        &src.join("diffusion_pytorch_model.safetensors"),
+        &dst.join("diffusion_pytorch_model.safetensors"),
+        edit,
+    );
     dst
 }
 
 #[test]
 fn vae_decoder_with_an_up_block_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let folder =
-        edited_vae_folder(&dir, |n, _| if n.starts_with("decoder.up_blocks.1.") { Edit::Drop } else { Edit::Keep });
+    let folder = edited_vae_folder(&dir, |n, _| {
+        if n.starts_with("decoder.up_blocks.1.") {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
+    });
     let message = export_error("vae_decoder", &folder, None);
     assert_mentions(
         &message,
-        &["diffusion_pytorch_model.safetensors", "decoder.up_blocks.1 is missing", "found 0, 2, 3"],
+        &[
+            "diffusion_pytorch_model.safetensors",
+            "decoder.up_blocks.1 is missing",
+            "found 0, 2, 3",
+        ],
     );
 
     // The last block gone leaves no gap: the channel count at conv_out gives it away.
     let dir = tempfile::tempdir().unwrap();
-    let folder =
-        edited_vae_folder(&dir, |n, _| if n.starts_with("decoder.up_blocks.3.") { Edit::Drop } else { Edit::Keep });
+    let folder = edited_vae_folder(&dir, |n, _| {
+        if n.starts_with("decoder.up_blocks.3.") {
+            Edit::Drop
+        } else {
+            Edit::Keep
+        }
+    });
     let message = export_error("vae_decoder", &folder, None);
     assert_mentions(
         &message,
-        &["decoder.conv_out.weight takes 8 channels", "decoder.up_blocks.2", "is an up block missing?"],
+        &[
+            "decoder.conv_out.weight takes 8 channels",
+            "decoder.up_blocks.2",
+            "is an up block missing?",
+        ],
     );
 }
 
@@ -115,12 +140,21 @@ fn ldm_vae_without_a_config_and_with_unknown_widths_asks_for_the_group_count() {
     let dir = tempfile::tempdir().unwrap();
     let file = alone(&dir, "vae", "ae.safetensors");
     let message = export_error("vae_decoder", &file, None);
-    assert_mentions(&message, &["ae.safetensors", "GroupNorm group count", "norm_num_groups", "--config"]);
+    assert_mentions(
+        &message,
+        &["ae.safetensors", "GroupNorm group count", "norm_num_groups", "--config"],
+    );
     // A config that contradicts the weights is refused too.
     let mut config = vae_config();
     config["block_out_channels"] = json!([128, 256, 512, 512]);
     let message = export_error("vae_decoder", &file, Some(&config));
-    assert_mentions(&message, &["--config says block_out_channels = [128, 256, 512, 512]", "[8, 16, 32, 32]"]);
+    assert_mentions(
+        &message,
+        &[
+            "--config says block_out_channels = [128, 256, 512, 512]",
+            "[8, 16, 32, 32]",
+        ],
+    );
 }
 
 #[test]
@@ -136,7 +170,13 @@ fn t5_with_neither_embedding_name() {
     });
     std::fs::copy(fixtures().join("t5/config.json"), dir.path().join("config.json")).unwrap();
     let message = export_error("t5", &file, None);
-    assert_mentions(&message, &["t5.safetensors", "neither shared.weight nor encoder.embed_tokens.weight"]);
+    assert_mentions(
+        &message,
+        &[
+            "t5.safetensors",
+            "neither shared.weight nor encoder.embed_tokens.weight",
+        ],
+    );
 }
 
 #[test]
@@ -148,11 +188,25 @@ fn t5_with_two_different_embeddings_or_a_lying_config() {
         _ => Edit::Keep,
     });
     let message = export_error("t5", &file, None);
-    assert_mentions(&message, &["t5.safetensors", "shared.weight [1000, 32]", "encoder.embed_tokens.weight [500, 64]"]);
+    assert_mentions(
+        &message,
+        &[
+            "t5.safetensors",
+            "shared.weight [1000, 32]",
+            "encoder.embed_tokens.weight [500, 64]",
+        ],
+    );
 
     let file = alone(&dir, "t5", "shared.safetensors");
     let message = export_error("t5", &file, Some(&json!({"t5": {"num_heads": 8}})));
-    assert_mentions(&message, &["--config says num_heads = 8", "the weights say 4", "relative_attention_bias.weight"]);
+    assert_mentions(
+        &message,
+        &[
+            "--config says num_heads = 8",
+            "the weights say 4",
+            "relative_attention_bias.weight",
+        ],
+    );
 }
 
 #[test]
@@ -167,7 +221,13 @@ fn t5_with_an_encoder_block_missing() {
         }
     });
     let message = export_error("t5", &file, None);
-    assert_mentions(&message, &["t5.safetensors", "encoder.block.0.layer.0.SelfAttention.q.weight is missing"]);
+    assert_mentions(
+        &message,
+        &[
+            "t5.safetensors",
+            "encoder.block.0.layer.0.SelfAttention.q.weight is missing",
+        ],
+    );
 }
 
 #[test]
@@ -182,7 +242,11 @@ fn clip_with_a_misshaped_layer_or_a_missing_one() {
     let message = export_error("clip", &file, None);
     assert_mentions(
         &message,
-        &["clip.safetensors", "1 problem(s)", "encoder.layers.1.mlp.fc1.weight has shape [32, 64], expected [64, 32]"],
+        &[
+            "clip.safetensors",
+            "1 problem(s)",
+            "encoder.layers.1.mlp.fc1.weight has shape [32, 64], expected [64, 32]",
+        ],
     );
 
     rewrite(&fixtures().join("clip/model.safetensors"), &file, |n, _| {
@@ -195,7 +259,10 @@ fn clip_with_a_misshaped_layer_or_a_missing_one() {
     let message = export_error("clip", &file, None);
     assert_mentions(
         &message,
-        &["clip.safetensors", "encoder layer text_model.encoder.layers.1 is missing (found 0, 2 only)"],
+        &[
+            "clip.safetensors",
+            "encoder layer text_model.encoder.layers.1 is missing (found 0, 2 only)",
+        ],
     );
 }
 
@@ -206,7 +273,12 @@ fn clip_single_file_of_unknown_width_needs_the_head_count_from_a_config() {
     let message = export_error("clip", &file, None);
     assert_mentions(
         &message,
-        &["model_noprefix.safetensors", "number of attention heads", "num_attention_heads", "--config"],
+        &[
+            "model_noprefix.safetensors",
+            "number of attention heads",
+            "num_attention_heads",
+            "--config",
+        ],
     );
     let message = export_error("clip", &file, Some(&json!({"num_attention_heads": 5})));
     assert_mentions(&message, &["num_attention_heads = 5 does not divide the width 32"]);

@@ -54,8 +54,18 @@ const ALLOWED_OPS: [&str; 33] = [
 fn assert_tensorrt_friendly(what: &str, graph: &Graph<'_>) {
     assert_eq!(graph.opset, 17, "{what}");
     for node in &graph.nodes {
-        assert!(node.domain.is_empty(), "{what}: node {} is in domain {}", node.name, node.domain);
-        assert!(ALLOWED_OPS.contains(&node.op.as_str()), "{what}: node {} uses {}", node.name, node.op);
+        assert!(
+            node.domain.is_empty(),
+            "{what}: node {} is in domain {}",
+            node.name,
+            node.domain
+        );
+        assert!(
+            ALLOWED_OPS.contains(&node.op.as_str()),
+            "{what}: node {} uses {}",
+            node.name,
+            node.op
+        );
     }
 }
 
@@ -77,7 +87,12 @@ fn header_only(path: &Path, tensors: &[(String, Vec<usize>)]) {
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
     bytes.extend(&json);
     std::fs::write(path, &bytes).unwrap();
-    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len((bytes.len() + offset) as u64).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len((bytes.len() + offset) as u64)
+        .unwrap();
 }
 
 /// A table of full-size names and shapes, copied from the reference material's tensor-names/.
@@ -112,7 +127,10 @@ fn reference_vae(ldm: bool) -> Vec<(String, Vec<usize>)> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let cols: Vec<&str> = l.split('\t').collect();
-            (cols[column].to_string(), serde_json::from_str(cols[2 + column]).unwrap())
+            (
+                cols[column].to_string(),
+                serde_json::from_str(cols[2 + column]).unwrap(),
+            )
         })
         .collect()
 }
@@ -121,9 +139,27 @@ fn reference_vae(ldm: bool) -> Vec<(String, Vec<usize>)> {
 fn full_size_checkpoints_are_recognised_with_flux_defaults_and_build() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("clip", "clip_l.safetensors", reference_tensors("clip_l_text_encoder.tsv"), "clip-l", "transformers"),
-        ("t5", "t5xxl.safetensors", reference_tensors("t5_xxl_encoder.tsv"), "t5-v1_1-xxl", "transformers"),
-        ("vae_decoder", "vae.safetensors", reference_vae(false), "flux", "diffusers"),
+        (
+            "clip",
+            "clip_l.safetensors",
+            reference_tensors("clip_l_text_encoder.tsv"),
+            "clip-l",
+            "transformers",
+        ),
+        (
+            "t5",
+            "t5xxl.safetensors",
+            reference_tensors("t5_xxl_encoder.tsv"),
+            "t5-v1_1-xxl",
+            "transformers",
+        ),
+        (
+            "vae_decoder",
+            "vae.safetensors",
+            reference_vae(false),
+            "flux",
+            "diffusers",
+        ),
         ("vae_decoder", "ae.safetensors", reference_vae(true), "flux", "ldm"),
     ];
     for (name, file, tensors, variant, layout) in cases {
@@ -131,7 +167,11 @@ fn full_size_checkpoints_are_recognised_with_flux_defaults_and_build() {
         header_only(&path, &tensors);
         let exporter = models::exporter(name).unwrap();
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
-        let detected: Vec<&str> = models::EXPORTERS.iter().filter(|e| e.detect(&ckpt)).map(|e| e.name()).collect();
+        let detected: Vec<&str> = models::EXPORTERS
+            .iter()
+            .filter(|e| e.detect(&ckpt))
+            .map(|e| e.name())
+            .collect();
         assert_eq!(detected, vec![name], "{file}");
         // No config.json beside the file: what the shapes do not say comes from FLUX's defaults.
         let (analysis, graph, problems) = models::plan(exporter, &ckpt, None, &GraphOptions::default()).unwrap();
@@ -141,7 +181,10 @@ fn full_size_checkpoints_are_recognised_with_flux_defaults_and_build() {
         let config = &analysis.config;
         match name {
             "clip" => assert_eq!(config["num_attention_heads"], 12),
-            "t5" => assert_eq!((config["num_heads"].as_u64(), config["d_kv"].as_u64()), (Some(64), Some(64))),
+            "t5" => assert_eq!(
+                (config["num_heads"].as_u64(), config["d_kv"].as_u64()),
+                (Some(64), Some(64))
+            ),
             _ => assert_eq!(config["norm_num_groups"], 32),
         }
         assert_tensorrt_friendly(file, &graph);
@@ -166,15 +209,27 @@ fn full_size_files_missing_their_last_blocks_are_refused_unless_a_config_says_so
     let dir = tempfile::tempdir().unwrap();
     for (name, table, last, key, depth) in [
         ("t5", "t5_xxl_encoder.tsv", "encoder.block.23.", "num_layers", 23),
-        ("clip", "clip_l_text_encoder.tsv", "encoder.layers.11.", "num_hidden_layers", 11),
+        (
+            "clip",
+            "clip_l_text_encoder.tsv",
+            "encoder.layers.11.",
+            "num_hidden_layers",
+            11,
+        ),
     ] {
         let path = dir.path().join(format!("{name}.safetensors"));
-        let tensors: Vec<_> = reference_tensors(table).into_iter().filter(|(n, _)| !n.starts_with(last)).collect();
+        let tensors: Vec<_> = reference_tensors(table)
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(last))
+            .collect();
         header_only(&path, &tensors);
         let exporter = models::exporter(name).unwrap();
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
         let message = format!("{:#}", exporter.analyze(&ckpt, None).unwrap_err());
-        assert!(message.contains(&format!("{name}.safetensors: {depth} blocks")), "{message}");
+        assert!(
+            message.contains(&format!("{name}.safetensors: {depth} blocks")),
+            "{message}"
+        );
         assert!(message.contains("is a block missing?"), "{message}");
         let config = serde_json::json!({ key: depth });
         assert_eq!(exporter.analyze(&ckpt, Some(&config)).unwrap().config[key], depth);
@@ -196,7 +251,11 @@ fn the_fixture_graphs_are_tensorrt_friendly_and_detect_picks_one_exporter() {
     for (name, path, config) in cases {
         let exporter = models::exporter(name).unwrap();
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
-        let detected: Vec<&str> = models::EXPORTERS.iter().filter(|e| e.detect(&ckpt)).map(|e| e.name()).collect();
+        let detected: Vec<&str> = models::EXPORTERS
+            .iter()
+            .filter(|e| e.detect(&ckpt))
+            .map(|e| e.name())
+            .collect();
         assert_eq!(detected, vec![name], "{}", path.display());
         let (_, graph, problems) = models::plan(exporter, &ckpt, config, &GraphOptions::default()).unwrap();
         assert!(problems.is_empty(), "{}: {problems:?}", path.display());
@@ -228,10 +287,22 @@ fn t5_relative_buckets_match_transformers_at_every_distance() {
     let written = write_model(&b.finish(), dir.path(), &mut |_, _| {}).unwrap();
     let values: Vec<i64> = (-span..=span).collect();
     let input = ArrayD::from_shape_vec(vec![values.len()], values.clone()).unwrap();
-    let out = Model::load(&written.model).unwrap().run(vec![("relative", Input::I64(input))]).unwrap();
+    let out = Model::load(&written.model)
+        .unwrap()
+        .run(vec![("relative", Input::I64(input))])
+        .unwrap();
     let got: Vec<i64> = out["buckets"].iter().map(|&v| v as i64).collect();
     // The examples transformers was checked on (FLUX_FACTS §8).
-    for (relative, bucket) in [(-1, 1), (1, 17), (8, 24), (16, 26), (64, 30), (128, 31), (-128, 15), (0, 0)] {
+    for (relative, bucket) in [
+        (-1, 1),
+        (1, 17),
+        (8, 24),
+        (16, 26),
+        (64, 30),
+        (128, 31),
+        (-128, 15),
+        (0, 0),
+    ] {
         assert_eq!(got[(relative + span) as usize], bucket, "relative position {relative}");
     }
     for (relative, got) in values.iter().zip(&got) {
@@ -243,19 +314,36 @@ fn t5_relative_buckets_match_transformers_at_every_distance() {
 fn t5_precision_hook_keeps_the_ffn_output_and_residual_stream_in_f32() {
     let dir = fixtures().join("t5");
     let exporter = models::exporter("t5").unwrap();
-    let ckpt =
-        Checkpoint::load(&dir.join("shared.safetensors"), exporter.subfolder(), exporter.key_prefixes()).unwrap();
+    let ckpt = Checkpoint::load(
+        &dir.join("shared.safetensors"),
+        exporter.subfolder(),
+        exporter.key_prefixes(),
+    )
+    .unwrap();
     let analysis = exporter.analyze(&ckpt, None).unwrap();
     let cfg: t5::T5Config = serde_json::from_value(analysis.config.clone()).unwrap();
     let w = Weights::new(&ckpt);
-    let precision = t5::T5Precision { compute: ElemType::F16, ffn_out: ElemType::F32, residual: ElemType::F32 };
+    let precision = t5::T5Precision {
+        compute: ElemType::F16,
+        ffn_out: ElemType::F32,
+        residual: ElemType::F32,
+    };
     let graph = t5::build_graph(&w, &cfg, &GraphOptions::default(), precision).unwrap();
     assert!(w.problems().is_empty(), "{:?}", w.problems());
     let elem = |name: &str| graph.initializers.iter().find(|i| i.name == name).map(|i| i.elem);
-    assert_eq!(elem("encoder.block.1.layer.1.DenseReluDense.wo.weight"), Some(ElemType::F32));
+    assert_eq!(
+        elem("encoder.block.1.layer.1.DenseReluDense.wo.weight"),
+        Some(ElemType::F32)
+    );
     assert_eq!(elem("encoder.block.1.layer.1.layer_norm.weight"), Some(ElemType::F32));
-    assert_eq!(elem("encoder.block.1.layer.1.DenseReluDense.wi_0.weight"), Some(ElemType::F16));
-    assert_eq!(elem("encoder.block.1.layer.0.SelfAttention.q.weight"), Some(ElemType::F16));
+    assert_eq!(
+        elem("encoder.block.1.layer.1.DenseReluDense.wi_0.weight"),
+        Some(ElemType::F16)
+    );
+    assert_eq!(
+        elem("encoder.block.1.layer.0.SelfAttention.q.weight"),
+        Some(ElemType::F16)
+    );
     let tmp = tempfile::tempdir().unwrap();
     let written = write_model(&graph, tmp.path(), &mut |_, _| {}).unwrap();
     let mut model = Model::load(&written.model).unwrap();
@@ -267,7 +355,10 @@ fn t5_precision_hook_keeps_the_ffn_output_and_residual_stream_in_f32() {
     println!("t5 fp16 compute / fp32 ffn_out+residual: relative error {err:.3e}");
     // fp16 rounds each matmul input to 2^-11 relative; two blocks of them stay within ~10 units.
     assert!(err < 1e-2, "relative error {err:.3e}");
-    assert!(err > 1e-5, "the fp16 part did not run in fp16 (error {err:.3e} is fp32-level)");
+    assert!(
+        err > 1e-5,
+        "the fp16 part did not run in fp16 (error {err:.3e} is fp32-level)"
+    );
 }
 
 /// `src` re-saved with its matrices in F8_E4M3 and the rest in F16 (ComfyUI's t5xxl_fp8 /
@@ -279,29 +370,48 @@ fn low_precision_copies(src: &Path, fp8: &Path, f32_copy: &Path) {
     let mut low: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (name, t) in st.tensors() {
-        let values: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let (dtype, encoded, rounded): (Dtype, Vec<u8>, Vec<f32>) = if t.shape().len() == 2 {
             let q: Vec<float8::F8E4M3> = values.iter().map(|&v| float8::F8E4M3::from_f32(v)).collect();
-            (Dtype::F8_E4M3, q.iter().map(|v| v.to_bits()).collect(), q.iter().map(|v| v.to_f32()).collect())
+            (
+                Dtype::F8_E4M3,
+                q.iter().map(|v| v.to_bits()).collect(),
+                q.iter().map(|v| v.to_f32()).collect(),
+            )
         } else {
             let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
-            (Dtype::F16, h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+            (
+                Dtype::F16,
+                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
         };
         low.push((name.clone(), dtype, t.shape().to_vec(), encoded));
         exact.push((name, t.shape().to_vec(), rounded));
     }
-    let views: Vec<(String, TensorView)> =
-        low.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = low
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
     safetensors::serialize_to_file(views, None, fp8).unwrap();
-    let exact: Vec<(&str, Vec<usize>, Vec<f32>)> =
-        exact.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    let exact: Vec<(&str, Vec<usize>, Vec<f32>)> = exact
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
     write_f32_safetensors(f32_copy, &exact);
 }
 
 #[test]
 fn t5_from_an_fp8_file_computes_what_its_decoded_f32_copy_does() {
     let dir = tempfile::tempdir().unwrap();
-    let (fp8, f32_copy) = (dir.path().join("t5xxl_fp8_e4m3fn.safetensors"), dir.path().join("t5_f32.safetensors"));
+    let (fp8, f32_copy) = (
+        dir.path().join("t5xxl_fp8_e4m3fn.safetensors"),
+        dir.path().join("t5_f32.safetensors"),
+    );
     low_precision_copies(&fixtures().join("t5/shared.safetensors"), &fp8, &f32_copy);
     std::fs::copy(fixtures().join("t5/config.json"), dir.path().join("config.json")).unwrap();
     let ids = io_tensor::<i64>(&fixtures().join("t5/io.safetensors"), "input_ids_L17");
@@ -309,10 +419,16 @@ fn t5_from_an_fp8_file_computes_what_its_decoded_f32_copy_does() {
     for file in [&fp8, &f32_copy] {
         let out = dir.path().join(file.file_stem().unwrap());
         let (_, model) = export_submodel("t5", file, None, &GraphOptions::default(), &out).unwrap();
-        let result = Model::load(&model).unwrap().run(vec![("input_ids", Input::I64(ids.clone()))]).unwrap();
+        let result = Model::load(&model)
+            .unwrap()
+            .run(vec![("input_ids", Input::I64(ids.clone()))])
+            .unwrap();
         outputs.push(result["text_embeddings"].clone());
     }
-    assert_eq!(outputs[0], outputs[1], "the F8_E4M3 / F16 weights were not decoded exactly");
+    assert_eq!(
+        outputs[0], outputs[1],
+        "the F8_E4M3 / F16 weights were not decoded exactly"
+    );
     // And the rounding did change the model (the files really hold fp8 values).
     let want = io_tensor::<f32>(&fixtures().join("t5/io.safetensors"), "last_hidden_state_L17");
     assert!(relative_error(outputs[0].as_slice().unwrap(), want.as_slice().unwrap()) > 1e-3);
@@ -331,13 +447,19 @@ fn half_precision_graphs_are_well_typed_and_bf16_normalizes_in_f32() {
         let config = (name == "vae_decoder").then_some(&vae_config);
         // ONNX Runtime type-checks the whole graph when it loads it.
         let dir = tempfile::tempdir().unwrap();
-        let fp16 = GraphOptions { float: ElemType::F16, ..GraphOptions::default() };
+        let fp16 = GraphOptions {
+            float: ElemType::F16,
+            ..GraphOptions::default()
+        };
         let (_, model) = export_submodel(name, &path, config, &fp16, dir.path()).unwrap();
         Model::load(&model).unwrap_or_else(|e| panic!("{name} fp16: {e:#}"));
 
         let exporter = models::exporter(name).unwrap();
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
-        let bf16 = GraphOptions { float: ElemType::BF16, ..GraphOptions::default() };
+        let bf16 = GraphOptions {
+            float: ElemType::BF16,
+            ..GraphOptions::default()
+        };
         let (_, graph, _) = models::plan(exporter, &ckpt, config, &bf16).unwrap();
         let produced_by = |value: &str| graph.nodes.iter().find(|n| n.outputs.iter().any(|o| o == value));
         let init_type = |value: &str| graph.initializers.iter().find(|i| i.name == value).map(|i| i.elem);

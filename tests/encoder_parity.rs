@@ -41,9 +41,10 @@ fn clip_matches_transformers_with_and_without_the_text_model_prefix() {
     let dir = fixtures().join("clip");
     let io = dir.join("io.safetensors");
     let ids = io_tensor::<i64>(&io, "input_ids");
-    for (file, layout) in
-        [("model.safetensors", "transformers (text_model. prefix)"), ("model_noprefix.safetensors", "transformers")]
-    {
+    for (file, layout) in [
+        ("model.safetensors", "transformers (text_model. prefix)"),
+        ("model_noprefix.safetensors", "transformers"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let (analysis, mut model) = exported("clip", &dir.join(file), None, tmp.path());
         assert_eq!(analysis.layout, layout);
@@ -82,18 +83,27 @@ fn vae_decoder_matches_diffusers_in_both_layouts() {
     let dir = fixtures().join("vae");
     let io = dir.join("io.safetensors");
     let latent = io_tensor::<f32>(&io, "latent");
-    assert_ne!(latent.shape()[2], latent.shape()[3], "the fixture latent should be non-square");
+    assert_ne!(
+        latent.shape()[2],
+        latent.shape()[3],
+        "the fixture latent should be non-square"
+    );
     // ae.safetensors has no config.json beside it, and its tiny channel widths are not FLUX's:
     // the group count comes from --config.
     let diffusers_config = config(&dir.join("diffusers/config.json"));
-    for (path, config, layout) in
-        [(dir.join("diffusers"), None, "diffusers"), (dir.join("ae.safetensors"), Some(&diffusers_config), "ldm")]
-    {
+    for (path, config, layout) in [
+        (dir.join("diffusers"), None, "diffusers"),
+        (dir.join("ae.safetensors"), Some(&diffusers_config), "ldm"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let (analysis, mut model) = exported("vae_decoder", &path, config, tmp.path());
         assert_eq!(analysis.layout, layout);
         let out = model.run(vec![("latent", Input::F32(latent.clone()))]).unwrap();
-        assert_close(&format!("vae {layout} images"), &out["images"], &io_tensor(&io, "images"));
+        assert_close(
+            &format!("vae {layout} images"),
+            &out["images"],
+            &io_tensor(&io, "images"),
+        );
     }
 }
 
@@ -137,7 +147,11 @@ fn the_pipeline_folders_text_encoders_and_vae_match_the_recorded_flux_pipeline_r
         let latent = unpack(&io_tensor(&reference, "final_latents"), 6, 10).mapv(|z| z / 0.3611 + 0.1159);
         let out = vae.run(vec![("latent", Input::F32(latent))]).unwrap();
         let decoded = out["images"].mapv(|v| (v * 0.5 + 0.5).clamp(0.0, 1.0));
-        assert_close(&format!("{variant} pipeline decoded"), &decoded, &io_tensor(&reference, "decoded"));
+        assert_close(
+            &format!("{variant} pipeline decoded"),
+            &decoded,
+            &io_tensor(&reference, "decoded"),
+        );
     }
 }
 
@@ -155,7 +169,10 @@ fn clip_files_with_position_ids_and_a_text_projection_export_the_same_model() {
         "text_model.embeddings.position_ids".into(),
         TensorView::new(Dtype::I64, vec![1, 77], &position_ids).unwrap(),
     ));
-    views.push(("text_projection.weight".into(), TensorView::new(Dtype::F32, vec![32, 32], &projection).unwrap()));
+    views.push((
+        "text_projection.weight".into(),
+        TensorView::new(Dtype::F32, vec![32, 32], &projection).unwrap(),
+    ));
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
     let file = tmp.path().join("clip_l.safetensors");
@@ -163,7 +180,9 @@ fn clip_files_with_position_ids_and_a_text_projection_export_the_same_model() {
 
     let (_, mut model) = exported("clip", &file, None, &tmp.path().join("out"));
     let io = dir.join("io.safetensors");
-    let out = model.run(vec![("input_ids", Input::I64(io_tensor(&io, "input_ids")))]).unwrap();
+    let out = model
+        .run(vec![("input_ids", Input::I64(io_tensor(&io, "input_ids")))])
+        .unwrap();
     assert_close(
         "clip with position_ids pooled_embeddings",
         &out["pooled_embeddings"],

@@ -5,14 +5,21 @@ use std::path::Path;
 use std::process::Command;
 
 fn fake_models(dir: &Path, skip: Option<&str>) {
-    for name in ["clip", "t5", "transformer", "vae_decoder"].into_iter().filter(|n| Some(*n) != skip) {
+    for name in ["clip", "t5", "transformer", "vae_decoder"]
+        .into_iter()
+        .filter(|n| Some(*n) != skip)
+    {
         std::fs::create_dir_all(dir.join(name)).unwrap();
         std::fs::write(dir.join(name).join("model.onnx"), b"").unwrap();
     }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline/dev");
     for sub in ["tokenizer", "tokenizer_2"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
-        std::fs::copy(fixture.join(sub).join("tokenizer.json"), dir.join(sub).join("tokenizer.json")).unwrap();
+        std::fs::copy(
+            fixture.join(sub).join("tokenizer.json"),
+            dir.join(sub).join("tokenizer.json"),
+        )
+        .unwrap();
     }
     let manifest = serde_json::json!({
         "fluxbuild_version": "test", "kind": "export", "created_unix": 0, "settings": null, "inputs": [], "files": [],
@@ -28,8 +35,14 @@ fn generate(models: &Path, extra: &[&str]) -> (bool, String) {
     if !extra.contains(&"--out") {
         args.extend(["--out", out.to_str().unwrap()]);
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(&args).output().unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let output = Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(&args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -39,11 +52,20 @@ fn bad_requests_fail_before_any_graph_is_loaded() {
     fake_models(&models, None);
     let cases: [(&[&str], &str); 7] = [
         (&["--prompt", "   "], "prompt 0 is empty"),
-        (&["--prompt", "a cat", "--height", "100"], "height 100 is not a multiple of 16"),
+        (
+            &["--prompt", "a cat", "--height", "100"],
+            "height 100 is not a multiple of 16",
+        ),
         (&["--prompt", "a cat", "--width", "8192"], "width 8192"),
         (&["--prompt", "a cat", "--steps", "0"], "steps 0"),
-        (&["--prompt", "a cat", "--max-sequence-length", "1024"], "max sequence length 1024"),
-        (&["--prompt", "a cat", "--noise", "/nonexistent/noise.safetensors"], "cannot read the noise file"),
+        (
+            &["--prompt", "a cat", "--max-sequence-length", "1024"],
+            "max sequence length 1024",
+        ),
+        (
+            &["--prompt", "a cat", "--noise", "/nonexistent/noise.safetensors"],
+            "cannot read the noise file",
+        ),
         (&["--prompt", "a cat", "--seed", "1", "--out", "x.jpg"], ".png"),
     ];
     for (args, want) in cases {
@@ -58,7 +80,10 @@ fn a_missing_graph_or_manifest_is_named() {
     let models = dir.path().join("models");
     fake_models(&models, Some("vae_decoder"));
     let (ok, err) = generate(&models, &["--prompt", "a cat"]);
-    assert!(!ok && err.contains("vae_decoder/model.onnx") && err.contains("missing"), "{err}");
+    assert!(
+        !ok && err.contains("vae_decoder/model.onnx") && err.contains("missing"),
+        "{err}"
+    );
 
     fake_models(&models, None);
     std::fs::write(models.join("manifest.json"), r#"{"kind": "export"}"#).unwrap();

@@ -10,12 +10,45 @@ use fluxbuild::generate::noise::{gaussian, read_noise_file, seeded_noise};
 
 /// `python3 scripts/noise_reference.py SEED 5`
 const REFERENCE: [(u64, [f32; 5]); 4] = [
-    (0, [-0.45275774598121643, 0.20776604115962982, 2.6506059169769287, -0.4904228150844574, -0.9886041283607483]),
-    (42, [0.41471976041793823, 0.6526812314987183, -0.8918862342834473, 1.3268336057662964, 1.72959303855896]),
-    (7, [1.3649922609329224, 0.14452122151851654, -0.39652398228645325, -0.22759631276130676, 0.0044985259883105755]),
+    (
+        0,
+        [
+            -0.45275774598121643,
+            0.20776604115962982,
+            2.6506059169769287,
+            -0.4904228150844574,
+            -0.9886041283607483,
+        ],
+    ),
+    (
+        42,
+        [
+            0.41471976041793823,
+            0.6526812314987183,
+            -0.8918862342834473,
+            1.3268336057662964,
+            1.72959303855896,
+        ],
+    ),
+    (
+        7,
+        [
+            1.3649922609329224,
+            0.14452122151851654,
+            -0.39652398228645325,
+            -0.22759631276130676,
+            0.0044985259883105755,
+        ],
+    ),
     (
         u64::MAX,
-        [0.4038981795310974, -0.24716992676258087, -1.5578114986419678, 0.7785844802856445, 0.37761974334716797],
+        [
+            0.4038981795310974,
+            -0.24716992676258087,
+            -1.5578114986419678,
+            0.7785844802856445,
+            0.37761974334716797,
+        ],
     ),
 ];
 
@@ -23,7 +56,11 @@ const REFERENCE: [(u64, [f32; 5]); 4] = [
 fn matches_the_python_reference_bit_for_bit() {
     for (seed, want) in REFERENCE {
         let got = gaussian(seed, 5);
-        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.map(f32::to_bits).to_vec(), "seed {seed}");
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.map(f32::to_bits).to_vec(),
+            "seed {seed}"
+        );
     }
     // deep in the stream: the 1000th value of seed 2
     assert_eq!(gaussian(2, 1000)[999].to_bits(), 1.1550865173339844f32.to_bits());
@@ -42,7 +79,11 @@ fn prompt_i_uses_seed_plus_i_wrapping() {
     let per_image = 16 * 2 * 3;
     let flat: Vec<f32> = noise.iter().copied().collect();
     assert_eq!(flat[..per_image], gaussian(u64::MAX, per_image)[..]);
-    assert_eq!(flat[per_image..], gaussian(0, per_image)[..], "seed u64::MAX + 1 wraps to 0");
+    assert_eq!(
+        flat[per_image..],
+        gaussian(0, per_image)[..],
+        "seed u64::MAX + 1 wraps to 0"
+    );
 }
 
 #[test]
@@ -65,7 +106,10 @@ fn noise_files_are_checked() {
     assert_eq!(noise.iter().copied().collect::<Vec<_>>(), values);
 
     let err = format!("{:#}", read_noise_file(&path, [2, 16, 6, 8]).unwrap_err());
-    assert!(err.contains("[2, 16, 6, 10]") && err.contains("expected [2, 16, 6, 8]"), "{err}");
+    assert!(
+        err.contains("[2, 16, 6, 10]") && err.contains("expected [2, 16, 6, 8]"),
+        "{err}"
+    );
 
     common::write_f32_safetensors(&path, &[("latents", vec![2, 16, 6, 10], values.clone())]);
     let err = format!("{:#}", read_noise_file(&path, [2, 16, 6, 10]).unwrap_err());

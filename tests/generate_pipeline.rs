@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fluxbuild(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(args).output().expect("fluxbuild runs")
+    Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(args)
+        .output()
+        .expect("fluxbuild runs")
 }
 
 fn stderr(out: &Output) -> String {
@@ -28,7 +31,13 @@ fn stderr(out: &Output) -> String {
 fn export(variant: &str, dir: &Path) -> PathBuf {
     let r = Reference::load(variant);
     let models = dir.join("models");
-    let out = fluxbuild(&["export", "--checkpoint", r.dir.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        r.dir.to_str().unwrap(),
+        "--out",
+        models.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "export failed: {}", stderr(&out));
     models
 }
@@ -59,8 +68,16 @@ fn parity(variant: &str) {
     };
     let g = generate(&models, &request, &mut |_| {}).unwrap();
 
-    assert_eq!(g.clip_ids.iter().copied().collect::<Vec<_>>(), r.i64("clip_input_ids").1, "CLIP ids");
-    assert_eq!(g.t5_ids.iter().copied().collect::<Vec<_>>(), r.i64("t5_input_ids").1, "T5 ids");
+    assert_eq!(
+        g.clip_ids.iter().copied().collect::<Vec<_>>(),
+        r.i64("clip_input_ids").1,
+        "CLIP ids"
+    );
+    assert_eq!(
+        g.t5_ids.iter().copied().collect::<Vec<_>>(),
+        r.i64("t5_input_ids").1,
+        "T5 ids"
+    );
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&g.sigmas), bits(&r.f32("sigmas").1), "sigmas");
 
@@ -68,7 +85,11 @@ fn parity(variant: &str) {
     let embeds = max_abs(&values(&g.prompt_embeds), &r.f32("prompt_embeds").1);
     let latents = max_abs(&values(&g.final_latents), &r.f32("final_latents").1);
     let (_, decoded_ref) = r.f32("decoded");
-    let decoded: Vec<f32> = g.decoded.iter().map(|&x| fluxbuild::generate::image::denormalize(x)).collect();
+    let decoded: Vec<f32> = g
+        .decoded
+        .iter()
+        .map(|&x| fluxbuild::generate::image::denormalize(x))
+        .collect();
     let decoded_err = max_abs(&decoded, &decoded_ref);
     let (_, uint8_ref) = r.u8("image_uint8");
     let per_image = uint8_ref.len() / request.batch();
@@ -80,7 +101,12 @@ fn parity(variant: &str) {
         let as_f64 = |v: &[u8]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         let db_u8 = psnr(&as_f64(&image.pixels), &as_f64(want), 255.0);
         let n = per_image / 3;
-        let d = |v: &[f32]| v[i * 3 * n..(i + 1) * 3 * n].iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let d = |v: &[f32]| {
+            v[i * 3 * n..(i + 1) * 3 * n]
+                .iter()
+                .map(|&x| x as f64)
+                .collect::<Vec<_>>()
+        };
         let db = psnr(&d(&decoded), &d(&decoded_ref), 1.0);
         let differing = image.pixels.iter().zip(want).filter(|(a, b)| a != b).count();
         report += &format!(
@@ -129,7 +155,11 @@ fn same_seed_same_png_bytes() {
         assert!(out.status.success(), "{}", stderr(&out));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let (a, b, c) = (dir.path().join("a.png"), dir.path().join("b.png"), dir.path().join("c.png"));
+    let (a, b, c) = (
+        dir.path().join("a.png"),
+        dir.path().join("b.png"),
+        dir.path().join("c.png"),
+    );
     let report = run("7", &a);
     run("7", &b);
     run("8", &c);
@@ -149,7 +179,11 @@ fn same_seed_same_png_bytes() {
     assert_eq!(report["guidance"], serde_json::Value::Null);
     assert_eq!(report["sigmas"].as_array().unwrap().len(), 5);
     assert_eq!(report["files"].as_array().unwrap().len(), 2);
-    let stages: Vec<&str> =
-        report["seconds"]["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = report["seconds"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["tokenize", "clip", "t5", "transformer", "vae_decoder"]);
 }

@@ -20,8 +20,16 @@ fn refused(options: RequestOptions) -> String {
 
 #[test]
 fn defaults_follow_the_variant() {
-    let dev = RequestOptions { prompts: vec!["a cat".into()], ..Default::default() }.resolve(Variant::Dev).unwrap();
-    assert_eq!((dev.height, dev.width, dev.steps, dev.guidance, dev.max_sequence_length), (1024, 1024, 28, 3.5, 512));
+    let dev = RequestOptions {
+        prompts: vec!["a cat".into()],
+        ..Default::default()
+    }
+    .resolve(Variant::Dev)
+    .unwrap();
+    assert_eq!(
+        (dev.height, dev.width, dev.steps, dev.guidance, dev.max_sequence_length),
+        (1024, 1024, 28, 3.5, 512)
+    );
     assert!(matches!(dev.noise, InitialNoise::Seed(_)), "a seed from the clock");
     let schnell = options().resolve(Variant::Schnell).unwrap();
     assert_eq!((schnell.steps, schnell.max_sequence_length), (4, 256));
@@ -32,16 +40,76 @@ fn defaults_follow_the_variant() {
 #[test]
 fn bad_values_are_named() {
     let cases: Vec<(RequestOptions, &str)> = vec![
-        (RequestOptions { prompts: vec![], ..options() }, "no prompt"),
-        (RequestOptions { prompts: vec!["ok".into(), " \t\n".into()], ..options() }, "prompt 1 is empty"),
-        (RequestOptions { prompts: vec!["".into()], ..options() }, "prompt 0 is empty"),
-        (RequestOptions { height: Some(50), ..options() }, "height 50 is not a multiple of 16"),
-        (RequestOptions { width: Some(0), ..options() }, "width 0"),
-        (RequestOptions { width: Some(4112), ..options() }, "width 4112"),
-        (RequestOptions { steps: Some(0), ..options() }, "steps 0"),
-        (RequestOptions { guidance: Some(f32::NAN), ..options() }, "guidance NaN"),
-        (RequestOptions { max_sequence_length: Some(513), ..options() }, "max sequence length 513"),
-        (RequestOptions { noise_file: Some("x.safetensors".into()), ..options() }, "--seed and --noise"),
+        (
+            RequestOptions {
+                prompts: vec![],
+                ..options()
+            },
+            "no prompt",
+        ),
+        (
+            RequestOptions {
+                prompts: vec!["ok".into(), " \t\n".into()],
+                ..options()
+            },
+            "prompt 1 is empty",
+        ),
+        (
+            RequestOptions {
+                prompts: vec!["".into()],
+                ..options()
+            },
+            "prompt 0 is empty",
+        ),
+        (
+            RequestOptions {
+                height: Some(50),
+                ..options()
+            },
+            "height 50 is not a multiple of 16",
+        ),
+        (
+            RequestOptions {
+                width: Some(0),
+                ..options()
+            },
+            "width 0",
+        ),
+        (
+            RequestOptions {
+                width: Some(4112),
+                ..options()
+            },
+            "width 4112",
+        ),
+        (
+            RequestOptions {
+                steps: Some(0),
+                ..options()
+            },
+            "steps 0",
+        ),
+        (
+            RequestOptions {
+                guidance: Some(f32::NAN),
+                ..options()
+            },
+            "guidance NaN",
+        ),
+        (
+            RequestOptions {
+                max_sequence_length: Some(513),
+                ..options()
+            },
+            "max sequence length 513",
+        ),
+        (
+            RequestOptions {
+                noise_file: Some("x.safetensors".into()),
+                ..options()
+            },
+            "--seed and --noise",
+        ),
     ];
     for (options, want) in cases {
         let err = refused(options);
@@ -54,8 +122,15 @@ fn noise_of_the_wrong_shape_names_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("noise.safetensors");
     common::write_f32_safetensors(&path, &[("noise", vec![1, 16, 6, 8], vec![0.0; 16 * 6 * 8])]);
-    let err = refused(RequestOptions { seed: None, noise_file: Some(path.clone()), ..options() });
-    assert!(err.contains("[1, 16, 6, 8]") && err.contains("expected [1, 16, 6, 10]"), "{err}");
+    let err = refused(RequestOptions {
+        seed: None,
+        noise_file: Some(path.clone()),
+        ..options()
+    });
+    assert!(
+        err.contains("[1, 16, 6, 8]") && err.contains("expected [1, 16, 6, 10]"),
+        "{err}"
+    );
     // two prompts need a batch of two
     let err = refused(RequestOptions {
         prompts: vec!["a".into(), "b".into()],
@@ -70,15 +145,22 @@ fn noise_of_the_wrong_shape_names_both_shapes() {
 
 #[test]
 fn seeds_per_prompt() {
-    let request =
-        RequestOptions { prompts: vec!["a".into(), "b".into(), "c".into()], seed: Some(u64::MAX - 1), ..options() }
-            .resolve(Variant::Dev)
-            .unwrap();
+    let request = RequestOptions {
+        prompts: vec!["a".into(), "b".into(), "c".into()],
+        seed: Some(u64::MAX - 1),
+        ..options()
+    }
+    .resolve(Variant::Dev)
+    .unwrap();
     assert_eq!(request.seeds().unwrap(), vec![u64::MAX - 1, u64::MAX, 0]);
     let noise = request.initial_noise();
     assert_eq!(noise.shape(), &[3, 16, 6, 10]);
     assert_eq!(
-        noise.index_axis(ndarray::Axis(0), 2).iter().copied().collect::<Vec<_>>(),
+        noise
+            .index_axis(ndarray::Axis(0), 2)
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
         fluxbuild::generate::noise::gaussian(0, 960)
     );
 }
@@ -92,23 +174,50 @@ fn a_deployments_defaults_and_limits_apply_and_parts_keep_their_noise() {
         set_by: "what the deployment serves".into(),
         ..Limits::pipeline()
     };
-    let defaults = Defaults { height: 64, width: 96, ..Variant::Schnell.defaults() };
+    let defaults = Defaults {
+        height: 64,
+        width: 96,
+        ..Variant::Schnell.defaults()
+    };
     let three = RequestOptions {
         prompts: vec!["a".into(), "b".into(), "c".into()],
         seed: Some(u64::MAX),
         ..Default::default()
     };
     let request = three.clone().resolve_within(&defaults, &limits).unwrap();
-    assert_eq!((request.height, request.width, request.steps, request.max_sequence_length), (64, 96, 4, 256));
+    assert_eq!(
+        (
+            request.height,
+            request.width,
+            request.steps,
+            request.max_sequence_length
+        ),
+        (64, 96, 4, 256)
+    );
     let part = request.part(1..3);
-    assert_eq!((part.prompts.clone(), part.seeds()), (vec!["b".to_string(), "c".to_string()], Some(vec![0, 1])));
-    assert_eq!(part.initial_noise(), request.initial_noise().slice(ndarray::s![1..3, .., .., ..]));
+    assert_eq!(
+        (part.prompts.clone(), part.seeds()),
+        (vec!["b".to_string(), "c".to_string()], Some(vec![0, 1]))
+    );
+    assert_eq!(
+        part.initial_noise(),
+        request.initial_noise().slice(ndarray::s![1..3, .., .., ..])
+    );
     for (options, want) in [
         (
-            RequestOptions { height: Some(256), ..three.clone() },
+            RequestOptions {
+                height: Some(256),
+                ..three.clone()
+            },
             "height 256 is out of range 16..=128 (what the deployment serves)",
         ),
-        (RequestOptions { max_sequence_length: Some(4), ..three }, "max sequence length 4 is out of range 8..=512"),
+        (
+            RequestOptions {
+                max_sequence_length: Some(4),
+                ..three
+            },
+            "max sequence length 4 is out of range 8..=512",
+        ),
     ] {
         let err = format!("{:#}", options.resolve_within(&defaults, &limits).unwrap_err());
         assert!(err.contains(want), "expected {want:?} in {err:?}");

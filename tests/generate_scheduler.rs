@@ -61,7 +61,9 @@ fn diffusers_cases() -> Vec<(&'static str, usize, usize, f64, Vec<u32>)> {
             6,
             1024,
             0.63,
-            vec![0x3f800000, 0x3f425031, 0x3f0eb9c5, 0x3ec5e3bb, 0x3e754af3, 0x3de52c1b, 0],
+            vec![
+                0x3f800000, 0x3f425031, 0x3f0eb9c5, 0x3ec5e3bb, 0x3e754af3, 0x3de52c1b, 0,
+            ],
         ),
         (
             r#"{"shift": 3.0, "use_dynamic_shifting": true, "shift_terminal": 0.1}"#,
@@ -85,7 +87,11 @@ fn sigmas_match_diffusers_bit_for_bit() {
     for (json, steps, tokens, mu, want) in diffusers_cases() {
         let c = config(json);
         assert_eq!(c.mu(tokens), mu, "{json} mu");
-        assert_eq!(bits(&c.sigmas(steps, tokens)), want, "{json} {steps} steps {tokens} tokens");
+        assert_eq!(
+            bits(&c.sigmas(steps, tokens)),
+            want,
+            "{json} {steps} steps {tokens} tokens"
+        );
     }
 }
 
@@ -109,8 +115,10 @@ fn tiny_pipelines_recorded_schedule() {
         let sigmas = c.sigmas(steps, tokens);
         assert_eq!(bits(&sigmas), bits(&r.f32("sigmas").1), "{variant} sigmas");
         let (shape, recorded) = r.f32("transformer_timestep"); // [steps, B]
-        let fed: Vec<f32> =
-            sigmas[..steps].iter().flat_map(|&s| std::iter::repeat_n(c.model_timestep(s), shape[1])).collect();
+        let fed: Vec<f32> = sigmas[..steps]
+            .iter()
+            .flat_map(|&s| std::iter::repeat_n(c.model_timestep(s), shape[1]))
+            .collect();
         assert_eq!(bits(&fed), bits(&recorded), "{variant} transformer timesteps");
         if let Some(mu) = r.json["mu"].as_f64() {
             assert_eq!(c.mu(tokens), mu);
@@ -130,7 +138,11 @@ fn euler_steps_replay_the_recorded_latents() {
         let n = x.len();
         for step in 0..shape[0] {
             euler_step(&mut x, &v[step * n..(step + 1) * n], sigmas[step], sigmas[step + 1]);
-            assert_eq!(bits(&x), bits(&recorded[step * n..(step + 1) * n]), "{variant} step {step}");
+            assert_eq!(
+                bits(&x),
+                bits(&recorded[step * n..(step + 1) * n]),
+                "{variant} step {step}"
+            );
         }
     }
 }
@@ -139,7 +151,10 @@ fn euler_steps_replay_the_recorded_latents() {
 fn variant_defaults_and_refused_settings() {
     let dev = SchedulerConfig::for_variant(Variant::Dev);
     assert!(dev.use_dynamic_shifting && dev.base_shift == 0.5 && dev.max_shift == 1.15);
-    assert_eq!(bits(&SchedulerConfig::for_variant(Variant::Schnell).sigmas(4, 4096)), diffusers_cases()[3].4);
+    assert_eq!(
+        bits(&SchedulerConfig::for_variant(Variant::Schnell).sigmas(4, 4096)),
+        diffusers_cases()[3].4
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scheduler_config.json");
     for (json, field) in [

@@ -17,14 +17,20 @@ fn linear_layers_from_fused_and_split_weights_match_a_direct_computation() {
     let file = dir.path().join("w.safetensors");
     write_f32_safetensors(
         &file,
-        &[("qkv.weight", vec![3 * d_out, d_in], fused.clone()), ("qkv.bias", vec![3 * d_out], bias.clone())],
+        &[
+            ("qkv.weight", vec![3 * d_out, d_in], fused.clone()),
+            ("qkv.bias", vec![3 * d_out], bias.clone()),
+        ],
     );
     let ckpt = Checkpoint::load(&file, "", &[]).unwrap();
     let w = Weights::new(&ckpt);
     let mut b = GraphBuilder::new("test", 17, ElemType::F32);
     let x = b.input("x", ElemType::F32, &[Dim::from("B"), Dim::from(d_in)]);
     // The middle third (k) of the fused tensor, as BFL checkpoints store it.
-    let k = Param::stack("k.weight", vec![w.pp("qkv").rows("weight", &[3 * d_out, d_in], d_out..2 * d_out)]);
+    let k = Param::stack(
+        "k.weight",
+        vec![w.pp("qkv").rows("weight", &[3 * d_out, d_in], d_out..2 * d_out)],
+    );
     let kb = w.pp("qkv").rows("bias", &[3 * d_out], d_out..2 * d_out);
     let y = nn::linear_param(&mut b, &x, k, Some(kb));
     b.output(&y, "y", ElemType::F32, &[Dim::from("B"), Dim::from(d_out)]);
@@ -36,23 +42,40 @@ fn linear_layers_from_fused_and_split_weights_match_a_direct_computation() {
     let batch = 3;
     let xs = pseudo_random(batch * d_in, 3);
     let mut model = Model::load(&written.model).unwrap();
-    let out = model.run(vec![("x", Input::F32(ArrayD::from_shape_vec(vec![batch, d_in], xs.clone()).unwrap()))]).unwrap();
+    let out = model
+        .run(vec![(
+            "x",
+            Input::F32(ArrayD::from_shape_vec(vec![batch, d_in], xs.clone()).unwrap()),
+        )])
+        .unwrap();
     let got = out["y"].as_slice().unwrap().to_vec();
     let mut want = vec![0f32; batch * d_out];
     for n in 0..batch {
         for o in 0..d_out {
             let row = &fused[(d_out + o) * d_in..(d_out + o + 1) * d_in];
-            want[n * d_out + o] = bias[d_out + o] + row.iter().zip(&xs[n * d_in..(n + 1) * d_in]).map(|(a, b)| a * b).sum::<f32>();
+            want[n * d_out + o] = bias[d_out + o]
+                + row
+                    .iter()
+                    .zip(&xs[n * d_in..(n + 1) * d_in])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>();
         }
     }
-    assert!(relative_error(&got, &want) < 1e-6, "rel err {}", relative_error(&got, &want));
+    assert!(
+        relative_error(&got, &want) < 1e-6,
+        "rel err {}",
+        relative_error(&got, &want)
+    );
 }
 
 #[test]
 fn missing_and_misshaped_tensors_are_reported_together_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.safetensors");
-    write_f32_safetensors(&file, &[("a.weight", vec![2, 3], vec![0.0; 6]), ("extra", vec![1], vec![0.0])]);
+    write_f32_safetensors(
+        &file,
+        &[("a.weight", vec![2, 3], vec![0.0; 6]), ("extra", vec![1], vec![0.0])],
+    );
     let ckpt = Checkpoint::load(&file, "", &[]).unwrap();
     let w = Weights::new(&ckpt);
     let mut b = GraphBuilder::new("test", 17, ElemType::F32);

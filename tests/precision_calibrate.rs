@@ -18,23 +18,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const PROMPTS: [&str; 3] =
-    ["a photo of a cat", "a watercolor lighthouse in a storm, dramatic sky", "pixel art of a knight"];
+const PROMPTS: [&str; 3] = [
+    "a photo of a cat",
+    "a watercolor lighthouse in a storm, dramatic sky",
+    "pixel art of a knight",
+];
 const STEPS: usize = 2;
 const HEIGHT: usize = 32;
 const WIDTH: usize = 48;
 
 fn fluxbuild(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(args).output().expect("fluxbuild runs")
+    Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(args)
+        .output()
+        .expect("fluxbuild runs")
 }
 
 fn ok(out: Output, what: &str) -> Output {
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn pipeline(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline").join(variant)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pipeline")
+        .join(variant)
 }
 
 fn s(p: &Path) -> &str {
@@ -98,11 +110,18 @@ fn quantized_linears() -> Vec<String> {
     let transformer = exporter("transformer").unwrap();
     let ckpt = Checkpoint::load(&pipeline("dev"), transformer.subfolder(), transformer.key_prefixes()).unwrap();
     let config = ckpt.config().unwrap();
-    let options = GraphOptions { float: ElemType::F16, wide: ElemType::F16, opset: qdq::FP8_OPSET };
+    let options = GraphOptions {
+        float: ElemType::F16,
+        wide: ElemType::F16,
+        opset: qdq::FP8_OPSET,
+    };
     let (_, graph, problems) = plan(transformer, &ckpt, config.as_ref(), &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
-    qdq::linear_weights(&graph).into_iter().filter(|w| !policy.keeps(w)).collect()
+    qdq::linear_weights(&graph)
+        .into_iter()
+        .filter(|w| !policy.keeps(w))
+        .collect()
 }
 
 #[test]
@@ -117,8 +136,14 @@ fn calibration_covers_every_quantized_linear_and_names_its_model() {
     }
     let checkpoint = pipeline("dev").join("transformer/diffusion_pytorch_model.safetensors");
     assert_eq!(table.model.checkpoint_sha256, vec![sha256_file(&checkpoint).unwrap()]);
-    assert_eq!(table.model.model_sha256, sha256_file(&c.fp32.join("transformer/model.onnx")).unwrap());
-    assert_eq!(table.model.data_sha256, sha256_file(&c.fp32.join("transformer/model.onnx.data")).unwrap());
+    assert_eq!(
+        table.model.model_sha256,
+        sha256_file(&c.fp32.join("transformer/model.onnx")).unwrap()
+    );
+    assert_eq!(
+        table.model.data_sha256,
+        sha256_file(&c.fp32.join("transformer/model.onnx.data")).unwrap()
+    );
     assert_eq!(table.settings["steps"], STEPS);
     assert_eq!(table.settings["prompts"]["count"], PROMPTS.len());
 
@@ -140,7 +165,13 @@ fn calibration_covers_every_quantized_linear_and_names_its_model() {
         generate(&models, &request, &mut |event| {
             if let Event::Transformer { inputs, .. } = event {
                 let amax = |name: &str| {
-                    inputs.iter().find(|(n, _)| *n == name).unwrap().1.iter().fold(0f32, |m, v| m.max(v.abs()))
+                    inputs
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .unwrap()
+                        .1
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs()))
                 };
                 latents = latents.max(amax("hidden_states"));
                 text = text.max(amax("encoder_hidden_states"));
@@ -148,8 +179,14 @@ fn calibration_covers_every_quantized_linear_and_names_its_model() {
         })
         .unwrap();
     }
-    assert_eq!(table.amax["x_embedder.weight"], latents, "x_embedder input = hidden_states");
-    assert_eq!(table.amax["context_embedder.weight"], text, "context_embedder input = encoder_hidden_states");
+    assert_eq!(
+        table.amax["x_embedder.weight"], latents,
+        "x_embedder input = hidden_states"
+    );
+    assert_eq!(
+        table.amax["context_embedder.weight"], text,
+        "context_embedder input = encoder_hidden_states"
+    );
     // Nothing of the calibration run is left in the export.
     let leftovers: Vec<_> = std::fs::read_dir(&c.fp32)
         .unwrap()
@@ -175,19 +212,34 @@ fn images(models: &Path) -> Vec<Vec<u8>> {
     }
     .resolve(models.variant.value)
     .unwrap();
-    generate(&models, &request, &mut |_| {}).unwrap().images.into_iter().map(|i| i.pixels).collect()
+    generate(&models, &request, &mut |_| {})
+        .unwrap()
+        .images
+        .into_iter()
+        .map(|i| i.pixels)
+        .collect()
 }
 
 #[test]
 fn fp8_pipeline_keeps_the_image_and_passes_the_tensorrt_lint() {
     let c = calibrated();
     let fp8 = c.dir.join("fp8-emulated");
-    ok(export("dev", &fp8, &["--precision", "fp8", "--calibration", s(&c.table), "--emulate"]), "fp8 export");
+    ok(
+        export(
+            "dev",
+            &fp8,
+            &["--precision", "fp8", "--calibration", s(&c.table), "--emulate"],
+        ),
+        "fp8 export",
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fp8.join("manifest.json")).unwrap()).unwrap();
     let quantization = &manifest["submodels"]["transformer"]["quantization"];
     assert_eq!(quantization["quantized"], quantized_linears().len());
-    assert_eq!(quantization["calibration_sha256"].as_str().unwrap(), sha256_file(&c.table).unwrap());
+    assert_eq!(
+        quantization["calibration_sha256"].as_str().unwrap(),
+        sha256_file(&c.table).unwrap()
+    );
 
     let (reference, got) = (images(&c.fp32), images(&fp8));
     for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
@@ -201,14 +253,31 @@ fn fp8_pipeline_keeps_the_image_and_passes_the_tensorrt_lint() {
     // The deployable fp8 graph (no emulation) is what TensorRT gets: it must lint clean.
     let native = c.dir.join("fp8");
     ok(
-        export("dev", &native, &["--only", "transformer", "--precision", "fp8", "--calibration", s(&c.table)]),
+        export(
+            "dev",
+            &native,
+            &[
+                "--only",
+                "transformer",
+                "--precision",
+                "fp8",
+                "--calibration",
+                s(&c.table),
+            ],
+        ),
         "fp8 export",
     );
-    let out = ok(fluxbuild(&["lint", s(&native.join("transformer/model.onnx")), "--json"]), "lint");
+    let out = ok(
+        fluxbuild(&["lint", s(&native.join("transformer/model.onnx")), "--json"]),
+        "lint",
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["passed"], true, "{report}");
     let ops = std::fs::read(native.join("transformer/model.onnx")).unwrap();
-    assert!(ops.windows(16).any(|w| w == b"DequantizeLinear"), "no Q/DQ in the fp8 graph");
+    assert!(
+        ops.windows(16).any(|w| w == b"DequantizeLinear"),
+        "no Q/DQ in the fp8 graph"
+    );
 }
 
 #[test]
@@ -235,17 +304,37 @@ fn calibration_problems_are_refused_with_the_file_named() {
 
     let empty = c.dir.join("empty.txt");
     std::fs::write(&empty, "# nothing\n\n").unwrap();
-    let out =
-        fluxbuild(&["calibrate", "--models", s(&c.fp32), "--prompts", s(&empty), "--out", s(&c.dir.join("x.json"))]);
+    let out = fluxbuild(&[
+        "calibrate",
+        "--models",
+        s(&c.fp32),
+        "--prompts",
+        s(&empty),
+        "--out",
+        s(&c.dir.join("x.json")),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("empty.txt") && err.contains("no prompts"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("empty.txt") && err.contains("no prompts"),
+        "{err}"
+    );
 
     // A table measured on the dev checkpoint does not quantize schnell.
     let out = export(
         "schnell",
         &c.dir.join("schnell"),
-        &["--only", "transformer", "--precision", "fp8", "--calibration", s(&c.table)],
+        &[
+            "--only",
+            "transformer",
+            "--precision",
+            "fp8",
+            "--calibration",
+            s(&c.table),
+        ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("calibrated on checkpoint"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("calibrated on checkpoint"),
+        "{err}"
+    );
 }

@@ -33,7 +33,12 @@ fn layers() -> Vec<Layer> {
                 .enumerate()
                 .map(|(k, v)| v * (0.05 + (k / d_in) as f32 * 0.02))
                 .collect();
-            Layer { weight, bias: pseudo_random(d_out, 20 + i as u64), d_in, d_out }
+            Layer {
+                weight,
+                bias: pseudo_random(d_out, 20 + i as u64),
+                d_in,
+                d_out,
+            }
         })
         .collect()
 }
@@ -44,7 +49,10 @@ fn write_checkpoint(path: &Path, layers: &[Layer]) {
         tensors.push((format!("{name}.weight"), vec![l.d_out, l.d_in], l.weight.clone()));
         tensors.push((format!("{name}.bias"), vec![l.d_out], l.bias.clone()));
     }
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
     write_f32_safetensors(path, &refs);
 }
 
@@ -81,13 +89,19 @@ fn forward(layers: &[Layer], x: &[f32], quant: &[Option<(f32, Vec<f32>)>]) -> (V
             None => (h.clone(), l.weight.clone()),
             Some((sx, sw)) => (
                 h.iter().map(|v| fake_quantize(*v, *sx)).collect(),
-                l.weight.iter().enumerate().map(|(k, v)| fake_quantize(*v, if sw.len() == 1 { sw[0] } else { sw[k / l.d_in] })).collect(),
+                l.weight
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| fake_quantize(*v, if sw.len() == 1 { sw[0] } else { sw[k / l.d_in] }))
+                    .collect(),
             ),
         };
         let mut out = vec![0f32; BATCH * l.d_out];
         for n in 0..BATCH {
             for o in 0..l.d_out {
-                let dot: f64 = (0..l.d_in).map(|k| xq[n * l.d_in + k] as f64 * wq[o * l.d_in + k] as f64).sum();
+                let dot: f64 = (0..l.d_in)
+                    .map(|k| xq[n * l.d_in + k] as f64 * wq[o * l.d_in + k] as f64)
+                    .sum();
                 let y = (dot + l.bias[o] as f64) as f32;
                 out[n * l.d_out + o] = if i < 2 { silu(y) } else { y };
             }
@@ -99,7 +113,12 @@ fn forward(layers: &[Layer], x: &[f32], quant: &[Option<(f32, Vec<f32>)>]) -> (V
 
 fn run(model: &Path, x: &[f32]) -> BTreeMap<String, ArrayD<f32>> {
     let mut model = Model::load(model).unwrap();
-    model.run(vec![("x", Input::F32(ArrayD::from_shape_vec(vec![BATCH, DIMS[0]], x.to_vec()).unwrap()))]).unwrap()
+    model
+        .run(vec![(
+            "x",
+            Input::F32(ArrayD::from_shape_vec(vec![BATCH, DIMS[0]], x.to_vec()).unwrap()),
+        )])
+        .unwrap()
 }
 
 fn check(scaling: WeightScaling) {
@@ -111,7 +130,12 @@ fn check(scaling: WeightScaling) {
     let x: Vec<f32> = pseudo_random(BATCH * DIMS[0], 7).iter().map(|v| v * 3.0).collect();
 
     // Calibration: amax outputs of the fp32 graph equal the Rust forward pass's layer inputs.
-    let fp32 = write_model(&build(&Weights::new(&ckpt), 17), &dir.path().join("fp32"), &mut |_, _| {}).unwrap();
+    let fp32 = write_model(
+        &build(&Weights::new(&ckpt), 17),
+        &dir.path().join("fp32"),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let calibration = amax::write_calibration_model(&dir.path().join("fp32"), &dir.path().join("calib")).unwrap();
     let (calib, outputs) = (run(&calibration.path, &x), &calibration.outputs);
     let (reference, input_amax) = forward(&layers, &x, &[None, None, None]);
@@ -120,13 +144,20 @@ fn check(scaling: WeightScaling) {
     for (i, name) in NAMES.iter().enumerate() {
         let weight = format!("{name}.weight");
         let measured = calib[&outputs[&weight]].first().copied().unwrap();
-        assert!((measured - input_amax[i]).abs() <= 1e-6 * input_amax[i], "{weight}: {measured} vs {}", input_amax[i]);
+        assert!(
+            (measured - input_amax[i]).abs() <= 1e-6 * input_amax[i],
+            "{weight}: {measured} vs {}",
+            input_amax[i]
+        );
         // Calibrate the first layer low on purpose, so that its activations saturate at ±448·s.
         table.insert(weight, if i == 0 { measured * 0.5 } else { measured });
     }
     drop(fp32);
 
-    let policy = Fp8Policy { weights: scaling, keep: vec!["*.keep.*".into()] };
+    let policy = Fp8Policy {
+        weights: scaling,
+        keep: vec!["*.keep.*".into()],
+    };
     let mut graph = build(&Weights::new(&ckpt), qdq::FP8_OPSET);
     let summary = qdq::quantize_linears(&mut graph, &policy, &table).unwrap();
     assert_eq!(summary.quantized, 2);
@@ -141,17 +172,27 @@ fn check(scaling: WeightScaling) {
             if name.contains("keep") {
                 return None;
             }
-            let rows: Vec<f32> = l.weight.chunks(l.d_in).map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+            let rows: Vec<f32> = l
+                .weight
+                .chunks(l.d_in)
+                .map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs())))
+                .collect();
             let w_amax = match scaling {
                 WeightScaling::PerTensor => vec![rows.iter().fold(0f32, |m, v| m.max(*v))],
                 WeightScaling::PerChannel => rows,
             };
-            Some((scale_for(table[&format!("{name}.weight")], ElemType::F32), w_amax.iter().map(|a| scale_for(*a, ElemType::F32)).collect()))
+            Some((
+                scale_for(table[&format!("{name}.weight")], ElemType::F32),
+                w_amax.iter().map(|a| scale_for(*a, ElemType::F32)).collect(),
+            ))
         })
         .collect();
     let (want, _) = forward(&layers, &x, &quant);
     let err = relative_error(&got, &want);
-    assert!(err < 1e-6, "{scaling:?}: FP8 graph vs fake quantization: relative error {err}");
+    assert!(
+        err < 1e-6,
+        "{scaling:?}: FP8 graph vs fake quantization: relative error {err}"
+    );
     // And it is a real quantization, not a no-op: the fp32 result is far away.
     let off = relative_error(&got, &reference);
     assert!(off > 1e-3, "{scaling:?}: fp8 output equals fp32 output ({off})");
@@ -176,9 +217,20 @@ fn missing_calibration_entries_are_named() {
     let ckpt = Checkpoint::load(&file, "", &[]).unwrap();
     let mut graph = build(&Weights::new(&ckpt), qdq::FP8_OPSET);
     let table = BTreeMap::from([("blocks.0.fc.weight".to_string(), 1.0f32)]);
-    let policy = Fp8Policy { weights: WeightScaling::PerTensor, keep: vec![] };
-    let err = qdq::quantize_linears(&mut graph, &policy, &table).unwrap_err().to_string();
-    assert!(err.contains("2 linear layer(s)") && err.contains("blocks.1.fc.weight"), "{err}");
+    let policy = Fp8Policy {
+        weights: WeightScaling::PerTensor,
+        keep: vec![],
+    };
+    let err = qdq::quantize_linears(&mut graph, &policy, &table)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("2 linear layer(s)") && err.contains("blocks.1.fc.weight"),
+        "{err}"
+    );
     let mut old = build(&Weights::new(&ckpt), 17);
-    assert!(qdq::quantize_linears(&mut old, &policy, &table).unwrap_err().to_string().contains("opset 19"));
+    assert!(qdq::quantize_linears(&mut old, &policy, &table)
+        .unwrap_err()
+        .to_string()
+        .contains("opset 19"));
 }

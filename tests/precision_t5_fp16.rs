@@ -22,7 +22,10 @@ use std::path::Path;
 
 /// Largest |wo| after scaling: below fp16's 65504, so the weights are stored unsaturated.
 const WO_MAX: f32 = 30000.0;
-const WO: [&str; 2] = ["encoder.block.0.layer.1.DenseReluDense.wo.weight", "encoder.block.1.layer.1.DenseReluDense.wo.weight"];
+const WO: [&str; 2] = [
+    "encoder.block.0.layer.1.DenseReluDense.wo.weight",
+    "encoder.block.1.layer.1.DenseReluDense.wo.weight",
+];
 
 fn scaled_t5(dir: &Path) -> f32 {
     let bytes = std::fs::read(fixtures().join("t5/shared.safetensors")).unwrap();
@@ -30,7 +33,11 @@ fn scaled_t5(dir: &Path) -> f32 {
     let mut tensors = Vec::new();
     let mut scale = 0.0;
     for (name, view) in st.tensors() {
-        let mut values: Vec<f32> = view.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let mut values: Vec<f32> = view
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         if WO.contains(&name.as_str()) {
             let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             scale = WO_MAX / amax;
@@ -38,7 +45,10 @@ fn scaled_t5(dir: &Path) -> f32 {
         }
         tensors.push((name, view.shape().to_vec(), values));
     }
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
     write_f32_safetensors(&dir.join("model.safetensors"), &refs);
     std::fs::copy(fixtures().join("t5/config.json"), dir.join("config.json")).unwrap();
     scale
@@ -47,16 +57,35 @@ fn scaled_t5(dir: &Path) -> f32 {
 /// The encoder output, of the graph run by ORT as it is and emulated.
 fn run_t5(ckpt_dir: &Path, out: &Path, float: ElemType, wide: ElemType, ids: &ArrayD<i64>) -> (Vec<f32>, Vec<f32>) {
     let exporter = models::exporter("t5").unwrap();
-    let ckpt = Checkpoint::load(&ckpt_dir.join("model.safetensors"), exporter.subfolder(), exporter.key_prefixes()).unwrap();
-    let options = GraphOptions { float, wide, opset: fluxbuild_exporters::onnx::DEFAULT_OPSET };
+    let ckpt = Checkpoint::load(
+        &ckpt_dir.join("model.safetensors"),
+        exporter.subfolder(),
+        exporter.key_prefixes(),
+    )
+    .unwrap();
+    let options = GraphOptions {
+        float,
+        wide,
+        opset: fluxbuild_exporters::onnx::DEFAULT_OPSET,
+    };
     let run = |emulate: bool| {
-        let (_, mut graph, problems) = models::plan(exporter, &ckpt, ckpt.config().unwrap().as_ref(), &options).unwrap();
+        let (_, mut graph, problems) =
+            models::plan(exporter, &ckpt, ckpt.config().unwrap().as_ref(), &options).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         if emulate {
             emulate_in_fp32(&mut graph);
         }
-        let written = write_model(&graph, &out.join(if emulate { "emulated" } else { "native" }), &mut |_, _| {}).unwrap();
-        assert!(written.saturated.is_empty(), "weights saturated: {:?}", written.saturated);
+        let written = write_model(
+            &graph,
+            &out.join(if emulate { "emulated" } else { "native" }),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(
+            written.saturated.is_empty(),
+            "weights saturated: {:?}",
+            written.saturated
+        );
         let mut model = Model::load(&written.model).unwrap();
         let outputs = model.run(vec![("input_ids", Input::I64(ids.clone()))]).unwrap();
         outputs["text_embeddings"].iter().copied().collect::<Vec<f32>>()
@@ -66,7 +95,11 @@ fn run_t5(ckpt_dir: &Path, out: &Path, float: ElemType, wide: ElemType, ids: &Ar
 
 /// Relative error, infinite when `a` holds a non-finite value.
 fn error(a: &[f32], reference: &[f32]) -> f64 {
-    if a.iter().all(|v| v.is_finite()) { relative_error(a, reference) } else { f64::INFINITY }
+    if a.iter().all(|v| v.is_finite()) {
+        relative_error(a, reference)
+    } else {
+        f64::INFINITY
+    }
 }
 
 #[test]
@@ -76,11 +109,21 @@ fn fp16_t5_keeps_the_overflowing_parts_in_fp32() {
     let io = std::fs::read(fixtures().join("t5/io.safetensors")).unwrap();
     let io = SafeTensors::deserialize(&io).unwrap();
     let view = io.tensor("input_ids_L17").unwrap();
-    let ids: Vec<i64> = view.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let ids: Vec<i64> = view
+        .data()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let ids = ArrayD::from_shape_vec(view.shape().to_vec(), ids).unwrap();
 
     let (fp32, _) = run_t5(dir.path(), &dir.path().join("fp32"), ElemType::F32, ElemType::F32, &ids);
-    let (plain_native, plain) = run_t5(dir.path(), &dir.path().join("plain"), ElemType::F16, ElemType::F16, &ids);
+    let (plain_native, plain) = run_t5(
+        dir.path(),
+        &dir.path().join("plain"),
+        ElemType::F16,
+        ElemType::F16,
+        &ids,
+    );
     let (safe_native, safe) = run_t5(dir.path(), &dir.path().join("safe"), ElemType::F16, ElemType::F32, &ids);
     let (plain_err, safe_err) = (error(&plain, &fp32), error(&safe, &fp32));
     let non_finite = plain.iter().filter(|v| !v.is_finite()).count();
@@ -93,9 +136,15 @@ fn fp16_t5_keeps_the_overflowing_parts_in_fp32() {
     );
     assert!(fp32.iter().all(|v| v.is_finite()));
     // The input really breaks plain fp16 (inf/NaN or garbage) ...
-    assert!(plain_err > 0.5, "plain fp16 did not overflow (wo scaled by {scale}): rel err {plain_err}");
+    assert!(
+        plain_err > 0.5,
+        "plain fp16 did not overflow (wo scaled by {scale}): rel err {plain_err}"
+    );
     // ... and fluxbuild's fp16 T5 stays finite and within fp16 rounding of fp32.
-    assert!(safe_err < 1e-2, "fp16 T5 (fp32 residual and wo) vs fp32: relative error {safe_err}");
+    assert!(
+        safe_err < 1e-2,
+        "fp16 T5 (fp32 residual and wo) vs fp32: relative error {safe_err}"
+    );
     // The native run is no evidence either way (ORT keeps fp32 between fp16 ops): it must still be close.
     assert!(error(&safe_native, &fp32) < 1e-2);
 }

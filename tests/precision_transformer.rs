@@ -29,9 +29,18 @@ use std::path::Path;
 fn write(dir: &Path, float: ElemType, fp8: Option<&BTreeMap<String, f32>>, emulate: bool) -> u64 {
     let ckpt = open(&case_dir("dev").join("bfl.safetensors")).unwrap();
     let opset = if fp8.is_some() { qdq::FP8_OPSET } else { 17 };
-    let options = GraphOptions { float, wide: float, opset };
-    let (_, mut graph, problems) =
-        plan(exporter("transformer").unwrap(), &ckpt, Some(&diffusers_config("dev")), &options).unwrap();
+    let options = GraphOptions {
+        float,
+        wide: float,
+        opset,
+    };
+    let (_, mut graph, problems) = plan(
+        exporter("transformer").unwrap(),
+        &ckpt,
+        Some(&diffusers_config("dev")),
+        &options,
+    )
+    .unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     if let Some(table) = fp8 {
         let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
@@ -53,7 +62,11 @@ fn initializer_bytes(model: &Path) -> u64 {
         .initializer
         .iter()
         .map(|t| {
-            let external = t.external_data.iter().find(|e| e.key == "length").map(|e| e.value.parse::<u64>().unwrap());
+            let external = t
+                .external_data
+                .iter()
+                .find(|e| e.key == "length")
+                .map(|e| e.value.parse::<u64>().unwrap());
             external.unwrap_or(t.raw_data.len() as u64)
         })
         .sum()
@@ -81,7 +94,10 @@ fn run(dir: &Path, inputs: &Inputs) -> BTreeMap<String, ArrayD<f32>> {
 }
 
 fn run_graph(model: &Path, inputs: &Inputs) -> BTreeMap<String, ArrayD<f32>> {
-    let feed = inputs.iter().map(|(n, a)| (n.as_str(), Input::F32(a.clone()))).collect();
+    let feed = inputs
+        .iter()
+        .map(|(n, a)| (n.as_str(), Input::F32(a.clone())))
+        .collect();
     Model::load(model).unwrap().run(feed).unwrap()
 }
 
@@ -90,7 +106,10 @@ fn noise_pred(dir: &Path, inputs: &Inputs) -> Vec<f32> {
 }
 
 fn with(inputs: &Inputs, name: &str, f: impl Fn(f32) -> f32) -> Inputs {
-    inputs.iter().map(|(n, a)| (n.clone(), if n == name { a.mapv(&f) } else { a.clone() })).collect()
+    inputs
+        .iter()
+        .map(|(n, a)| (n.clone(), if n == name { a.mapv(&f) } else { a.clone() }))
+        .collect()
 }
 
 #[test]
@@ -101,20 +120,31 @@ fn fp16_transformer_stays_within_1e_2_of_fp32() {
     let fp16 = noise_pred(&dir.path().join("fp16"), &inputs);
     let (vs_diffusers, vs_fp32) = (relative_error(&fp16, &want), relative_error(&fp16, &fp32));
     eprintln!("fixture inputs: fp16 (emulated) vs diffusers fp32 {vs_diffusers:.2e}, vs our fp32 {vs_fp32:.2e}");
-    assert!(vs_diffusers <= 1e-2 && vs_fp32 <= 1e-2, "fp16 transformer: {vs_diffusers:.2e} / {vs_fp32:.2e}");
-    assert!(vs_fp32 > 1e-5, "the fp16 graph computes like fp32 ({vs_fp32:.2e}): not rounding?");
+    assert!(
+        vs_diffusers <= 1e-2 && vs_fp32 <= 1e-2,
+        "fp16 transformer: {vs_diffusers:.2e} / {vs_fp32:.2e}"
+    );
+    assert!(
+        vs_fp32 > 1e-5,
+        "the fp16 graph computes like fp32 ({vs_fp32:.2e}): not rounding?"
+    );
 
     // Mid-schedule σ of the dev pipeline fixture (4 steps, shifted), where 1000·σ is not an fp16 value.
     let sigmas = [0.612_825_75, 0.345_380_7];
     let mid = with(&inputs, "timestep", |x| if x == 0.9 { sigmas[0] } else { sigmas[1] });
     let fp16 = noise_pred(&dir.path().join("fp16"), &mid);
     let raw = relative_error(&fp16, &noise_pred(&dir.path().join("fp32"), &mid));
-    let rounded = with(&with(&mid, "timestep", |x| rounded_conditioning(x, Precision::Fp16)), "guidance", |x| {
-        rounded_conditioning(x, Precision::Fp16)
-    });
+    let rounded = with(
+        &with(&mid, "timestep", |x| rounded_conditioning(x, Precision::Fp16)),
+        "guidance",
+        |x| rounded_conditioning(x, Precision::Fp16),
+    );
     let arithmetic = relative_error(&fp16, &noise_pred(&dir.path().join("fp32"), &rounded));
     eprintln!("mid-schedule: fp16 (emulated) vs fp32 {raw:.2e}; vs fp32 with the same rounded 1000·σ, 1000·g {arithmetic:.2e}");
-    assert!(arithmetic <= 1e-2, "fp16 transformer arithmetic error {arithmetic:.2e} at mid-schedule σ");
+    assert!(
+        arithmetic <= 1e-2,
+        "fp16 transformer arithmetic error {arithmetic:.2e} at mid-schedule σ"
+    );
 }
 
 #[test]
@@ -124,8 +154,11 @@ fn fp8_transformer_stays_close_to_fp32_and_halves_the_weights() {
     // Calibrated on the fixture inputs themselves (the pipeline-level calibration is tested in precision_calibrate).
     let calibration = amax::write_calibration_model(&dir.path().join("fp32"), &dir.path().join("calib")).unwrap();
     let out = run_graph(&calibration.path, &inputs);
-    let table: BTreeMap<String, f32> =
-        calibration.outputs.iter().map(|(w, o)| (w.clone(), out[o].first().copied().unwrap())).collect();
+    let table: BTreeMap<String, f32> = calibration
+        .outputs
+        .iter()
+        .map(|(w, o)| (w.clone(), out[o].first().copied().unwrap()))
+        .collect();
 
     let fp16_bytes = write(&dir.path().join("fp16"), ElemType::F16, None, true);
     let fp8_bytes = write(&dir.path().join("fp8"), ElemType::F16, Some(&table), true);
@@ -134,7 +167,10 @@ fn fp8_transformer_stays_close_to_fp32_and_halves_the_weights() {
     let ratio = fp8_bytes as f64 / fp16_bytes as f64;
     eprintln!("noise_pred vs diffusers fp32: fp16 {fp16:.2e}, fp8 {fp8:.2e}; weights fp16 {fp16_bytes} B, fp8 {fp8_bytes} B, ratio {ratio:.3}");
     assert!(fp8 < 0.1, "fp8 transformer error {fp8:.2e}");
-    assert!(fp8 > fp16, "fp8 ({fp8:.2e}) should cost more than fp16 ({fp16:.2e}): not quantized?");
+    assert!(
+        fp8 > fp16,
+        "fp8 ({fp8:.2e}) should cost more than fp16 ({fp16:.2e}): not quantized?"
+    );
 
     // Quantized weights take 1 byte instead of 2; everything else (kept layers, biases, norms) 2.
     let ckpt = open(&case_dir("dev").join("bfl.safetensors")).unwrap();
@@ -149,5 +185,8 @@ fn fp8_transformer_stays_close_to_fp32_and_halves_the_weights() {
     }
     let expected = 1.0 - quantized as f64 / total as f64 / 2.0;
     eprintln!("expected from the parameter counts: {quantized} of {total} quantized -> {expected:.3}");
-    assert!((ratio - expected).abs() < 0.02, "fp8/fp16 weights {ratio:.3}, expected {expected:.3}");
+    assert!(
+        (ratio - expected).abs() < 0.02,
+        "fp8/fp16 weights {ratio:.3}, expected {expected:.3}"
+    );
 }

@@ -26,7 +26,14 @@ fn check_case(case: &str, variant: &str, tolerance: f64, sources: &[(&str, &str,
         let given = (!source.starts_with("diffusers")).then_some(&config);
         let analysis = export(&dir.join(source), given, ElemType::F32, out.path());
         assert_eq!(analysis.variant.as_deref(), Some(variant), "{case}/{source}");
-        assert_eq!(analysis.layout, if source.starts_with("diffusers") { "diffusers" } else { "bfl" });
+        assert_eq!(
+            analysis.layout,
+            if source.starts_with("diffusers") {
+                "diffusers"
+            } else {
+                "bfl"
+            }
+        );
         let (rel, max_abs) = compare(out.path(), &dir.join(io));
         eprintln!(
             "parity transformer/{case:<8} {label:<22} rel {rel:.3e}  max|d| {max_abs:.3e}  (tolerance {tolerance:.0e})"
@@ -85,9 +92,14 @@ fn dev_wide_matches_diffusers_with_other_head_dim_and_rope_axes() {
 fn dimensions_come_from_tensor_shapes() {
     let transformer = exporter("transformer").unwrap();
     let wide = case_dir("dev_wide");
-    let from_folder = transformer.analyze(&open(&wide.join("diffusers")).unwrap(), None).unwrap();
+    let from_folder = transformer
+        .analyze(&open(&wide.join("diffusers")).unwrap(), None)
+        .unwrap();
     let from_file = transformer
-        .analyze(&open(&wide.join("bfl.safetensors")).unwrap(), Some(&diffusers_config("dev_wide")))
+        .analyze(
+            &open(&wide.join("bfl.safetensors")).unwrap(),
+            Some(&diffusers_config("dev_wide")),
+        )
         .unwrap();
     assert_eq!(from_folder.config, from_file.config);
     let c = &from_folder.config;
@@ -97,7 +109,9 @@ fn dimensions_come_from_tensor_shapes() {
         "pooled_projection_dim": 32, "timestep_embedding_dim": 256, "guidance_embeds": true, "axes_dims_rope": [4, 10, 10]
     });
     assert_eq!(c, &expect);
-    let schnell = transformer.analyze(&open(&case_dir("schnell").join("diffusers")).unwrap(), None).unwrap();
+    let schnell = transformer
+        .analyze(&open(&case_dir("schnell").join("diffusers")).unwrap(), None)
+        .unwrap();
     assert_eq!(schnell.variant.as_deref(), Some("schnell"));
     assert_eq!(schnell.config["guidance_embeds"], false);
 }
@@ -105,10 +119,15 @@ fn dimensions_come_from_tensor_shapes() {
 #[test]
 fn single_file_with_unusual_head_dim_asks_for_config() {
     let transformer = exporter("transformer").unwrap();
-    let err =
-        transformer.analyze(&open(&case_dir("dev").join("bfl.safetensors")).unwrap(), None).unwrap_err().to_string();
+    let err = transformer
+        .analyze(&open(&case_dir("dev").join("bfl.safetensors")).unwrap(), None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bfl.safetensors"), "{err}");
-    assert!(err.contains("head dim is 16") && err.contains("axes_dims_rope") && err.contains("--config"), "{err}");
+    assert!(
+        err.contains("head dim is 16") && err.contains("axes_dims_rope") && err.contains("--config"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,18 +140,31 @@ fn config_that_contradicts_the_tensors_is_refused() {
         .analyze(&open(&case_dir("dev").join("bfl.safetensors")).unwrap(), Some(&config))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("num_layers is 19 in the config but 2 in the tensors"), "{err}");
-    assert!(err.contains("joint_attention_dim is 4096 in the config but 40 in the tensors"), "{err}");
+    assert!(
+        err.contains("num_layers is 19 in the config but 2 in the tensors"),
+        "{err}"
+    );
+    assert!(
+        err.contains("joint_attention_dim is 4096 in the config but 40 in the tensors"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bf16_graph_keeps_weights_bf16_and_io_float32() {
     let ckpt = open(&case_dir("dev").join("diffusers_bf16")).unwrap();
-    let options = GraphOptions { float: ElemType::BF16, ..GraphOptions::default() };
+    let options = GraphOptions {
+        float: ElemType::BF16,
+        ..GraphOptions::default()
+    };
     let (_, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, None, &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     let mut weights = 0;
-    for init in graph.initializers.iter().filter(|i| matches!(i.data, InitData::Weights(_))) {
+    for init in graph
+        .initializers
+        .iter()
+        .filter(|i| matches!(i.data, InitData::Weights(_)))
+    {
         // q/k RMSNorm weights join the f32 statistics; everything else is bf16 as stored.
         let qk_norm = init.name.contains("norm_q") || init.name.contains("norm_k") || init.name.contains("norm_added");
         let want = if qk_norm { ElemType::F32 } else { ElemType::BF16 };
@@ -140,8 +172,16 @@ fn bf16_graph_keeps_weights_bf16_and_io_float32() {
         weights += 1;
     }
     // Stacking: per double block 2 streams × (6 q/k/v tensors → 2), per single block 8 → 2.
-    assert_eq!(weights, ckpt.len() - 2 * 2 * 4 - 3 * 6, "one initializer per tensor, stacked ones fused");
-    assert!(graph.inputs.iter().chain(&graph.outputs).all(|v| v.elem == ElemType::F32));
+    assert_eq!(
+        weights,
+        ckpt.len() - 2 * 2 * 4 - 3 * 6,
+        "one initializer per tensor, stacked ones fused"
+    );
+    assert!(graph
+        .inputs
+        .iter()
+        .chain(&graph.outputs)
+        .all(|v| v.elem == ElemType::F32));
     let out = tempfile::tempdir().unwrap();
     write_model(&graph, out.path(), &mut |_, _| {}).unwrap();
 }

@@ -36,7 +36,11 @@ fn engines(dir: &Path) {
         engine("transformer", "fp16", transformer_inputs, 1),
         engine("vae_decoder", "fp16", serde_json::json!({ "latent": shapes(&[1, 16, 32, 32], &[1, 16, 128, 128], &[4, 16, 128, 128]) }), 1),
     ]});
-    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Loads each model through the repository API and returns (model, error message).
@@ -50,13 +54,23 @@ fn load_errors(repo: &Path, models: &[&str]) -> Vec<(String, String)> {
     let client = server.client();
     models
         .iter()
-        .map(|m| (m.to_string(), client.repository(m, "load").map(|_| "loaded".to_string()).unwrap_or_else(|e| format!("{e:#}"))))
+        .map(|m| {
+            (
+                m.to_string(),
+                client
+                    .repository(m, "load")
+                    .map(|_| "loaded".to_string())
+                    .unwrap_or_else(|e| format!("{e:#}")),
+            )
+        })
         .collect()
 }
 
 /// The only reasons a valid config may fail to load here: no TensorRT backend, no GPU.
 fn missing_tensorrt_or_gpu(message: &str) -> bool {
-    message.contains("unable to find backend library for backend 'tensorrt'") || message.contains("GPU") || message.contains("CUDA")
+    message.contains("unable to find backend library for backend 'tensorrt'")
+        || message.contains("GPU")
+        || message.contains("CUDA")
 }
 
 #[test]
@@ -83,13 +97,30 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
         force: false,
     };
     let packaged = package(&options, &|_| indicatif::ProgressBar::hidden()).unwrap();
-    assert_eq!(packaged.models, ["clip", "t5", "transformer", "transformer_fp16", "vae_decoder", "flux"]);
+    assert_eq!(
+        packaged.models,
+        ["clip", "t5", "transformer", "transformer_fp16", "vae_decoder", "flux"]
+    );
     let limits = &packaged.limits;
-    assert_eq!((limits.max_height, limits.min_height, limits.min_sequence_length, limits.max_sequence_length), (1024, 256, 256, 512));
+    assert_eq!(
+        (
+            limits.max_height,
+            limits.min_height,
+            limits.min_sequence_length,
+            limits.max_sequence_length
+        ),
+        (1024, 256, 256, 512)
+    );
     let transformer = std::fs::read_to_string(repo.join("transformer/config.pbtxt")).unwrap();
-    assert!(transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"1\" ]"), "{transformer}");
+    assert!(
+        transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"1\" ]"),
+        "{transformer}"
+    );
     let flux = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
-    assert!(flux.contains("kind: KIND_GPU") && flux.contains("string_value: \"transformer_fp16\""), "{flux}");
+    assert!(
+        flux.contains("kind: KIND_GPU") && flux.contains("string_value: \"transformer_fp16\""),
+        "{flux}"
+    );
     assert!(repo.join("transformer/1/model.plan").is_file() && repo.join("manifest.json").is_file());
 
     let names = ["clip", "t5", "transformer", "transformer_fp16", "vae_decoder", "flux"];
@@ -98,14 +129,27 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
         eprintln!("{model}: {message}");
     }
     for (model, message) in &errors {
-        assert!(missing_tensorrt_or_gpu(message), "{model}: the server rejected its config: {message}");
+        assert!(
+            missing_tensorrt_or_gpu(message),
+            "{model}: the server rejected its config: {message}"
+        );
     }
 
     // The check can fail: a config the parser rejects never reaches the backend lookup
     // (the server's log has the line and column).
     let broken = repo.join("clip/config.pbtxt");
-    std::fs::write(&broken, std::fs::read_to_string(&broken).unwrap().replace("max_batch_size: 4", "max_batch_size: four")).unwrap();
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&broken)
+            .unwrap()
+            .replace("max_batch_size: 4", "max_batch_size: four"),
+    )
+    .unwrap();
     let errors = load_errors(&repo, &["clip"]);
     eprintln!("broken clip: {}", errors[0].1);
-    assert!(!missing_tensorrt_or_gpu(&errors[0].1) && errors[0].1.contains("failed to poll from model repository"), "{:?}", errors[0]);
+    assert!(
+        !missing_tensorrt_or_gpu(&errors[0].1) && errors[0].1.contains("failed to poll from model repository"),
+        "{:?}",
+        errors[0]
+    );
 }

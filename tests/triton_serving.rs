@@ -33,22 +33,32 @@ const PROMPTS: [&str; 8] = [
 ];
 
 fn options(prompts: &[&str], seed: u64) -> RequestOptions {
-    RequestOptions { prompts: prompts.iter().map(|p| p.to_string()).collect(), seed: Some(seed), ..Default::default() }
+    RequestOptions {
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        seed: Some(seed),
+        ..Default::default()
+    }
 }
 
 /// The image `prompt` gets alone from local generation (SIZE x SIZE, STEPS steps).
 fn local(models: &ExportedModels, prompt: &str, seed: u64) -> Vec<u8> {
-    let request =
-        RequestOptions { height: Some(SIZE), width: Some(SIZE), steps: Some(STEPS), ..options(&[prompt], seed) }
-            .resolve(models.variant.value)
-            .unwrap();
+    let request = RequestOptions {
+        height: Some(SIZE),
+        width: Some(SIZE),
+        steps: Some(STEPS),
+        ..options(&[prompt], seed)
+    }
+    .resolve(models.variant.value)
+    .unwrap();
     generate(models, &request, &mut |_| {}).unwrap().images.remove(0).pixels
 }
 
 /// A request with the deployment's defaults, checked as `fluxbuild generate --server` checks it.
 fn remote(client: &Client, prompts: &[&str], seed: u64) -> Request {
     let deployment = client.deployment().unwrap();
-    options(prompts, seed).resolve_within(&deployment.defaults, &deployment.limits).unwrap()
+    options(prompts, seed)
+        .resolve_within(&deployment.defaults, &deployment.limits)
+        .unwrap()
 }
 
 /// Every image within PSNR >= 60 dB of the prompt alone; returns how many are identical.
@@ -56,10 +66,19 @@ fn count_identical(images: &[RgbImage], alone: &[Vec<u8>], what: &str) -> usize 
     assert_eq!(images.len(), alone.len(), "{what}: one image per prompt");
     let close = |(i, (image, want)): (usize, (&RgbImage, &Vec<u8>))| {
         let db = psnr(&image.pixels, want);
-        assert!(db >= 60.0, "{what}, prompt {i}: PSNR {db:.1} dB against the prompt alone (need >= 60)");
+        assert!(
+            db >= 60.0,
+            "{what}, prompt {i}: PSNR {db:.1} dB against the prompt alone (need >= 60)"
+        );
         db.is_infinite()
     };
-    images.iter().zip(alone).enumerate().map(close).filter(|identical| *identical).count()
+    images
+        .iter()
+        .zip(alone)
+        .enumerate()
+        .map(close)
+        .filter(|identical| *identical)
+        .count()
 }
 
 #[test]
@@ -81,7 +100,9 @@ fn dev_through_triton_gives_the_local_images_and_clear_errors() {
 /// `fluxbuild generate --server` (the Rust client) and tritonclient against `fluxbuild generate --models`.
 fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path) {
     let (local_png, served_png) = (dir.join("local.png"), dir.join("served.png"));
-    let args = ["--prompt", PROMPTS[0], "--seed", "42", "--height", "32", "--width", "48", "--steps", "3"];
+    let args = [
+        "--prompt", PROMPTS[0], "--seed", "42", "--height", "32", "--width", "48", "--steps", "3",
+    ];
     let generate = |source: &[&str], out: &Path| {
         let started = Instant::now();
         fluxbuild_ok(&[&["generate"], source, &args, &["--out", path(out)]].concat());
@@ -105,28 +126,69 @@ fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path)
         "same pixels and settings, same PNG file"
     );
     let distinct: std::collections::BTreeSet<&[u8]> = got.pixels.chunks(3).collect();
-    assert!(distinct.len() > 100, "a real image, not a flat one: {} distinct colors", distinct.len());
+    assert!(
+        distinct.len() > 100,
+        "a real image, not a flat one: {} distinct colors",
+        distinct.len()
+    );
 
     // NVIDIA's own client, from the Triton venv.
     let raw = dir.join("python.rgb");
     let python = fluxbuild::serve::Installation::find(None).unwrap().path[0].join("python3");
     let script = common::repo().join("tests/triton_python_client.py");
     let status = std::process::Command::new(python)
-        .args([path(&script), &server.url(), PROMPTS[0], "42", "32", "48", "3", path(&raw)])
+        .args([
+            path(&script),
+            &server.url(),
+            PROMPTS[0],
+            "42",
+            "32",
+            "48",
+            "3",
+            path(&raw),
+        ])
         .status()
         .unwrap();
     assert!(status.success(), "the tritonclient script failed");
-    assert!(std::fs::read(&raw).unwrap() == want.pixels, "tritonclient got other pixels than local generate");
+    assert!(
+        std::fs::read(&raw).unwrap() == want.pixels,
+        "tritonclient got other pixels than local generate"
+    );
 
     // Initial noise from a file travels as the orchestrator's `noise` input.
     let noise = dir.join("noise.safetensors");
-    common::write_f32_safetensors(&noise, &[("noise", vec![1, 16, 4, 6], common::pseudo_random(16 * 4 * 6, 3))]);
-    let noise_args =
-        ["--prompt", PROMPTS[3], "--noise", path(&noise), "--height", "32", "--width", "48", "--steps", "3"];
+    common::write_f32_safetensors(
+        &noise,
+        &[("noise", vec![1, 16, 4, 6], common::pseudo_random(16 * 4 * 6, 3))],
+    );
+    let noise_args = [
+        "--prompt",
+        PROMPTS[3],
+        "--noise",
+        path(&noise),
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--steps",
+        "3",
+    ];
     let (local_noise, served_noise) = (dir.join("local-noise.png"), dir.join("served-noise.png"));
-    fluxbuild_ok(&[&["generate", "--models", path(models)], &noise_args[..], &["--out", path(&local_noise)]].concat());
     fluxbuild_ok(
-        &[&["generate", "--server", &server.url()], &noise_args[..], &["--out", path(&served_noise)]].concat(),
+        &[
+            &["generate", "--models", path(models)],
+            &noise_args[..],
+            &["--out", path(&local_noise)],
+        ]
+        .concat(),
+    );
+    fluxbuild_ok(
+        &[
+            &["generate", "--server", &server.url()],
+            &noise_args[..],
+            &["--out", path(&served_noise)],
+        ]
+        .concat(),
     );
     assert_eq!(
         std::fs::read(&served_noise).unwrap(),
@@ -137,7 +199,14 @@ fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path)
     // The seed reaches the noise: another seed, another image.
     let other = dir.join("other.png");
     let other_seed = args.map(|a| if a == "42" { "43" } else { a });
-    fluxbuild_ok(&[&["generate", "--server", &server.url()], &other_seed[..], &["--out", path(&other)]].concat());
+    fluxbuild_ok(
+        &[
+            &["generate", "--server", &server.url()],
+            &other_seed[..],
+            &["--out", path(&other)],
+        ]
+        .concat(),
+    );
     assert_ne!(read_png(&other).unwrap().pixels, want.pixels);
 }
 
@@ -148,7 +217,12 @@ fn batch_stats(client: &Client, model: &str) -> Vec<(u64, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["batch_size"].as_u64().unwrap(), b["compute_infer"]["count"].as_u64().unwrap()))
+        .map(|b| {
+            (
+                b["batch_size"].as_u64().unwrap(),
+                b["compute_infer"]["count"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -159,11 +233,21 @@ fn batched_executions(stats: &[(u64, u64)]) -> u64 {
 fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models: &ExportedModels) {
     let client = server.client();
     let max_batch = client.deployment().unwrap().max_batch;
-    let want: Vec<Vec<u8>> = PROMPTS.iter().enumerate().map(|(i, p)| local(models, p, 100 + i as u64)).collect();
+    let want: Vec<Vec<u8>> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| local(models, p, 100 + i as u64))
+        .collect();
     let started = Instant::now();
     let alone = client.generate(&remote(&client, &PROMPTS[..1], 100)).unwrap();
-    eprintln!("one request of 1 prompt ({SIZE}x{SIZE}, {STEPS} steps): {:.2} s", started.elapsed().as_secs_f64());
-    assert!(alone[0].pixels == want[0], "a single prompt through Triton differs from local generation");
+    eprintln!(
+        "one request of 1 prompt ({SIZE}x{SIZE}, {STEPS} steps): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        alone[0].pixels == want[0],
+        "a single prompt through Triton differs from local generation"
+    );
 
     // Four prompts in one request: prompt i gets seed 100 + i.
     let started = Instant::now();
@@ -175,7 +259,9 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     // Eight single-prompt requests at once: the dynamic batcher groups them.
     let before = batch_stats(&client, "flux");
     let started = Instant::now();
-    let eight = client.generate_many(&remote(&client, &PROMPTS, 100), 8, max_batch).unwrap();
+    let eight = client
+        .generate_many(&remote(&client, &PROMPTS, 100), 8, max_batch)
+        .unwrap();
     let eight_s = started.elapsed().as_secs_f64();
     let after = batch_stats(&client, "flux");
     let identical = count_identical(&eight, &want, "8 concurrent requests");
@@ -194,7 +280,10 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
 fn flux_metrics(server: &Server) -> String {
     let client = Client::new(&format!("http://127.0.0.1:{}", server.metrics_port)).unwrap();
     let text = client.get_text("/metrics").unwrap();
-    text.lines().filter(|l| l.starts_with("flux_")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .filter(|l| l.starts_with("flux_"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
@@ -205,10 +294,26 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
     let cases: Vec<(&str, Vec<Tensor>, &str)> = vec![
         ("empty prompt", vec![prompt("  ")], "prompt 0 is empty"),
         ("no prompt", vec![int("steps", 2)], "prompt"),
-        ("wrong dtype", vec![prompt("a cat"), Tensor::f32("steps", &[1, 1], &[2.0])], "data-type"),
-        ("size not a multiple of 16", vec![prompt("a cat"), int("height", 40)], "height 40 is not a multiple of 16"),
-        ("size too large", vec![prompt("a cat"), int("width", 4096)], "width 4096 is outside"),
-        ("steps 0", vec![prompt("a cat"), int("steps", 0)], "steps 0 must be between 1 and 50"),
+        (
+            "wrong dtype",
+            vec![prompt("a cat"), Tensor::f32("steps", &[1, 1], &[2.0])],
+            "data-type",
+        ),
+        (
+            "size not a multiple of 16",
+            vec![prompt("a cat"), int("height", 40)],
+            "height 40 is not a multiple of 16",
+        ),
+        (
+            "size too large",
+            vec![prompt("a cat"), int("width", 4096)],
+            "width 4096 is outside",
+        ),
+        (
+            "steps 0",
+            vec![prompt("a cat"), int("steps", 0)],
+            "steps 0 must be between 1 and 50",
+        ),
         (
             "noise of the wrong shape",
             vec![prompt("a cat"), Tensor::f32("noise", &[1, 16, 2, 2], &[0.0; 64])],
@@ -219,16 +324,23 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
         let err = client.infer("flux", &inputs, &["image"]).expect_err(what);
         let text = format!("{err:#}");
         eprintln!("{what}: {text}");
-        assert!(text.contains(expected), "{what}: error {text:?} does not say {expected:?}");
-        assert!(text.contains("(400)"), "{what}: a bad request is answered 400 Bad Request: {text}");
+        assert!(
+            text.contains(expected),
+            "{what}: error {text:?} does not say {expected:?}"
+        );
+        assert!(
+            text.contains("(400)"),
+            "{what}: a bad request is answered 400 Bad Request: {text}"
+        );
         assert!(client.model_ready("flux").unwrap(), "flux is not ready after: {what}");
     }
     // One bad request in a dynamic batch does not fail the good ones beside it.
     std::thread::scope(|scope| {
         let bad = scope.spawn(|| client.infer("flux", &[prompt("")], &["image"]));
         let client = &client;
-        let good: Vec<_> =
-            (0..3).map(|i| scope.spawn(move || client.generate(&remote(client, &PROMPTS[i..=i], 7)))).collect();
+        let good: Vec<_> = (0..3)
+            .map(|i| scope.spawn(move || client.generate(&remote(client, &PROMPTS[i..=i], 7))))
+            .collect();
         assert!(bad.join().unwrap().is_err());
         for g in good {
             assert_eq!(g.join().unwrap().unwrap().len(), 1);
@@ -248,9 +360,20 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
         "--out",
         path(&never_written),
     ]);
-    assert!(!ok && err.contains("width 256 is out of range 16..=128 (what the Triton deployment at"), "{err}");
+    assert!(
+        !ok && err.contains("width 256 is out of range 16..=128 (what the Triton deployment at"),
+        "{err}"
+    );
     let down = format!("http://127.0.0.1:{}", fluxbuild::serve::free_port().unwrap());
-    let (ok, _, err) = fluxbuild(&["generate", "--server", &down, "--prompt", "a cat", "--out", path(&never_written)]);
+    let (ok, _, err) = fluxbuild(&[
+        "generate",
+        "--server",
+        &down,
+        "--prompt",
+        "a cat",
+        "--out",
+        path(&never_written),
+    ]);
     assert!(!ok && err.contains("not answering"), "{err}");
     assert!(!never_written.exists());
 }
@@ -259,22 +382,34 @@ fn unloading_the_transformer_names_it_and_loading_recovers(server: &Server, mode
     let client = server.client();
     let want = local(models, PROMPTS[1], 5);
     client.repository("transformer", "unload").unwrap();
-    let err = format!("{:#}", client.generate(&remote(&client, &PROMPTS[1..2], 5)).unwrap_err());
+    let err = format!(
+        "{:#}",
+        client.generate(&remote(&client, &PROMPTS[1..2], 5)).unwrap_err()
+    );
     eprintln!("with transformer unloaded: {err}");
     assert!(err.contains("network 'transformer' failed"), "{err}");
     assert!(client.model_ready("flux").unwrap());
     client.repository("transformer", "load").unwrap();
     let images = client.generate(&remote(&client, &PROMPTS[1..2], 5)).unwrap();
-    assert!(images[0].pixels == want, "after reloading the transformer the image differs from local generation");
+    assert!(
+        images[0].pixels == want,
+        "after reloading the transformer the image differs from local generation"
+    );
 }
 
 /// The orchestrator counts host<->device copies (none on the cpu target: no device).
 fn copies_reported(server: &Server) {
     let log = server.log_text();
-    let line =
-        log.lines().rev().find(|l| l.contains("host<->device copies")).expect("the orchestrator logs its copies");
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("host<->device copies"))
+        .expect("the orchestrator logs its copies");
     eprintln!("{}", line.trim());
-    assert!(line.contains("0 host->device, 0 device->host") && line.contains("on cpu"), "{line}");
+    assert!(
+        line.contains("0 host->device, 0 device->host") && line.contains("on cpu"),
+        "{line}"
+    );
     let metrics = flux_metrics(server);
     assert!(metrics.contains("flux_host_device_copies_total"), "{metrics}");
 }
@@ -295,7 +430,11 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
     assert!(!client.model_ready("transformer").unwrap());
     let deployment = client.deployment().unwrap();
     assert_eq!(
-        (deployment.variant.name(), deployment.defaults.steps, deployment.defaults.max_sequence_length),
+        (
+            deployment.variant.name(),
+            deployment.defaults.steps,
+            deployment.defaults.max_sequence_length
+        ),
         ("schnell", 2, 256)
     );
     let images = client.generate(&remote(&client, &PROMPTS[2..3], 9)).unwrap();

@@ -51,13 +51,19 @@ pub struct PrecisionPlan {
 impl PrecisionPlan {
     /// Parses a spec; `networks` are the valid names for `NET=` entries.
     pub fn parse(spec: &str, networks: &[&str]) -> Result<PrecisionPlan> {
-        let mut plan = PrecisionPlan { default: None, per_network: BTreeMap::new() };
+        let mut plan = PrecisionPlan {
+            default: None,
+            per_network: BTreeMap::new(),
+        };
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item.split_once('=') {
                 Some((net, p)) => {
                     let net = net.trim();
                     if !networks.contains(&net) {
-                        bail!("--precision: unknown network `{net}` (expected one of {})", networks.join(", "));
+                        bail!(
+                            "--precision: unknown network `{net}` (expected one of {})",
+                            networks.join(", ")
+                        );
                     }
                     plan.per_network.insert(net.to_string(), Precision::parse(p)?);
                 }
@@ -70,7 +76,11 @@ impl PrecisionPlan {
 
     /// The precision for `network`, falling back to `fallback` when the spec names none.
     pub fn for_network(&self, network: &str, fallback: Precision) -> Precision {
-        self.per_network.get(network).copied().or(self.default).unwrap_or(fallback)
+        self.per_network
+            .get(network)
+            .copied()
+            .or(self.default)
+            .unwrap_or(fallback)
     }
 
     /// The precision `network` gets: its own entry, else the default adapted to what is known
@@ -116,17 +126,27 @@ impl NetworkPrecision {
             Precision::Bf16 => ElemType::BF16,
             Precision::Fp16 | Precision::Fp8 => ElemType::F16,
         };
-        let mut plan = NetworkPrecision { precision, float, wide: float, fp8_linears: precision == Precision::Fp8, notes: vec![] };
+        let mut plan = NetworkPrecision {
+            precision,
+            float,
+            wide: float,
+            fp8_linears: precision == Precision::Fp8,
+            notes: vec![],
+        };
         match (network, precision) {
             ("transformer", Precision::Fp8) => plan.notes.push(
                 "linear layers in FP8 E4M3 (weights from their amax, activations from calibration); embedders, \
                  final projection, norms and attention in fp16"
                     .into(),
             ),
-            (_, Precision::Fp8) => bail!("--precision {network}=fp8: FP8 quantization is implemented for the transformer only"),
+            (_, Precision::Fp8) => {
+                bail!("--precision {network}=fp8: FP8 quantization is implemented for the transformer only")
+            }
             ("t5", Precision::Fp16) => {
                 plan.wide = ElemType::F32;
-                plan.notes.push("T5 overflows fp16 in its FFN output: residual stream and `wo` projections run in fp32".into());
+                plan.notes.push(
+                    "T5 overflows fp16 in its FFN output: residual stream and `wo` projections run in fp32".into(),
+                );
             }
             _ => {}
         }
@@ -152,15 +172,25 @@ mod tests {
         let nets = ["clip", "t5", "transformer", "vae_decoder"];
         let fp8 = PrecisionPlan::parse("fp8", &nets).unwrap();
         let got: Vec<Precision> = nets.iter().map(|n| fp8.with_defaults(n)).collect();
-        assert_eq!(got, vec![Precision::Fp16, Precision::Fp16, Precision::Fp8, Precision::Fp32]);
+        assert_eq!(
+            got,
+            vec![Precision::Fp16, Precision::Fp16, Precision::Fp8, Precision::Fp32]
+        );
         let t5 = fp8.resolve("t5").unwrap();
         assert_eq!((t5.float, t5.wide), (ElemType::F16, ElemType::F32));
         assert_eq!(fp8.resolve("transformer").unwrap().float, ElemType::F16);
         assert!(fp8.resolve("transformer").unwrap().fp8_linears);
         let explicit = PrecisionPlan::parse("fp16,vae_decoder=fp16", &nets).unwrap();
         assert_eq!(explicit.with_defaults("vae_decoder"), Precision::Fp16);
-        assert_eq!(PrecisionPlan::parse("", &nets).unwrap().with_defaults("t5"), Precision::Fp32);
-        let err = PrecisionPlan::parse("clip=fp8", &nets).unwrap().resolve("clip").unwrap_err().to_string();
+        assert_eq!(
+            PrecisionPlan::parse("", &nets).unwrap().with_defaults("t5"),
+            Precision::Fp32
+        );
+        let err = PrecisionPlan::parse("clip=fp8", &nets)
+            .unwrap()
+            .resolve("clip")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("transformer only"), "{err}");
     }
 

@@ -26,8 +26,14 @@ impl AtomicFile {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = options.open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        Ok(AtomicFile { file: Some(file), tmp, path: path.to_path_buf() })
+        let file = options
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        Ok(AtomicFile {
+            file: Some(file),
+            tmp,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Turns O_DIRECT on or off for the open file.
@@ -36,7 +42,11 @@ impl AtomicFile {
         let fd = self.file.as_ref().expect("not committed").as_raw_fd();
         // SAFETY: fcntl on a file descriptor this struct owns.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        let flags = if direct { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+        let flags = if direct {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
         // SAFETY: as above.
         if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
             return Err(std::io::Error::last_os_error());
@@ -46,7 +56,8 @@ impl AtomicFile {
 
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("committed once");
-        file.sync_all().with_context(|| format!("{}: cannot flush", self.tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("{}: cannot flush", self.tmp.display()))?;
         drop(file);
         std::fs::rename(&self.tmp, &self.path)
             .with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
@@ -73,7 +84,8 @@ impl Drop for AtomicFile {
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
-    file.write_all(bytes).with_context(|| format!("{}: write failed", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("{}: write failed", path.display()))?;
     file.commit()
 }
 
@@ -87,7 +99,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 8 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("{}: read failed", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("{}: read failed", path.display()))?;
         if n == 0 {
             break;
         }

@@ -36,10 +36,26 @@ pub struct Config {
 }
 
 pub const CONFIGS: [Config; 4] = [
-    Config { name: "fp16 (emulated)", precision: Precision::Fp16, emulate: true },
-    Config { name: "fp16 (ORT CPU)", precision: Precision::Fp16, emulate: false },
-    Config { name: "bf16 (emulated)", precision: Precision::Bf16, emulate: true },
-    Config { name: "fp8 (emulated fp16 + Q/DQ)", precision: Precision::Fp8, emulate: true },
+    Config {
+        name: "fp16 (emulated)",
+        precision: Precision::Fp16,
+        emulate: true,
+    },
+    Config {
+        name: "fp16 (ORT CPU)",
+        precision: Precision::Fp16,
+        emulate: false,
+    },
+    Config {
+        name: "bf16 (emulated)",
+        precision: Precision::Bf16,
+        emulate: true,
+    },
+    Config {
+        name: "fp8 (emulated fp16 + Q/DQ)",
+        precision: Precision::Fp8,
+        emulate: true,
+    },
 ];
 
 /// Evaluation prompts: not among the calibration prompts, so fp8 is measured out of sample.
@@ -125,7 +141,10 @@ pub fn measure(checkpoints: &[PathBuf], settings: &Settings, work: &Path, progre
         fluxbuild_version: env!("CARGO_PKG_VERSION").into(),
         runtime: format!(
             "ONNX Runtime (CPU, {})",
-            crate::runtime::library_path()?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            crate::runtime::library_path()?
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ),
         settings: settings.clone(),
         configs: CONFIGS.to_vec(),
@@ -139,7 +158,10 @@ fn measure_checkpoint(
     work: &Path,
     progress: &ProgressBar,
 ) -> Result<CheckpointReport> {
-    let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = checkpoint
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     progress.set_message(format!("{name} fp32"));
     let fp32_dir = work.join("fp32");
     export_pipeline(checkpoint, &fp32_dir, "fp32", &SUBMODELS, &PrecisionSettings::default())?;
@@ -155,8 +177,11 @@ fn measure_checkpoint(
     }
     .resolve(models.variant.value)?;
     let (reference, probes) = reference_run(&models, &request)?;
-    let expected: Vec<Vec<BTreeMap<String, ArrayD<f32>>>> =
-        SUBMODELS.iter().zip(&probes).map(|(net, p)| run_probes(&models.graph(net), p)).collect::<Result<_>>()?;
+    let expected: Vec<Vec<BTreeMap<String, ArrayD<f32>>>> = SUBMODELS
+        .iter()
+        .zip(&probes)
+        .map(|(net, p)| run_probes(&models.graph(net), p))
+        .collect::<Result<_>>()?;
     progress.inc(1);
 
     progress.set_message(format!("{name} calibrate"));
@@ -188,8 +213,11 @@ fn measure_checkpoint(
             ..PrecisionSettings::default()
         };
         // Every network the precision applies to, at that precision, on the reference inputs.
-        let networks: Vec<&str> =
-            SUBMODELS.iter().copied().filter(|n| NetworkPrecision::new(n, config.precision).is_ok()).collect();
+        let networks: Vec<&str> = SUBMODELS
+            .iter()
+            .copied()
+            .filter(|n| NetworkPrecision::new(n, config.precision).is_ok())
+            .collect();
         let spec: Vec<String> = networks.iter().map(|n| format!("{n}={}", config.precision)).collect();
         let dir = work.join("networks");
         export_pipeline(checkpoint, &dir, &spec.join(","), &networks, &precision)?;
@@ -211,8 +239,14 @@ fn measure_checkpoint(
         }
         // How much of the transformer's error is the rounding of 1000·σ and 1000·g alone.
         if config.emulate {
-            let t = SUBMODELS.iter().position(|n| *n == "transformer").expect("transformer is a submodel");
-            let rounded: Vec<Probe> = probes[t].iter().map(|p| p.with_conditioning_rounded(config.precision)).collect();
+            let t = SUBMODELS
+                .iter()
+                .position(|n| *n == "transformer")
+                .expect("transformer is a submodel");
+            let rounded: Vec<Probe> = probes[t]
+                .iter()
+                .map(|p| p.with_conditioning_rounded(config.precision))
+                .collect();
             let got = run_probes(&models.graph("transformer"), &rounded)?;
             for ((probe, want), got) in rounded.iter().zip(&expected[t]).zip(&got) {
                 let (relative_error, max_abs_error) = compare(&got["noise_pred"], &want["noise_pred"]);
@@ -226,7 +260,9 @@ fn measure_checkpoint(
                 });
             }
         }
-        report.transformer_weights.insert(config.name.into(), weights_bytes(&dir)?);
+        report
+            .transformer_weights
+            .insert(config.name.into(), weights_bytes(&dir)?);
 
         // The whole pipeline with the precision's defaults, as `export --precision P` gives it.
         let pipeline = work.join("pipeline");
@@ -235,7 +271,12 @@ fn measure_checkpoint(
         report.end_to_end.push(EndToEnd {
             config: config.name.into(),
             precisions: serde_json::from_value(manifest.settings["precision"].clone())?,
-            psnr_db: generation.images.iter().zip(&reference.images).map(|(a, b)| psnr(&a.pixels, &b.pixels)).collect(),
+            psnr_db: generation
+                .images
+                .iter()
+                .zip(&reference.images)
+                .map(|(a, b)| psnr(&a.pixels, &b.pixels))
+                .collect(),
             final_latents_relative_error: compare(
                 &generation.final_latents.into_dyn(),
                 &reference.final_latents.clone().into_dyn(),
@@ -284,13 +325,20 @@ fn export_pipeline(
 /// every tensor to a 4 KiB page, which dominates a tiny checkpoint).
 fn weights_bytes(dir: &Path) -> Result<WeightsSize> {
     let path = dir.join("transformer/model.onnx.data");
-    let file = std::fs::metadata(&path).with_context(|| format!("{}: cannot stat", path.display()))?.len();
+    let file = std::fs::metadata(&path)
+        .with_context(|| format!("{}: cannot stat", path.display()))?
+        .len();
     let model = fluxbuild_engines::graph::read_model(&dir.join("transformer/model.onnx"))?;
     let tensors = model
         .graph
         .initializer
         .iter()
-        .filter_map(|t| t.external_data.iter().find(|e| e.key == "length").and_then(|e| e.value.parse::<u64>().ok()))
+        .filter_map(|t| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == "length")
+                .and_then(|e| e.value.parse::<u64>().ok())
+        })
         .sum();
     Ok(WeightsSize { file, tensors })
 }
@@ -324,7 +372,10 @@ impl Probe {
                 (n.clone(), feed)
             })
             .collect();
-        Probe { label: format!("{}, fp32 but 1000·σ, 1000·g rounded", self.label), inputs }
+        Probe {
+            label: format!("{}, fp32 but 1000·σ, 1000·g rounded", self.label),
+            inputs,
+        }
     }
 }
 
@@ -350,7 +401,10 @@ fn reference_run(models: &ExportedModels, request: &Request) -> Result<(Generati
             if probe_steps.contains(&step) {
                 transformer.push(Probe {
                     label: format!("step {} of {}", step + 1, request.steps),
-                    inputs: inputs.iter().map(|(n, a)| (n.to_string(), Feed::F32(a.clone()))).collect(),
+                    inputs: inputs
+                        .iter()
+                        .map(|(n, a)| (n.to_string(), Feed::F32(a.clone())))
+                        .collect(),
                 });
             }
         }
@@ -362,7 +416,10 @@ fn reference_run(models: &ExportedModels, request: &Request) -> Result<(Generati
         }]
     };
     let latent = decoder_latent(models, request, &generation.final_latents).into_dyn();
-    let vae = vec![Probe { label: "final latents".into(), inputs: vec![("latent".into(), Feed::F32(latent))] }];
+    let vae = vec![Probe {
+        label: "final latents".into(),
+        inputs: vec![("latent".into(), Feed::F32(latent))],
+    }];
     let probes = vec![ids(&generation.clip_ids), ids(&generation.t5_ids), transformer, vae];
     Ok((generation, probes))
 }
@@ -383,7 +440,9 @@ fn run_probes(graph: &Path, probes: &[Probe]) -> Result<Vec<BTreeMap<String, Arr
                     (n.as_str(), input)
                 })
                 .collect();
-            model.run(inputs).with_context(|| format!("{} on {}", graph.display(), p.label))
+            model
+                .run(inputs)
+                .with_context(|| format!("{} on {}", graph.display(), p.label))
         })
         .collect()
 }
@@ -415,6 +474,11 @@ pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> (f64, f64) {
 /// PSNR in dB of 8-bit `a` against `b` (peak 255); `None` when identical.
 pub fn psnr(a: &[u8], b: &[u8]) -> Option<f64> {
     assert_eq!(a.len(), b.len(), "images differ in size");
-    let mse = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
     (mse > 0.0).then(|| 10.0 * (255.0f64.powi(2) / mse).log10())
 }

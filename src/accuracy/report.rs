@@ -6,8 +6,10 @@ use std::fmt::Write;
 /// Full-size FLUX.1 transformers (diffusers layout, FLUX_FACTS tensor names): all parameters,
 /// and those in the linear layers the default FP8 policy quantizes (all 2-D weights but the
 /// embedders, `norm_out` and `proj_out`).
-const FULL_SIZE: [(&str, u64, u64); 2] =
-    [("FLUX.1-dev", 11_901_408_320, 11_834_228_736), ("FLUX.1-schnell", 11_891_178_560, 11_834_228_736)];
+const FULL_SIZE: [(&str, u64, u64); 2] = [
+    ("FLUX.1-dev", 11_901_408_320, 11_834_228_736),
+    ("FLUX.1-schnell", 11_891_178_560, 11_834_228_736),
+];
 
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
@@ -21,7 +23,11 @@ pub fn markdown(report: &Report) -> String {
          `norm_out` and `proj_out` kept in fp16.\n",
         report.fluxbuild_version,
         report.runtime,
-        s.prompts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", "),
+        s.prompts
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         s.width,
         s.height,
         s.steps,
@@ -81,8 +87,12 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
                 c.networks
                     .iter()
                     .find(|e| {
-                        (e.network.as_str(), e.output.as_str(), e.inputs.as_str(), e.config.as_str())
-                            == (network, output, inputs, k.name)
+                        (
+                            e.network.as_str(),
+                            e.output.as_str(),
+                            e.inputs.as_str(),
+                            e.config.as_str(),
+                        ) == (network, output, inputs, k.name)
                     })
                     .map_or("—".into(), |e| format!("{:.2e}", e.relative_error))
             })
@@ -100,17 +110,31 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    let precisions =
-        |e: &super::EndToEnd| e.precisions.iter().map(|(n, p)| format!("{n} {p}")).collect::<Vec<_>>().join(", ");
+    let precisions = |e: &super::EndToEnd| {
+        e.precisions
+            .iter()
+            .map(|(n, p)| format!("{n} {p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let psnr = |e: &super::EndToEnd| {
-        e.psnr_db.iter().map(|p| p.map_or("identical".into(), |v| format!("{v:.1}"))).collect::<Vec<_>>().join(" / ")
+        e.psnr_db
+            .iter()
+            .map(|p| p.map_or("identical".into(), |v| format!("{v:.1}")))
+            .collect::<Vec<_>>()
+            .join(" / ")
     };
     let latents = |e: &super::EndToEnd| format!("{:.2e}", e.final_latents_relative_error);
     let _ = writeln!(md, "| networks | {} |", cell(&precisions));
     let _ = writeln!(md, "| image PSNR (dB), per prompt | {} |", cell(&psnr));
     let _ = writeln!(md, "| final latents, relative error | {} |", cell(&latents));
 
-    let size = |name: &str| c.transformer_weights.get(name).copied().unwrap_or(WeightsSize { file: 0, tensors: 0 });
+    let size = |name: &str| {
+        c.transformer_weights
+            .get(name)
+            .copied()
+            .unwrap_or(WeightsSize { file: 0, tensors: 0 })
+    };
     let (fp32, fp16, fp8) = (size("fp32"), size(CONFIGS[1].name), size(CONFIGS[3].name));
     let _ = writeln!(
         md,

@@ -48,7 +48,11 @@ struct Spec {
 
 fn parse_shape(text: &str) -> Result<Vec<usize>> {
     let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
-    inner.split(',').filter(|s| !s.trim().is_empty()).map(|s| Ok(s.trim().parse()?)).collect()
+    inner
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Ok(s.trim().parse()?))
+        .collect()
 }
 
 fn read_specs(args: &Args) -> Result<Vec<Spec>> {
@@ -72,20 +76,38 @@ fn read_specs(args: &Args) -> Result<Vec<Spec>> {
             let count: usize = count.parse()?;
             if pattern.contains("{i}") {
                 for i in 0..args.max_count.map_or(count, |m| count.min(m)) {
-                    specs.push(Spec { name: pattern.replace("{i}", &i.to_string()), shape: shape.clone() });
+                    specs.push(Spec {
+                        name: pattern.replace("{i}", &i.to_string()),
+                        shape: shape.clone(),
+                    });
                 }
             } else {
-                specs.push(Spec { name: pattern.to_string(), shape });
+                specs.push(Spec {
+                    name: pattern.to_string(),
+                    shape,
+                });
             }
         }
     } else {
         let column = header.iter().position(|h| *h == args.column).with_context(|| {
-            format!("{}: no column `{}` (columns: {})", args.names.display(), args.column, header.join(", "))
+            format!(
+                "{}: no column `{}` (columns: {})",
+                args.names.display(),
+                args.column,
+                header.join(", ")
+            )
         })?;
         for line in lines.filter(|l| !l.trim().is_empty()) {
             let fields: Vec<&str> = line.split('\t').collect();
-            ensure!(fields.len() == 2 * header.len(), "{}: bad line {line:?}", args.names.display());
-            specs.push(Spec { name: fields[column].to_string(), shape: parse_shape(fields[header.len() + column])? });
+            ensure!(
+                fields.len() == 2 * header.len(),
+                "{}: bad line {line:?}",
+                args.names.display()
+            );
+            specs.push(Spec {
+                name: fields[column].to_string(),
+                shape: parse_shape(fields[header.len() + column])?,
+            });
         }
     }
     for s in &mut specs {
@@ -163,7 +185,11 @@ fn main() -> Result<()> {
         let bytes = s.shape.iter().product::<usize>() * size;
         let entry =
             serde_json::json!({ "dtype": args.dtype, "shape": s.shape, "data_offsets": [offset, offset + bytes] });
-        ensure!(header.insert(s.name.clone(), entry).is_none(), "tensor {} listed twice", s.name);
+        ensure!(
+            header.insert(s.name.clone(), entry).is_none(),
+            "tensor {} listed twice",
+            s.name
+        );
         offset += bytes;
     }
     let mut header = serde_json::to_vec(&header)?;
@@ -180,7 +206,9 @@ fn main() -> Result<()> {
     let mut file = BufWriter::with_capacity(8 << 20, AtomicFile::create(out)?);
     file.write_all(&(header.len() as u64).to_le_bytes())?;
     file.write_all(&header)?;
-    let mut values = Values { words: SplitMix64::new(args.seed) };
+    let mut values = Values {
+        words: SplitMix64::new(args.seed),
+    };
     let mut buf = vec![0u8; 8 << 20];
     for s in &specs {
         let mut left = s.shape.iter().product::<usize>() * size;

@@ -14,7 +14,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -38,7 +41,10 @@ pub fn request(
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -63,8 +69,13 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
             let body = &raw[end + 4..];
-            let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
-            let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let chunked = head
+                .lines()
+                .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
             let complete = match length {
                 Some(n) => body.len() >= n,
                 None if chunked => body.ends_with(b"0\r\n\r\n"),
@@ -83,18 +94,32 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 fn parse(raw: &[u8]) -> Result<Response> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no end of headers")?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
     let head = std::str::from_utf8(&raw[..end]).context("headers are not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().context("empty answer")?;
-    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no status code")?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status code")?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let rest = &raw[end + 4..];
-    let mut response = Response { status, headers, body: vec![] };
-    response.body = if response.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    let mut response = Response {
+        status,
+        headers,
+        body: vec![],
+    };
+    response.body = if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         dechunk(rest)?
     } else if let Some(length) = response.header("content-length") {
         let length: usize = length.parse().context("bad Content-Length")?;
@@ -111,8 +136,15 @@ fn parse(raw: &[u8]) -> Result<Response> {
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").context("unterminated chunk size")?;
-        let size_text = std::str::from_utf8(&data[..line_end])?.split(';').next().unwrap_or("").trim();
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("unterminated chunk size")?;
+        let size_text = std::str::from_utf8(&data[..line_end])?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
         let size = usize::from_str_radix(size_text, 16).context("bad chunk size")?;
         data = &data[line_end + 2..];
         if size == 0 {
@@ -132,7 +164,9 @@ mod tests {
     fn parses_chunked_and_sized_bodies() {
         let sized = super::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
         assert_eq!((sized.status, sized.body.as_slice()), (200, &b"abc"[..]));
-        let chunked = super::parse(b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let chunked =
+            super::parse(b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
         assert_eq!((chunked.status, chunked.body.as_slice()), (400, &b"abcde"[..]));
     }
 }

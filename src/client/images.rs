@@ -32,7 +32,8 @@ impl Deployment {
         };
         let number = |key: &str| -> Result<usize> {
             let text = parameter(key)?;
-            text.parse().with_context(|| format!("{url}: parameter `{key}` of `{MODEL}` is {text:?}, not a count"))
+            text.parse()
+                .with_context(|| format!("{url}: parameter `{key}` of `{MODEL}` is {text:?}, not a count"))
         };
         let guidance = parameter("default_guidance")?;
         Ok(Deployment {
@@ -42,7 +43,9 @@ impl Deployment {
                 height: number("default_height")?,
                 width: number("default_width")?,
                 steps: number("default_steps")?,
-                guidance: guidance.parse().with_context(|| format!("{url}: default_guidance {guidance:?}"))?,
+                guidance: guidance
+                    .parse()
+                    .with_context(|| format!("{url}: default_guidance {guidance:?}"))?,
                 max_sequence_length: number("default_max_sequence_length")?,
             },
             limits: Limits {
@@ -101,11 +104,18 @@ impl Client {
             }
             InitialNoise::Tensor { noise, .. } => {
                 let dims: Vec<i64> = noise.shape().iter().map(|&d| d as i64).collect();
-                inputs.push(Tensor::f32("noise", &dims, &noise.iter().copied().collect::<Vec<f32>>()));
+                inputs.push(Tensor::f32(
+                    "noise",
+                    &dims,
+                    &noise.iter().copied().collect::<Vec<f32>>(),
+                ));
             }
         }
         let outputs = self.infer(MODEL, &inputs, &["image"])?;
-        let image = outputs.into_iter().find(|t| t.name == "image").context("flux answered without an image")?;
+        let image = outputs
+            .into_iter()
+            .find(|t| t.name == "image")
+            .context("flux answered without an image")?;
         let expected = [n as i64, request.height as i64, request.width as i64, 3];
         if image.shape != expected
             || image.datatype != "UINT8"
@@ -121,7 +131,11 @@ impl Client {
         Ok(image
             .data
             .chunks_exact(request.height * request.width * 3)
-            .map(|pixels| RgbImage { width: request.width, height: request.height, pixels: pixels.to_vec() })
+            .map(|pixels| RgbImage {
+                width: request.width,
+                height: request.height,
+                pixels: pixels.to_vec(),
+            })
             .collect())
     }
 
@@ -141,8 +155,9 @@ impl Client {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((start, part)) = parts.get(i) else { break };
-                    let result =
-                        self.generate(part).with_context(|| format!("prompts {start}..{}", start + part.batch()));
+                    let result = self
+                        .generate(part)
+                        .with_context(|| format!("prompts {start}..{}", start + part.batch()));
                     results.lock().expect("no panics").push((*start, result));
                 });
             }

@@ -29,16 +29,36 @@ impl Tensor {
             data.extend_from_slice(&(item.len() as u32).to_le_bytes());
             data.extend_from_slice(item);
         }
-        Tensor { name: name.into(), datatype: "BYTES".into(), shape: shape.to_vec(), data }
+        Tensor {
+            name: name.into(),
+            datatype: "BYTES".into(),
+            shape: shape.to_vec(),
+            data,
+        }
     }
     pub fn i32(name: &str, shape: &[i64], values: &[i32]) -> Tensor {
-        Tensor { name: name.into(), datatype: "INT32".into(), shape: shape.to_vec(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Tensor {
+            name: name.into(),
+            datatype: "INT32".into(),
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
     pub fn i64(name: &str, shape: &[i64], values: &[i64]) -> Tensor {
-        Tensor { name: name.into(), datatype: "INT64".into(), shape: shape.to_vec(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Tensor {
+            name: name.into(),
+            datatype: "INT64".into(),
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
     pub fn f32(name: &str, shape: &[i64], values: &[f32]) -> Tensor {
-        Tensor { name: name.into(), datatype: "FP32".into(), shape: shape.to_vec(), data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Tensor {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 }
 
@@ -58,9 +78,15 @@ impl Client {
         if url.starts_with("https://") {
             bail!("--server {url}: https is not supported (Triton's HTTP endpoint is plain http)");
         }
-        let (host, port) = rest.rsplit_once(':').ok_or_else(|| anyhow!("--server {url}: expected http://HOST:PORT"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--server {url}: expected http://HOST:PORT"))?;
         let port: u16 = port.parse().map_err(|_| anyhow!("--server {url}: bad port {port:?}"))?;
-        Ok(Client { host: host.to_string(), port, timeout: Duration::from_secs(600) })
+        Ok(Client {
+            host: host.to_string(),
+            port,
+            timeout: Duration::from_secs(600),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -72,7 +98,10 @@ impl Client {
     }
 
     fn ok(&self, method: &str, path: &str) -> Result<bool> {
-        let short = Client { timeout: Duration::from_secs(5), ..self.clone() };
+        let short = Client {
+            timeout: Duration::from_secs(5),
+            ..self.clone()
+        };
         Ok(short.call(method, path, &[], b"")?.status == 200)
     }
 
@@ -89,7 +118,8 @@ impl Client {
     /// GET a JSON document (config, stats, repository index).
     pub fn get_json(&self, path: &str) -> Result<Value> {
         let response = self.call("GET", path, &[], b"")?;
-        let value: Value = serde_json::from_slice(&response.body).with_context(|| format!("{}{path}: not JSON", self.url()))?;
+        let value: Value =
+            serde_json::from_slice(&response.body).with_context(|| format!("{}{path}: not JSON", self.url()))?;
         if response.status != 200 {
             bail!("{}{path}: {} {}", self.url(), response.status, error_text(&value));
         }
@@ -139,26 +169,55 @@ impl Client {
             None => response.body.len(),
         };
         let json_len = json_len.min(response.body.len());
-        let value: Value = serde_json::from_slice(&response.body[..json_len])
-            .with_context(|| format!("{}: model {model} answered {} with a body that is not JSON", self.url(), response.status))?;
+        let value: Value = serde_json::from_slice(&response.body[..json_len]).with_context(|| {
+            format!(
+                "{}: model {model} answered {} with a body that is not JSON",
+                self.url(),
+                response.status
+            )
+        })?;
         if response.status != 200 {
-            bail!("model {model} refused the request ({}): {}", response.status, error_text(&value));
+            bail!(
+                "model {model} refused the request ({}): {}",
+                response.status,
+                error_text(&value)
+            );
         }
         let mut offset = json_len;
         let mut tensors = Vec::new();
         for output in value["outputs"].as_array().context("the answer has no outputs")? {
             let name = output["name"].as_str().context("an output without a name")?.to_string();
-            let size = output["parameters"]["binary_data_size"].as_u64().with_context(|| format!("output {name} is not binary"))? as usize;
-            let data = response.body.get(offset..offset + size).with_context(|| format!("output {name}: body too short"))?.to_vec();
+            let size = output["parameters"]["binary_data_size"]
+                .as_u64()
+                .with_context(|| format!("output {name} is not binary"))? as usize;
+            let data = response
+                .body
+                .get(offset..offset + size)
+                .with_context(|| format!("output {name}: body too short"))?
+                .to_vec();
             offset += size;
-            let shape = output["shape"].as_array().context("shape")?.iter().map(|d| d.as_i64().unwrap_or(-1)).collect();
+            let shape = output["shape"]
+                .as_array()
+                .context("shape")?
+                .iter()
+                .map(|d| d.as_i64().unwrap_or(-1))
+                .collect();
             let datatype = output["datatype"].as_str().unwrap_or_default().to_string();
-            tensors.push(Tensor { name, datatype, shape, data });
+            tensors.push(Tensor {
+                name,
+                datatype,
+                shape,
+                data,
+            });
         }
         Ok(tensors)
     }
 }
 
 fn error_text(value: &Value) -> String {
-    value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string())
+    value
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string())
 }

@@ -44,13 +44,17 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         calibration_prompts: Prompts::bundled(),
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let work = tempfile::Builder::new().prefix(".fluxbuild-accuracy-").tempdir_in(&args.out)?;
+    let work = tempfile::Builder::new()
+        .prefix(".fluxbuild-accuracy-")
+        .tempdir_in(&args.out)?;
     let bar = out.bar(0, STEPS_BAR);
     let report = measure(&args.checkpoints, &settings, work.path(), &bar)?;
     let (md_path, json_path) = (args.out.join("accuracy.md"), args.out.join("accuracy.json"));
     write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let md = markdown(&report);
     write_atomic(&md_path, md.as_bytes())?;
-    out.result(&report, || format!("{md}\nwrote {} and {}", md_path.display(), json_path.display()));
+    out.result(&report, || {
+        format!("{md}\nwrote {} and {}", md_path.display(), json_path.display())
+    });
     Ok(())
 }

@@ -56,7 +56,10 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         out.warn(warning);
     }
     let table = &calibration.table;
-    let (lo, hi) = table.amax.values().fold((f32::INFINITY, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (lo, hi) = table
+        .amax
+        .values()
+        .fold((f32::INFINITY, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let report = json!({
         "calibration": args.out,
         "sha256": sha256_file(&args.out)?,

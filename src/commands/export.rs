@@ -69,15 +69,26 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let bar = out.bar(0, BYTES_BAR);
     let manifest = export(&request, &bar)?;
     for s in &request.submodels {
-        let entry: Option<ExportedSubmodel> = manifest.submodels.get(s.name).and_then(|v| serde_json::from_value(v.clone()).ok());
+        let entry: Option<ExportedSubmodel> = manifest
+            .submodels
+            .get(s.name)
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
         for (tensor, count) in entry.map(|e| e.saturated).unwrap_or_default() {
-            out.warn(&format!("{}: {count} value(s) of {tensor} exceed the {} range and were saturated", s.name, s.precision));
+            out.warn(&format!(
+                "{}: {count} value(s) of {tensor} exceed the {} range and were saturated",
+                s.name, s.precision
+            ));
         }
     }
     out.result(&manifest, || {
         let mut text = format!("exported to {}", request.out.display());
         for s in &request.submodels {
-            text.push_str(&format!("\n  {:<12} {} ({})", s.name, request.out.join(s.name).join("model.onnx").display(), s.precision));
+            text.push_str(&format!(
+                "\n  {:<12} {} ({})",
+                s.name,
+                request.out.join(s.name).join("model.onnx").display(),
+                s.precision
+            ));
         }
         text
     });
@@ -90,19 +101,36 @@ fn request(args: &Args) -> Result<ExportRequest> {
             bail!("--only: unknown submodel `{name}` (expected {})", SUBMODELS.join(", "));
         }
     }
-    let explicit = [("clip", &args.clip), ("t5", &args.t5), ("transformer", &args.transformer), ("vae_decoder", &args.vae)];
+    let explicit = [
+        ("clip", &args.clip),
+        ("t5", &args.t5),
+        ("transformer", &args.transformer),
+        ("vae_decoder", &args.vae),
+    ];
     let precision = PrecisionPlan::parse(&args.precision, &SUBMODELS)?;
     let mut submodels = Vec::new();
     for (name, path) in explicit {
-        let wanted = if args.only.is_empty() { path.is_some() || args.checkpoint.is_some() } else { args.only.iter().any(|o| o == name) };
+        let wanted = if args.only.is_empty() {
+            path.is_some() || args.checkpoint.is_some()
+        } else {
+            args.only.iter().any(|o| o == name)
+        };
         if !wanted {
             continue;
         }
         let Some(path) = path.clone().or_else(|| args.checkpoint.clone()) else {
-            bail!("--only {name}: no source for it (give --checkpoint or --{})", flag_for(name));
+            bail!(
+                "--only {name}: no source for it (give --checkpoint or --{})",
+                flag_for(name)
+            );
         };
         precision.resolve(name)?;
-        submodels.push(SubmodelSource { name, path, config: None, precision: precision.with_defaults(name) });
+        submodels.push(SubmodelSource {
+            name,
+            path,
+            config: None,
+            precision: precision.with_defaults(name),
+        });
     }
     assign_configs(&args.configs, &mut submodels)?;
     let weights = match args.fp8_weights {
@@ -115,11 +143,21 @@ fn request(args: &Args) -> Result<ExportRequest> {
         fp8_keep: args.fp8_keep.clone(),
         emulate: args.emulate,
     };
-    Ok(ExportRequest { submodels, pipeline: args.checkpoint.clone(), out: args.out.clone(), opset: args.opset, precision: settings })
+    Ok(ExportRequest {
+        submodels,
+        pipeline: args.checkpoint.clone(),
+        out: args.out.clone(),
+        opset: args.opset,
+        precision: settings,
+    })
 }
 
 fn flag_for(name: &str) -> &str {
-    if name == "vae_decoder" { "vae" } else { name }
+    if name == "vae_decoder" {
+        "vae"
+    } else {
+        name
+    }
 }
 
 fn assign_configs(configs: &[String], submodels: &mut [SubmodelSource]) -> Result<()> {

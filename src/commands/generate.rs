@@ -12,7 +12,12 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder written by `fluxbuild export` (graphs, tokenizers, manifest.json).
-    #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "server",
+        conflicts_with = "server"
+    )]
     pub models: Option<PathBuf>,
     /// Generate on a Triton server's `flux` model (KServe v2 HTTP), e.g. http://127.0.0.1:8000.
     #[arg(long, value_name = "URL")]
@@ -51,7 +56,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
-    let Some(dir) = &args.models else { return super::generate_remote::run(args, out) };
+    let Some(dir) = &args.models else {
+        return super::generate_remote::run(args, out);
+    };
     let started = Instant::now();
     let models = ExportedModels::open(dir)?;
     let variant = models.variant.value;
@@ -109,7 +116,10 @@ pub(super) fn warn_about_defaults(
     out: &Output,
 ) {
     if args.guidance.is_some() && !guidance_embeds {
-        out.warn(&format!("--guidance is ignored: the {} transformer takes no guidance", variant.name()));
+        out.warn(&format!(
+            "--guidance is ignored: the {} transformer takes no guidance",
+            variant.name()
+        ));
     }
     if let (InitialNoise::Seed(seed), None) = (&request.noise, args.seed) {
         out.warn(&format!("no --seed given: using seed {seed} (from the clock)"));
@@ -135,7 +145,14 @@ pub(super) fn write_images(
             "guidance": guidance,
             "max_sequence_length": request.max_sequence_length,
         });
-        write_png(path, image, &[("Description", request.prompts[i].clone()), ("fluxbuild", settings.to_string())])?;
+        write_png(
+            path,
+            image,
+            &[
+                ("Description", request.prompts[i].clone()),
+                ("fluxbuild", settings.to_string()),
+            ],
+        )?;
     }
     Ok(())
 }
@@ -168,7 +185,9 @@ pub(super) fn describe(
 /// `wrote a.png (1 image 96x64, 4 steps, seed 42) <how>`.
 pub(super) fn summary(request: &Request, paths: &[PathBuf], how: &str) -> String {
     let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let seed = request.seeds().map_or("noise from file".into(), |s| format!("seed {}", s[0]));
+    let seed = request
+        .seeds()
+        .map_or("noise from file".into(), |s| format!("seed {}", s[0]));
     let plural = if files.len() == 1 { "" } else { "s" };
     format!(
         "wrote {} ({} image{plural} {}x{}, {} steps, {seed}) {how}",

@@ -11,7 +11,10 @@ use anyhow::{Context, Result};
 use std::time::Instant;
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
-    let server = args.server.as_deref().context("--server URL is required without --models")?;
+    let server = args
+        .server
+        .as_deref()
+        .context("--server URL is required without --models")?;
     let client = Client::new(server)?;
     let deployment = client.deployment()?;
     let variant = deployment.variant;
@@ -29,6 +32,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     report["server"] = serde_json::json!(client.url());
     report["concurrency"] = serde_json::json!(args.concurrency);
     report["seconds"] = serde_json::json!(seconds);
-    out.result(&report, || summary(&request, &paths, &format!("from {} in {seconds:.2} s", client.url())));
+    out.result(&report, || {
+        summary(&request, &paths, &format!("from {} in {seconds:.2} s", client.url()))
+    });
     Ok(())
 }

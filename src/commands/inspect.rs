@@ -61,7 +61,10 @@ fn detect(path: &Path) -> Result<&'static dyn Exporter> {
             return Ok(exporter);
         }
     }
-    bail!("{}: not a FLUX transformer, CLIP, T5 or VAE checkpoint (no known tensor names)", path.display())
+    bail!(
+        "{}: not a FLUX transformer, CLIP, T5 or VAE checkpoint (no known tensor names)",
+        path.display()
+    )
 }
 
 fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) -> Result<Report> {

@@ -54,7 +54,9 @@ pub struct Args {
 }
 
 fn parse_alternative(s: &str) -> Result<(String, PathBuf), String> {
-    let (network, dir) = s.split_once('=').ok_or_else(|| format!("expected NETWORK=DIR, got {s:?}"))?;
+    let (network, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NETWORK=DIR, got {s:?}"))?;
     Ok((network.to_string(), PathBuf::from(dir)))
 }
 

@@ -63,16 +63,25 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         detached: args.detach,
     };
     if let Some(pid_file) = &args.pid_file {
-        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        if let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
             if unsafe { libc::kill(pid, 0) } == 0 {
-                bail!("{}: process {pid} is still running (a server from before? stop it first)", pid_file.display());
+                bail!(
+                    "{}: process {pid} is still running (a server from before? stop it first)",
+                    pid_file.display()
+                );
             }
         }
     }
     let mut server = Server::start(&install, &options).with_context(|| format!("serving {}", args.repo.display()))?;
     server.keep_log();
-    let (url, metrics, log) =
-        (server.url(), format!("http://127.0.0.1:{}/metrics", server.metrics_port), server.log.clone());
+    let (url, metrics, log) = (
+        server.url(),
+        format!("http://127.0.0.1:{}/metrics", server.metrics_port),
+        server.log.clone(),
+    );
     let report = |pid: u32, stop_with: String| {
         if let Some(pid_file) = &args.pid_file {
             write_atomic(pid_file, format!("{pid}\n").as_bytes())?;
@@ -80,7 +89,10 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         let report =
             serde_json::json!({ "url": url, "metrics": metrics, "log": log, "pid": pid, "detached": args.detach });
         out.result(&report, || {
-            format!("Triton is ready at {url} (metrics {metrics}, log {}); stop it with {stop_with}", log.display())
+            format!(
+                "Triton is ready at {url} (metrics {metrics}, log {}); stop it with {stop_with}",
+                log.display()
+            )
         });
         Ok::<_, anyhow::Error>(())
     };
@@ -95,6 +107,10 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         let _ = std::fs::remove_file(pid_file);
     }
     let status = status?;
-    anyhow::ensure!(status.success(), "tritonserver exited with {status}; see {}", log.display());
+    anyhow::ensure!(
+        status.success(),
+        "tritonserver exited with {status}; see {}",
+        log.display()
+    );
     Ok(())
 }

@@ -43,14 +43,23 @@ pub fn output_paths(out: &Path, count: usize) -> Result<Vec<PathBuf>> {
     let Some(stem) = out.file_stem().filter(|_| is_png).and_then(|s| s.to_str()) else {
         bail!("--out {}: expected a file name ending in .png", out.display());
     };
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        bail!("--out {}: the folder {} does not exist", out.display(), parent.display());
+        bail!(
+            "--out {}: the folder {} does not exist",
+            out.display(),
+            parent.display()
+        );
     }
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("png");
     Ok(match count {
         1 => vec![out.to_path_buf()],
-        n => (0..n).map(|i| out.with_file_name(format!("{stem}-{i}.{ext}"))).collect(),
+        n => (0..n)
+            .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+            .collect(),
     })
 }
 
@@ -62,11 +71,19 @@ pub fn write_png(path: &Path, image: &RgbImage, text: &[(&str, String)]) -> Resu
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         for (keyword, value) in text {
-            encoder.add_text_chunk(keyword.to_string(), value.clone()).context("PNG text chunk")?;
+            encoder
+                .add_text_chunk(keyword.to_string(), value.clone())
+                .context("PNG text chunk")?;
         }
-        let mut writer = encoder.write_header().with_context(|| format!("{}: cannot write PNG", path.display()))?;
-        writer.write_image_data(&image.pixels).with_context(|| format!("{}: cannot write PNG", path.display()))?;
-        writer.finish().with_context(|| format!("{}: cannot write PNG", path.display()))?;
+        let mut writer = encoder
+            .write_header()
+            .with_context(|| format!("{}: cannot write PNG", path.display()))?;
+        writer
+            .write_image_data(&image.pixels)
+            .with_context(|| format!("{}: cannot write PNG", path.display()))?;
+        writer
+            .finish()
+            .with_context(|| format!("{}: cannot write PNG", path.display()))?;
     }
     file.commit()
 }
@@ -74,12 +91,25 @@ pub fn write_png(path: &Path, image: &RgbImage, text: &[(&str, String)]) -> Resu
 /// Reads an 8-bit RGB PNG (for tests and comparisons).
 pub fn read_png(path: &Path) -> Result<RgbImage> {
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().context("PNG header")?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .context("PNG header")?;
     let mut pixels = vec![0; reader.output_buffer_size().context("PNG size")?];
-    let info = reader.next_frame(&mut pixels).with_context(|| format!("{}: cannot decode", path.display()))?;
+    let info = reader
+        .next_frame(&mut pixels)
+        .with_context(|| format!("{}: cannot decode", path.display()))?;
     if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
-        bail!("{}: expected 8-bit RGB, found {:?} {:?}", path.display(), info.color_type, info.bit_depth);
+        bail!(
+            "{}: expected 8-bit RGB, found {:?} {:?}",
+            path.display(),
+            info.color_type,
+            info.bit_depth
+        );
     }
     pixels.truncate(info.buffer_size());
-    Ok(RgbImage { width: info.width as usize, height: info.height as usize, pixels })
+    Ok(RgbImage {
+        width: info.width as usize,
+        height: info.height as usize,
+        pixels,
+    })
 }

@@ -45,17 +45,27 @@ impl ExportedModels {
     /// Checks that `dir` holds everything generation needs, before any graph is loaded.
     pub fn open(dir: &Path) -> Result<ExportedModels> {
         if !dir.is_dir() {
-            bail!("--models {}: not a folder (expected what `fluxbuild export` writes)", dir.display());
+            bail!(
+                "--models {}: not a folder (expected what `fluxbuild export` writes)",
+                dir.display()
+            );
         }
         let missing: Vec<String> = GRAPHS
             .iter()
             .map(|g| dir.join(g).join("model.onnx"))
-            .chain([dir.join("tokenizer/tokenizer.json"), dir.join("tokenizer_2/tokenizer.json")])
+            .chain([
+                dir.join("tokenizer/tokenizer.json"),
+                dir.join("tokenizer_2/tokenizer.json"),
+            ])
             .filter(|p| !p.is_file())
             .map(|p| p.display().to_string())
             .collect();
         if !missing.is_empty() {
-            bail!("{}: missing {} (run `fluxbuild export` for all four submodels)", dir.display(), missing.join(", "));
+            bail!(
+                "{}: missing {} (run `fluxbuild export` for all four submodels)",
+                dir.display(),
+                missing.join(", ")
+            );
         }
         let manifest_path = dir.join("manifest.json");
         let manifest = Manifest::read(&manifest_path)?;
@@ -85,22 +95,38 @@ impl ExportedModels {
 
         let vae = entry("vae_decoder");
         let vae_value = |name: &str, default: f64| match vae.and_then(|v| field(v, name)).and_then(Value::as_f64) {
-            Some(value) => Sourced { value, source: format!("{manifest_name}: submodels.vae_decoder {name}") },
-            None => Sourced { value: default, source: format!("FLUX.1 default (not in {manifest_name})") },
+            Some(value) => Sourced {
+                value,
+                source: format!("{manifest_name}: submodels.vae_decoder {name}"),
+            },
+            None => Sourced {
+                value: default,
+                source: format!("FLUX.1 default (not in {manifest_name})"),
+            },
         };
         let vae_scaling_factor = vae_value("scaling_factor", FLUX_VAE_SCALING);
         let vae_shift_factor = vae_value("shift_factor", FLUX_VAE_SHIFT);
         if vae_scaling_factor.value == 0.0 || !vae_scaling_factor.value.is_finite() {
-            bail!("{}: VAE scaling_factor must be a non-zero number", vae_scaling_factor.source);
+            bail!(
+                "{}: VAE scaling_factor must be a non-zero number",
+                vae_scaling_factor.source
+            );
         }
 
         let scheduler_path = dir.join("scheduler/scheduler_config.json");
         let scheduler = if scheduler_path.is_file() {
-            Sourced { value: SchedulerConfig::read(&scheduler_path)?, source: scheduler_path.display().to_string() }
+            Sourced {
+                value: SchedulerConfig::read(&scheduler_path)?,
+                source: scheduler_path.display().to_string(),
+            }
         } else {
             Sourced {
                 value: SchedulerConfig::for_variant(variant.value),
-                source: format!("FLUX.1 {} default ({} not found)", variant.value.name(), scheduler_path.display()),
+                source: format!(
+                    "FLUX.1 {} default ({} not found)",
+                    variant.value.name(),
+                    scheduler_path.display()
+                ),
             }
         };
         Ok(ExportedModels {
@@ -117,7 +143,10 @@ impl ExportedModels {
     }
 
     pub fn graph(&self, name: &str) -> PathBuf {
-        self.replaced.get(name).cloned().unwrap_or_else(|| self.dir.join(name).join("model.onnx"))
+        self.replaced
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| self.dir.join(name).join("model.onnx"))
     }
 
     /// Runs the graph at `path` in place of the exported `name` (which must have the same interface).
@@ -128,5 +157,7 @@ impl ExportedModels {
 
 /// A setting of a submodel's entry, on it or in its derived `config`.
 fn field<'a>(entry: &'a Value, name: &str) -> Option<&'a Value> {
-    entry.get(name).or_else(|| entry.get("config").and_then(|c| c.get(name)))
+    entry
+        .get(name)
+        .or_else(|| entry.get("config").and_then(|c| c.get(name)))
 }

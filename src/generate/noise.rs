@@ -54,7 +54,9 @@ pub fn prompt_seed(seed: u64, index: usize) -> u64 {
 /// Unpacked initial latents [batch, channels, h, w]: image i drawn from seed `seed + i`.
 pub fn seeded_noise(seed: u64, [batch, channels, h, w]: [usize; 4]) -> Array4<f32> {
     let per_image = channels * h * w;
-    let values: Vec<f32> = (0..batch).flat_map(|i| gaussian(prompt_seed(seed, i), per_image)).collect();
+    let values: Vec<f32> = (0..batch)
+        .flat_map(|i| gaussian(prompt_seed(seed, i), per_image))
+        .collect();
     Array4::from_shape_vec((batch, channels, h, w), values).expect("batch * per-image values")
 }
 
@@ -65,10 +67,18 @@ pub fn read_noise_file(path: &Path, expected: [usize; 4]) -> Result<Array4<f32>>
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let view = tensors.tensor(NOISE_TENSOR).map_err(|_| {
         let names: Vec<String> = tensors.names().into_iter().map(String::from).collect();
-        anyhow::anyhow!("{}: no tensor `{NOISE_TENSOR}` (found: {})", path.display(), names.join(", "))
+        anyhow::anyhow!(
+            "{}: no tensor `{NOISE_TENSOR}` (found: {})",
+            path.display(),
+            names.join(", ")
+        )
     })?;
     if view.dtype() != safetensors::Dtype::F32 {
-        bail!("{}: tensor `{NOISE_TENSOR}` is {:?}, expected F32", path.display(), view.dtype());
+        bail!(
+            "{}: tensor `{NOISE_TENSOR}` is {:?}, expected F32",
+            path.display(),
+            view.dtype()
+        );
     }
     if view.shape() != expected {
         bail!(
@@ -77,9 +87,16 @@ pub fn read_noise_file(path: &Path, expected: [usize; 4]) -> Result<Array4<f32>>
             view.shape()
         );
     }
-    let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        bail!("{}: tensor `{NOISE_TENSOR}` holds a non-finite value at flat index {i}", path.display());
+        bail!(
+            "{}: tensor `{NOISE_TENSOR}` holds a non-finite value at flat index {i}",
+            path.display()
+        );
     }
     Ok(Array4::from_shape_vec(expected, values).expect("shape checked"))
 }

@@ -67,15 +67,26 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
     let started = Instant::now();
     let clip_tokens = PromptTokenizer::clip(&models.clip_tokenizer)?.encode(&request.prompts)?;
     let t5_tokens = PromptTokenizer::t5(&models.t5_tokenizer, request.max_sequence_length)?.encode(&request.prompts)?;
-    let warnings: Vec<String> = clip_tokens.warnings.iter().chain(&t5_tokens.warnings).cloned().collect();
+    let warnings: Vec<String> = clip_tokens
+        .warnings
+        .iter()
+        .chain(&t5_tokens.warnings)
+        .cloned()
+        .collect();
     warnings.iter().for_each(|w| on(Event::Warning(w.clone())));
     let clip_ids = Array2::from_shape_vec((batch, clip_tokens.length), clip_tokens.ids).expect("batch × length");
     let t5_ids = Array2::from_shape_vec((batch, t5_tokens.length), t5_tokens.ids).expect("batch × length");
-    let mut times = vec![StageTime { stage: "tokenize", load_s: 0.0, run_s: started.elapsed().as_secs_f64() }];
+    let mut times = vec![StageTime {
+        stage: "tokenize",
+        load_s: 0.0,
+        run_s: started.elapsed().as_secs_f64(),
+    }];
 
     let pooled_embeds = with_graph(models, "clip", &mut times, on, |clip, _| {
         let mut out = clip.run(vec![("input_ids", Input::I64(clip_ids.clone().into_dyn()))])?;
-        take(&mut out, clip, "pooled_embeddings", &[batch, 0])?.into_dimensionality::<Ix2>().map_err(Into::into)
+        take(&mut out, clip, "pooled_embeddings", &[batch, 0])?
+            .into_dimensionality::<Ix2>()
+            .map_err(Into::into)
     })?;
     let prompt_embeds = with_graph(models, "t5", &mut times, on, |t5, _| {
         let mut out = t5.run(vec![("input_ids", Input::I64(t5_ids.clone().into_dyn()))])?;
@@ -106,7 +117,11 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
                 inputs.push(("guidance", Array1::from_elem(batch, request.guidance).into_dyn()));
             }
             let mut out = transformer.run(inputs.iter().map(|(n, a)| (*n, Input::F32(a.clone()))).collect())?;
-            on(Event::Transformer { step, inputs: &inputs, outputs: &out });
+            on(Event::Transformer {
+                step,
+                inputs: &inputs,
+                outputs: &out,
+            });
             let velocity = take(&mut out, transformer, "noise_pred", latents.shape())
                 .with_context(|| format!("denoising step {}", step + 1))?;
             euler_step(
@@ -115,7 +130,10 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
                 sigmas[step],
                 sigmas[step + 1],
             );
-            on(Event::Step { done: step + 1, total: request.steps });
+            on(Event::Step {
+                done: step + 1,
+                total: request.steps,
+            });
         }
         Ok(())
     })?;
@@ -128,7 +146,9 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
             .map_err(Into::into)
     })?;
     let images = batch_to_rgb(&decoded);
-    let mu = scheduler.use_dynamic_shifting.then(|| scheduler.mu(request.image_seq_len()));
+    let mu = scheduler
+        .use_dynamic_shifting
+        .then(|| scheduler.mu(request.image_seq_len()));
     Ok(Generation {
         images,
         clip_ids,
@@ -147,7 +167,10 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
 /// The VAE decoder's input for packed final latents: unpacked, then `x / scaling + shift`.
 pub fn decoder_latent(models: &ExportedModels, request: &Request, latents: &Array3<f32>) -> Array4<f32> {
     let [_, _, h, w] = request.latent_shape();
-    let (scale, shift) = (models.vae_scaling_factor.value as f32, models.vae_shift_factor.value as f32);
+    let (scale, shift) = (
+        models.vae_scaling_factor.value as f32,
+        models.vae_shift_factor.value as f32,
+    );
     unpack(latents, h, w).mapv(|x| x / scale + shift)
 }
 
@@ -181,22 +204,38 @@ fn take(
 ) -> Result<ArrayD<f32>> {
     let Some(array) = outputs.remove(name) else {
         let found: Vec<&String> = outputs.keys().collect();
-        bail!("{}: the graph has no output `{name}` (outputs: {found:?})", model.path.display());
+        bail!(
+            "{}: the graph has no output `{name}` (outputs: {found:?})",
+            model.path.display()
+        );
     };
     let fits = array.ndim() == shape.len() && array.shape().iter().zip(shape).all(|(&a, &s)| s == 0 || a == s);
     if !fits {
-        bail!("{}: output `{name}` has shape {:?}, expected {shape:?} (0 = any)", model.path.display(), array.shape());
+        bail!(
+            "{}: output `{name}` has shape {:?}, expected {shape:?} (0 = any)",
+            model.path.display(),
+            array.shape()
+        );
     }
     if let Some(i) = array.iter().position(|v| !v.is_finite()) {
-        bail!("{}: output `{name}` holds a non-finite value at flat index {i}", model.path.display());
+        bail!(
+            "{}: output `{name}` holds a non-finite value at flat index {i}",
+            model.path.display()
+        );
     }
     Ok(array.as_standard_layout().into_owned())
 }
 
 /// The transformer's inputs must be the interface generation feeds (with `guidance` exactly for dev).
 fn check_transformer_inputs(transformer: &Model, guidance_embeds: bool) -> Result<()> {
-    let mut expected =
-        vec!["encoder_hidden_states", "hidden_states", "img_ids", "pooled_projections", "timestep", "txt_ids"];
+    let mut expected = vec![
+        "encoder_hidden_states",
+        "hidden_states",
+        "img_ids",
+        "pooled_projections",
+        "timestep",
+        "txt_ids",
+    ];
     if guidance_embeds {
         expected.push("guidance");
     }

@@ -32,8 +32,20 @@ impl Variant {
     pub fn defaults(self) -> Defaults {
         let (height, width) = (DEFAULT_SIDE, DEFAULT_SIDE);
         match self {
-            Variant::Dev => Defaults { height, width, steps: 28, guidance: 3.5, max_sequence_length: 512 },
-            Variant::Schnell => Defaults { height, width, steps: 4, guidance: 0.0, max_sequence_length: 256 },
+            Variant::Dev => Defaults {
+                height,
+                width,
+                steps: 28,
+                guidance: 3.5,
+                max_sequence_length: 512,
+            },
+            Variant::Schnell => Defaults {
+                height,
+                width,
+                steps: 4,
+                guidance: 0.0,
+                max_sequence_length: 256,
+            },
         }
     }
 }
@@ -118,7 +130,10 @@ impl RequestOptions {
     /// Fills in `defaults` and checks everything against `limits`; without a seed or noise file
     /// the seed comes from the clock.
     pub fn resolve_within(self, defaults: &Defaults, limits: &Limits) -> Result<Request> {
-        let (height, width) = (self.height.unwrap_or(defaults.height), self.width.unwrap_or(defaults.width));
+        let (height, width) = (
+            self.height.unwrap_or(defaults.height),
+            self.width.unwrap_or(defaults.width),
+        );
         if self.seed.is_some() && self.noise_file.is_some() {
             bail!("--seed and --noise both choose the initial noise: give one");
         }
@@ -134,7 +149,10 @@ impl RequestOptions {
         request.check(limits)?;
         if let Some(path) = self.noise_file {
             let noise = read_noise_file(&path, request.latent_shape())?;
-            request.noise = InitialNoise::Tensor { noise, source: path.display().to_string() };
+            request.noise = InitialNoise::Tensor {
+                noise,
+                source: path.display().to_string(),
+            };
         }
         Ok(request)
     }
@@ -142,8 +160,12 @@ impl RequestOptions {
 
 /// A seed from the clock (reported, so the image can be made again).
 pub fn clock_seed() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    now.as_secs().wrapping_mul(1_000_000_000).wrapping_add(now.subsec_nanos() as u64)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs()
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(now.subsec_nanos() as u64)
 }
 
 impl Request {
@@ -188,7 +210,11 @@ impl Request {
             }
         }
         if !(1..=limits.max_steps).contains(&self.steps) {
-            bail!("steps {} is out of range {}", self.steps, limits.range(1, limits.max_steps));
+            bail!(
+                "steps {} is out of range {}",
+                self.steps,
+                limits.range(1, limits.max_steps)
+            );
         }
         if !self.guidance.is_finite() {
             bail!("guidance {} is not a finite number", self.guidance);

@@ -65,7 +65,11 @@ impl SchedulerConfig {
     /// The published FLUX.1 configs: dev shifts with the image size, schnell does not.
     pub fn for_variant(variant: Variant) -> SchedulerConfig {
         match variant {
-            Variant::Dev => SchedulerConfig { shift: 3.0, use_dynamic_shifting: true, ..Default::default() },
+            Variant::Dev => SchedulerConfig {
+                shift: 3.0,
+                use_dynamic_shifting: true,
+                ..Default::default()
+            },
             Variant::Schnell => SchedulerConfig::default(),
         }
     }
@@ -75,7 +79,9 @@ impl SchedulerConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let config: SchedulerConfig =
             serde_json::from_str(&text).with_context(|| format!("{}: not a scheduler config", path.display()))?;
-        config.check().with_context(|| format!("{}: unsupported scheduler setting", path.display()))?;
+        config
+            .check()
+            .with_context(|| format!("{}: unsupported scheduler setting", path.display()))?;
         Ok(config)
     }
 
@@ -92,10 +98,16 @@ impl SchedulerConfig {
             bail!("`{name}: true` is not implemented (FluxPipeline's FLUX.1 schedulers leave it false)");
         }
         if !matches!(self.time_shift_type.as_str(), "exponential" | "linear") {
-            bail!("time_shift_type is {:?}, expected \"exponential\" or \"linear\"", self.time_shift_type);
+            bail!(
+                "time_shift_type is {:?}, expected \"exponential\" or \"linear\"",
+                self.time_shift_type
+            );
         }
         if self.max_image_seq_len == self.base_image_seq_len {
-            bail!("max_image_seq_len equals base_image_seq_len ({}): mu is undefined", self.base_image_seq_len);
+            bail!(
+                "max_image_seq_len equals base_image_seq_len ({}): mu is undefined",
+                self.base_image_seq_len
+            );
         }
         if self.shift_terminal == Some(1.0) {
             bail!("shift_terminal 1.0 divides by zero");
@@ -113,7 +125,10 @@ impl SchedulerConfig {
 
     /// The N + 1 sigmas (last 0) for `steps` steps on an image of `image_seq_len` tokens.
     pub fn sigmas(&self, steps: usize, image_seq_len: usize) -> Vec<f32> {
-        let mut sigmas: Vec<f32> = linspace(1.0, 1.0 / steps as f64, steps).into_iter().map(|s| s as f32).collect();
+        let mut sigmas: Vec<f32> = linspace(1.0, 1.0 / steps as f64, steps)
+            .into_iter()
+            .map(|s| s as f32)
+            .collect();
         if self.use_dynamic_shifting {
             let mu = self.mu(image_seq_len);
             let exponential = self.time_shift_type == "exponential";

@@ -47,7 +47,12 @@ impl PromptTokenizer {
         // Settings stored in the file are replaced by the pipeline's own.
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
-        Ok(PromptTokenizer { encoder, tokenizer, length, pad_id })
+        Ok(PromptTokenizer {
+            encoder,
+            tokenizer,
+            length,
+            pad_id,
+        })
     }
 
     /// Encodes a batch; prompts longer than the context are truncated (and reported).
@@ -56,7 +61,10 @@ impl PromptTokenizer {
         let full = self.tokenizer.encode_batch(prompts.to_vec(), true).map_err(fail)?;
         let mut fitted = self.tokenizer.clone();
         fitted
-            .with_truncation(Some(TruncationParams { max_length: self.length, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: self.length,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("{e}"))?;
         fitted.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(self.length),
@@ -79,8 +87,15 @@ impl PromptTokenizer {
                 ));
             }
         }
-        let ids = encodings.iter().flat_map(|e| e.get_ids().iter().map(|&id| id as i64)).collect::<Vec<_>>();
+        let ids = encodings
+            .iter()
+            .flat_map(|e| e.get_ids().iter().map(|&id| id as i64))
+            .collect::<Vec<_>>();
         debug_assert_eq!(ids.len(), prompts.len() * self.length);
-        Ok(Tokens { ids, length: self.length, warnings })
+        Ok(Tokens {
+            ids,
+            length: self.length,
+            warnings,
+        })
     }
 }

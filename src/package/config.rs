@@ -45,7 +45,12 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(name: &str, data_type: DataType, dims: &[i64]) -> Tensor {
-        Tensor { name: name.to_string(), data_type, dims: dims.to_vec(), optional: false }
+        Tensor {
+            name: name.to_string(),
+            data_type,
+            dims: dims.to_vec(),
+            optional: false,
+        }
     }
     pub fn optional(mut self) -> Tensor {
         self.optional = true;
@@ -172,16 +177,22 @@ impl ModelConfig {
                 if !batching.preferred_batch_size.is_empty() {
                     p.raw("preferred_batch_size", &ints(&batching.preferred_batch_size));
                 }
-                p.raw("max_queue_delay_microseconds", &batching.max_queue_delay_microseconds.to_string());
+                p.raw(
+                    "max_queue_delay_microseconds",
+                    &batching.max_queue_delay_microseconds.to_string(),
+                );
             });
         }
         p.list("instance_group", &self.instance_groups, |p, g| {
             p.raw("count", &g.count.to_string());
-            p.raw("kind", match g.kind {
-                InstanceKind::Cpu => "KIND_CPU",
-                InstanceKind::Gpu => "KIND_GPU",
-                InstanceKind::Model => "KIND_MODEL",
-            });
+            p.raw(
+                "kind",
+                match g.kind {
+                    InstanceKind::Cpu => "KIND_CPU",
+                    InstanceKind::Gpu => "KIND_GPU",
+                    InstanceKind::Model => "KIND_MODEL",
+                },
+            );
             if !g.gpus.is_empty() {
                 p.raw("gpus", &ints(&g.gpus));
             }
@@ -215,7 +226,9 @@ impl ModelConfig {
             }
         });
         if let Some(decoupled) = self.decoupled {
-            p.block("model_transaction_policy", |p| p.raw("decoupled", &decoupled.to_string()));
+            p.block("model_transaction_policy", |p| {
+                p.raw("decoupled", &decoupled.to_string())
+            });
         }
         p.text
     }
@@ -312,11 +325,24 @@ mod tests {
         c.inputs.push(Tensor::new("input_ids", DataType::Int64, &[77]));
         c.inputs.push(Tensor::new("seed", DataType::Int64, &[1]).optional());
         c.outputs.push(Tensor::new("pooled_embeddings", DataType::Fp32, &[-1]));
-        c.dynamic_batching = Some(DynamicBatching { preferred_batch_size: vec![2, 4], max_queue_delay_microseconds: 500 });
-        c.instance_groups.push(InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![0], profile: vec!["1".into()] });
+        c.dynamic_batching = Some(DynamicBatching {
+            preferred_batch_size: vec![2, 4],
+            max_queue_delay_microseconds: 500,
+        });
+        c.instance_groups.push(InstanceGroup {
+            count: 1,
+            kind: InstanceKind::Gpu,
+            gpus: vec![0],
+            profile: vec!["1".into()],
+        });
         c.parameters.push(("note".into(), "say \"hi\"".into()));
         let text = c.to_pbtxt();
-        assert!(text.starts_with("name: \"clip\"\nbackend: \"python\"\nmax_batch_size: 4\ninput [\n  {\n    name: \"input_ids\"\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "name: \"clip\"\nbackend: \"python\"\nmax_batch_size: 4\ninput [\n  {\n    name: \"input_ids\"\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("    dims: [ 77 ]\n"), "{text}");
         assert!(text.contains("preferred_batch_size: [ 2, 4 ]"), "{text}");
         assert!(text.contains("profile: [ \"1\" ]"), "{text}");

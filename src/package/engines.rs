@@ -47,13 +47,27 @@ pub struct Shapes {
 impl EnginesManifest {
     pub fn read(dir: &Path) -> Result<EnginesManifest> {
         let path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (expected what `fluxbuild build` writes)", path.display()))?;
-        let mut manifest: EnginesManifest = serde_json::from_str(&text).with_context(|| format!("{}: not an engines manifest", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{}: cannot read (expected what `fluxbuild build` writes)",
+                path.display()
+            )
+        })?;
+        let mut manifest: EnginesManifest =
+            serde_json::from_str(&text).with_context(|| format!("{}: not an engines manifest", path.display()))?;
         for engine in &mut manifest.engines {
-            let label = format!("{}: engine {} ({})", path.display(), engine.network, engine.file.display());
+            let label = format!(
+                "{}: engine {} ({})",
+                path.display(),
+                engine.network,
+                engine.file.display()
+            );
             let at = |what: String| format!("{label}: {what}");
             if !super::source::NETWORKS.contains(&engine.network.as_str()) {
-                bail!(at(format!("unknown network (expected one of {:?})", super::source::NETWORKS)));
+                bail!(at(format!(
+                    "unknown network (expected one of {:?})",
+                    super::source::NETWORKS
+                )));
             }
             engine.file = dir.join(&engine.file);
             if !engine.file.is_file() {
@@ -66,9 +80,15 @@ impl EnginesManifest {
                 for (name, s) in &profile.inputs {
                     let ordered = s.min.len() == s.opt.len()
                         && s.opt.len() == s.max.len()
-                        && s.min.iter().zip(&s.opt).zip(&s.max).all(|((a, b), c)| 0 < *a && a <= b && b <= c);
+                        && s.min
+                            .iter()
+                            .zip(&s.opt)
+                            .zip(&s.max)
+                            .all(|((a, b), c)| 0 < *a && a <= b && b <= c);
                     if !ordered {
-                        bail!(at(format!("profile {i}, input {name}: expected 0 < min <= opt <= max of equal rank, got {s:?}")));
+                        bail!(at(format!(
+                            "profile {i}, input {name}: expected 0 < min <= opt <= max of equal rank, got {s:?}"
+                        )));
                     }
                 }
             }
@@ -87,7 +107,10 @@ impl Engine {
     pub fn range(&self, input: &str, axis: usize) -> Result<(i64, i64)> {
         let mut range: Option<(i64, i64)> = None;
         for (i, p) in self.profiles.iter().enumerate() {
-            let s = p.inputs.get(input).with_context(|| format!("{}: profile {i} has no shapes for input {input}", self.file.display()))?;
+            let s = p
+                .inputs
+                .get(input)
+                .with_context(|| format!("{}: profile {i} has no shapes for input {input}", self.file.display()))?;
             let (lo, hi) = (*s.min.get(axis).context("rank")?, *s.max.get(axis).context("rank")?);
             range = Some(range.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
         }
@@ -102,8 +125,15 @@ impl Engine {
 
     /// The largest batch every profile accepts: the smallest per-profile max batch.
     pub fn max_batch(&self, input: &str) -> Result<i64> {
-        let maxes: Vec<i64> = self.profiles.iter().filter_map(|p| p.inputs.get(input).map(|s| s.max[0])).collect();
-        maxes.into_iter().min().with_context(|| format!("{}: no profile shapes for {input}", self.file.display()))
+        let maxes: Vec<i64> = self
+            .profiles
+            .iter()
+            .filter_map(|p| p.inputs.get(input).map(|s| s.max[0]))
+            .collect();
+        maxes
+            .into_iter()
+            .min()
+            .with_context(|| format!("{}: no profile shapes for {input}", self.file.display()))
     }
 
     /// The model name in the repository: the network for the primary engine, else `<network>_<precision>`.
@@ -111,7 +141,11 @@ impl Engine {
         if index == 0 {
             self.network.clone()
         } else {
-            format!("{}_{}", self.network, self.precision.clone().unwrap_or_else(|| format!("alt{index}")))
+            format!(
+                "{}_{}",
+                self.network,
+                self.precision.clone().unwrap_or_else(|| format!("alt{index}"))
+            )
         }
     }
 }

@@ -2,7 +2,9 @@
 //! cpu: every network is a Python-backend model running its ONNX graph with ONNX Runtime;
 //! gpu: every network is a `tensorrt_plan` model on its engine. Both get the same orchestrator.
 
-use super::config::{DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, Tensor, Warmup, WarmupData, WarmupInput};
+use super::config::{
+    DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, Tensor, Warmup, WarmupData, WarmupInput,
+};
 use super::engines::Engine;
 use super::source::{data_type, fixed, numpy_dtype, Exported, Network};
 use super::{Options, Target};
@@ -55,13 +57,21 @@ fn graph_dims(network: &Network, value: &fluxbuild_exporters::onnx::ValueInfo) -
         return Ok(dims);
     }
     if dims.first() != Some(&-1) {
-        bail!("{}: `{}` must have a dynamic batch dim first, has {:?}", network.graph.display(), value.name, value.dims);
+        bail!(
+            "{}: `{}` must have a dynamic batch dim first, has {:?}",
+            network.graph.display(),
+            value.name,
+            value.dims
+        );
     }
     Ok(dims[1..].to_vec())
 }
 
 fn tensors(network: &Network, values: &[fluxbuild_exporters::onnx::ValueInfo]) -> Result<Vec<Tensor>> {
-    values.iter().map(|v| Ok(Tensor::new(&v.name, data_type(v.elem)?, &graph_dims(network, v)?))).collect()
+    values
+        .iter()
+        .map(|v| Ok(Tensor::new(&v.name, data_type(v.elem)?, &graph_dims(network, v)?)))
+        .collect()
 }
 
 /// cpu: the network's graph run by ONNX Runtime inside a Python-backend model.
@@ -72,13 +82,24 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
     config.outputs = tensors(network, &network.interface.outputs)?;
     if batched(&network.name) {
         config.max_batch_size = options.max_batch;
-        config.dynamic_batching = Some(DynamicBatching { preferred_batch_size: vec![], max_queue_delay_microseconds: 0 });
+        config.dynamic_batching = Some(DynamicBatching {
+            preferred_batch_size: vec![],
+            max_queue_delay_microseconds: 0,
+        });
     }
-    config.instance_groups.push(InstanceGroup { count: 1, kind: InstanceKind::Cpu, gpus: vec![], profile: vec![] });
+    config.instance_groups.push(InstanceGroup {
+        count: 1,
+        kind: InstanceKind::Cpu,
+        gpus: vec![],
+        profile: vec![],
+    });
     config.parameters.push(("onnx_file".into(), "model.onnx".into()));
     config.parameters.push(("intra_op_threads".into(), "0".into()));
     let mut files = vec![
-        (PathBuf::from("1/model.py"), Source::Bytes(ONNX_NETWORK_PY.as_bytes().to_vec())),
+        (
+            PathBuf::from("1/model.py"),
+            Source::Bytes(ONNX_NETWORK_PY.as_bytes().to_vec()),
+        ),
         (PathBuf::from("1/model.onnx"), Source::Link(network.graph.clone())),
     ];
     if let Some(data) = &network.data {
@@ -97,7 +118,11 @@ pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<Mod
     let mut inputs = Vec::new();
     for value in &network.interface.inputs {
         let dims: Vec<i64> = (0..value.dims.len())
-            .map(|axis| fixed(&value.dims[axis]).or_else(|| engine.fixed_dim(&value.name, axis)).unwrap_or(-1))
+            .map(|axis| {
+                fixed(&value.dims[axis])
+                    .or_else(|| engine.fixed_dim(&value.name, axis))
+                    .unwrap_or(-1)
+            })
             .collect();
         inputs.push(Tensor::new(&value.name, data_type(value.elem)?, &dims[skip..]));
     }
@@ -106,26 +131,52 @@ pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<Mod
     if is_batched {
         let first = &network.interface.inputs[0].name;
         config.max_batch_size = u32::try_from(engine.max_batch(first)?).context("batch")?;
-        let mut preferred: Vec<u32> =
-            engine.profiles.iter().filter_map(|p| p.inputs.get(first)).map(|s| s.opt[0] as u32).filter(|b| *b > 1).collect();
+        let mut preferred: Vec<u32> = engine
+            .profiles
+            .iter()
+            .filter_map(|p| p.inputs.get(first))
+            .map(|s| s.opt[0] as u32)
+            .filter(|b| *b > 1)
+            .collect();
         preferred.sort();
         preferred.dedup();
-        config.dynamic_batching = Some(DynamicBatching { preferred_batch_size: preferred, max_queue_delay_microseconds: 100 });
+        config.dynamic_batching = Some(DynamicBatching {
+            preferred_batch_size: preferred,
+            max_queue_delay_microseconds: 100,
+        });
     }
     for i in 0..engine.profiles.len() {
-        config.instance_groups.push(InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![], profile: vec![i.to_string()] });
+        config.instance_groups.push(InstanceGroup {
+            count: 1,
+            kind: InstanceKind::Gpu,
+            gpus: vec![],
+            profile: vec![i.to_string()],
+        });
     }
     let opt = &engine.profiles[0].inputs;
-    let mut warmup = Warmup { name: "profile_0_opt".into(), batch_size: 1, inputs: vec![] };
+    let mut warmup = Warmup {
+        name: "profile_0_opt".into(),
+        batch_size: 1,
+        inputs: vec![],
+    };
     for value in &network.interface.inputs {
         let shape = match opt.get(&value.name) {
             Some(s) => s.opt.clone(),
-            None => value.dims.iter().map(|d| fixed(d).context("a dynamic dim without profile shapes")).collect::<Result<_>>()?,
+            None => value
+                .dims
+                .iter()
+                .map(|d| fixed(d).context("a dynamic dim without profile shapes"))
+                .collect::<Result<_>>()?,
         };
         if is_batched {
             warmup.batch_size = shape[0] as u32;
         }
-        warmup.inputs.push(WarmupInput { name: value.name.clone(), data_type: data_type(value.elem)?, dims: shape[skip..].to_vec(), data: WarmupData::Zero });
+        warmup.inputs.push(WarmupInput {
+            name: value.name.clone(),
+            data_type: data_type(value.elem)?,
+            dims: shape[skip..].to_vec(),
+            data: WarmupData::Zero,
+        });
     }
     config.warmup.push(warmup);
     let files = vec![(PathBuf::from("1/model.plan"), Source::Link(engine.file.clone()))];
@@ -133,7 +184,12 @@ pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<Mod
 }
 
 /// The orchestrator: prompt in, image out, driving the networks by BLS.
-pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, models: &BTreeMap<String, Vec<String>>) -> Result<ModelDir> {
+pub fn orchestrator(
+    exported: &Exported,
+    options: &Options,
+    limits: &Limits,
+    models: &BTreeMap<String, Vec<String>>,
+) -> Result<ModelDir> {
     let mut c = ModelConfig::new(ORCHESTRATOR);
     c.backend = Some("python".into());
     c.max_batch_size = options.max_batch;
@@ -148,13 +204,20 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
         Tensor::new("noise", DataType::Fp32, &[16, -1, -1]).optional(),
     ];
     c.outputs = vec![Tensor::new("image", DataType::Uint8, &[-1, -1, 3])];
-    c.dynamic_batching =
-        Some(DynamicBatching { preferred_batch_size: vec![options.max_batch], max_queue_delay_microseconds: options.queue_delay_us });
+    c.dynamic_batching = Some(DynamicBatching {
+        preferred_batch_size: vec![options.max_batch],
+        max_queue_delay_microseconds: options.queue_delay_us,
+    });
     let kind = match options.target {
         Target::Cpu => InstanceKind::Cpu,
         Target::Gpu => InstanceKind::Gpu,
     };
-    c.instance_groups.push(InstanceGroup { count: 1, kind, gpus: vec![], profile: vec![] });
+    c.instance_groups.push(InstanceGroup {
+        count: 1,
+        kind,
+        gpus: vec![],
+        profile: vec![],
+    });
 
     let exported_models = &exported.models;
     // Local generation's defaults (FluxPipeline's), the T5 length capped by what the graphs or engines take.
@@ -170,7 +233,17 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
     for value in &exported.network("transformer").interface.inputs {
         dtypes.insert(value.name.clone(), numpy_dtype(value.elem));
     }
-    dtypes.insert("latent".into(), numpy_dtype(exported.network("vae_decoder").interface.input("latent").expect("checked").elem));
+    dtypes.insert(
+        "latent".into(),
+        numpy_dtype(
+            exported
+                .network("vae_decoder")
+                .interface
+                .input("latent")
+                .expect("checked")
+                .elem,
+        ),
+    );
     let target = match options.target {
         Target::Cpu => "cpu",
         Target::Gpu => "gpu",
@@ -184,7 +257,10 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
         ("max_height", limits.max_height.to_string()),
         ("min_width", limits.min_width.to_string()),
         ("max_width", limits.max_width.to_string()),
-        ("default_steps", options.steps.map_or(defaults.steps, |s| s as usize).to_string()),
+        (
+            "default_steps",
+            options.steps.map_or(defaults.steps, |s| s as usize).to_string(),
+        ),
         ("max_steps", options.max_steps.to_string()),
         ("default_guidance", defaults.guidance.to_string()),
         ("default_max_sequence_length", default_length.to_string()),
@@ -193,7 +269,10 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
         ("clip_length", limits.clip_length.to_string()),
         ("clip_pad_token", CLIP_PAD_TOKEN.into()),
         ("t5_pad_token", T5_PAD_TOKEN.into()),
-        ("vae_scaling_factor", exported_models.vae_scaling_factor.value.to_string()),
+        (
+            "vae_scaling_factor",
+            exported_models.vae_scaling_factor.value.to_string(),
+        ),
         ("vae_shift_factor", exported_models.vae_shift_factor.value.to_string()),
         ("network_max_batch", limits.network_max_batch.to_string()),
         ("input_dtypes", serde_json::to_string(&dtypes)?),
@@ -206,12 +285,24 @@ pub fn orchestrator(exported: &Exported, options: &Options, limits: &Limits, mod
         }
     }
     let files = vec![
-        (PathBuf::from("1/model.py"), Source::Bytes(ORCHESTRATOR_PY.as_bytes().to_vec())),
-        (PathBuf::from("1/tokenizer/tokenizer.json"), Source::Link(exported_models.clip_tokenizer.clone())),
-        (PathBuf::from("1/tokenizer_2/tokenizer.json"), Source::Link(exported_models.t5_tokenizer.clone())),
+        (
+            PathBuf::from("1/model.py"),
+            Source::Bytes(ORCHESTRATOR_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/tokenizer/tokenizer.json"),
+            Source::Link(exported_models.clip_tokenizer.clone()),
+        ),
+        (
+            PathBuf::from("1/tokenizer_2/tokenizer.json"),
+            Source::Link(exported_models.t5_tokenizer.clone()),
+        ),
         // The schedule local generation uses (the export's scheduler_config.json as read, or the
         // variant's published one), so both compute the same sigmas.
-        (PathBuf::from("1/scheduler/scheduler_config.json"), Source::Bytes(serde_json::to_vec_pretty(&exported_models.scheduler.value)?)),
+        (
+            PathBuf::from("1/scheduler/scheduler_config.json"),
+            Source::Bytes(serde_json::to_vec_pretty(&exported_models.scheduler.value)?),
+        ),
     ];
     Ok(ModelDir { config: c, files })
 }

@@ -90,7 +90,10 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
             cpu_limits(&exported, options)?
         }
         Target::Gpu => {
-            let dir = options.engines.as_ref().context("--target gpu needs --engines DIR (what `fluxbuild build` writes)")?;
+            let dir = options
+                .engines
+                .as_ref()
+                .context("--target gpu needs --engines DIR (what `fluxbuild build` writes)")?;
             let manifest = EnginesManifest::read(dir)?;
             for network in &exported.networks {
                 let engines = manifest.of(&network.name);
@@ -153,10 +156,15 @@ fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
             "the t5 engine takes {t5_min}..={t5_max} tokens, the transformer engine {text_min}..={text_max}: no T5 length fits both"
         );
     }
-    let batch = [("clip", "input_ids"), ("t5", "input_ids"), ("transformer", "hidden_states"), ("vae_decoder", "latent")]
-        .iter()
-        .map(|(n, i)| engine(n).max_batch(i))
-        .collect::<Result<Vec<_>>>()?;
+    let batch = [
+        ("clip", "input_ids"),
+        ("t5", "input_ids"),
+        ("transformer", "hidden_states"),
+        ("vae_decoder", "latent"),
+    ]
+    .iter()
+    .map(|(n, i)| engine(n).max_batch(i))
+    .collect::<Result<Vec<_>>>()?;
     let round_up = |v: i64| (v * 8 + 15) / 16 * 16;
     Ok(Limits {
         min_height: round_up(min_h),
@@ -181,9 +189,16 @@ fn write_repository(
     if out.exists() && !options.force {
         bail!("{}: already exists (pass --force to replace it)", out.display());
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let name = out.file_name().context("--out needs a folder name")?.to_string_lossy().to_string();
+    let name = out
+        .file_name()
+        .context("--out needs a folder name")?
+        .to_string_lossy()
+        .to_string();
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
@@ -203,7 +218,10 @@ fn write_repository(
                 files.push(PathBuf::from(&dir.config.name).join(rel));
             }
         }
-        let total: u64 = files.iter().map(|f| std::fs::metadata(tmp.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
+        let total: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(tmp.join(f)).map(|m| m.len()).unwrap_or(0))
+            .sum();
         let bar = progress(total);
         bar.set_message("sha256");
         let mut listed = Vec::new();
@@ -233,7 +251,10 @@ fn write_repository(
             },
             "files": listed,
         });
-        write_atomic(&tmp.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        write_atomic(
+            &tmp.join("manifest.json"),
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
         Ok::<_, anyhow::Error>((models, files.len(), total))
     })();
     let (models, count, bytes) = match result {
@@ -245,13 +266,22 @@ fn write_repository(
     };
     if out.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).with_context(|| format!("{}: cannot move the old repository aside", out.display()))?;
+        std::fs::rename(out, &old)
+            .with_context(|| format!("{}: cannot move the old repository aside", out.display()))?;
         std::fs::rename(&tmp, out)?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove the old repository", old.display()))?;
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("{}: cannot remove the old repository", old.display()))?;
     } else {
         std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
     }
-    Ok(Packaged { repository: out.clone(), target: options.target, models, files: count, bytes, limits: limits.clone() })
+    Ok(Packaged {
+        repository: out.clone(),
+        target: options.target,
+        models,
+        files: count,
+        bytes,
+        limits: limits.clone(),
+    })
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {

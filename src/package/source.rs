@@ -20,7 +20,14 @@ const CONTRACT: [(&str, &[&str], &[&str]); 4] = [
     ("t5", &["input_ids"], &["text_embeddings"]),
     (
         "transformer",
-        &["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids"],
+        &[
+            "hidden_states",
+            "encoder_hidden_states",
+            "pooled_projections",
+            "timestep",
+            "img_ids",
+            "txt_ids",
+        ],
         &["noise_pred"],
     ),
     ("vae_decoder", &["latent"], &["images"]),
@@ -44,7 +51,10 @@ pub struct Exported {
 impl Exported {
     pub fn read(dir: &Path) -> Result<Exported> {
         let models = ExportedModels::open(dir)?;
-        let networks = NETWORKS.iter().map(|n| read_network(dir, n, &dir.join(n))).collect::<Result<Vec<_>>>()?;
+        let networks = NETWORKS
+            .iter()
+            .map(|n| read_network(dir, n, &dir.join(n)))
+            .collect::<Result<Vec<_>>>()?;
         let takes_guidance = networks[2].interface.input("guidance").is_some();
         if takes_guidance != models.guidance_embeds {
             bail!(
@@ -67,22 +77,39 @@ impl Exported {
 pub fn read_network(dir: &Path, network: &str, folder: &Path) -> Result<Network> {
     let graph = folder.join("model.onnx");
     if !graph.is_file() {
-        bail!("{}: missing (run `fluxbuild export --out {}` first)", graph.display(), dir.display());
+        bail!(
+            "{}: missing (run `fluxbuild export --out {}` first)",
+            graph.display(),
+            dir.display()
+        );
     }
     let interface = read_interface(&graph)?;
     let (_, inputs, outputs) = CONTRACT.iter().find(|(n, _, _)| *n == network).expect("known network");
     for name in inputs.iter() {
         if interface.input(name).is_none() {
-            bail!("{}: has no input `{name}` (inputs: {})", graph.display(), names(&interface.inputs));
+            bail!(
+                "{}: has no input `{name}` (inputs: {})",
+                graph.display(),
+                names(&interface.inputs)
+            );
         }
     }
     for name in outputs.iter() {
         if interface.output(name).is_none() {
-            bail!("{}: has no output `{name}` (outputs: {})", graph.display(), names(&interface.outputs));
+            bail!(
+                "{}: has no output `{name}` (outputs: {})",
+                graph.display(),
+                names(&interface.outputs)
+            );
         }
     }
     let data = folder.join("model.onnx.data");
-    Ok(Network { name: network.to_string(), graph, data: data.is_file().then_some(data), interface })
+    Ok(Network {
+        name: network.to_string(),
+        graph,
+        data: data.is_file().then_some(data),
+        interface,
+    })
 }
 
 fn names(values: &[ValueInfo]) -> String {

@@ -14,7 +14,9 @@ pub fn case_dir(case: &str) -> PathBuf {
 
 /// A BFL single file carries no RoPE axes: tests pass the diffusers config as `--config`.
 pub fn diffusers_config(case: &str) -> serde_json::Value {
-    read_json(Some(&case_dir(case).join("diffusers/config.json"))).unwrap().unwrap()
+    read_json(Some(&case_dir(case).join("diffusers/config.json")))
+        .unwrap()
+        .unwrap()
 }
 
 pub fn open(source: &Path) -> anyhow::Result<Checkpoint> {
@@ -25,14 +27,22 @@ pub fn open(source: &Path) -> anyhow::Result<Checkpoint> {
 /// Analysis and tensor problems of `source`, without writing anything.
 pub fn problems(source: &Path, config: Option<&serde_json::Value>) -> anyhow::Result<(Analysis, Vec<Problem>)> {
     let ckpt = open(source)?;
-    let (analysis, _, problems) = plan(exporter("transformer").unwrap(), &ckpt, config, &GraphOptions::default())?;
+    let (analysis, _, problems) = plan(
+        exporter("transformer").unwrap(),
+        &ckpt,
+        config,
+        &GraphOptions::default(),
+    )?;
     Ok((analysis, problems))
 }
 
 /// Exports `source` into `out` (which must have no problems) and returns the analysis.
 pub fn export(source: &Path, config: Option<&serde_json::Value>, float: ElemType, out: &Path) -> Analysis {
     let ckpt = open(source).unwrap();
-    let options = GraphOptions { float, ..GraphOptions::default() };
+    let options = GraphOptions {
+        float,
+        ..GraphOptions::default()
+    };
     let (analysis, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, config, &options).unwrap();
     assert!(problems.is_empty(), "{}: {problems:?}", source.display());
     write_model(&graph, out, &mut |_, _| {}).unwrap();
@@ -43,7 +53,12 @@ pub fn export(source: &Path, config: Option<&serde_json::Value>, float: ElemType
 pub fn io_tensors(path: &Path) -> Vec<(String, ArrayD<f32>)> {
     let ckpt = Checkpoint::load(path, "", &[]).unwrap();
     ckpt.tensors()
-        .map(|t| (t.name.to_string(), ArrayD::from_shape_vec(t.shape().to_vec(), t.to_f32()).unwrap()))
+        .map(|t| {
+            (
+                t.name.to_string(),
+                ArrayD::from_shape_vec(t.shape().to_vec(), t.to_f32()).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -61,6 +76,10 @@ pub fn compare(model_dir: &Path, io: &Path) -> (f64, f64) {
     let got = &model.run(inputs).unwrap()["noise_pred"];
     assert_eq!(got.shape(), want.shape());
     let (got, want) = (got.as_slice().unwrap(), want.as_slice().unwrap());
-    let max_abs = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let max_abs = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
     (relative_error(got, want), max_abs)
 }

@@ -16,8 +16,10 @@ pub fn fixtures() -> PathBuf {
 /// Writes f32 tensors to a safetensors file.
 pub fn write_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<Vec<u8>> =
-        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(&bytes)
@@ -31,7 +33,9 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -49,9 +53,15 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 pub fn io_tensor<T: IoElem>(path: &Path, name: &str) -> ndarray::ArrayD<T> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
     assert_eq!(t.dtype(), T::DTYPE, "{}: {name}", path.display());
-    let values = t.data().chunks_exact(std::mem::size_of::<T>()).map(T::from_le).collect();
+    let values = t
+        .data()
+        .chunks_exact(std::mem::size_of::<T>())
+        .map(T::from_le)
+        .collect();
     ndarray::ArrayD::from_shape_vec(t.shape().to_vec(), values).unwrap()
 }
 

@@ -13,7 +13,9 @@ pub struct Reference {
 
 impl Reference {
     pub fn load(variant: &str) -> Reference {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline").join(variant);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pipeline")
+            .join(variant);
         let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
         let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
         Reference { dir, json, bytes }
@@ -28,12 +30,22 @@ impl Reference {
 
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let (shape, b) = self.tensor(name, Dtype::F32);
-        (shape, b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            shape,
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
 
     pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let (shape, b) = self.tensor(name, Dtype::I64);
-        (shape, b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            shape,
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
 
     pub fn u8(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
@@ -41,11 +53,18 @@ impl Reference {
     }
 
     pub fn prompts(&self) -> Vec<String> {
-        self.json["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+        self.json["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect()
     }
 
     pub fn usize(&self, key: &str) -> usize {
-        self.json[key].as_u64().unwrap_or_else(|| panic!("reference.json {key}")) as usize
+        self.json[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("reference.json {key}")) as usize
     }
 }
 

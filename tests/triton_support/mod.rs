@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 /// Runs the fluxbuild binary; returns (success, stdout, stderr).
 pub fn fluxbuild(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(args).output().expect("run fluxbuild");
+    let output = Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(args)
+        .output()
+        .expect("run fluxbuild");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -32,14 +35,24 @@ pub fn path(p: &Path) -> &str {
 
 /// `fluxbuild export` of `tests/fixtures/pipeline/<variant>` (fp32 graphs) into `out`.
 pub fn export(variant: &str, out: &Path) -> PathBuf {
-    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline").join(variant);
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pipeline")
+        .join(variant);
     fluxbuild_ok(&["export", "--checkpoint", path(&pipeline), "--out", path(out)]);
     out.to_path_buf()
 }
 
 /// `fluxbuild package --target cpu` with small defaults (64x64, 2 steps) and limits (128 px, 50 steps).
 pub fn package_cpu(models: &Path, repo: &Path, extra: &[&str]) {
-    let mut args = vec!["package", "--models", path(models), "--out", path(repo), "--target", "cpu"];
+    let mut args = vec![
+        "package",
+        "--models",
+        path(models),
+        "--out",
+        path(repo),
+        "--target",
+        "cpu",
+    ];
     args.extend([
         "--height",
         "64",
@@ -73,7 +86,12 @@ pub fn start(repo: &Path, explicit_model_control: bool) -> Server {
 /// PSNR in dB of two 8-bit images (infinite when identical).
 pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let mse = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
     if mse == 0.0 {
         f64::INFINITY
     } else {

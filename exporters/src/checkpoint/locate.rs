@@ -68,11 +68,21 @@ fn component_folder(dir: &Path) -> Result<Located> {
         let index = dir.join(format!("{stem}.safetensors.index.json"));
         if index.is_file() {
             let files = shards_from_index(dir, &index)?;
-            return Ok(Located { files, config, index: Some(index), kind: SourceKind::DiffusersFolder });
+            return Ok(Located {
+                files,
+                config,
+                index: Some(index),
+                kind: SourceKind::DiffusersFolder,
+            });
         }
         let single = dir.join(format!("{stem}.safetensors"));
         if single.is_file() {
-            return Ok(Located { files: vec![single], config, index: None, kind: SourceKind::DiffusersFolder });
+            return Ok(Located {
+                files: vec![single],
+                config,
+                index: None,
+                kind: SourceKind::DiffusersFolder,
+            });
         }
     }
     let pickles: Vec<String> = std::fs::read_dir(dir)
@@ -107,8 +117,12 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("{}: missing `weight_map` object", index.display()))?;
     let mut files: Vec<PathBuf> = Vec::new();
     for (tensor, shard) in map {
-        let shard = shard.as_str().with_context(|| format!("{}: weight_map[{tensor}] is not a string", index.display()))?;
-        let escapes = Path::new(shard).components().any(|c| !matches!(c, Component::Normal(_)))
+        let shard = shard
+            .as_str()
+            .with_context(|| format!("{}: weight_map[{tensor}] is not a string", index.display()))?;
+        let escapes = Path::new(shard)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
             || Path::new(shard).components().count() != 1;
         if escapes {
             bail!(
@@ -119,7 +133,10 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
         let path = dir.join(shard);
         if !files.contains(&path) {
             if !path.is_file() {
-                bail!("{}: shard `{shard}` (for tensor {tensor}) does not exist", index.display());
+                bail!(
+                    "{}: shard `{shard}` (for tensor {tensor}) does not exist",
+                    index.display()
+                );
             }
             files.push(path);
         }

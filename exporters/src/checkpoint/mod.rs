@@ -61,8 +61,11 @@ impl Checkpoint {
     /// Opens a located submodel. The first of `prefixes` that any key carries is stripped from
     /// every key that has it, so prefixed and bare layouts look the same downstream.
     pub fn open(located: Located, prefixes: &[&str]) -> Result<Checkpoint> {
-        let files: Vec<SafetensorsFile> =
-            located.files.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<_>>()?;
+        let files: Vec<SafetensorsFile> = located
+            .files
+            .iter()
+            .map(|p| SafetensorsFile::open(p))
+            .collect::<Result<_>>()?;
         let prefix = prefixes
             .iter()
             .find(|p| files.iter().any(|f| f.tensors.keys().any(|k| k.starts_with(*p))))
@@ -81,7 +84,12 @@ impl Checkpoint {
                 }
             }
         }
-        let checkpoint = Checkpoint { located, files, tensors, prefix };
+        let checkpoint = Checkpoint {
+            located,
+            files,
+            tensors,
+            prefix,
+        };
         checkpoint.check_index()?;
         Ok(checkpoint)
     }
@@ -93,16 +101,24 @@ impl Checkpoint {
 
     /// A shard index must not lie about where tensors are.
     fn check_index(&self) -> Result<()> {
-        let Some(index) = &self.located.index else { return Ok(()) };
+        let Some(index) = &self.located.index else {
+            return Ok(());
+        };
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index)?)?;
         for (tensor, shard) in json["weight_map"].as_object().into_iter().flatten() {
             let key = tensor.strip_prefix(self.prefix.as_str()).unwrap_or(tensor);
-            let found = self.tensors.get(key).map(|(i, _)| self.files[*i].path.file_name().unwrap().to_owned());
+            let found = self
+                .tensors
+                .get(key)
+                .map(|(i, _)| self.files[*i].path.file_name().unwrap().to_owned());
             if found.as_deref().and_then(|f| f.to_str()) != shard.as_str() {
                 bail!(
                     "{}: index says tensor {tensor} is in {shard}, but {}",
                     index.display(),
-                    found.map_or("no shard holds it".to_string(), |f| format!("it is in {}", f.to_string_lossy()))
+                    found.map_or("no shard holds it".to_string(), |f| format!(
+                        "it is in {}",
+                        f.to_string_lossy()
+                    ))
                 );
             }
         }
@@ -110,7 +126,11 @@ impl Checkpoint {
     }
 
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
-        self.tensors.get_key_value(name).map(|(key, (file, info))| TensorRef { name: key, file: &self.files[*file], info })
+        self.tensors.get_key_value(name).map(|(key, (file, info))| TensorRef {
+            name: key,
+            file: &self.files[*file],
+            info,
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -122,7 +142,11 @@ impl Checkpoint {
     }
 
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
-        self.tensors.iter().map(|(key, (file, info))| TensorRef { name: key, file: &self.files[*file], info })
+        self.tensors.iter().map(|(key, (file, info))| TensorRef {
+            name: key,
+            file: &self.files[*file],
+            info,
+        })
     }
 
     pub fn len(&self) -> usize {

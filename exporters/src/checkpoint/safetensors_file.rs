@@ -41,9 +41,15 @@ impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
         refuse_pickle_name(path)?;
         let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let file_len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
+        let file_len = file
+            .metadata()
+            .with_context(|| format!("{}: cannot stat", path.display()))?
+            .len();
         if file_len < 8 {
-            bail!("{}: truncated safetensors file ({file_len} bytes; the 8-byte header length is missing)", path.display());
+            bail!(
+                "{}: truncated safetensors file ({file_len} bytes; the 8-byte header length is missing)",
+                path.display()
+            );
         }
         // SAFETY: the mapping is read-only; a checkpoint modified while we export it is the user's race.
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", path.display()))?;
@@ -58,7 +64,12 @@ impl SafetensorsFile {
         let header = &mmap[8..8 + header_len as usize];
         let (tensors, metadata) = parse_header(header, 8 + header_len as usize, file_len as usize)
             .with_context(|| format!("{}: invalid safetensors header", path.display()))?;
-        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, tensors, metadata })
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            mmap,
+            tensors,
+            metadata,
+        })
     }
 
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
@@ -67,12 +78,16 @@ impl SafetensorsFile {
 
     /// Asks the kernel to start reading `info` from disk in the background.
     pub fn prefetch(&self, info: &TensorInfo) {
-        let _ = self.mmap.advise_range(Advice::WillNeed, info.start, info.end - info.start);
+        let _ = self
+            .mmap
+            .advise_range(Advice::WillNeed, info.start, info.end - info.start);
     }
 
     /// Maps all pages of `info` in one call (instead of one page fault per 4 KiB when read).
     pub fn populate(&self, info: &TensorInfo) {
-        let _ = self.mmap.advise_range(Advice::PopulateRead, info.start, info.end - info.start);
+        let _ = self
+            .mmap
+            .advise_range(Advice::PopulateRead, info.start, info.end - info.start);
     }
 
     /// Drops the pages of `info` from this process's resident set (the page cache keeps them).
@@ -85,7 +100,9 @@ impl SafetensorsFile {
             // SAFETY: the mapping is private and read-only, so DONTNEED only drops clean pages, which
             // are re-read from the file if touched again; no slice into them outlives this call's users.
             unsafe {
-                let _ = self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start);
+                let _ = self
+                    .mmap
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start);
             }
         }
     }
@@ -109,7 +126,11 @@ fn parse_header(
             }
             continue;
         }
-        let field = |key: &str| entry.get(key).ok_or_else(|| anyhow!("tensor {name}: missing field `{key}`"));
+        let field = |key: &str| {
+            entry
+                .get(key)
+                .ok_or_else(|| anyhow!("tensor {name}: missing field `{key}`"))
+        };
         let dtype = DType::parse(field("dtype")?.as_str().unwrap_or("?")).with_context(|| format!("tensor {name}"))?;
         let shape: Vec<usize> = serde_json::from_value(field("shape")?.clone())
             .map_err(|_| anyhow!("tensor {name}: `shape` must be a list of non-negative integers"))?;
@@ -131,7 +152,15 @@ fn parse_header(
                 file_len - data_start
             );
         }
-        tensors.insert(name.clone(), TensorInfo { dtype, shape, start: data_start + begin, end: data_start + end });
+        tensors.insert(
+            name.clone(),
+            TensorInfo {
+                dtype,
+                shape,
+                start: data_start + begin,
+                end: data_start + end,
+            },
+        );
     }
     check_no_overlap(&tensors, data_start)?;
     Ok((tensors, metadata))
@@ -157,7 +186,11 @@ fn check_no_overlap(tensors: &BTreeMap<String, TensorInfo>, data_start: usize) -
 
 /// PyTorch pickles can execute code when loaded: fluxbuild never opens them.
 pub fn refuse_pickle_name(path: &Path) -> Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if matches!(ext.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle") {
         bail!(
             "{}: refusing a pickle checkpoint (.{ext}): pickles can run arbitrary code when loaded; \
@@ -171,7 +204,10 @@ pub fn refuse_pickle_name(path: &Path) -> Result<()> {
 fn refuse_pickle_magic(path: &Path, bytes: &[u8]) -> Result<()> {
     // torch.save writes a zip archive ("PK\x03\x04") or a raw pickle (protocol 2+: 0x80 0x02..0x05).
     if bytes.starts_with(b"PK\x03\x04") || (bytes[0] == 0x80 && (2..=5).contains(&bytes[1])) {
-        bail!("{}: this is a PyTorch pickle/zip checkpoint, not safetensors; refusing to load it", path.display());
+        bail!(
+            "{}: this is a PyTorch pickle/zip checkpoint, not safetensors; refusing to load it",
+            path.display()
+        );
     }
     Ok(())
 }

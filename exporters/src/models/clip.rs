@@ -49,13 +49,18 @@ impl Exporter for ClipExporter {
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
         let mut d = Derivation::new(ckpt, config, &["clip", "text_encoder"])?;
         let token = "embeddings.token_embedding.weight";
-        let [vocab, hidden] = d.shape(token, 2)?[..] else { unreachable!() };
+        let [vocab, hidden] = d.shape(token, 2)?[..] else {
+            unreachable!()
+        };
         let vocab_size = d.from_shape("vocab_size", vocab, token)?;
         let hidden_size = d.from_shape("hidden_size", hidden, token)?;
         let position = "embeddings.position_embedding.weight";
         let positions = d.shape(position, 2)?;
         if positions[1] != hidden {
-            bail!(d.error(format!("tensor {} is {positions:?}, but the width is {hidden}", d.file_name(position))));
+            bail!(d.error(format!(
+                "tensor {} is {positions:?}, but the width is {hidden}",
+                d.file_name(position)
+            )));
         }
         let max_position_embeddings = d.from_shape("max_position_embeddings", positions[0], position)?;
         let layers = d.count("encoder.layers.", "encoder layer")?;
@@ -66,11 +71,15 @@ impl Exporter for ClipExporter {
         let clip_l = (hidden == 768).then_some((12, "CLIP-L (width 768) has 12 heads"));
         let num_attention_heads: usize = d.required("num_attention_heads", clip_l, "number of attention heads")?;
         if num_attention_heads == 0 || hidden % num_attention_heads != 0 {
-            bail!(d.error(format!("num_attention_heads = {num_attention_heads} does not divide the width {hidden}")));
+            bail!(d.error(format!(
+                "num_attention_heads = {num_attention_heads} does not divide the width {hidden}"
+            )));
         }
         let hidden_act: String = d.or_default("hidden_act", "quick_gelu".to_string())?;
         if hidden_act != "quick_gelu" {
-            bail!(d.error(format!("hidden_act `{hidden_act}` is not supported (CLIP-L uses quick_gelu)")));
+            bail!(d.error(format!(
+                "hidden_act `{hidden_act}` is not supported (CLIP-L uses quick_gelu)"
+            )));
         }
         let config = ClipConfig {
             vocab_size,
@@ -92,10 +101,19 @@ impl Exporter for ClipExporter {
         if (vocab_size as u64 + 1) * max_position_embeddings as u64 >= i32::MAX as u64 {
             bail!(d.error(format!("vocabulary of {vocab_size} is too large for the pooling index")));
         }
-        let is_clip_l =
-            (hidden_size, num_hidden_layers, intermediate_size, max_position_embeddings) == (768, 12, 3072, 77);
+        let is_clip_l = (
+            hidden_size,
+            num_hidden_layers,
+            intermediate_size,
+            max_position_embeddings,
+        ) == (768, 12, 3072, 77);
         Ok(Analysis {
-            layout: if ckpt.prefix.is_empty() { "transformers" } else { "transformers (text_model. prefix)" }.into(),
+            layout: if ckpt.prefix.is_empty() {
+                "transformers"
+            } else {
+                "transformers (text_model. prefix)"
+            }
+            .into(),
             variant: is_clip_l.then(|| "clip-l".to_string()),
             config: serde_json::to_value(config)?,
         })
@@ -114,11 +132,27 @@ impl Exporter for ClipExporter {
             let layer = w.pp("encoder.layers").pp(i);
             x = b.scoped(layer.prefix(), |b| encoder_layer(b, &layer, &x, &mask, &cfg));
         }
-        let hidden = nn::layer_norm(&mut b, &w.pp("final_layer_norm"), &x, cfg.hidden_size, cfg.layer_norm_eps as f32);
+        let hidden = nn::layer_norm(
+            &mut b,
+            &w.pp("final_layer_norm"),
+            &x,
+            cfg.hidden_size,
+            cfg.layer_norm_eps as f32,
+        );
         let pooled = b.scoped("pooler", |b| pool(b, &hidden, &ids, &cfg));
         let float = b.float;
-        b.output(&hidden, "text_embeddings", float, &[Dim::from("B"), Dim::from(len), Dim::from(cfg.hidden_size)]);
-        b.output(&pooled, "pooled_embeddings", float, &[Dim::from("B"), Dim::from(cfg.hidden_size)]);
+        b.output(
+            &hidden,
+            "text_embeddings",
+            float,
+            &[Dim::from("B"), Dim::from(len), Dim::from(cfg.hidden_size)],
+        );
+        b.output(
+            &pooled,
+            "pooled_embeddings",
+            float,
+            &[Dim::from("B"), Dim::from(cfg.hidden_size)],
+        );
         b.metadata("fluxbuild.config", analysis.config.to_string());
         Ok(b.finish())
     }
@@ -140,7 +174,9 @@ fn causal_mask(b: &mut GraphBuilder<'_>, len: usize) -> V {
         ElemType::BF16 => half::bf16::MIN.to_f32(),
         _ => f32::MIN,
     };
-    let values: Vec<f32> = (0..len * len).map(|i| if i % len > i / len { lowest } else { 0.0 }).collect();
+    let values: Vec<f32> = (0..len * len)
+        .map(|i| if i % len > i / len { lowest } else { 0.0 })
+        .collect();
     let float = b.float;
     b.const_float(float, &[len, len], &values)
 }

@@ -23,9 +23,17 @@ impl<'c> Derivation<'c> {
     /// `config` is `--config`; `sections` are the keys under which a config shared by several
     /// submodels holds this one's part (e.g. `["clip", "text_encoder"]`).
     pub fn new(ckpt: &'c Checkpoint, config: Option<&Value>, sections: &[&str]) -> Result<Self> {
-        let source = ckpt.source_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let source = ckpt
+            .source_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let section = |v: &Value| {
-            sections.iter().find_map(|s| v.get(s).filter(|s| s.is_object()).cloned()).unwrap_or_else(|| v.clone())
+            sections
+                .iter()
+                .find_map(|s| v.get(s).filter(|s| s.is_object()).cloned())
+                .unwrap_or_else(|| v.clone())
         };
         let mut configs = Vec::new();
         let beside = ckpt.config()?.map(|v| section(&v));
@@ -37,7 +45,12 @@ impl<'c> Derivation<'c> {
         if let (Some(v), Some(path)) = (beside, &ckpt.located.config) {
             configs.push((path.display().to_string(), v));
         }
-        Ok(Derivation { ckpt, source, configs, origins: BTreeMap::new() })
+        Ok(Derivation {
+            ckpt,
+            source,
+            configs,
+            origins: BTreeMap::new(),
+        })
     }
 
     pub fn checkpoint(&self) -> &'c Checkpoint {
@@ -57,9 +70,10 @@ impl<'c> Derivation<'c> {
     /// The shape of `name`, which must exist with `rank` dims.
     pub fn shape(&self, name: &str, rank: usize) -> Result<Vec<usize>> {
         let Some(t) = self.ckpt.get(name) else {
-            return Err(
-                self.error(format!("tensor {} is missing (the model's sizes are read from it)", self.file_name(name)))
-            );
+            return Err(self.error(format!(
+                "tensor {} is missing (the model's sizes are read from it)",
+                self.file_name(name)
+            )));
         };
         if t.shape().len() != rank {
             return Err(self.error(format!(
@@ -75,7 +89,10 @@ impl<'c> Derivation<'c> {
     pub fn count(&self, prefix: &str, what: &str) -> Result<usize> {
         let found = self.ckpt.indices_under(prefix);
         if found.is_empty() {
-            return Err(self.error(format!("no {what} found (no tensor named {}N.*)", self.file_name(prefix))));
+            return Err(self.error(format!(
+                "no {what} found (no tensor named {}N.*)",
+                self.file_name(prefix)
+            )));
         }
         if let Some(gap) = (0..found.len()).find(|i| !found.contains(i)) {
             let list: Vec<String> = found.iter().map(|i| i.to_string()).collect();
@@ -118,9 +135,9 @@ impl<'c> Derivation<'c> {
     ) -> Result<T> {
         if let Some((said, config)) = self.lookup::<T>(key)? {
             if said != value {
-                return Err(
-                    self.error(format!("{config} says {key} = {said:?}, but the weights say {value:?} ({origin})"))
-                );
+                return Err(self.error(format!(
+                    "{config} says {key} = {said:?}, but the weights say {value:?} ({origin})"
+                )));
             }
         }
         self.origins.insert(key.to_string(), origin);

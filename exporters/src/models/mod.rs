@@ -37,7 +37,11 @@ pub struct GraphOptions {
 
 impl Default for GraphOptions {
     fn default() -> Self {
-        GraphOptions { float: ElemType::F32, wide: ElemType::F32, opset: DEFAULT_OPSET }
+        GraphOptions {
+            float: ElemType::F32,
+            wide: ElemType::F32,
+            opset: DEFAULT_OPSET,
+        }
     }
 }
 
@@ -56,8 +60,12 @@ pub trait Exporter: Sync {
     fn build<'a>(&self, w: &Weights<'a>, analysis: &Analysis, options: &GraphOptions) -> Result<Graph<'a>>;
 }
 
-pub static EXPORTERS: [&dyn Exporter; 4] =
-    [&clip::ClipExporter, &t5::T5Exporter, &transformer::TransformerExporter, &vae::VaeDecoderExporter];
+pub static EXPORTERS: [&dyn Exporter; 4] = [
+    &clip::ClipExporter,
+    &t5::T5Exporter,
+    &transformer::TransformerExporter,
+    &vae::VaeDecoderExporter,
+];
 
 pub fn exporter(name: &str) -> Option<&'static dyn Exporter> {
     EXPORTERS.iter().copied().find(|e| e.name() == name)

@@ -74,10 +74,14 @@ impl Exporter for T5Exporter {
             (Some(_), _) => SHARED,
             (None, Some(_)) => EMBED_TOKENS,
             (None, None) => {
-                bail!(d.error(format!("no token embedding: neither {SHARED} nor {EMBED_TOKENS} is in the file")))
+                bail!(d.error(format!(
+                    "no token embedding: neither {SHARED} nor {EMBED_TOKENS} is in the file"
+                )))
             }
         };
-        let [vocab, model] = d.shape(embedding, 2)?[..] else { unreachable!() };
+        let [vocab, model] = d.shape(embedding, 2)?[..] else {
+            unreachable!()
+        };
         let vocab_size = d.from_shape("vocab_size", vocab, embedding)?;
         let d_model = d.from_shape("d_model", model, embedding)?;
         let num_layers = d.count("encoder.block.", "encoder block")?;
@@ -88,11 +92,15 @@ impl Exporter for T5Exporter {
         let wi = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight";
         let d_ff = d.from_shape("d_ff", d.shape(wi, 2)?[0], wi)?;
         // The bias table is [buckets, heads]: the one tensor that carries the head count.
-        let [buckets, heads] = d.shape(POSITION_BIAS, 2)?[..] else { unreachable!() };
+        let [buckets, heads] = d.shape(POSITION_BIAS, 2)?[..] else {
+            unreachable!()
+        };
         let num_heads = d.from_shape("num_heads", heads, POSITION_BIAS)?;
         let relative_attention_num_buckets = d.from_shape("relative_attention_num_buckets", buckets, POSITION_BIAS)?;
         if heads == 0 || inner % heads != 0 {
-            bail!(d.error(format!("{q} has {inner} rows, not a multiple of the {heads} heads of {POSITION_BIAS}")));
+            bail!(d.error(format!(
+                "{q} has {inner} rows, not a multiple of the {heads} heads of {POSITION_BIAS}"
+            )));
         }
         if buckets < 4 || buckets % 4 != 0 {
             bail!(d.error(format!(
@@ -130,7 +138,16 @@ impl Exporter for T5Exporter {
 
     fn build<'a>(&self, w: &Weights<'a>, analysis: &Analysis, options: &GraphOptions) -> Result<Graph<'a>> {
         let cfg: T5Config = serde_json::from_value(analysis.config.clone())?;
-        build_graph(w, &cfg, options, T5Precision { compute: options.float, ffn_out: options.wide, residual: options.wide })
+        build_graph(
+            w,
+            &cfg,
+            options,
+            T5Precision {
+                compute: options.float,
+                ffn_out: options.wide,
+                residual: options.wide,
+            },
+        )
     }
 }
 
@@ -148,13 +165,16 @@ pub fn build_graph<'a>(
     let table = w.get(&cfg.embedding, &[cfg.vocab_size, cfg.d_model]).add(&mut b);
     let x = b.gather(&table, &ids, 0);
     let mut x = b.convert(&x, precision.compute, precision.residual);
-    let bias =
-        b.scoped("position_bias", |b| position_bias(b, &w.pp(POSITION_BIAS.trim_end_matches(".weight")), &ids, cfg));
+    let bias = b.scoped("position_bias", |b| {
+        position_bias(b, &w.pp(POSITION_BIAS.trim_end_matches(".weight")), &ids, cfg)
+    });
     for i in 0..cfg.num_layers {
         let block = w.pp("encoder.block").pp(i);
         x = b.scoped(block.prefix(), |b| encoder_block(b, &block, &x, &bias, cfg, precision));
     }
-    let x = b.with_float(precision.residual, |b| rms_norm(b, &w.pp("encoder.final_layer_norm"), &x, cfg));
+    let x = b.with_float(precision.residual, |b| {
+        rms_norm(b, &w.pp("encoder.final_layer_norm"), &x, cfg)
+    });
     let dims = [Dim::from("B"), Dim::from("L"), Dim::from(cfg.d_model)];
     b.output(&x, "text_embeddings", precision.residual, &dims);
     b.metadata("fluxbuild.config", serde_json::to_string(cfg)?);
@@ -218,9 +238,15 @@ fn position_bias<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &T
     let query = b.unsqueeze(&positions, &[1]);
     let key = b.unsqueeze(&positions, &[0]);
     let relative = b.sub(&key, &query);
-    let buckets =
-        relative_bucket(b, &relative, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance);
-    let table = w.get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads]).add(b);
+    let buckets = relative_bucket(
+        b,
+        &relative,
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+    );
+    let table = w
+        .get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads])
+        .add(b);
     let bias = b.gather(&table, &buckets, 0);
     let bias = b.transpose(&bias, &[2, 0, 1]);
     b.unsqueeze(&bias, &[0])

@@ -137,17 +137,19 @@ impl Exporter for VaeDecoderExporter {
 
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
         let mut d = Derivation::new(ckpt, config, &["vae_decoder", "vae"])?;
-        let layout =
-            match (ckpt.indices_under("decoder.up_blocks.").is_empty(), ckpt.indices_under("decoder.up.").is_empty()) {
-                (false, true) => VaeLayout::Diffusers,
-                (true, false) => VaeLayout::Ldm,
-                (false, false) => {
-                    bail!(d.error("has both decoder.up_blocks.* (diffusers) and decoder.up.* (LDM) tensors"))
-                }
-                (true, true) => bail!(
-                    d.error("no decoder up blocks (neither decoder.up_blocks.* nor decoder.up.*): not a VAE decoder")
-                ),
-            };
+        let layout = match (
+            ckpt.indices_under("decoder.up_blocks.").is_empty(),
+            ckpt.indices_under("decoder.up.").is_empty(),
+        ) {
+            (false, true) => VaeLayout::Diffusers,
+            (true, false) => VaeLayout::Ldm,
+            (false, false) => {
+                bail!(d.error("has both decoder.up_blocks.* (diffusers) and decoder.up.* (LDM) tensors"))
+            }
+            (true, true) => {
+                bail!(d.error("no decoder up blocks (neither decoder.up_blocks.* nor decoder.up.*): not a VAE decoder"))
+            }
+        };
         let conv_in = "decoder.conv_in.weight";
         let conv_in_shape = d.shape(conv_in, 4)?;
         let latent_channels = d.from_shape("latent_channels", conv_in_shape[1], conv_in)?;
@@ -161,7 +163,10 @@ impl Exporter for VaeDecoderExporter {
             let count = d.count(&format!("{block}.{}", layout.resnets()), "resnet")?;
             match resnets {
                 Some(n) if n != count => {
-                    bail!(d.error(format!("{} has {count} resnets, the first up block has {n}", d.file_name(&block))))
+                    bail!(d.error(format!(
+                        "{} has {count} resnets, the first up block has {n}",
+                        d.file_name(&block)
+                    )))
                 }
                 _ => resnets = Some(count),
             }
@@ -186,15 +191,24 @@ impl Exporter for VaeDecoderExporter {
         }
         let out_channels = d.from_shape("out_channels", conv_out_shape[0], conv_out)?;
         let block_out_channels: Vec<usize> = up_channels.iter().rev().copied().collect();
-        let origin = format!("shapes of {}N.{}0.conv2.weight", d.file_name(layout.up_prefix()), layout.resnets());
+        let origin = format!(
+            "shapes of {}N.{}0.conv2.weight",
+            d.file_name(layout.up_prefix()),
+            layout.resnets()
+        );
         let block_out_channels = d.record("block_out_channels", block_out_channels, origin)?;
         let resnets_prefix = format!("{}.{}", layout.up_block(0, blocks), layout.resnets());
         let layers_per_block = d.from_count("layers_per_block", resnets.unwrap_or(1) - 1, &resnets_prefix, None)?;
         let flux = (block_out_channels == FLUX_CHANNELS)
             .then_some((32, "FLUX's VAE (channels [128, 256, 512, 512]) uses 32 groups"));
         let norm_num_groups: usize = d.required("norm_num_groups", flux, "GroupNorm group count")?;
-        if let Some(c) = block_out_channels.iter().find(|c| norm_num_groups == 0 || *c % norm_num_groups != 0) {
-            bail!(d.error(format!("norm_num_groups = {norm_num_groups} does not divide the {c} channels of a block")));
+        if let Some(c) = block_out_channels
+            .iter()
+            .find(|c| norm_num_groups == 0 || *c % norm_num_groups != 0)
+        {
+            bail!(d.error(format!(
+                "norm_num_groups = {norm_num_groups} does not divide the {c} channels of a block"
+            )));
         }
         let config = VaeDecoderConfig {
             layout,
@@ -231,8 +245,16 @@ impl Exporter for VaeDecoderExporter {
         w.ignore(|n| n.starts_with("encoder.") || n.starts_with("quant_conv."));
         let mut b = GraphBuilder::new("vae_decoder", options.opset, options.float);
         let float = b.float;
-        let latent =
-            b.input("latent", float, &[Dim::from("B"), Dim::from(cfg.latent_channels), Dim::from("h"), Dim::from("w")]);
+        let latent = b.input(
+            "latent",
+            float,
+            &[
+                Dim::from("B"),
+                Dim::from(cfg.latent_channels),
+                Dim::from("h"),
+                Dim::from("w"),
+            ],
+        );
         let top = cfg.up_channels(0);
         let mut x = nn::conv2d(&mut b, &w.pp("decoder.conv_in"), &latent, cfg.latent_channels, top, 3);
         x = b.scoped("decoder.mid", |b| {
@@ -250,14 +272,26 @@ impl Exporter for VaeDecoderExporter {
             x = b.scoped(block.prefix(), |b| up_block(b, &block, &x, up, channels, &cfg));
             channels = cfg.up_channels(up);
         }
-        let x = nn::group_norm(&mut b, &w.pp(layout.norm_out()), &x, channels, cfg.norm_num_groups, NORM_EPS);
+        let x = nn::group_norm(
+            &mut b,
+            &w.pp(layout.norm_out()),
+            &x,
+            channels,
+            cfg.norm_num_groups,
+            NORM_EPS,
+        );
         let x = b.silu(&x);
         let images = nn::conv2d(&mut b, &w.pp("decoder.conv_out"), &x, channels, cfg.out_channels, 3);
         b.output(
             &images,
             "images",
             float,
-            &[Dim::from("B"), Dim::from(cfg.out_channels), Dim::from("H"), Dim::from("W")],
+            &[
+                Dim::from("B"),
+                Dim::from(cfg.out_channels),
+                Dim::from("H"),
+                Dim::from("W"),
+            ],
         );
         b.metadata("fluxbuild.config", analysis.config.to_string());
         Ok(b.finish())
@@ -269,7 +303,14 @@ fn up_block<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, up: usize, c_i
     let c = cfg.up_channels(up);
     let mut x = x.clone();
     for j in 0..=cfg.layers_per_block {
-        x = resnet_block(b, &w.pp(cfg.layout.resnet(j)), &x, if j == 0 { c_in } else { c }, c, cfg);
+        x = resnet_block(
+            b,
+            &w.pp(cfg.layout.resnet(j)),
+            &x,
+            if j == 0 { c_in } else { c },
+            c,
+            cfg,
+        );
     }
     if up + 1 == cfg.up_blocks() {
         return x;
@@ -295,7 +336,11 @@ fn resnet_block<'a>(
     let h = nn::group_norm(b, &w.pp("norm2"), &h, c_out, groups, NORM_EPS);
     let h = b.silu(&h);
     let h = nn::conv2d(b, &w.pp("conv2"), &h, c_out, c_out, 3);
-    let skip = if c_in == c_out { x.clone() } else { nn::conv2d(b, &w.pp(cfg.layout.shortcut()), x, c_in, c_out, 1) };
+    let skip = if c_in == c_out {
+        x.clone()
+    } else {
+        nn::conv2d(b, &w.pp(cfg.layout.shortcut()), x, c_in, c_out, 1)
+    };
     b.add(&skip, &h)
 }
 
@@ -306,14 +351,23 @@ fn attention<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, c: usize, cfg
     let h = b.reshape(&h, &[0, c as i64, -1]);
     let tokens = b.transpose(&h, &[0, 2, 1]);
     let project = |b: &mut GraphBuilder<'a>, name: &str| {
-        let y =
-            nn::linear_param(b, &tokens, projection(&w.pp(name), c, cfg.layout), Some(w.pp(name).get("bias", &[c])));
+        let y = nn::linear_param(
+            b,
+            &tokens,
+            projection(&w.pp(name), c, cfg.layout),
+            Some(w.pp(name).get("bias", &[c])),
+        );
         nn::split_heads(b, &y, 1, c)
     };
     let (q, k, v) = (project(b, q), project(b, k), project(b, v));
     let a = nn::attention(b, &q, &k, &v, (c as f32).powf(-0.5), None);
     let a = nn::merge_heads(b, &a, c);
-    let a = nn::linear_param(b, &a, projection(&w.pp(out), c, cfg.layout), Some(w.pp(out).get("bias", &[c])));
+    let a = nn::linear_param(
+        b,
+        &a,
+        projection(&w.pp(out), c, cfg.layout),
+        Some(w.pp(out).get("bias", &[c])),
+    );
     let a = b.transpose(&a, &[0, 2, 1]);
     let shape = b.shape_of(x, 0, i64::MAX);
     let a = b.reshape_to(&a, &shape);

@@ -30,7 +30,12 @@ impl<'a> GraphBuilder<'a> {
             initializers: vec![],
             metadata: vec![],
         };
-        GraphBuilder { graph, float, scope: vec![], count: 0 }
+        GraphBuilder {
+            graph,
+            float,
+            scope: vec![],
+            count: 0,
+        }
     }
 
     pub fn opset(&self) -> i64 {
@@ -38,14 +43,26 @@ impl<'a> GraphBuilder<'a> {
     }
 
     pub fn input(&mut self, name: &str, elem: ElemType, dims: &[Dim]) -> V {
-        self.graph.inputs.push(ValueInfo { name: name.into(), elem, dims: dims.to_vec() });
+        self.graph.inputs.push(ValueInfo {
+            name: name.into(),
+            elem,
+            dims: dims.to_vec(),
+        });
         V(name.into())
     }
 
     /// Declares `value` a graph output called `name`.
     pub fn output(&mut self, value: &V, name: &str, elem: ElemType, dims: &[Dim]) {
-        let value = if value.0 == name { value.clone() } else { self.rename(value, name) };
-        self.graph.outputs.push(ValueInfo { name: value.0, elem, dims: dims.to_vec() });
+        let value = if value.0 == name {
+            value.clone()
+        } else {
+            self.rename(value, name)
+        };
+        self.graph.outputs.push(ValueInfo {
+            name: value.0,
+            elem,
+            dims: dims.to_vec(),
+        });
     }
 
     fn rename(&mut self, value: &V, name: &str) -> V {
@@ -106,8 +123,16 @@ impl<'a> GraphBuilder<'a> {
     }
 
     pub fn initializer(&mut self, name: &str, elem: ElemType, dims: &[usize], data: InitData<'a>) -> V {
-        debug_assert!(!self.graph.initializers.iter().any(|i| i.name == name), "initializer {name} added twice");
-        self.graph.initializers.push(Initializer { name: name.into(), elem, dims: dims.to_vec(), data });
+        debug_assert!(
+            !self.graph.initializers.iter().any(|i| i.name == name),
+            "initializer {name} added twice"
+        );
+        self.graph.initializers.push(Initializer {
+            name: name.into(),
+            elem,
+            dims: dims.to_vec(),
+            data,
+        });
         V(name.into())
     }
 
@@ -205,7 +230,11 @@ impl<'a> GraphBuilder<'a> {
     }
     /// `x` (of type `from`) as `to`: a Cast only where the types differ.
     pub fn convert(&mut self, x: &V, from: ElemType, to: ElemType) -> V {
-        if from == to { x.clone() } else { self.cast(x, to) }
+        if from == to {
+            x.clone()
+        } else {
+            self.cast(x, to)
+        }
     }
     /// Runs `f` with `float` as the graph's float type, for the parts of a mixed-precision graph
     /// that must run wider (weights and constants made inside `f` take that type).
@@ -226,17 +255,28 @@ impl<'a> GraphBuilder<'a> {
     }
     /// LayerNormalization-17 over the last axis with the given (or unit) affine.
     pub fn layer_norm(&mut self, x: &V, scale: &V, bias: &V, eps: f32) -> V {
-        self.op("LayerNormalization", &[x, scale, bias], &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))])
+        self.op(
+            "LayerNormalization",
+            &[x, scale, bias],
+            &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+        )
     }
     /// InstanceNormalization over the trailing axes of [N, C, ...], per-C `scale` and `bias`.
     pub fn instance_norm(&mut self, x: &V, scale: &V, bias: &V, eps: f32) -> V {
-        self.op("InstanceNormalization", &[x, scale, bias], &[("epsilon", Attr::Float(eps))])
+        self.op(
+            "InstanceNormalization",
+            &[x, scale, bias],
+            &[("epsilon", Attr::Float(eps))],
+        )
     }
     /// 2-D convolution, NCHW, `pads` = [top, left, bottom, right].
     pub fn conv(&mut self, x: &V, weight: &V, bias: Option<&V>, pads: [i64; 4], stride: i64) -> V {
         let mut inputs = vec![x, weight];
         inputs.extend(bias);
-        let attrs = [("pads", Attr::Ints(pads.to_vec())), ("strides", Attr::Ints(vec![stride, stride]))];
+        let attrs = [
+            ("pads", Attr::Ints(pads.to_vec())),
+            ("strides", Attr::Ints(vec![stride, stride])),
+        ];
         self.op("Conv", &inputs, &attrs)
     }
     /// Nearest-neighbour resize by per-axis `scales`. Source index = floor(dst / scale), which
@@ -256,7 +296,11 @@ impl<'a> GraphBuilder<'a> {
             let axes = self.const_i64(axes);
             self.op("ReduceMean", &[x, &axes], &attrs)
         } else {
-            self.op("ReduceMean", &[x], &[attrs[0].clone(), ("axes", Attr::Ints(axes.to_vec()))])
+            self.op(
+                "ReduceMean",
+                &[x],
+                &[attrs[0].clone(), ("axes", Attr::Ints(axes.to_vec()))],
+            )
         }
     }
 
@@ -283,7 +327,11 @@ impl<'a> GraphBuilder<'a> {
         self.op_n("Split", &[x, &split], &[("axis", Attr::Int(axis))], sizes.len())
     }
     pub fn slice(&mut self, x: &V, axis: i64, start: i64, end: i64) -> V {
-        let (s, e, a) = (self.const_i64(&[start]), self.const_i64(&[end]), self.const_i64(&[axis]));
+        let (s, e, a) = (
+            self.const_i64(&[start]),
+            self.const_i64(&[end]),
+            self.const_i64(&[axis]),
+        );
         self.op("Slice", &[x, &s, &e, &a], &[])
     }
     pub fn unsqueeze(&mut self, x: &V, axes: &[i64]) -> V {

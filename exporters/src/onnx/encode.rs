@@ -4,12 +4,12 @@
 //! buffers, which the writer passes to the disk without copying.
 
 use super::ir::{ElemType, Part, WeightPlan};
+use super::pagebuf::PageBuf;
 use crate::checkpoint::DType;
 use crate::quantize::fp8;
 use anyhow::{bail, Result};
 use float8::F8E4M3;
 use half::{bf16, f16};
-use super::pagebuf::PageBuf;
 use std::ops::Deref;
 
 /// What a conversion had to change.
@@ -56,11 +56,17 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded
         values = transpose(&values, plan.rows(), plan.cols);
     }
     if let Some(scale) = &plan.scale {
-        anyhow::ensure!(elem == ElemType::F8E4M3, "a quantization scale needs an FP8 initializer, not {elem:?}");
+        anyhow::ensure!(
+            elem == ElemType::F8E4M3,
+            "a quantization scale needs an FP8 initializer, not {elem:?}"
+        );
         let cols = if plan.transpose { plan.rows() } else { plan.cols };
         let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
         let (bytes, saturated) = fp8::encode(&values, cols, scale);
-        return Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), ConversionStats { saturated, amax }));
+        return Ok((
+            Encoded::Owned(PageBuf::from_slice(&bytes)),
+            ConversionStats { saturated, amax },
+        ));
     }
     let (bytes, stats) = encode_f32(&values, elem)?;
     Ok((Encoded::Owned(PageBuf::from_slice(&bytes)), stats))
@@ -74,7 +80,10 @@ fn part_bytes<'a>(plan: &WeightPlan<'a>, part: &Part<'a>) -> &'a [u8] {
 fn same_type(dtype: DType, elem: ElemType) -> bool {
     matches!(
         (dtype, elem),
-        (DType::F32, ElemType::F32) | (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) | (DType::F8E4M3, ElemType::F8E4M3)
+        (DType::F32, ElemType::F32)
+            | (DType::F16, ElemType::F16)
+            | (DType::BF16, ElemType::BF16)
+            | (DType::F8E4M3, ElemType::F8E4M3)
     )
 }
 
@@ -97,7 +106,9 @@ fn rearrange_exact(plan: &WeightPlan<'_>, elem: ElemType) -> Option<PageBuf> {
         (DType::F32, ElemType::F32) => rearrange::<4, 4>(plan, |x| x),
         (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) => rearrange::<2, 2>(plan, |x| x),
         (DType::F8E4M3, ElemType::F8E4M3) => rearrange::<1, 1>(plan, |x| x),
-        (DType::BF16, ElemType::F32) => rearrange::<2, 4>(plan, |x| ((u16::from_le_bytes(x) as u32) << 16).to_le_bytes()),
+        (DType::BF16, ElemType::F32) => {
+            rearrange::<2, 4>(plan, |x| ((u16::from_le_bytes(x) as u32) << 16).to_le_bytes())
+        }
         (DType::F16, ElemType::F32) => rearrange::<2, 4>(plan, |x| f16::from_le_bytes(x).to_f32().to_le_bytes()),
         (DType::F8E4M3, ElemType::F32) => rearrange::<1, 4>(plan, |[x]| F8E4M3::from_bits(x).to_f32().to_le_bytes()),
         (DType::F32, ElemType::BF16) => rearrange::<4, 2>(plan, |x| bf16_of(f32::from_le_bytes(x))),
@@ -116,14 +127,20 @@ const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// The plan's matrix (parts stacked, transposed if asked) with every element of `I` bytes
 /// mapped to `O` bytes by `convert`. Output rows are shared out among the cores.
-fn rearrange<const I: usize, const O: usize>(plan: &WeightPlan<'_>, convert: impl Fn([u8; I]) -> [u8; O] + Sync) -> PageBuf {
+fn rearrange<const I: usize, const O: usize>(
+    plan: &WeightPlan<'_>,
+    convert: impl Fn([u8; I]) -> [u8; O] + Sync,
+) -> PageBuf {
     let (rows, cols) = (plan.rows(), plan.cols);
     let mut first = 0;
     let blocks: Vec<Block<'_, I>> = plan
         .parts
         .iter()
         .map(|part| {
-            let block = Block { first_row: first, elems: part_bytes(plan, part).as_chunks::<I>().0 };
+            let block = Block {
+                first_row: first,
+                elems: part_bytes(plan, part).as_chunks::<I>().0,
+            };
             first += part.rows.len();
             block
         })
@@ -131,7 +148,11 @@ fn rearrange<const I: usize, const O: usize>(plan: &WeightPlan<'_>, convert: imp
     let mut out = PageBuf::zeroed(rows * cols * O);
     let out_width = if plan.transpose { rows } else { cols };
     let out_rows = rows * cols / out_width.max(1);
-    let threads = if out.len() < PARALLEL_MIN_BYTES { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let threads = if out.len() < PARALLEL_MIN_BYTES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     let rows_per_thread = out_rows.div_ceil(threads).max(1);
     let (elems, _) = out.as_chunks_mut::<O>();
     std::thread::scope(|s| {
@@ -171,7 +192,11 @@ fn fill_stacked<const I: usize, const O: usize>(
 ) {
     for (i, row_out) in out.chunks_mut(cols).enumerate() {
         let r = first_out_row + i;
-        let block = blocks.iter().rev().find(|b| b.first_row <= r).expect("row within the plan");
+        let block = blocks
+            .iter()
+            .rev()
+            .find(|b| b.first_row <= r)
+            .expect("row within the plan");
         let row_in = &block.elems[(r - block.first_row) * cols..][..cols];
         for (o, &x) in row_out.iter_mut().zip(row_in) {
             *o = convert(x);
@@ -226,7 +251,10 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Encodes f32 values as `elem`; float16/bfloat16 round to nearest even, saturating overflow.
 pub fn encode_f32(values: &[f32], elem: ElemType) -> Result<(Vec<u8>, ConversionStats)> {
-    let mut stats = ConversionStats { amax: values.iter().fold(0f32, |m, v| m.max(v.abs())), saturated: 0 };
+    let mut stats = ConversionStats {
+        amax: values.iter().fold(0f32, |m, v| m.max(v.abs())),
+        saturated: 0,
+    };
     let mut out = Vec::with_capacity(values.len() * elem.size());
     match elem {
         ElemType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
@@ -286,10 +314,16 @@ mod tests {
                 .map(|shape| {
                     (0..shape.iter().product::<usize>() * dtype.size())
                         .map(|i| {
-                            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            state = state
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
                             let byte = (state >> 33) as u8;
                             // keep exponents moderate (no NaN/inf patterns): clear the top exponent bit
-                            if (i + 1) % dtype.size() == 0 { byte & 0xbf } else { byte }
+                            if (i + 1) % dtype.size() == 0 {
+                                byte & 0xbf
+                            } else {
+                                byte
+                            }
                         })
                         .collect()
                 })
@@ -298,7 +332,12 @@ mod tests {
                 .iter()
                 .zip(&data)
                 .enumerate()
-                .map(|(i, (shape, bytes))| (format!("t{i}"), TensorView::new(st_dtype, shape.clone(), bytes).unwrap()))
+                .map(|(i, (shape, bytes))| {
+                    (
+                        format!("t{i}"),
+                        TensorView::new(st_dtype, shape.clone(), bytes).unwrap(),
+                    )
+                })
                 .collect();
             let path = dir.path().join(format!("{}.safetensors", dtype.name()));
             safetensors::serialize_to_file(views, None, &path).unwrap();
@@ -306,7 +345,16 @@ mod tests {
             let (t0, t1) = (ckpt.get("t0").unwrap(), ckpt.get("t1").unwrap());
             for transposed in [false, true] {
                 let plan = WeightPlan {
-                    parts: vec![Part { tensor: t1, rows: 5..1005 }, Part { tensor: t0, rows: 0..37 }],
+                    parts: vec![
+                        Part {
+                            tensor: t1,
+                            rows: 5..1005,
+                        },
+                        Part {
+                            tensor: t0,
+                            rows: 0..37,
+                        },
+                    ],
                     cols: 700,
                     transpose: transposed,
                     scale: None,
@@ -321,7 +369,10 @@ mod tests {
                         values = transpose(&values, plan.rows(), plan.cols);
                     }
                     let (slow, _) = encode_f32(&values, elem).unwrap();
-                    assert!(*fast == slow[..], "{dtype} -> {elem:?} (transposed {transposed}) differs");
+                    assert!(
+                        *fast == slow[..],
+                        "{dtype} -> {elem:?} (transposed {transposed}) differs"
+                    );
                 }
             }
         }
@@ -330,7 +381,10 @@ mod tests {
     #[test]
     fn fp16_saturates_and_counts() {
         let (bytes, stats) = encode_f32(&[1.0, 70000.0, -1e9, f32::INFINITY], ElemType::F16).unwrap();
-        let back: Vec<f32> = bytes.chunks(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        let back: Vec<f32> = bytes
+            .chunks(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
         assert_eq!(back, vec![1.0, 65504.0, -65504.0, f32::INFINITY]);
         assert_eq!(stats.saturated, 2);
     }

@@ -35,9 +35,18 @@ impl ElemType {
     }
 
     pub fn from_onnx_code(code: i32) -> Option<ElemType> {
-        [ElemType::F32, ElemType::U8, ElemType::I32, ElemType::I64, ElemType::Bool, ElemType::F16, ElemType::BF16, ElemType::F8E4M3]
-            .into_iter()
-            .find(|t| t.onnx_code() == code)
+        [
+            ElemType::F32,
+            ElemType::U8,
+            ElemType::I32,
+            ElemType::I64,
+            ElemType::Bool,
+            ElemType::F16,
+            ElemType::BF16,
+            ElemType::F8E4M3,
+        ]
+        .into_iter()
+        .find(|t| t.onnx_code() == code)
     }
 
     pub fn size(self) -> usize {

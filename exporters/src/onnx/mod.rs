@@ -5,8 +5,8 @@ pub mod builder;
 pub mod encode;
 pub mod ir;
 pub mod nn;
-pub mod reader;
 pub mod pagebuf;
+pub mod reader;
 pub mod weights;
 pub mod writer;
 

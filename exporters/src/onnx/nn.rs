@@ -12,7 +12,13 @@ pub fn linear<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, in_features:
 }
 
 /// Linear layer without bias (T5).
-pub fn linear_no_bias<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, in_features: usize, out_features: usize) -> V {
+pub fn linear_no_bias<'a>(
+    b: &mut GraphBuilder<'a>,
+    w: &Weights<'a>,
+    x: &V,
+    in_features: usize,
+    out_features: usize,
+) -> V {
     let weight = w.get("weight", &[out_features, in_features]);
     linear_param(b, x, weight, None)
 }
@@ -101,7 +107,11 @@ pub fn merge_heads(b: &mut GraphBuilder<'_>, x: &V, width: usize) -> V {
 /// softmax(scale·q·kᵀ + bias)·v for q, k, v [B, heads, L, d]. `q` is scaled before the product
 /// (scores stay in range in half precision); `bias` is an additive mask or position bias, broadcast.
 pub fn attention(b: &mut GraphBuilder<'_>, q: &V, k: &V, v: &V, scale: f32, bias: Option<&V>) -> V {
-    let q = if scale == 1.0 { q.clone() } else { b.mul_scalar(q, scale) };
+    let q = if scale == 1.0 {
+        q.clone()
+    } else {
+        b.mul_scalar(q, scale)
+    };
     let kt = b.transpose(k, &[0, 1, 3, 2]);
     let scores = b.matmul(&q, &kt);
     let scores = match bias {

@@ -37,13 +37,20 @@ impl PageBuf {
             )
         };
         if ptr == libc::MAP_FAILED {
-            panic!("out of memory: cannot map a {cap}-byte buffer: {}", std::io::Error::last_os_error());
+            panic!(
+                "out of memory: cannot map a {cap}-byte buffer: {}",
+                std::io::Error::last_os_error()
+            );
         }
         if cap >= HUGE_PAGE {
             // SAFETY: advice on the mapping just made; failure only means 4 KiB pages.
             unsafe { libc::madvise(ptr, cap, libc::MADV_HUGEPAGE) };
         }
-        PageBuf { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len, cap }
+        PageBuf {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+            cap,
+        }
     }
 
     pub fn from_slice(bytes: &[u8]) -> PageBuf {
@@ -58,7 +65,6 @@ impl PageBuf {
         // (DerefMut exposes only the first `len`), so it stays zero.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len.next_multiple_of(PAGE)) }
     }
-
 }
 
 impl Deref for PageBuf {

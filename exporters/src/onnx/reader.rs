@@ -26,12 +26,22 @@ impl Interface {
 /// Parses `model.onnx` (external data is not read).
 pub fn read_interface(path: &Path) -> Result<Interface> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let model = pb::ModelProto::parse_from_bytes(&bytes).with_context(|| format!("{}: not an ONNX model", path.display()))?;
-    let graph = model.graph.as_ref().with_context(|| format!("{}: the model has no graph", path.display()))?;
+    let model =
+        pb::ModelProto::parse_from_bytes(&bytes).with_context(|| format!("{}: not an ONNX model", path.display()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .with_context(|| format!("{}: the model has no graph", path.display()))?;
     let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let convert = |v: &pb::ValueInfoProto| value_info(v).with_context(|| format!("{}: value {}", path.display(), v.name));
+    let convert =
+        |v: &pb::ValueInfoProto| value_info(v).with_context(|| format!("{}: value {}", path.display(), v.name));
     Ok(Interface {
-        inputs: graph.input.iter().filter(|v| !initializers.contains(v.name.as_str())).map(convert).collect::<Result<_>>()?,
+        inputs: graph
+            .input
+            .iter()
+            .filter(|v| !initializers.contains(v.name.as_str()))
+            .map(convert)
+            .collect::<Result<_>>()?,
         outputs: graph.output.iter().map(convert).collect::<Result<_>>()?,
     })
 }
@@ -55,5 +65,9 @@ fn value_info(v: &pb::ValueInfoProto) -> Result<ValueInfo> {
             _ => Dim::Sym(String::new()),
         })
         .collect();
-    Ok(ValueInfo { name: v.name.clone(), elem, dims })
+    Ok(ValueInfo {
+        name: v.name.clone(),
+        elem,
+        dims,
+    })
 }

@@ -14,15 +14,27 @@ use std::rc::Rc;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Problem {
-    Missing { tensor: String, expected: Vec<usize> },
-    WrongShape { tensor: String, expected: Vec<usize>, found: Vec<usize> },
-    Unexpected { tensor: String, shape: Vec<usize> },
+    Missing {
+        tensor: String,
+        expected: Vec<usize>,
+    },
+    WrongShape {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    Unexpected {
+        tensor: String,
+        shape: Vec<usize>,
+    },
 }
 
 impl Problem {
     pub fn tensor(&self) -> &str {
         match self {
-            Problem::Missing { tensor, .. } | Problem::WrongShape { tensor, .. } | Problem::Unexpected { tensor, .. } => tensor,
+            Problem::Missing { tensor, .. }
+            | Problem::WrongShape { tensor, .. }
+            | Problem::Unexpected { tensor, .. } => tensor,
         }
     }
 }
@@ -31,7 +43,11 @@ impl Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Missing { tensor, expected } => write!(f, "missing tensor {tensor} (expected shape {expected:?})"),
-            Problem::WrongShape { tensor, expected, found } => {
+            Problem::WrongShape {
+                tensor,
+                expected,
+                found,
+            } => {
                 write!(f, "tensor {tensor} has shape {found:?}, expected {expected:?}")
             }
             Problem::Unexpected { tensor, shape } => write!(f, "unexpected tensor {tensor} {shape:?}"),
@@ -65,17 +81,29 @@ pub struct Param<'a> {
 
 impl<'a> Weights<'a> {
     pub fn new(ckpt: &'a Checkpoint) -> Self {
-        Weights { ckpt, prefix: String::new(), log: Rc::default() }
+        Weights {
+            ckpt,
+            prefix: String::new(),
+            log: Rc::default(),
+        }
     }
 
     /// The sub-view `prefix.name`.
     pub fn pp(&self, name: impl Display) -> Weights<'a> {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
         Weights { prefix, ..self.clone() }
     }
 
     pub fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -96,11 +124,18 @@ impl<'a> Weights<'a> {
         let full = self.path(name);
         let plan = self.lookup(&full, shape).map(|t| WeightPlan {
             cols: shape[1..].iter().product(),
-            parts: vec![Part { tensor: t, rows: 0..shape.first().copied().unwrap_or(1) }],
+            parts: vec![Part {
+                tensor: t,
+                rows: 0..shape.first().copied().unwrap_or(1),
+            }],
             transpose: false,
             scale: None,
         });
-        Param { name: full, shape: shape.to_vec(), plan }
+        Param {
+            name: full,
+            shape: shape.to_vec(),
+            plan,
+        }
     }
 
     /// Rows `rows` of tensor `name` whose full shape is `shape` (one of BFL's fused tensors).
@@ -120,7 +155,10 @@ impl<'a> Weights<'a> {
         match self.ckpt.get(full) {
             _ if !first_use && log.problems.iter().any(|p| p.tensor() == full) => None,
             None => {
-                log.problems.push(Problem::Missing { tensor: full.into(), expected: shape.to_vec() });
+                log.problems.push(Problem::Missing {
+                    tensor: full.into(),
+                    expected: shape.to_vec(),
+                });
                 None
             }
             Some(t) if t.shape() != shape => {
@@ -148,7 +186,10 @@ impl<'a> Weights<'a> {
         let log = self.log.borrow();
         let mut problems = log.problems.clone();
         for t in self.ckpt.tensors().filter(|t| !log.used.contains(t.name)) {
-            problems.push(Problem::Unexpected { tensor: t.name.to_string(), shape: t.shape().to_vec() });
+            problems.push(Problem::Unexpected {
+                tensor: t.name.to_string(),
+                shape: t.shape().to_vec(),
+            });
         }
         problems
     }
@@ -166,7 +207,11 @@ impl<'a> Param<'a> {
             scale: None,
             parts: plans.into_iter().flat_map(|p| p.parts).collect(),
         });
-        Param { name: name.into(), shape, plan }
+        Param {
+            name: name.into(),
+            shape,
+            plan,
+        }
     }
 
     /// The same values under another dims (e.g. a 1×1 conv kernel read as a matrix).
@@ -197,7 +242,9 @@ impl<'a> Param<'a> {
     pub fn add_transposed(self, b: &mut GraphBuilder<'a>) -> V {
         assert_eq!(self.shape.len(), 2, "{}: only matrices are transposed", self.name);
         let dims = [self.shape[1], self.shape[0]];
-        let data = self.plan.map_or(InitData::Bytes(vec![]), |p| InitData::Weights(WeightPlan { transpose: true, ..p }));
+        let data = self.plan.map_or(InitData::Bytes(vec![]), |p| {
+            InitData::Weights(WeightPlan { transpose: true, ..p })
+        });
         let elem = b.float;
         b.initializer(&self.name, elem, &dims, data)
     }
@@ -206,5 +253,9 @@ impl<'a> Param<'a> {
 /// Problems as one error message, by tensor name.
 pub fn problems_error(source: &str, problems: &[Problem]) -> anyhow::Error {
     let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-    anyhow::anyhow!("{source}: {} problem(s) in the checkpoint:\n{}", problems.len(), list.join("\n"))
+    anyhow::anyhow!(
+        "{source}: {} problem(s) in the checkpoint:\n{}",
+        problems.len(),
+        list.join("\n")
+    )
 }

@@ -6,8 +6,8 @@
 //! temporary names and renamed only when everything succeeded: no half-written model is left.
 
 use super::encode::{encode_plan, ConversionStats, Encoded};
-use super::pagebuf::{PageBuf, PAGE};
 use super::ir::{Attr, Dim, Graph, InitData, Initializer, Node, ValueInfo};
+use super::pagebuf::{PageBuf, PAGE};
 use crate::util::{hex, sha256_file, AtomicFile};
 use anyhow::{Context, Result};
 use onnx_protobuf as pb;
@@ -74,8 +74,8 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
         });
         for init in order.iter().copied() {
             let (bytes, stats) = encoded.recv().context("the encoding thread stopped")??;
-            let tensor =
-                write_initializer(init, &bytes, &mut data, data_name).with_context(|| format!("writing initializer {}", init.name))?;
+            let tensor = write_initializer(init, &bytes, &mut data, data_name)
+                .with_context(|| format!("writing initializer {}", init.name))?;
             drop(bytes);
             for_each_part(init, |t| t.release());
             if stats.saturated > 0 {
@@ -131,7 +131,12 @@ fn for_each_part(init: &Initializer<'_>, f: impl Fn(&crate::checkpoint::TensorRe
 }
 
 /// The TensorProto of `init`: small ones inline, the rest appended to the data file.
-fn write_initializer(init: &Initializer<'_>, bytes: &Encoded<'_>, data: &mut DataFile, data_name: &str) -> Result<pb::TensorProto> {
+fn write_initializer(
+    init: &Initializer<'_>,
+    bytes: &Encoded<'_>,
+    data: &mut DataFile,
+    data_name: &str,
+) -> Result<pb::TensorProto> {
     let mut tensor = pb::TensorProto::new();
     tensor.name = init.name.clone();
     tensor.dims = init.dims.iter().map(|&d| d as i64).collect();
@@ -141,7 +146,11 @@ fn write_initializer(init: &Initializer<'_>, bytes: &Encoded<'_>, data: &mut Dat
     } else {
         let offset = data.append(bytes)?;
         tensor.data_location = EnumOrUnknown::new(pb::tensor_proto::DataLocation::EXTERNAL);
-        for (key, value) in [("location", data_name.to_string()), ("offset", offset.to_string()), ("length", bytes.len().to_string())] {
+        for (key, value) in [
+            ("location", data_name.to_string()),
+            ("offset", offset.to_string()),
+            ("length", bytes.len().to_string()),
+        ] {
             let mut entry = pb::StringStringEntryProto::new();
             entry.key = key.to_string();
             entry.value = value;
@@ -176,7 +185,13 @@ impl DataFile {
             Some(Ok(file)) => (file, true),
             _ => (AtomicFile::create_with(path, &options)?, false),
         };
-        Ok(DataFile { file, direct, hasher: Sha256::new(), len: 0, staging: None })
+        Ok(DataFile {
+            file,
+            direct,
+            hasher: Sha256::new(),
+            len: 0,
+            staging: None,
+        })
     }
 
     /// Appends `bytes` at the next page boundary; returns their offset.
@@ -204,7 +219,9 @@ impl DataFile {
             // Some file systems open O_DIRECT files but refuse the writes: carry on buffered.
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 self.direct = false;
-                self.file.set_direct(false).context("turning off O_DIRECT on the model data file")?;
+                self.file
+                    .set_direct(false)
+                    .context("turning off O_DIRECT on the model data file")?;
                 self.file.write_all(pages).context("writing the model data file")?;
             }
             result => result.context("writing the model data file")?,
@@ -226,7 +243,10 @@ fn in_source_order<'g, 'a>(graph: &'g Graph<'a>) -> Vec<&'g Initializer<'a>> {
     let mut order: Vec<&Initializer<'a>> = graph.initializers.iter().collect();
     order.sort_by_cached_key(|init| match &init.data {
         InitData::Bytes(_) => None,
-        InitData::Weights(plan) => plan.parts.first().map(|p| (p.tensor.file.path.clone(), p.tensor.info.start)),
+        InitData::Weights(plan) => plan
+            .parts
+            .first()
+            .map(|p| (p.tensor.file.path.clone(), p.tensor.info.start)),
     });
     order
 }
@@ -342,7 +362,10 @@ mod tests {
         for direct in [true, false] {
             let path = dir.path().join(format!("data_{direct}"));
             let mut data = DataFile::create(&path, direct).unwrap();
-            let offsets = [data.append(&Encoded::Borrowed(&borrowed)).unwrap(), data.append(&Encoded::Owned(PageBuf::from_slice(&owned))).unwrap()];
+            let offsets = [
+                data.append(&Encoded::Borrowed(&borrowed)).unwrap(),
+                data.append(&Encoded::Owned(PageBuf::from_slice(&owned))).unwrap(),
+            ];
             let (file, sha, len) = data.finish();
             file.commit().unwrap();
             let bytes = std::fs::read(&path).unwrap();

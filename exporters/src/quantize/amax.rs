@@ -3,15 +3,14 @@
 //! `model.onnx` (weights stay in the original `model.onnx.data`, linked), so calibration runs
 //! exactly the graph that was exported.
 
-use anyhow::{bail, Context, Result};
-use onnx_protobuf as pb;
 use crate::onnx::ir::{Attr, Node, ValueInfo};
 use crate::onnx::writer::{node, value_info};
 use crate::onnx::ElemType;
+use anyhow::{bail, Context, Result};
+use onnx_protobuf as pb;
 use protobuf::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-
 
 /// Adds the amax outputs; returns weight name -> output name (layers sharing an input share it).
 pub fn add_amax_outputs(model: &mut pb::ModelProto) -> Result<BTreeMap<String, String>> {
@@ -25,7 +24,11 @@ pub fn add_amax_outputs(model: &mut pb::ModelProto) -> Result<BTreeMap<String, S
     let mut outputs: HashMap<String, String> = HashMap::new();
     let mut by_weight = BTreeMap::new();
     let mut added = Vec::new();
-    for node in graph.node.iter().filter(|n| n.op_type == "MatMul" && n.input.len() == 2 && matrices.contains(&n.input[1])) {
+    for node in graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MatMul" && n.input.len() == 2 && matrices.contains(&n.input[1]))
+    {
         let x = &node.input[0];
         let output = outputs.entry(x.clone()).or_insert_with(|| {
             let out = format!("amax:{x}");
@@ -44,7 +47,11 @@ pub fn add_amax_outputs(model: &mut pb::ModelProto) -> Result<BTreeMap<String, S
     let mut names: Vec<&String> = outputs.values().collect();
     names.sort();
     for name in names {
-        graph.output.push(value_info(&ValueInfo { name: name.clone(), elem: ElemType::F32, dims: vec![] }));
+        graph.output.push(value_info(&ValueInfo {
+            name: name.clone(),
+            elem: ElemType::F32,
+            dims: vec![],
+        }));
     }
     Ok(by_weight)
 }
@@ -72,7 +79,8 @@ impl Drop for CalibrationModel {
 pub fn write_calibration_model(model_dir: &Path, scratch: &Path) -> Result<CalibrationModel> {
     let source = model_dir.join("model.onnx");
     let bytes = std::fs::read(&source).with_context(|| format!("{}: cannot read", source.display()))?;
-    let mut model = pb::ModelProto::parse_from_bytes(&bytes).with_context(|| format!("{}: not an ONNX model", source.display()))?;
+    let mut model =
+        pb::ModelProto::parse_from_bytes(&bytes).with_context(|| format!("{}: not an ONNX model", source.display()))?;
     let outputs = add_amax_outputs(&mut model).with_context(|| source.display().to_string())?;
     std::fs::create_dir_all(scratch).with_context(|| format!("{}: cannot create", scratch.display()))?;
     let link = scratch.join("model.onnx.data");
@@ -84,7 +92,11 @@ pub fn write_calibration_model(model_dir: &Path, scratch: &Path) -> Result<Calib
         scratch.join("model.onnx")
     };
     crate::util::write_atomic(&path, &model.write_to_bytes()?)?;
-    Ok(CalibrationModel { path, outputs, beside_original })
+    Ok(CalibrationModel {
+        path,
+        outputs,
+        beside_original,
+    })
 }
 
 fn proto_node(op: &str, inputs: &[&String], output: &str, ints: &[(&str, i64)]) -> pb::NodeProto {

@@ -32,15 +32,23 @@ pub struct CalibrationTable {
 
 impl CalibrationTable {
     pub fn read(path: &Path) -> Result<CalibrationTable> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the calibration file", path.display()))?;
-        let table: CalibrationTable =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a fluxbuild calibration file", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the calibration file", path.display()))?;
+        let table: CalibrationTable = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a fluxbuild calibration file", path.display()))?;
         if table.format != FORMAT {
-            bail!("{}: calibration format `{}`, expected `{FORMAT}`", path.display(), table.format);
+            bail!(
+                "{}: calibration format `{}`, expected `{FORMAT}`",
+                path.display(),
+                table.format
+            );
         }
         for (name, amax) in &table.amax {
             if !amax.is_finite() || *amax < 0.0 {
-                bail!("{}: amax of {name} is {amax}; expected a finite value >= 0 (did the fp32 graph overflow?)", path.display());
+                bail!(
+                    "{}: amax of {name} is {amax}; expected a finite value >= 0 (did the fp32 graph overflow?)",
+                    path.display()
+                );
             }
         }
         Ok(table)

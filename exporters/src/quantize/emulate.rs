@@ -11,8 +11,21 @@ use crate::onnx::ElemType;
 use std::collections::HashMap;
 
 /// Ops that only move or select values: their outputs are already rounded.
-const MOVES: [&str; 13] =
-    ["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Identity", "Expand", "Flatten", "Shape", "Tile"];
+const MOVES: [&str; 13] = [
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "Identity",
+    "Expand",
+    "Flatten",
+    "Shape",
+    "Tile",
+];
 
 fn low(elem: ElemType) -> bool {
     matches!(elem, ElemType::F16 | ElemType::BF16)
@@ -53,7 +66,9 @@ pub fn emulate_in_fp32(graph: &mut Graph<'_>) {
         let mut rounding = Vec::new();
         if !MOVES.contains(&node.op.as_str()) && node.op != "Cast" {
             for out in node.outputs.iter_mut() {
-                let Some(&elem) = types.get(out.as_str()).filter(|t| low(**t)) else { continue };
+                let Some(&elem) = types.get(out.as_str()).filter(|t| low(**t)) else {
+                    continue;
+                };
                 let raw = format!("{out}:f32");
                 rounding.extend(round_trip(&raw, out, elem));
                 *out = raw;
@@ -99,7 +114,8 @@ pub fn infer_types(graph: &Graph<'_>) -> HashMap<String, ElemType> {
         let elem = match node.op.as_str() {
             "Cast" => cast_target(node),
             "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => Some(ElemType::I64),
-            "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "IsNaN" | "IsInf" => Some(ElemType::Bool),
+            "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "IsNaN"
+            | "IsInf" => Some(ElemType::Bool),
             "Where" | "DequantizeLinear" => input(1),
             "QuantizeLinear" => input(2).or(Some(ElemType::U8)),
             _ => node.inputs.iter().find_map(|n| types.get(n)).copied(),

@@ -15,19 +15,27 @@ pub const E4M3_MAX: f32 = 448.0;
 pub fn scale_for(amax: f32, elem: ElemType) -> f32 {
     let raw = amax / E4M3_MAX;
     match elem {
-        ElemType::F16 => round_up(raw.max(f16::MIN_POSITIVE.to_f32()), |v| f16::from_f32(v).to_f32(), |v| {
-            f16::from_bits(f16::from_f32(v).to_bits() + 1).to_f32()
-        }),
-        ElemType::BF16 => round_up(raw.max(bf16::MIN_POSITIVE.to_f32()), |v| bf16::from_f32(v).to_f32(), |v| {
-            bf16::from_bits(bf16::from_f32(v).to_bits() + 1).to_f32()
-        }),
+        ElemType::F16 => round_up(
+            raw.max(f16::MIN_POSITIVE.to_f32()),
+            |v| f16::from_f32(v).to_f32(),
+            |v| f16::from_bits(f16::from_f32(v).to_bits() + 1).to_f32(),
+        ),
+        ElemType::BF16 => round_up(
+            raw.max(bf16::MIN_POSITIVE.to_f32()),
+            |v| bf16::from_f32(v).to_f32(),
+            |v| bf16::from_bits(bf16::from_f32(v).to_bits() + 1).to_f32(),
+        ),
         _ => raw.max(f32::MIN_POSITIVE),
     }
 }
 
 fn round_up(v: f32, round: impl Fn(f32) -> f32, next: impl Fn(f32) -> f32) -> f32 {
     let r = round(v);
-    if r >= v { r } else { next(v) }
+    if r >= v {
+        r
+    } else {
+        next(v)
+    }
 }
 
 /// `x / scale` saturated to ±448 and rounded to E4M3FN (NaN stays NaN).
@@ -43,7 +51,11 @@ pub fn fake_quantize(x: f32, scale: f32) -> f32 {
 /// Encodes a row-major matrix with `cols` columns as E4M3FN bytes: `scale` is one value for
 /// all, or one per column. Returns the bytes and how many values saturated.
 pub fn encode(values: &[f32], cols: usize, scale: &[f32]) -> (Vec<u8>, u64) {
-    assert!(scale.len() == 1 || scale.len() == cols, "fp8 scale: {} values for {cols} columns", scale.len());
+    assert!(
+        scale.len() == 1 || scale.len() == cols,
+        "fp8 scale: {} values for {cols} columns",
+        scale.len()
+    );
     let mut saturated = 0;
     let bytes = values
         .iter()
@@ -67,7 +79,11 @@ mod tests {
             for elem in [ElemType::F32, ElemType::F16, ElemType::BF16] {
                 let s = scale_for(amax, elem);
                 assert!(s > 0.0 && amax / s <= E4M3_MAX, "{amax} {elem:?} -> {s}");
-                assert_eq!(quantize(amax, s), F8E4M3::from_f32(amax / s), "{amax} {elem:?}: no saturation");
+                assert_eq!(
+                    quantize(amax, s),
+                    F8E4M3::from_f32(amax / s),
+                    "{amax} {elem:?}: no saturation"
+                );
             }
         }
         assert_eq!(scale_for(448.0, ElemType::F16), 1.0);

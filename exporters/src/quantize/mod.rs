@@ -6,8 +6,8 @@
 //! definitions stay as they are: a linear layer is recognised as a MatMul against a weight matrix.
 
 pub mod amax;
-pub mod emulate;
 pub mod calibration;
+pub mod emulate;
 pub mod fp8;
 pub mod qdq;
 
@@ -86,8 +86,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else { return false };
-            (0..=tail.len()).filter(|&i| tail.is_char_boundary(i)).any(|i| glob_match(rest, &tail[i..]))
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|&i| tail.is_char_boundary(i))
+                .any(|i| glob_match(rest, &tail[i..]))
         }
     }
 }
@@ -98,7 +102,11 @@ mod tests {
 
     #[test]
     fn keep_patterns_are_anchored_module_paths() {
-        let p = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &["*.norm1.linear.weight".into()]);
+        let p = Fp8Policy::for_network(
+            "transformer",
+            WeightScaling::PerTensor,
+            &["*.norm1.linear.weight".into()],
+        );
         assert!(p.keeps("proj_out.weight"));
         assert!(!p.keeps("single_transformer_blocks.3.proj_out.weight"));
         assert!(p.keeps("time_text_embed.timestep_embedder.linear_1.weight"));

@@ -45,7 +45,11 @@ fn is_weight_matrix(init: &Initializer<'_>) -> bool {
 /// Rewrites the linear layers that `policy` quantizes; `amax` holds each one's calibrated input amax.
 pub fn quantize_linears(graph: &mut Graph<'_>, policy: &Fp8Policy, amax: &BTreeMap<String, f32>) -> Result<Fp8Summary> {
     if graph.opset < FP8_OPSET {
-        bail!("{}: FP8 Q/DQ needs opset {FP8_OPSET}, the graph was built for {}", graph.name, graph.opset);
+        bail!(
+            "{}: FP8 Q/DQ needs opset {FP8_OPSET}, the graph was built for {}",
+            graph.name,
+            graph.opset
+        );
     }
     let linears = linear_weights(graph);
     let (quantized, kept): (Vec<String>, Vec<String>) = linears.into_iter().partition(|w| !policy.keeps(w));
@@ -63,19 +67,42 @@ pub fn quantize_linears(graph: &mut Graph<'_>, policy: &Fp8Policy, amax: &BTreeM
 
     let mut sites: HashMap<String, Site> = HashMap::new();
     for name in &quantized {
-        let init = graph.initializers.iter_mut().find(|i| &i.name == name).expect("linear weight initializer");
+        let init = graph
+            .initializers
+            .iter_mut()
+            .find(|i| &i.name == name)
+            .expect("linear weight initializer");
         let elem = init.elem;
-        let InitData::Weights(plan) = &mut init.data else { unreachable!("checked by linear_weights") };
-        let w_scale: Vec<f32> = weight_amax(plan, policy.weights).into_iter().map(|a| scale_for(a, elem)).collect();
+        let InitData::Weights(plan) = &mut init.data else {
+            unreachable!("checked by linear_weights")
+        };
+        let w_scale: Vec<f32> = weight_amax(plan, policy.weights)
+            .into_iter()
+            .map(|a| scale_for(a, elem))
+            .collect();
         plan.scale = Some(w_scale.clone());
         init.elem = ElemType::F8E4M3;
-        sites.insert(name.clone(), Site { elem, w_scale, x_scale: scale_for(amax[name], elem) });
+        sites.insert(
+            name.clone(),
+            Site {
+                elem,
+                w_scale,
+                x_scale: scale_for(amax[name], elem),
+            },
+        );
     }
 
-    let mut new_inits = vec![Initializer { name: ZERO_POINT.into(), elem: ElemType::F8E4M3, dims: vec![], data: InitData::Bytes(vec![0]) }];
+    let mut new_inits = vec![Initializer {
+        name: ZERO_POINT.into(),
+        elem: ElemType::F8E4M3,
+        dims: vec![],
+        data: InitData::Bytes(vec![0]),
+    }];
     let mut nodes = Vec::with_capacity(graph.nodes.len() + 3 * sites.len());
     for node in std::mem::take(&mut graph.nodes) {
-        let site = (node.op == "MatMul").then(|| node.inputs.get(1).and_then(|w| sites.get(w))).flatten();
+        let site = (node.op == "MatMul")
+            .then(|| node.inputs.get(1).and_then(|w| sites.get(w)))
+            .flatten();
         let Some(site) = site else {
             nodes.push(node);
             continue;
@@ -84,12 +111,23 @@ pub fn quantize_linears(graph: &mut Graph<'_>, policy: &Fp8Policy, amax: &BTreeM
         let per_channel = site.w_scale.len() > 1;
         let x_scale = scale_init(&format!("{w}.input_scale"), site.elem, &[site.x_scale], &mut new_inits)?;
         let w_scale = scale_init(&format!("{w}.weight_scale"), site.elem, &site.w_scale, &mut new_inits)?;
-        let (xq, xdq, wdq) = (format!("{w}:input_q"), format!("{w}:input_dq"), format!("{w}:dequantized"));
+        let (xq, xdq, wdq) = (
+            format!("{w}:input_q"),
+            format!("{w}:input_dq"),
+            format!("{w}:dequantized"),
+        );
         nodes.push(qdq_node("QuantizeLinear", &w, &[&x, &x_scale, ZERO_POINT], &xq, vec![]));
         nodes.push(qdq_node("DequantizeLinear", &w, &[&xq, &x_scale], &xdq, vec![]));
-        let axis = if per_channel { vec![("axis".to_string(), Attr::Int(1))] } else { vec![] };
+        let axis = if per_channel {
+            vec![("axis".to_string(), Attr::Int(1))]
+        } else {
+            vec![]
+        };
         nodes.push(qdq_node("DequantizeLinear", &w, &[&w, &w_scale], &wdq, axis));
-        nodes.push(Node { inputs: vec![xdq, wdq], ..node });
+        nodes.push(Node {
+            inputs: vec![xdq, wdq],
+            ..node
+        });
     }
     graph.nodes = nodes;
     graph.initializers.extend(new_inits);
@@ -111,7 +149,12 @@ struct Site {
 fn scale_init(name: &str, elem: ElemType, values: &[f32], inits: &mut Vec<Initializer<'_>>) -> Result<String> {
     let (bytes, _) = encode_f32(values, elem)?;
     let dims = if values.len() == 1 { vec![] } else { vec![values.len()] };
-    inits.push(Initializer { name: name.into(), elem, dims, data: InitData::Bytes(bytes) });
+    inits.push(Initializer {
+        name: name.into(),
+        elem,
+        dims,
+        data: InitData::Bytes(bytes),
+    });
     Ok(name.into())
 }
 
@@ -136,7 +179,9 @@ fn weight_amax(plan: &WeightPlan<'_>, scaling: WeightScaling) -> Vec<f32> {
         let row_bytes = plan.cols * part.tensor.dtype().size();
         for r in part.rows.clone() {
             buf.clear();
-            part.tensor.dtype().decode_into(&part.tensor.bytes()[r * row_bytes..(r + 1) * row_bytes], &mut buf);
+            part.tensor
+                .dtype()
+                .decode_into(&part.tensor.bytes()[r * row_bytes..(r + 1) * row_bytes], &mut buf);
             rows.push(buf.iter().fold(0f32, |m, v| m.max(v.abs())));
             cols.iter_mut().zip(&buf).for_each(|(c, v)| *c = c.max(v.abs()));
         }

@@ -127,7 +127,12 @@ impl FluxConfig {
     /// checkpoint's config.json) supplies the RoPE axes and is checked against the shapes.
     pub fn derive(ckpt: &Checkpoint, layout: Layout, config: Option<&Value>) -> Result<FluxConfig> {
         let p = layout.probes();
-        let source = ckpt.located.files.first().map(|f| f.display().to_string()).unwrap_or_default();
+        let source = ckpt
+            .located
+            .files
+            .first()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
         let mut missing = Vec::new();
         let mut shape = |name: &str, rank: usize, why: &str| -> Vec<usize> {
             match ckpt.get(name) {
@@ -152,19 +157,30 @@ impl FluxConfig {
         let out_channels = shape(p.final_linear, 2, "out_channels")[0];
         // Head dim and MLP width from the first block there is (double, else single).
         let (head_dim, mlp_rows) = if num_layers > 0 {
-            let first = format!("{}{}.", p.double_blocks, ckpt.indices_under(p.double_blocks).first().unwrap());
+            let first = format!(
+                "{}{}.",
+                p.double_blocks,
+                ckpt.indices_under(p.double_blocks).first().unwrap()
+            );
             (
                 shape(&format!("{first}{}", p.double_q_norm), 1, "the head dim")[0],
                 shape(&format!("{first}{}", p.double_mlp_in), 2, "the MLP width")[0],
             )
         } else if num_single_layers > 0 {
-            let first = format!("{}{}.", p.single_blocks, ckpt.indices_under(p.single_blocks).first().unwrap());
+            let first = format!(
+                "{}{}.",
+                p.single_blocks,
+                ckpt.indices_under(p.single_blocks).first().unwrap()
+            );
             (
                 shape(&format!("{first}{}", p.single_q_norm), 1, "the head dim")[0],
                 shape(&format!("{first}{}", p.single_mlp_in), 2, "the MLP width")[0],
             )
         } else {
-            missing.push(format!("no {}N.* or {}N.* tensors: no transformer blocks", p.double_blocks, p.single_blocks));
+            missing.push(format!(
+                "no {}N.* or {}N.* tensors: no transformer blocks",
+                p.double_blocks, p.single_blocks
+            ));
             (0, 0)
         };
         if !missing.is_empty() {
@@ -174,8 +190,11 @@ impl FluxConfig {
                 missing.join("\n  - ")
             );
         }
-        let mlp_hidden_dim =
-            if num_layers == 0 && layout == Layout::Bfl { mlp_rows.saturating_sub(3 * inner_dim) } else { mlp_rows };
+        let mlp_hidden_dim = if num_layers == 0 && layout == Layout::Bfl {
+            mlp_rows.saturating_sub(3 * inner_dim)
+        } else {
+            mlp_rows
+        };
         ensure!(
             head_dim > 0 && head_dim % 2 == 0,
             "{source}: head dim {head_dim} (from the q-norm weight) must be even and positive (RoPE rotates pairs)"
@@ -185,7 +204,11 @@ impl FluxConfig {
             "{source}: width {inner_dim} (from {}) is not a multiple of the head dim {head_dim}",
             p.img_in
         );
-        ensure!(timestep_embedding_dim % 2 == 0, "{source}: {} has an odd width {timestep_embedding_dim}", p.time_in);
+        ensure!(
+            timestep_embedding_dim % 2 == 0,
+            "{source}: {} has an odd width {timestep_embedding_dim}",
+            p.time_in
+        );
         let guidance_embeds = ckpt.names().any(|n| n.starts_with(p.guidance));
         let axes_dims_rope = rope_axes(config, head_dim, &source)?;
         let derived = FluxConfig {
@@ -233,13 +256,19 @@ impl FluxConfig {
         ] {
             if let Some(given) = config.get(key).filter(|v| !v.is_null()) {
                 if given != &derived[key] {
-                    conflicts.push(format!("{key} is {given} in the config but {} in the tensors", derived[key]));
+                    conflicts.push(format!(
+                        "{key} is {given} in the config but {} in the tensors",
+                        derived[key]
+                    ));
                 }
             }
         }
         if let Some(out) = config.get("out_channels").and_then(Value::as_u64) {
             if out as usize != self.out_channels {
-                conflicts.push(format!("out_channels is {out} in the config but {} in the tensors", self.out_channels));
+                conflicts.push(format!(
+                    "out_channels is {out} in the config but {} in the tensors",
+                    self.out_channels
+                ));
             }
         }
         ensure!(

@@ -60,7 +60,10 @@ impl Exporter for TransformerExporter {
             ("fluxbuild.variant".to_string(), config.variant().to_string()),
             (
                 "fluxbuild.precision".to_string(),
-                serde_json::to_value(options.float)?.as_str().unwrap_or_default().to_string(),
+                serde_json::to_value(options.float)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             ),
             ("fluxbuild.config".to_string(), analysis.config.to_string()),
         ]);

@@ -40,18 +40,42 @@ pub fn build<'a>(p: FluxParams<'a>, c: &FluxConfig, float: ElemType, opset: i64)
     let f32 = ElemType::F32;
     let (batch, li, lt) = (Dim::from("B"), Dim::from("Li"), Dim::from("Lt"));
     let hidden_states = b.input("hidden_states", f32, &[batch.clone(), li.clone(), c.in_channels.into()]);
-    let encoder_hidden_states =
-        b.input("encoder_hidden_states", f32, &[batch.clone(), lt.clone(), c.joint_attention_dim.into()]);
-    let pooled_projections = b.input("pooled_projections", f32, &[batch.clone(), c.pooled_projection_dim.into()]);
+    let encoder_hidden_states = b.input(
+        "encoder_hidden_states",
+        f32,
+        &[batch.clone(), lt.clone(), c.joint_attention_dim.into()],
+    );
+    let pooled_projections = b.input(
+        "pooled_projections",
+        f32,
+        &[batch.clone(), c.pooled_projection_dim.into()],
+    );
     let timestep = b.input("timestep", f32, &[batch.clone()]);
     let img_ids = b.input("img_ids", f32, &[li.clone(), 3.into()]);
     let txt_ids = b.input("txt_ids", f32, &[lt, 3.into()]);
     let guidance = c.guidance_embeds.then(|| b.input("guidance", f32, &[batch.clone()]));
 
-    let FluxParams { embedders, double_blocks, single_blocks, final_layer } = p;
-    let Embedders { img_in, txt_in, time_in, guidance_in, vector_in } = embedders;
-    let temb =
-        time_text_embed(&mut b, [time_in, vector_in], guidance_in.zip(guidance), &timestep, &pooled_projections, c);
+    let FluxParams {
+        embedders,
+        double_blocks,
+        single_blocks,
+        final_layer,
+    } = p;
+    let Embedders {
+        img_in,
+        txt_in,
+        time_in,
+        guidance_in,
+        vector_in,
+    } = embedders;
+    let temb = time_text_embed(
+        &mut b,
+        [time_in, vector_in],
+        guidance_in.zip(guidance),
+        &timestep,
+        &pooled_projections,
+        c,
+    );
     let (cos, sin) = b.scoped("pos_embed", |b| rope_tables(b, &txt_ids, &img_ids, &c.axes_dims_rope));
     let hidden = to_float(&mut b, &hidden_states);
     let mut img = b.scoped("img_in", |b| img_in.forward(b, &hidden));
@@ -121,7 +145,9 @@ fn sinusoid(b: &mut GraphBuilder<'_>, x: &V, dim: usize) -> V {
     let half = dim / 2;
     // The exponent rounded to f32 as torch forms it, then exp correctly rounded.
     let exponent_scale = -(MAX_PERIOD.ln() as f32);
-    let freqs: Vec<f32> = (0..half).map(|j| ((exponent_scale * j as f32 / half as f32) as f64).exp() as f32).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|j| ((exponent_scale * j as f32 / half as f32) as f64).exp() as f32)
+        .collect();
     let freqs = b.const_float(ElemType::F32, &[1, half], &freqs);
     let s = b.unsqueeze(&s, &[1]);
     let args = b.mul(&s, &freqs);
@@ -191,14 +217,22 @@ fn heads_qkv<'a>(b: &mut GraphBuilder<'a>, qkv: &[V], q_norm: Param<'a>, k_norm:
     let heads = [0, 0, ctx.heads as i64, ctx.head_dim as i64];
     let [q, k, v] = [0, 1, 2].map(|i| b.reshape(&qkv[i], &heads));
     let (q, k) = (to_f32(b, &q), to_f32(b, &k));
-    in_f32(b, |b| Qkv { q: nn::rms_norm(b, q_norm, &q, EPS), k: nn::rms_norm(b, k_norm, &k, EPS), v })
+    in_f32(b, |b| Qkv {
+        q: nn::rms_norm(b, q_norm, &q, EPS),
+        k: nn::rms_norm(b, k_norm, &k, EPS),
+        v,
+    })
 }
 
 /// RoPE on q and k (f32), then back to the float type.
 fn rotate(b: &mut GraphBuilder<'_>, qkv: Qkv, ctx: &Ctx) -> Qkv {
     let q = apply_rope(b, &qkv.q, ctx);
     let k = apply_rope(b, &qkv.k, ctx);
-    Qkv { q: to_float(b, &q), k: to_float(b, &k), v: qkv.v }
+    Qkv {
+        q: to_float(b, &q),
+        k: to_float(b, &k),
+        v: qkv.v,
+    }
 }
 
 /// Linear(SiLU(temb)) cut into `n` vectors [B, 1, D] (diffusers' chunk order).
@@ -245,14 +279,29 @@ struct StreamHalf<'a> {
 
 impl<'a> StreamHalf<'a> {
     fn attention_input(b: &mut GraphBuilder<'a>, w: Stream<'a>, x: &V, ctx: &Ctx) -> (StreamHalf<'a>, Qkv) {
-        let Stream { modulation: mod_linear, qkv, q_norm, k_norm, proj, mlp } = w;
+        let Stream {
+            modulation: mod_linear,
+            qkv,
+            q_norm,
+            k_norm,
+            proj,
+            mlp,
+        } = w;
         let m = modulation(b, mod_linear, 6, ctx); // shift1, scale1, gate1, shift2, scale2, gate2
         let normed = modulate(b, x, &m[0], &m[1], ctx);
         let fused = qkv.forward(b, &normed);
         let d = ctx.width as i64;
         let parts = b.split(&fused, -1, &[d, d, d]);
         let qkv = heads_qkv(b, &parts, q_norm, k_norm, ctx);
-        (StreamHalf { x: x.clone(), modulation: m, proj, mlp }, qkv)
+        (
+            StreamHalf {
+                x: x.clone(),
+                modulation: m,
+                proj,
+                mlp,
+            },
+            qkv,
+        )
     }
 
     fn finish(self, b: &mut GraphBuilder<'a>, attn: &V, ctx: &Ctx) -> V {
@@ -267,7 +316,11 @@ impl<'a> StreamHalf<'a> {
 
 /// Image and text streams with their own weights, attending jointly over [txt; img].
 fn double_block<'a>(b: &mut GraphBuilder<'a>, block: DoubleBlock<'a>, img: &V, txt: &V, ctx: &Ctx) -> (V, V) {
-    let DoubleBlock { path, img: img_w, txt: txt_w } = block;
+    let DoubleBlock {
+        path,
+        img: img_w,
+        txt: txt_w,
+    } = block;
     b.scoped(path, |b| {
         let (img_half, img_qkv) = b.scoped("img", |b| StreamHalf::attention_input(b, img_w, img, ctx));
         let (txt_half, txt_qkv) = b.scoped("txt", |b| StreamHalf::attention_input(b, txt_w, txt, ctx));
@@ -287,7 +340,14 @@ fn double_block<'a>(b: &mut GraphBuilder<'a>, block: DoubleBlock<'a>, img: &V, t
 
 /// One stream over [txt; img]: attention and MLP side by side from one fused projection.
 fn single_block<'a>(b: &mut GraphBuilder<'a>, block: SingleBlock<'a>, x: &V, ctx: &Ctx) -> V {
-    let SingleBlock { path, modulation: mod_linear, linear1, q_norm, k_norm, linear2 } = block;
+    let SingleBlock {
+        path,
+        modulation: mod_linear,
+        linear1,
+        q_norm,
+        k_norm,
+        linear2,
+    } = block;
     b.scoped(path, |b| {
         let m = modulation(b, mod_linear, 3, ctx); // shift, scale, gate
         let normed = modulate(b, x, &m[0], &m[1], ctx);

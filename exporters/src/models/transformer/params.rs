@@ -18,12 +18,18 @@ pub struct Linear<'a> {
 
 impl<'a> Linear<'a> {
     fn new(w: &Weights<'a>, in_features: usize, out_features: usize) -> Self {
-        Linear { weight: w.get("weight", &[out_features, in_features]), bias: w.get("bias", &[out_features]) }
+        Linear {
+            weight: w.get("weight", &[out_features, in_features]),
+            bias: w.get("bias", &[out_features]),
+        }
     }
 
     /// Output rows `rows` of a fused linear with `total` outputs.
     fn rows(w: &Weights<'a>, in_features: usize, total: usize, rows: std::ops::Range<usize>) -> Self {
-        Linear { weight: w.rows("weight", &[total, in_features], rows.clone()), bias: w.rows("bias", &[total], rows) }
+        Linear {
+            weight: w.rows("weight", &[total, in_features], rows.clone()),
+            bias: w.rows("bias", &[total], rows),
+        }
     }
 
     /// Linears over the same input stacked along their outputs: one matmul instead of several.
@@ -48,7 +54,10 @@ pub struct Mlp<'a> {
 
 impl<'a> Mlp<'a> {
     fn new(w: &Weights<'a>, (fc1, fc2): (&str, &str), dims: [usize; 3]) -> Self {
-        Mlp { fc1: Linear::new(&w.pp(fc1), dims[0], dims[1]), fc2: Linear::new(&w.pp(fc2), dims[1], dims[2]) }
+        Mlp {
+            fc1: Linear::new(&w.pp(fc1), dims[0], dims[1]),
+            fc2: Linear::new(&w.pp(fc2), dims[1], dims[2]),
+        }
     }
 }
 
@@ -122,7 +131,9 @@ fn diffusers<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
         img_in: Linear::new(&w.pp("x_embedder"), c.in_channels, d),
         txt_in: Linear::new(&w.pp("context_embedder"), c.joint_attention_dim, d),
         time_in: embedder("timestep_embedder", c.timestep_embedding_dim),
-        guidance_in: c.guidance_embeds.then(|| embedder("guidance_embedder", c.timestep_embedding_dim)),
+        guidance_in: c
+            .guidance_embeds
+            .then(|| embedder("guidance_embedder", c.timestep_embedding_dim)),
         vector_in: embedder("text_embedder", c.pooled_projection_dim),
     };
     let double_blocks = (0..c.num_layers)
@@ -139,7 +150,13 @@ fn diffusers<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
             };
             DoubleBlock {
                 path: w.prefix().to_string(),
-                img: stream("norm1", ("to_qkv", ["to_q", "to_k", "to_v"]), ["norm_q", "norm_k"], "to_out.0", "ff"),
+                img: stream(
+                    "norm1",
+                    ("to_qkv", ["to_q", "to_k", "to_v"]),
+                    ["norm_q", "norm_k"],
+                    "to_out.0",
+                    "ff",
+                ),
                 txt: stream(
                     "norm1_context",
                     ("add_qkv_proj", ["add_q_proj", "add_k_proj", "add_v_proj"]),
@@ -155,7 +172,10 @@ fn diffusers<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
             let w = w.pp("single_transformer_blocks").pp(i);
             let attn = w.pp("attn");
             let qkv = ["to_q", "to_k", "to_v"].map(|n| Linear::new(&attn.pp(n), d, d));
-            let parts = qkv.into_iter().chain([Linear::new(&w.pp("proj_mlp"), d, mlp)]).collect();
+            let parts = qkv
+                .into_iter()
+                .chain([Linear::new(&w.pp("proj_mlp"), d, mlp)])
+                .collect();
             SingleBlock {
                 path: w.prefix().to_string(),
                 modulation: Linear::new(&w.pp("norm").pp("linear"), d, 3 * d),
@@ -170,7 +190,12 @@ fn diffusers<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
         modulation: Linear::new(&w.pp("norm_out").pp("linear"), d, 2 * d),
         linear: Linear::new(&w.pp("proj_out"), d, c.out_channels),
     };
-    FluxParams { embedders, double_blocks, single_blocks, final_layer }
+    FluxParams {
+        embedders,
+        double_blocks,
+        single_blocks,
+        final_layer,
+    }
 }
 
 fn bfl<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
@@ -180,7 +205,9 @@ fn bfl<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
         img_in: Linear::new(&w.pp("img_in"), c.in_channels, d),
         txt_in: Linear::new(&w.pp("txt_in"), c.joint_attention_dim, d),
         time_in: embedder("time_in", c.timestep_embedding_dim),
-        guidance_in: c.guidance_embeds.then(|| embedder("guidance_in", c.timestep_embedding_dim)),
+        guidance_in: c
+            .guidance_embeds
+            .then(|| embedder("guidance_in", c.timestep_embedding_dim)),
         vector_in: embedder("vector_in", c.pooled_projection_dim),
     };
     let double_blocks = (0..c.num_layers)
@@ -197,7 +224,11 @@ fn bfl<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
                     mlp: Mlp::new(&w.pp(format!("{s}_mlp")), ("0", "2"), [d, mlp, d]),
                 }
             };
-            DoubleBlock { path: w.prefix().to_string(), img: stream("img"), txt: stream("txt") }
+            DoubleBlock {
+                path: w.prefix().to_string(),
+                img: stream("img"),
+                txt: stream("txt"),
+            }
         })
         .collect();
     let single_blocks = (0..c.num_single_layers)
@@ -219,9 +250,17 @@ fn bfl<'a>(w: &Weights<'a>, c: &FluxConfig) -> FluxParams<'a> {
         modulation: Linear::stack(
             &adaln,
             "scale_shift",
-            vec![Linear::rows(&adaln, d, 2 * d, d..2 * d), Linear::rows(&adaln, d, 2 * d, 0..d)],
+            vec![
+                Linear::rows(&adaln, d, 2 * d, d..2 * d),
+                Linear::rows(&adaln, d, 2 * d, 0..d),
+            ],
         ),
         linear: Linear::new(&w_final.pp("linear"), d, c.out_channels),
     };
-    FluxParams { embedders, double_blocks, single_blocks, final_layer }
+    FluxParams {
+        embedders,
+        double_blocks,
+        single_blocks,
+        final_layer,
+    }
 }
