@@ -37,6 +37,19 @@ impl Raw {
         self.header.get_mut(name).unwrap_or_else(|| panic!("no tensor {name}"))
     }
 
+    /// Removes a tensor and its bytes, keeping the data section tiled.
+    fn remove(&mut self, name: &str) {
+        let [start, end] = self.offsets(name);
+        self.header.remove(name);
+        self.data.drain(start as usize..end as usize);
+        for entry in self.header.values_mut().filter(|e| e.get("data_offsets").is_some()) {
+            let [b, e]: [u64; 2] = serde_json::from_value(entry["data_offsets"].clone()).unwrap();
+            if b >= end {
+                entry["data_offsets"] = json!([b - (end - start), e - (end - start)]);
+            }
+        }
+    }
+
     fn offsets(&self, name: &str) -> [u64; 2] {
         serde_json::from_value(self.header[name]["data_offsets"].clone()).unwrap()
     }
@@ -137,8 +150,8 @@ fn offsets_out_of_range_or_overlapping_are_refused_by_tensor_name() {
 fn missing_misshaped_and_unexpected_tensors_are_reported_together() {
     let dir = tempfile::tempdir().unwrap();
     let mut raw = Raw::read(&valid_file());
-    raw.header.remove("double_blocks.1.txt_attn.qkv.weight");
-    raw.header.remove("single_blocks.0.norm.key_norm.scale");
+    raw.remove("double_blocks.1.txt_attn.qkv.weight");
+    raw.remove("single_blocks.0.norm.key_norm.scale");
     // Same bytes, transposed shape: only the shape check can catch it.
     let shape = raw.entry("double_blocks.0.img_mlp.2.weight")["shape"].clone();
     raw.entry("double_blocks.0.img_mlp.2.weight")["shape"] = json!([shape[1], shape[0]]);
@@ -168,8 +181,8 @@ fn missing_misshaped_and_unexpected_tensors_are_reported_together() {
 fn anchors_missing_for_the_dimensions_are_listed_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut raw = Raw::read(&valid_file());
-    raw.header.remove("txt_in.weight");
-    raw.header.remove("final_layer.linear.weight");
+    raw.remove("txt_in.weight");
+    raw.remove("final_layer.linear.weight");
     let path = raw.write(&dir.path().join("anchors.safetensors"));
     let err = format!("{:#}", problems(&path, Some(&config())).unwrap_err());
     assert_mentions(
@@ -186,7 +199,7 @@ fn anchors_missing_for_the_dimensions_are_listed_at_once() {
 fn not_a_transformer_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let mut raw = Raw::read(&valid_file());
-    raw.header.remove("img_in.weight");
+    raw.remove("img_in.weight");
     let path = raw.write(&dir.path().join("other.safetensors"));
     let err = format!("{:#}", problems(&path, Some(&config())).unwrap_err());
     assert_mentions(
@@ -360,7 +373,7 @@ fn cli_refuses_bad_checkpoints_with_nonzero_exit_and_leaves_the_output_untouched
     let truncated = dir.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let mut raw = Raw::read(&valid_file());
-    raw.header.remove("single_blocks.1.linear2.weight");
+    raw.remove("single_blocks.1.linear2.weight");
     let missing = raw.write(&dir.path().join("missing.safetensors"));
     let pickle = dir.path().join("flux1-schnell.pt");
     std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();

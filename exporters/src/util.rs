@@ -59,8 +59,11 @@ impl AtomicFile {
         file.sync_all()
             .with_context(|| format!("{}: cannot flush", self.tmp.display()))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
+        let renamed = std::fs::rename(&self.tmp, &self.path);
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        renamed.with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
     }
 }
 

@@ -55,12 +55,19 @@ pub fn output_paths(out: &Path, count: usize) -> Result<Vec<PathBuf>> {
         );
     }
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("png");
-    Ok(match count {
+    let paths: Vec<PathBuf> = match count {
         1 => vec![out.to_path_buf()],
         n => (0..n)
             .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
             .collect(),
-    })
+    };
+    // Refused before any work: an existing folder (or device) cannot be replaced by an image.
+    for path in &paths {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            bail!("--out {}: {} is a folder or special file, not an image file", out.display(), path.display());
+        }
+    }
+    Ok(paths)
 }
 
 /// Writes a PNG (8-bit RGB) with `text` as tEXt chunks (keyword, value), under a temporary name first.

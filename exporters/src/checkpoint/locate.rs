@@ -1,7 +1,8 @@
 //! Finding the safetensors files of one submodel: a diffusers pipeline folder, a diffusers
 //! component folder (single or sharded), or a single black-forest-labs / ComfyUI file.
 
-use super::safetensors_file::refuse_pickle_name;
+use super::index::read_weight_map;
+use super::safetensors_file::{refuse_pickle_name, shorten, why_not_a_file};
 use anyhow::{bail, Context, Result};
 use std::path::{Component, Path, PathBuf};
 
@@ -35,7 +36,8 @@ pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
         return single_file(path);
     }
     if !path.is_dir() {
-        bail!("{}: no such file or folder", path.display());
+        let reason = why_not_a_file(path).unwrap_or_else(|| "is not a file or folder".to_string());
+        bail!("{}: {reason}", path.display());
     }
     if path.join("model_index.json").is_file() {
         let component = path.join(subfolder);
@@ -108,41 +110,28 @@ fn component_folder(dir: &Path) -> Result<Located> {
 /// The shard files an index names, in first-seen order. A shard name must stay inside its folder;
 /// the file itself may be a symlink (the Hugging Face cache links snapshots to blobs elsewhere).
 fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).with_context(|| format!("{}: cannot read", index.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .with_context(|| format!("{}: missing `weight_map` object", index.display()))?;
+    let map = read_weight_map(index)?;
     let mut files: Vec<PathBuf> = Vec::new();
-    for (tensor, shard) in map {
-        let shard = shard
-            .as_str()
-            .with_context(|| format!("{}: weight_map[{tensor}] is not a string", index.display()))?;
+    for (tensor, shard) in &map {
+        let (tensor, shard) = (shorten(tensor), shard.as_str());
         let escapes = Path::new(shard)
             .components()
             .any(|c| !matches!(c, Component::Normal(_)))
             || Path::new(shard).components().count() != 1;
         if escapes {
             bail!(
-                "{}: weight_map[{tensor}] names shard `{shard}`, which is outside the index's folder; refusing",
-                index.display()
+                "{}: weight_map[{tensor}] names shard `{}`, which is outside the index's folder; refusing",
+                index.display(),
+                shorten(shard)
             );
         }
         let path = dir.join(shard);
         if !files.contains(&path) {
-            if !path.is_file() {
-                bail!(
-                    "{}: shard `{shard}` (for tensor {tensor}) does not exist",
-                    index.display()
-                );
+            if let Some(reason) = why_not_a_file(&path) {
+                bail!("{}: shard `{}` (for tensor {tensor}) {reason}", index.display(), shorten(shard));
             }
             files.push(path);
         }
-    }
-    if files.is_empty() {
-        bail!("{}: weight_map is empty", index.display());
     }
     Ok(files)
 }

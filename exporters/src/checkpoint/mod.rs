@@ -1,12 +1,16 @@
 //! Stage 1 input: FLUX checkpoints as memory-mapped safetensors.
 
 mod dtype;
+mod index;
 mod locate;
 mod safetensors_file;
 
 pub use dtype::DType;
 pub use locate::{locate, Located, SourceKind};
-pub use safetensors_file::{refuse_pickle_name, SafetensorsFile, TensorInfo};
+pub use index::read_weight_map;
+pub use safetensors_file::{
+    parse_header, refuse_pickle_name, require_regular_file, shorten, why_not_a_file, SafetensorsFile, TensorInfo,
+};
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,17 +108,18 @@ impl Checkpoint {
         let Some(index) = &self.located.index else {
             return Ok(());
         };
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index)?)?;
-        for (tensor, shard) in json["weight_map"].as_object().into_iter().flatten() {
-            let key = tensor.strip_prefix(self.prefix.as_str()).unwrap_or(tensor);
+        for (tensor, shard) in read_weight_map(index)? {
+            let key = tensor.strip_prefix(self.prefix.as_str()).unwrap_or(&tensor);
             let found = self
                 .tensors
                 .get(key)
                 .map(|(i, _)| self.files[*i].path.file_name().unwrap().to_owned());
-            if found.as_deref().and_then(|f| f.to_str()) != shard.as_str() {
+            if found.as_deref().and_then(|f| f.to_str()) != Some(shard.as_str()) {
                 bail!(
-                    "{}: index says tensor {tensor} is in {shard}, but {}",
+                    "{}: index says tensor {} is in {}, but {}",
                     index.display(),
+                    shorten(&tensor),
+                    shorten(&shard),
                     found.map_or("no shard holds it".to_string(), |f| format!(
                         "it is in {}",
                         f.to_string_lossy()

@@ -36,10 +36,17 @@ pub struct SafetensorsFile {
 
 /// Largest header we accept (the format's own limit is 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
+/// Longest tensor name (real ones are under 100 bytes).
+const MAX_NAME_BYTES: usize = 1024;
+/// Most dimensions a tensor may have (FLUX tensors have at most 4).
+const MAX_RANK: usize = 8;
+/// Longest dtype string ("F8_E4M3" and friends are 7 bytes).
+const MAX_DTYPE_BYTES: usize = 16;
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
         refuse_pickle_name(path)?;
+        require_regular_file(path)?;
         let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
         let file_len = file
             .metadata()
@@ -55,14 +62,15 @@ impl SafetensorsFile {
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", path.display()))?;
         refuse_pickle_magic(path, &mmap)?;
         let header_len = u64::from_le_bytes(mmap[..8].try_into().unwrap());
+        // header_len <= MAX_HEADER first, so `8 + header_len` cannot overflow.
         if header_len > MAX_HEADER || 8 + header_len > file_len {
             bail!(
-                "{}: header length {header_len} goes beyond the file ({file_len} bytes): truncated or not a safetensors file",
+                "{}: header length {header_len} goes beyond the file ({file_len} bytes) or the 100 MB limit: truncated or not a safetensors file",
                 path.display()
             );
         }
         let header = &mmap[8..8 + header_len as usize];
-        let (tensors, metadata) = parse_header(header, 8 + header_len as usize, file_len as usize)
+        let (tensors, metadata) = parse_header(header, 8 + header_len, file_len)
             .with_context(|| format!("{}: invalid safetensors header", path.display()))?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
@@ -108,80 +116,225 @@ impl SafetensorsFile {
     }
 }
 
-fn parse_header(
+/// Parses and validates a header: every entry well-formed and within the limits, and the
+/// tensors tiling the data section `[data_start, file_len)` exactly (no gap, no overlap, no
+/// trailing byte), as the reference loader requires. A header length off by a few bytes shifts
+/// every tensor; exact tiling is what catches it.
+pub fn parse_header(
     header: &[u8],
-    data_start: usize,
-    file_len: usize,
+    data_start: u64,
+    file_len: u64,
 ) -> Result<(BTreeMap<String, TensorInfo>, BTreeMap<String, String>)> {
-    let json: serde_json::Value = serde_json::from_slice(header).map_err(|e| anyhow!("header is not JSON: {e}"))?;
-    let entries = json.as_object().ok_or_else(|| anyhow!("header is not a JSON object"))?;
+    let entries: Entries = serde_json::from_slice(header).map_err(|e| anyhow!("header is not a JSON object: {e}"))?;
+    let data_len = file_len
+        .checked_sub(data_start)
+        .ok_or_else(|| anyhow!("the header ends beyond the file"))?;
     let mut tensors = BTreeMap::new();
     let mut metadata = BTreeMap::new();
-    for (name, entry) in entries {
+    for (name, entry) in entries.0 {
         if name == "__metadata__" {
-            if let Some(map) = entry.as_object() {
-                for (k, v) in map {
-                    metadata.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
-                }
-            }
+            metadata = parse_metadata(entry)?;
             continue;
         }
-        let field = |key: &str| {
-            entry
-                .get(key)
-                .ok_or_else(|| anyhow!("tensor {name}: missing field `{key}`"))
-        };
-        let dtype = DType::parse(field("dtype")?.as_str().unwrap_or("?")).with_context(|| format!("tensor {name}"))?;
-        let shape: Vec<usize> = serde_json::from_value(field("shape")?.clone())
-            .map_err(|_| anyhow!("tensor {name}: `shape` must be a list of non-negative integers"))?;
-        let offsets: [usize; 2] = serde_json::from_value(field("data_offsets")?.clone())
-            .map_err(|_| anyhow!("tensor {name}: `data_offsets` must be two non-negative integers"))?;
-        let [begin, end] = offsets;
-        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let expected = numel.and_then(|n| n.checked_mul(dtype.size()));
-        if end < begin || Some(end - begin) != expected {
+        if name.len() > MAX_NAME_BYTES {
             bail!(
-                "tensor {name}: data_offsets [{begin}, {end}] hold {} bytes but shape {shape:?} of {dtype} needs {}",
-                end.saturating_sub(begin),
-                expected.map_or("an impossible number of".to_string(), |e| e.to_string())
+                "tensor name {} is {} bytes long (at most {MAX_NAME_BYTES})",
+                shorten(&name),
+                name.len()
             );
         }
-        if data_start + end > file_len {
-            bail!(
-                "tensor {name}: data_offsets [{begin}, {end}] end beyond the file (data section is {} bytes): truncated file?",
-                file_len - data_start
-            );
+        let info = parse_entry(&name, &entry, data_start, data_len)?;
+        if tensors.insert(name.clone(), info).is_some() {
+            bail!("tensor {} is listed twice in the header", shorten(&name));
         }
-        tensors.insert(
-            name.clone(),
-            TensorInfo {
-                dtype,
-                shape,
-                start: data_start + begin,
-                end: data_start + end,
-            },
-        );
     }
-    check_no_overlap(&tensors, data_start)?;
+    check_tiling(&tensors, data_start, data_len)?;
     Ok((tensors, metadata))
 }
 
-fn check_no_overlap(tensors: &BTreeMap<String, TensorInfo>, data_start: usize) -> Result<()> {
-    let mut spans: Vec<(&String, &TensorInfo)> = tensors.iter().filter(|(_, t)| t.end > t.start).collect();
-    spans.sort_by_key(|(_, t)| t.start);
+/// One tensor's entry: `{"dtype": .., "shape": [..], "data_offsets": [begin, end]}`.
+fn parse_entry(name: &str, entry: &serde_json::Value, data_start: u64, data_len: u64) -> Result<TensorInfo> {
+    let name = shorten(name);
+    let field = |key: &str| {
+        entry
+            .get(key)
+            .ok_or_else(|| anyhow!("tensor {name}: missing field `{key}`"))
+    };
+    let dtype = match field("dtype")?.as_str() {
+        Some(s) if s.len() <= MAX_DTYPE_BYTES => DType::parse(s).with_context(|| format!("tensor {name}"))?,
+        Some(s) => bail!("tensor {name}: dtype {} is not a safetensors dtype", shorten(s)),
+        None => bail!("tensor {name}: `dtype` must be a string"),
+    };
+    let shape = field("shape")?
+        .as_array()
+        .ok_or_else(|| anyhow!("tensor {name}: `shape` must be a list of non-negative integers"))?;
+    if shape.len() > MAX_RANK {
+        bail!("tensor {name}: shape has {} dimensions (at most {MAX_RANK})", shape.len());
+    }
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("tensor {name}: `shape` must be a list of non-negative integers"))?;
+    let offsets: [u64; 2] = serde_json::from_value(field("data_offsets")?.clone())
+        .map_err(|_| anyhow!("tensor {name}: `data_offsets` must be two non-negative integers"))?;
+    let [begin, end] = offsets;
+    let expected = shape
+        .iter()
+        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+    if end < begin || Some(end - begin) != expected {
+        bail!(
+            "tensor {name}: data_offsets [{begin}, {end}] hold {} bytes but shape {shape:?} of {dtype} needs {}",
+            end.saturating_sub(begin),
+            expected.map_or("an impossible number of".to_string(), |e| e.to_string())
+        );
+    }
+    if end > data_len {
+        bail!("tensor {name}: data_offsets [{begin}, {end}] end beyond the file (data section is {data_len} bytes): truncated file?");
+    }
+    // Both fit the file now, so the sums below cannot overflow and fit a usize (the file is mapped).
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        start: (data_start + begin) as usize,
+        end: (data_start + end) as usize,
+    })
+}
+
+/// `__metadata__`: a map of strings to strings, as the format says.
+fn parse_metadata(entry: serde_json::Value) -> Result<BTreeMap<String, String>> {
+    let serde_json::Value::Object(map) = entry else {
+        bail!("`__metadata__` must be an object of strings");
+    };
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(v) => Ok((k, v)),
+            _ => bail!("`__metadata__` entry {} is not a string", shorten(&k)),
+        })
+        .collect()
+}
+
+/// In offset order every tensor starts where the previous ended, the first at 0, the last at the
+/// end of the data section. Overlaps are reported before gaps (an overlap also leaves a gap).
+fn check_tiling(tensors: &BTreeMap<String, TensorInfo>, data_start: u64, data_len: u64) -> Result<()> {
+    let mut spans: Vec<(&String, u64, u64)> = tensors
+        .iter()
+        .map(|(name, t)| (name, t.start as u64 - data_start, t.end as u64 - data_start))
+        .collect();
+    spans.sort_by_key(|&(_, start, end)| (start, end));
+    let mut covered = 0u64;
+    let mut gap = None;
     for pair in spans.windows(2) {
-        let ((a, ta), (b, tb)) = (pair[0], pair[1]);
-        if tb.start < ta.end {
+        let ((a, a_start, a_end), (b, b_start, b_end)) = (pair[0], pair[1]);
+        if b_start < a_end {
             bail!(
-                "tensors {a} [{}, {}] and {b} [{}, {}] overlap",
-                ta.start - data_start,
-                ta.end - data_start,
-                tb.start - data_start,
-                tb.end - data_start
+                "tensors {} [{a_start}, {a_end}] and {} [{b_start}, {b_end}] overlap",
+                shorten(a),
+                shorten(b)
             );
         }
     }
+    for &(name, start, end) in &spans {
+        if start > covered && gap.is_none() {
+            gap = Some((covered, start, name));
+        }
+        covered = end;
+    }
+    if let Some((from, to, name)) = gap {
+        bail!(
+            "bytes [{from}, {to}) of the data section belong to no tensor (before tensor {}): \
+             a corrupted header or a wrong header length",
+            shorten(name)
+        );
+    }
+    if covered != data_len {
+        bail!(
+            "{} byte(s) after the last tensor belong to no tensor (the data section is {data_len} bytes, \
+             the tensors cover {covered}): a wrong header length or a corrupted file",
+            data_len - covered
+        );
+    }
     Ok(())
+}
+
+/// Header entries in file order, duplicates kept (a `serde_json::Map` would silently keep one).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Entries, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// An untrusted string for an error message: control characters escaped, cut after 64 characters.
+pub fn shorten(text: &str) -> String {
+    const KEEP: usize = 64;
+    let escaped: String = text.chars().take(KEEP).flat_map(char::escape_debug).collect();
+    let total = text.chars().count();
+    if total > KEEP {
+        format!("{escaped}... ({} bytes)", text.len())
+    } else {
+        escaped
+    }
+}
+
+/// A checkpoint path must be (or link to) a regular file; each way it is not gets its own message.
+pub fn require_regular_file(path: &Path) -> Result<()> {
+    match why_not_a_file(path) {
+        Some(reason) => bail!("{}: {reason}", path.display()),
+        None => Ok(()),
+    }
+}
+
+/// Why `path` is not a readable regular file (None when it is one).
+pub fn why_not_a_file(path: &Path) -> Option<String> {
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(io_reason(&e, "does not exist")),
+    };
+    let target = link
+        .file_type()
+        .is_symlink()
+        .then(|| std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default());
+    let via = target
+        .as_ref()
+        .map_or(String::new(), |t| format!(" (a symlink to {})", shorten(t)));
+    let resolved = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Some(format!("is a symlink loop{via}: it never reaches a file"))
+        }
+        Err(e) => return Some(format!("{}{via}", io_reason(&e, "is a symlink whose target does not exist"))),
+    };
+    if resolved.is_dir() {
+        Some(format!("is a folder{via}, not a safetensors file"))
+    } else if !resolved.is_file() {
+        Some(format!("is a device or special file{via}, not a safetensors file"))
+    } else {
+        None
+    }
+}
+
+fn io_reason(e: &std::io::Error, not_found: &str) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => not_found.to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => format!("cannot be read: {e}"),
+    }
 }
 
 /// PyTorch pickles can execute code when loaded: fluxbuild never opens them.

@@ -4,11 +4,13 @@ use super::builder::{GraphBuilder, V};
 use super::ir::ElemType;
 use super::weights::{Param, Weights};
 
-/// `y = x @ Wᵀ + b` with PyTorch's `weight` [out, in] and `bias` [out] under `w`.
+/// `y = x @ Wᵀ + b` with PyTorch's `weight` [out, in] and `bias` [out] under `w`, both required:
+/// a layer that has a bias in the architecture must have it in the checkpoint (a missing one is a
+/// reported problem, never a silent zero). Layers without bias use `linear_no_bias`.
 pub fn linear<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, in_features: usize, out_features: usize) -> V {
     let weight = w.get("weight", &[out_features, in_features]);
-    let bias = w.has("bias").then(|| w.get("bias", &[out_features]));
-    linear_param(b, x, weight, bias)
+    let bias = w.get("bias", &[out_features]);
+    linear_param(b, x, weight, Some(bias))
 }
 
 /// Linear layer without bias (T5).
