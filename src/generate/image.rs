@@ -64,7 +64,11 @@ pub fn output_paths(out: &Path, count: usize) -> Result<Vec<PathBuf>> {
     // Refused before any work: an existing folder (or device) cannot be replaced by an image.
     for path in &paths {
         if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-            bail!("--out {}: {} is a folder or special file, not an image file", out.display(), path.display());
+            bail!(
+                "--out {}: {} is a folder or special file, not an image file",
+                out.display(),
+                path.display()
+            );
         }
     }
     Ok(paths)

@@ -19,7 +19,11 @@ pub fn read_weight_map(index: &Path) -> Result<Vec<(String, String)>> {
         .read_to_string(&mut text)
         .with_context(|| format!("{}: cannot read (not UTF-8 text?)", index.display()))?;
     if text.len() as u64 > MAX_INDEX_BYTES {
-        bail!("{}: larger than {} MiB: not a shard index", index.display(), MAX_INDEX_BYTES >> 20);
+        bail!(
+            "{}: larger than {} MiB: not a shard index",
+            index.display(),
+            MAX_INDEX_BYTES >> 20
+        );
     }
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index.display()))?;

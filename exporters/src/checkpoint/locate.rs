@@ -128,7 +128,11 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
         let path = dir.join(shard);
         if !files.contains(&path) {
             if let Some(reason) = why_not_a_file(&path) {
-                bail!("{}: shard `{}` (for tensor {tensor}) {reason}", index.display(), shorten(shard));
+                bail!(
+                    "{}: shard `{}` (for tensor {tensor}) {reason}",
+                    index.display(),
+                    shorten(shard)
+                );
             }
             files.push(path);
         }

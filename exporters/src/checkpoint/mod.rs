@@ -6,8 +6,8 @@ mod locate;
 mod safetensors_file;
 
 pub use dtype::DType;
-pub use locate::{locate, Located, SourceKind};
 pub use index::read_weight_map;
+pub use locate::{locate, Located, SourceKind};
 pub use safetensors_file::{
     parse_header, refuse_pickle_name, require_regular_file, shorten, why_not_a_file, SafetensorsFile, TensorInfo,
 };

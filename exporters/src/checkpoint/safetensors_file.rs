@@ -169,7 +169,10 @@ fn parse_entry(name: &str, entry: &serde_json::Value, data_start: u64, data_len:
         .as_array()
         .ok_or_else(|| anyhow!("tensor {name}: `shape` must be a list of non-negative integers"))?;
     if shape.len() > MAX_RANK {
-        bail!("tensor {name}: shape has {} dimensions (at most {MAX_RANK})", shape.len());
+        bail!(
+            "tensor {name}: shape has {} dimensions (at most {MAX_RANK})",
+            shape.len()
+        );
     }
     let shape: Vec<usize> = shape
         .iter()
@@ -306,10 +309,11 @@ pub fn why_not_a_file(path: &Path) -> Option<String> {
         Ok(m) => m,
         Err(e) => return Some(io_reason(&e, "does not exist")),
     };
-    let target = link
-        .file_type()
-        .is_symlink()
-        .then(|| std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default());
+    let target = link.file_type().is_symlink().then(|| {
+        std::fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    });
     let via = target
         .as_ref()
         .map_or(String::new(), |t| format!(" (a symlink to {})", shorten(t)));
@@ -318,7 +322,12 @@ pub fn why_not_a_file(path: &Path) -> Option<String> {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Some(format!("is a symlink loop{via}: it never reaches a file"))
         }
-        Err(e) => return Some(format!("{}{via}", io_reason(&e, "is a symlink whose target does not exist"))),
+        Err(e) => {
+            return Some(format!(
+                "{}{via}",
+                io_reason(&e, "is a symlink whose target does not exist")
+            ))
+        }
     };
     if resolved.is_dir() {
         Some(format!("is a folder{via}, not a safetensors file"))
