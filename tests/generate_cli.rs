@@ -93,3 +93,22 @@ fn a_missing_graph_or_manifest_is_named() {
     let (ok, err) = generate(&dir.path().join("nowhere"), &["--prompt", "a cat"]);
     assert!(!ok && err.contains("not a folder"), "{err}");
 }
+
+#[test]
+fn an_out_that_is_a_folder_is_refused_before_generating() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    fake_models(&models, None);
+    let folder = dir.path().join("picture.png");
+    std::fs::create_dir(&folder).unwrap();
+    let (ok, err) = generate(
+        &models,
+        &["--prompt", "a cat", "--seed", "1", "--out", folder.to_str().unwrap()],
+    );
+    // The graphs are empty files: reaching them would fail with an ONNX Runtime message instead.
+    assert!(
+        !ok && err.contains("is a folder or special file, not an image file"),
+        "{err}"
+    );
+    assert!(!dir.path().join("picture.png.tmp").exists());
+}
