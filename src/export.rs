@@ -1,14 +1,15 @@
 //! Stage 2: checkpoint -> one ONNX graph per submodel, plus the tokenizer and scheduler files
 //! the later stages need, and a manifest tracing every output back to its inputs.
 //!
-//! Everything is validated before anything is written; outputs go to a staging folder inside
-//! `out` and are renamed into place only when all submodels succeeded.
+//! Everything is validated before anything is written; outputs and the manifest go to a staging
+//! folder beside `out`, swapped in whole only when all submodels succeeded (`output_dir`).
 
 use crate::manifest::{FileEntry, Manifest};
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
 use fluxbuild_exporters::onnx::{problems_error, write_model, Graph};
+use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
 use fluxbuild_exporters::quantize::calibration::CalibrationTable;
 use fluxbuild_exporters::quantize::{qdq, Fp8Policy, Fp8Summary, WeightScaling};
@@ -40,6 +41,8 @@ pub struct ExportRequest {
     /// The pipeline folder, for tokenizers and the scheduler config.
     pub pipeline: Option<PathBuf>,
     pub out: PathBuf,
+    /// What to do with an `out` that holds an earlier export.
+    pub existing: Existing,
     pub opset: i64,
     pub precision: PrecisionSettings,
 }
@@ -191,7 +194,12 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     let calibration = load_calibration(request)?;
 
     let planned = plan_all(request, &checkpoints, calibration.as_ref())?;
-    let staging = Staging::create(&request.out)?;
+    let staging = Staged::begin(
+        &request.out,
+        &input_paths(request, &checkpoints),
+        request.existing,
+        "export",
+    )?;
     let total: u64 = planned
         .iter()
         .flat_map(|p| &p.graph.initializers)
@@ -204,6 +212,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     for p in &planned {
         progress.set_message(p.source.name);
         let dir = staging.path().join(p.source.name);
+        staging.discard(Path::new(p.source.name))?;
         let written = write_model(&p.graph, &dir, &mut |_, bytes| progress.inc(bytes))
             .with_context(|| format!("writing {}", p.source.name))?;
         files.push(FileEntry::new(
@@ -219,12 +228,14 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
             written.data_sha256.clone(),
         ));
         submodels.insert(p.source.name.to_string(), describe(p, &written));
+        crash_point(&format!("export-wrote-{}", p.source.name));
     }
     progress.finish_and_clear();
 
     let mut extras = Vec::new();
     if let Some(pipeline) = &request.pipeline {
         for folder in PIPELINE_EXTRAS.iter().filter(|f| pipeline.join(f).is_dir()) {
+            staging.discard(Path::new(folder))?;
             copy_folder(&pipeline.join(folder), &staging.path().join(folder))?;
             extras.push(*folder);
         }
@@ -257,7 +268,15 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         .map(|p| p.source.name)
         .chain(extras.iter().copied())
         .collect();
-    staging.commit(&entries, &manifest)?;
+    // Only an explicit --update keeps what an earlier export wrote; --force replaces it all.
+    let manifest = match request.existing {
+        Existing::Update => Manifest::merge_previous(&request.out.join("manifest.json"), &manifest, &entries)?,
+        Existing::Refuse | Existing::Replace => manifest,
+    };
+    crash_point("export-before-manifest");
+    manifest.write(&staging.path().join("manifest.json"))?;
+    crash_point("export-manifest-written");
+    staging.commit()?;
     Ok(manifest)
 }
 
@@ -376,57 +395,12 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// `out/.fluxbuild-staging-PID/`: removed on drop unless committed.
-struct Staging {
-    out: PathBuf,
-    dir: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    fn create(out: &Path) -> Result<Staging> {
-        std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create output folder", out.display()))?;
-        let dir = out.join(format!(".fluxbuild-staging-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        Ok(Staging {
-            out: out.to_path_buf(),
-            dir,
-            committed: false,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Moves `entries` into `out` (replacing older ones), merges the manifest with the
-    /// entries of an earlier export that this one did not replace, and writes it last.
-    fn commit(mut self, entries: &[&str], manifest: &Manifest) -> Result<()> {
-        let merged = Manifest::merge_previous(&self.out.join("manifest.json"), manifest, entries)?;
-        for entry in entries {
-            let target = self.out.join(entry);
-            if target.exists() {
-                std::fs::remove_dir_all(&target).with_context(|| format!("{}: cannot replace", target.display()))?;
-            }
-            std::fs::rename(self.dir.join(entry), &target)
-                .with_context(|| format!("{}: cannot move into place", target.display()))?;
-        }
-        merged.write(&self.out.join("manifest.json"))?;
-        std::fs::remove_dir_all(&self.dir)?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            // An output folder this run created and left empty is removed too.
-            let _ = std::fs::remove_dir(&self.out);
-        }
-    }
+/// Every path the export reads: `--out` may be none of them, nor contain or lie inside one.
+fn input_paths(request: &ExportRequest, checkpoints: &[Checkpoint]) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = request.submodels.iter().map(|s| s.path.clone()).collect();
+    paths.extend(request.submodels.iter().filter_map(|s| s.config.clone()));
+    paths.extend(request.pipeline.clone());
+    paths.extend(request.precision.calibration.clone());
+    paths.extend(checkpoints.iter().flat_map(|c| c.source_files()));
+    paths
 }

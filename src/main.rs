@@ -40,6 +40,8 @@ enum Command {
     Calibrate(commands::calibrate::Args),
     /// Measure each precision's error against fp32 and write a report.
     Accuracy(commands::accuracy::Args),
+    /// Remove what killed runs left beside output folders (staging folders, old results).
+    Clean(commands::clean::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Lint(a) => commands::lint::run(a, &out),
         Command::Calibrate(a) => commands::calibrate::run(a, &out),
         Command::Accuracy(a) => commands::accuracy::run(a, &out),
+        Command::Clean(a) => commands::clean::run(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

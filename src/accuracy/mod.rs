@@ -315,6 +315,7 @@ fn export_pipeline(
         submodels,
         pipeline: Some(checkpoint.into()),
         out: out.into(),
+        existing: fluxbuild_exporters::output_dir::Existing::Replace,
         opset: DEFAULT_OPSET,
         precision: precision.clone(),
     };

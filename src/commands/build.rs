@@ -1,8 +1,10 @@
 //! `fluxbuild build --models DIR --profile NAME --out ENGINES`: graphs -> TensorRT plans.
 //!
 //! Nothing is written until the graphs are checked and the toolchain (TensorRT or trtexec, a
-//! GPU) is found; each plan is written under a temporary name and renamed; the engines
-//! manifest is rewritten after every engine, so a later failure keeps what was built.
+//! GPU) is found. After every engine the folder is committed whole (`output_dir`): the plan and
+//! the manifest are written into a staging copy of the engines folder (earlier plans hard-linked)
+//! that is swapped in, so a later failure keeps what was built and a crash leaves the previous
+//! or the new folder, complete.
 
 use crate::manifest::{FileEntry, Manifest};
 use crate::output::Output;
@@ -10,6 +12,7 @@ use anyhow::{Context, Result};
 use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
 use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
 use fluxbuild_engines::toolchain::{self, Toolchain};
+use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_profiles::{Network, Preset};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,7 +60,7 @@ struct Built {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
-    let request = BuildRequest {
+    let mut request = BuildRequest {
         preset: Preset::load(&args.profile)?,
         settings: BuildSettings::new(
             args.builder,
@@ -84,16 +87,21 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let plans = build::plan(&request, graphs, &toolchain, &records)?;
     build::check_disk(&request, &plans)?;
 
-    std::fs::create_dir_all(&request.out).with_context(|| format!("{}: cannot create", request.out.display()))?;
     let mut built = Vec::new();
     for plan in &plans {
+        // A staging copy of the engines folder; the engine cache is what an existing folder is for.
+        let staged = Staged::begin(&request.out, &[request.models.clone()], Existing::Update, "engines")?;
         let record = match &plan.reuse {
             Some(record) => record.clone(),
             None => {
                 if let Some(warning) = build::memory_warning(plan) {
                     out.warn(&warning);
                 }
-                build::build_one(&request, &toolchain, plan)?
+                staged.discard(&plan.plan)?;
+                let engines = std::mem::replace(&mut request.out, staged.path().to_path_buf());
+                let record = build::build_one(&request, &toolchain, plan);
+                request.out = engines;
+                record?
             }
         };
         built.push(Built {
@@ -108,8 +116,10 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         write_engines_manifest(
             &engines_manifest(&request, &toolchain, &records)?,
             &records,
-            &manifest_path,
+            &staged.path().join("manifest.json"),
         )?;
+        crash_point(&format!("build-staged-{}", plan.graph.network.name()));
+        staged.commit()?;
     }
     let value = serde_json::json!({ "engines": request.out, "toolchain": toolchain, "built": built });
     out.result(&value, || {

@@ -4,6 +4,7 @@ use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, 
 use crate::output::{Output, BYTES_BAR};
 use anyhow::{bail, Result};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
+use fluxbuild_exporters::output_dir::Existing;
 use fluxbuild_exporters::precision::PrecisionPlan;
 use fluxbuild_exporters::quantize::WeightScaling;
 use std::path::PathBuf;
@@ -28,9 +29,15 @@ pub struct Args {
     /// A config.json for a submodel whose file lacks one: `FILE` (with one submodel) or `NAME=FILE`.
     #[arg(long = "config", value_name = "[NAME=]FILE")]
     configs: Vec<String>,
-    /// Output folder.
+    /// Output folder (new or empty; an earlier export there needs --force or --update).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an earlier export at --out (only files fluxbuild wrote are ever removed).
+    #[arg(long, conflicts_with = "update")]
+    force: bool,
+    /// Keep an earlier export at --out and replace only the submodels this run exports.
+    #[arg(long)]
+    update: bool,
     /// Only these submodels (comma-separated: clip,t5,transformer,vae_decoder).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -147,6 +154,11 @@ fn request(args: &Args) -> Result<ExportRequest> {
         submodels,
         pipeline: args.checkpoint.clone(),
         out: args.out.clone(),
+        existing: match (args.force, args.update) {
+            (true, _) => Existing::Replace,
+            (_, true) => Existing::Update,
+            _ => Existing::Refuse,
+        },
         opset: args.opset,
         precision: settings,
     })

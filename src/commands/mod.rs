@@ -3,6 +3,7 @@
 pub mod accuracy;
 pub mod build;
 pub mod calibrate;
+pub mod clean;
 pub mod export;
 pub mod generate;
 pub mod generate_remote;

@@ -2,8 +2,8 @@
 //!
 //! `clip`, `t5`, `transformer`, `vae_decoder` (one model per network) and the orchestrator `flux`
 //! (prompt in, image out), each with its `config.pbtxt` and version folder `1/`, plus
-//! `manifest.json` (settings, sha256 of every file). Written under a temporary name beside the
-//! destination and renamed into place when complete.
+//! `manifest.json` (settings, sha256 of every file). Written into a staging folder beside the
+//! destination and swapped in whole when complete (`output_dir`).
 
 pub mod config;
 pub mod engines;
@@ -14,12 +14,16 @@ use crate::generate::request::MAX_SEQUENCE_LENGTH;
 use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
 use anyhow::{bail, Context, Result};
 use engines::EnginesManifest;
+use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_exporters::util::{sha256_file, write_atomic};
 use layout::{Limits, ModelDir, Source};
 use serde_json::json;
 use source::{fixed, Exported, NETWORKS};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The `kind` of a repository's manifest.json.
+pub const REPOSITORY_KIND: &str = "fluxbuild triton repository";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -186,21 +190,16 @@ fn write_repository(
     progress: &dyn Fn(u64) -> indicatif::ProgressBar,
 ) -> Result<Packaged> {
     let out = &options.out;
-    if out.exists() && !options.force {
-        bail!("{}: already exists (pass --force to replace it)", out.display());
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let name = out
-        .file_name()
-        .context("--out needs a folder name")?
-        .to_string_lossy()
-        .to_string();
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let mut inputs = vec![options.models.clone()];
+    inputs.extend(options.engines.clone());
+    inputs.extend(options.alternatives.iter().map(|(_, dir)| dir.clone()));
+    let existing = if options.force {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    };
+    let staged = Staged::begin(out, &inputs, existing, REPOSITORY_KIND)?;
+    let tmp = staged.path();
     let result = (|| {
         let mut files = Vec::new();
         for dir in dirs {
@@ -217,6 +216,7 @@ fn write_repository(
                 }
                 files.push(PathBuf::from(&dir.config.name).join(rel));
             }
+            crash_point(&format!("package-wrote-{}", dir.config.name));
         }
         let total: u64 = files
             .iter()
@@ -234,7 +234,7 @@ fn write_repository(
         bar.finish_and_clear();
         let models: Vec<String> = dirs.iter().map(|d| d.config.name.clone()).collect();
         let manifest = json!({
-            "kind": "fluxbuild triton repository",
+            "kind": REPOSITORY_KIND,
             "fluxbuild": env!("CARGO_PKG_VERSION"),
             "target": options.target,
             "variant": exported.models.variant,
@@ -251,29 +251,16 @@ fn write_repository(
             },
             "files": listed,
         });
+        crash_point("package-before-manifest");
         write_atomic(
             &tmp.join("manifest.json"),
             serde_json::to_string_pretty(&manifest)?.as_bytes(),
         )?;
+        crash_point("package-manifest-written");
         Ok::<_, anyhow::Error>((models, files.len(), total))
     })();
-    let (models, count, bytes) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e.context(format!("writing the repository {}", out.display())));
-        }
-    };
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old)
-            .with_context(|| format!("{}: cannot move the old repository aside", out.display()))?;
-        std::fs::rename(&tmp, out)?;
-        std::fs::remove_dir_all(&old)
-            .with_context(|| format!("{}: cannot remove the old repository", old.display()))?;
-    } else {
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
-    }
+    let (models, count, bytes) = result.with_context(|| format!("writing the repository {}", out.display()))?;
+    staged.commit()?;
     Ok(Packaged {
         repository: out.clone(),
         target: options.target,

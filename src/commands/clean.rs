@@ -1,0 +1,37 @@
+//! `fluxbuild clean DIR...`: removes what killed runs left behind (staging folders, previous
+//! results moved aside) beside DIR and beside every output inside DIR, and puts back an output a
+//! crash left moved aside. Runs of live processes are left alone.
+
+use crate::output::Output;
+use anyhow::Result;
+use fluxbuild_exporters::output_dir;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Output folders (or folders holding outputs) to clean up after.
+    #[arg(required = true)]
+    folders: Vec<PathBuf>,
+}
+
+pub fn run(args: Args, out: &Output) -> Result<()> {
+    let mut cleaned = Vec::new();
+    for folder in &args.folders {
+        let absolute = std::path::absolute(folder)?;
+        if let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) {
+            cleaned.extend(output_dir::recover(parent, &name.to_owned())?);
+        }
+        if absolute.is_dir() {
+            cleaned.extend(output_dir::clean(&absolute)?);
+        }
+    }
+    out.result(&serde_json::json!({ "cleaned": cleaned }), || match cleaned.len() {
+        0 => "nothing to clean".to_string(),
+        _ => cleaned
+            .iter()
+            .map(|p| format!("removed or restored {}", p.display()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    });
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! Output folders survive kill -9 at every commit step, a full disk and careless `--out`s.
+//!
+//! `FLUXBUILD_CRASH_AT=<point>` makes fluxbuild SIGKILL itself at that point (exactly what
+//! `kill -9` does: no destructor runs). After every kill the output folder must hold the previous
+//! result or the new one, complete: every file its manifest lists, with that size and sha256, and
+//! nothing else. The next run (or `fluxbuild clean`) leaves no staging behind.
+
+mod common;
+use fluxbuild::export::list_files;
+use fluxbuild_exporters::util::sha256_file;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pipeline() -> PathBuf {
+    common::fixtures().join("pipeline/dev")
+}
+
+fn fluxbuild(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fluxbuild"));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn ok(output: Output) -> Output {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn export(out: &Path, clip_precision: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    export_from(&pipeline(), out, clip_precision, extra, env)
+}
+
+fn export_from(pipeline: &Path, out: &Path, clip_precision: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let precision = format!("clip={clip_precision}");
+    let mut args = vec![
+        "export",
+        "--checkpoint",
+        pipeline.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--precision",
+        &precision,
+    ];
+    args.extend_from_slice(extra);
+    fluxbuild(&args, env)
+}
+
+/// Which result `out` holds (`label` reads it from the manifest), after checking it is complete:
+/// every listed file there with its size and sha256, and no top-level entry the manifest does not own.
+fn complete_state(out: &Path, label: fn(&serde_json::Value) -> String) -> String {
+    let text = std::fs::read_to_string(out.join("manifest.json"))
+        .unwrap_or_else(|e| panic!("{}: no manifest ({e})", out.display()));
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut owned = vec!["manifest.json".to_string()];
+    for file in manifest["files"].as_array().unwrap() {
+        let rel = file["path"].as_str().unwrap();
+        let path = out.join(rel);
+        let bytes = std::fs::metadata(&path).unwrap_or_else(|_| panic!("{} missing", path.display()));
+        assert_eq!(bytes.len(), file["bytes"].as_u64().unwrap(), "{rel}");
+        assert_eq!(sha256_file(&path).unwrap(), file["sha256"].as_str().unwrap(), "{rel}");
+        owned.push(rel.split('/').next().unwrap().to_string());
+    }
+    for entry in std::fs::read_dir(out).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            owned.contains(&name),
+            "{}: {name} is not in the manifest",
+            out.display()
+        );
+    }
+    label(&manifest)
+}
+
+fn export_label(manifest: &serde_json::Value) -> String {
+    manifest["settings"]["precision"]["clip"].as_str().unwrap().to_string()
+}
+
+fn package_label(manifest: &serde_json::Value) -> String {
+    manifest["settings"]["max_batch"].to_string()
+}
+
+/// Leftovers of runs beside (and inside) `out`.
+fn leftovers(out: &Path) -> Vec<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(".fluxbuild-") || n.starts_with(".fluxbuild"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found = names(out.parent().unwrap());
+    found.extend(names(out));
+    found
+}
+
+/// A crash point, and whether the filesystem's atomic exchange is turned off (the two-rename
+/// fallback, whose crash between the renames the next run rolls back).
+type Point = (&'static str, bool);
+
+const EXPORT_POINTS: [Point; 12] = [
+    ("staging-created", false),
+    ("export-wrote-clip", false),
+    ("export-wrote-t5", false),
+    ("export-wrote-transformer", false),
+    ("export-wrote-vae_decoder", false),
+    ("export-before-manifest", false),
+    ("export-manifest-written", false),
+    ("before-swap", false),
+    ("after-swap", false),
+    ("committed", false),
+    ("between-renames", true),
+    ("after-swap", true),
+];
+
+const PACKAGE_POINTS: [Point; 12] = [
+    ("staging-created", false),
+    ("package-wrote-clip", false),
+    ("package-wrote-t5", false),
+    ("package-wrote-transformer", false),
+    ("package-wrote-vae_decoder", false),
+    ("package-wrote-flux", false),
+    ("package-before-manifest", false),
+    ("package-manifest-written", false),
+    ("before-swap", false),
+    ("after-swap", false),
+    ("committed", false),
+    ("between-renames", true),
+];
+
+/// Kills a run at each point and checks the folder, then recovers (by `clean` or by the next run,
+/// alternately) and checks that nothing is left over. `run(out, variant, env)` writes `variant`.
+fn kill_at_every_point(
+    out: &Path,
+    points: &[Point],
+    variants: [&str; 2],
+    label: fn(&serde_json::Value) -> String,
+    run: &dyn Fn(&Path, &str, &[(&str, &str)]) -> Output,
+) -> usize {
+    let mut kills = 0;
+    for (i, &(point, no_exchange)) in points.iter().enumerate() {
+        let old = complete_state(out, label);
+        let new = if old == variants[0] { variants[1] } else { variants[0] };
+        let mut env = vec![("FLUXBUILD_CRASH_AT", point)];
+        if no_exchange {
+            env.push(("FLUXBUILD_NO_EXCHANGE", "1"));
+        }
+        let output = run(out, new, &env);
+        assert_eq!(
+            output.status.signal(),
+            Some(9),
+            "{point}: not killed there: {}",
+            stderr(&output)
+        );
+        kills += 1;
+        if point == "between-renames" {
+            // The fallback's one window: out is aside until the next run puts it back.
+            assert!(!out.exists(), "{point}");
+        } else {
+            let now = complete_state(out, label);
+            assert!(now == old || now == new, "{point}: {now}");
+            let committed = matches!(point, "after-swap" | "committed");
+            assert_eq!(now, if committed { new } else { old.as_str() }, "{point}");
+        }
+        if i % 2 == 0 {
+            ok(fluxbuild(&["clean", out.to_str().unwrap()], &[]));
+            let after = complete_state(out, label);
+            assert!(after == old || after == new, "{point}: after clean {after}");
+        } else {
+            ok(run(out, &old, &[]));
+            assert_eq!(complete_state(out, label), old, "{point}: the next run");
+        }
+        assert!(leftovers(out).is_empty(), "{point}: {:?}", leftovers(out));
+    }
+    kills
+}
+
+#[test]
+fn export_and_package_killed_at_every_commit_step_leave_old_or_new_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let graphs = dir.path().join("graphs");
+    ok(export(&graphs, "fp32", &[], &[]));
+    let run_export = |out: &Path, precision: &str, env: &[(&str, &str)]| export(out, precision, &["--force"], env);
+    let mut kills = kill_at_every_point(&graphs, &EXPORT_POINTS, ["fp32", "fp16"], export_label, &run_export);
+    // Package from the fp32 graphs (the cpu target needs them).
+    ok(export(&graphs, "fp32", &["--force"], &[]));
+    let repo = dir.path().join("repo");
+    let package = |out: &Path, batch: &str, env: &[(&str, &str)]| {
+        let args = [
+            "package",
+            "--models",
+            graphs.to_str().unwrap(),
+            "--target",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-batch",
+            batch,
+            "--force",
+        ];
+        fluxbuild(&args, env)
+    };
+    ok(package(&repo, "2", &[]));
+    kills += kill_at_every_point(&repo, &PACKAGE_POINTS, ["2", "3"], package_label, &package);
+    eprintln!("{kills} kill -9 points checked");
+    assert!(kills >= 20);
+}
+
+#[test]
+fn a_full_disk_leaves_the_previous_export_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    // A 24 MiB tmpfs: the 15 MB export fits once, not twice. Where mounting is not allowed (not
+    // root), a 20 MB file size limit (RLIMIT_FSIZE) makes the same writes fail instead.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs", small.to_str().unwrap()])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let out = small.join("graphs");
+    ok(export(&out, "fp32", &[], &[]));
+    let before = complete_state(&out, export_label);
+    let failed = if mounted {
+        export(&out, "fp16", &["--force"], &[])
+    } else {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fluxbuild"));
+        let precision = "clip=fp16";
+        command.args(["export", "--checkpoint", pipeline().to_str().unwrap(), "--out"]);
+        command.args([out.to_str().unwrap(), "--precision", precision, "--force"]);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: 1 << 20,
+                    rlim_max: 1 << 20,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+                Ok(())
+            });
+        }
+        command.output().unwrap()
+    };
+    let message = stderr(&failed);
+    eprintln!(
+        "disk full by {}: {message}",
+        if mounted { "tmpfs" } else { "RLIMIT_FSIZE" }
+    );
+    assert_eq!(failed.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("No space left on device") || message.contains("File too large"),
+        "{message}"
+    );
+    assert_eq!(complete_state(&out, export_label), before);
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    if mounted {
+        let _ = Command::new("umount").arg(&small).status();
+    }
+}
+
+#[test]
+fn out_is_never_an_input_nor_a_folder_fluxbuild_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the pipeline, the user's source.
+    let source = dir.path().join("models/flux");
+    for file in list_files(&pipeline()).unwrap() {
+        let target = source.join(file.strip_prefix(pipeline()).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+    let before = tree_digest(&source);
+    let cases: [(PathBuf, &str); 3] = [
+        (source.clone(), "is the input"),
+        (source.join("transformer"), "lies inside the input"),
+        (dir.path().join("models"), "contains the input"),
+    ];
+    for (out, want) in cases {
+        let output = export_from(&source, &out, "fp32", &["--force"], &[]);
+        assert!(
+            !output.status.success() && stderr(&output).contains(want),
+            "{}: {}",
+            out.display(),
+            stderr(&output)
+        );
+    }
+    assert_eq!(tree_digest(&source), before, "the source changed");
+
+    // A folder with someone else's files: refused, with or without --force.
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir_all(theirs.join("transformer")).unwrap();
+    std::fs::write(theirs.join("transformer/notes.txt"), b"mine").unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let output = export(&theirs, "fp32", extra, &[]);
+        assert!(
+            stderr(&output).contains("not a fluxbuild output"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(std::fs::read(theirs.join("transformer/notes.txt")).unwrap(), b"mine");
+
+    // An earlier export: refused without --force; a stray file in it stops --force too.
+    let graphs = dir.path().join("graphs");
+    ok(export(&graphs, "fp32", &[], &[]));
+    let again = export(&graphs, "fp16", &[], &[]);
+    assert!(
+        stderr(&again).contains("pass --force to replace it"),
+        "{}",
+        stderr(&again)
+    );
+    std::fs::write(graphs.join("README.txt"), b"notes").unwrap();
+    let forced = export(&graphs, "fp16", &["--force"], &[]);
+    assert!(
+        stderr(&forced).contains("fluxbuild did not write (README.txt)"),
+        "{}",
+        stderr(&forced)
+    );
+    std::fs::remove_file(graphs.join("README.txt")).unwrap();
+    assert_eq!(complete_state(&graphs, export_label), "fp32");
+
+    // --update replaces only what this run exports, and says so in the manifest.
+    let only_clip = export(&graphs, "fp16", &["--update", "--only", "clip"], &[]);
+    ok(only_clip);
+    assert_eq!(complete_state(&graphs, export_label), "fp16");
+    assert!(graphs.join("transformer/model.onnx").is_file());
+
+    // Package behaves the same way.
+    let repo = dir.path().join("repo");
+    let package = |extra: &[&str]| {
+        let mut args = vec!["package", "--models", graphs.to_str().unwrap(), "--target", "cpu"];
+        args.extend(["--out", repo.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        fluxbuild(&args, &[])
+    };
+    ok(package(&[]));
+    assert!(stderr(&package(&[])).contains("pass --force to replace it"));
+    ok(package(&["--force"]));
+    let into_models = {
+        let out = graphs.join("repo");
+        let args = [
+            "package",
+            "--models",
+            graphs.to_str().unwrap(),
+            "--target",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        fluxbuild(&args, &[])
+    };
+    assert!(
+        stderr(&into_models).contains("lies inside the input"),
+        "{}",
+        stderr(&into_models)
+    );
+}
+
+/// sha256 of every file under `dir`, with its path.
+fn tree_digest(dir: &Path) -> Vec<(PathBuf, String)> {
+    list_files(dir)
+        .unwrap()
+        .into_iter()
+        .map(|f| {
+            let sha = sha256_file(&f).unwrap();
+            (f, sha)
+        })
+        .collect()
+}
