@@ -32,7 +32,7 @@ if [ -z "${TRT_VERSION:-}" ]; then
 fi
 echo "== TensorRT $TRT_VERSION, builder $BUILDER, preset $PROFILE, graphs $EXPORT_PRECISION"
 
-$FLUXBUILD export --checkpoint "$CHECKPOINT" --out "$OUT/graphs" --precision "$EXPORT_PRECISION"
+$FLUXBUILD export --checkpoint "$CHECKPOINT" --out "$OUT/graphs" --force --precision "$EXPORT_PRECISION"
 $FLUXBUILD lint "$OUT/graphs" --trt-version "$TRT_VERSION"
 # shellcheck disable=SC2086
 $FLUXBUILD build --models "$OUT/graphs" --profile "$PROFILE" --out "$OUT/engines" --precision "$PRECISION" \

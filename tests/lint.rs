@@ -38,6 +38,7 @@ fn export(out: &Path, precision: &str) -> Vec<String> {
             pipeline.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
+            "--update",
             "--only",
             network,
             "--precision",
