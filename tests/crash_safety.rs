@@ -376,3 +376,115 @@ fn tree_digest(dir: &Path) -> Vec<(PathBuf, String)> {
         })
         .collect()
 }
+
+/// A stand-in for the GPU build host, for testing how `build` commits (no engine is real): a
+/// libcuda.so.1 answering the driver calls fluxbuild makes, and a `trtexec` that writes its
+/// command line as the "plan". Returns the environment that puts them first.
+fn stand_in_toolchain(dir: &Path) -> Vec<(String, String)> {
+    let lib = dir.join("lib");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let source = dir.join("cuda.c");
+    std::fs::write(
+        &source,
+        r#"#include <stddef.h>
+#include <string.h>
+int cuInit(unsigned flags) { return 0; }
+int cuDeviceGet(int *device, int ordinal) { *device = 0; return 0; }
+int cuDeviceGetAttribute(int *value, int attribute, int device) { *value = attribute == 75 ? 8 : 9; return 0; }
+int cuDeviceGetName(char *name, int len, int device) { strncpy(name, "stand-in GPU", len); return 0; }
+int cuDeviceTotalMem_v2(size_t *bytes, int device) { *bytes = (size_t)80 << 30; return 0; }
+int cuDriverGetVersion(int *version) { *version = 12080; return 0; }
+"#,
+    )
+    .unwrap();
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(lib.join("libcuda.so.1"))
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(cc.success());
+    let trtexec = bin.join("trtexec");
+    std::fs::write(
+        &trtexec,
+        "#!/bin/sh\n[ \"$1\" = --help ] && { echo '[TensorRT v100800]'; exit 0; }\n\
+         for a in \"$@\"; do case $a in --saveEngine=*) printf '%s\\n' \"$*\" > \"${a#--saveEngine=}\";; esac; done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&trtexec, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    vec![
+        ("LD_LIBRARY_PATH".into(), lib.display().to_string()),
+        ("PATH".into(), path),
+    ]
+}
+
+fn build_label(manifest: &serde_json::Value) -> String {
+    manifest["settings"]["build"]["optimization_level"].to_string()
+}
+
+#[test]
+fn build_killed_at_every_commit_step_leaves_a_complete_engines_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let graphs = dir.path().join("graphs");
+    ok(export(&graphs, "fp32", &[], &[]));
+    let toolchain = stand_in_toolchain(dir.path());
+    let engines = dir.path().join("engines");
+    let build = |level: &str, crash: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fluxbuild"));
+        command.args(["build", "--models", graphs.to_str().unwrap(), "--profile", "tiny-check"]);
+        command.args(["--out", engines.to_str().unwrap(), "--builder", "trtexec"]);
+        command.args(["--builder-optimization-level", level]);
+        command
+            .envs(toolchain.iter().map(|(k, v)| (k, v)))
+            .env_remove("TENSORRT_LIB_DIR");
+        if let Some(point) = crash {
+            command.env("FLUXBUILD_CRASH_AT", point);
+        }
+        command.output().unwrap()
+    };
+    ok(build("1", None));
+    assert_eq!(complete_state(&engines, build_label), "1");
+    // Each crash point, and how many engines of the killed run were committed before it.
+    let points = [
+        ("staging-created", 0),
+        ("build-staged-clip", 0),
+        ("build-staged-t5", 1),
+        ("build-staged-transformer", 2),
+        ("build-staged-vae_decoder", 3),
+        ("before-swap", 0),
+        ("after-swap", 1),
+        ("committed", 1),
+    ];
+    let levels = || -> Vec<String> {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(engines.join("manifest.json")).unwrap()).unwrap();
+        ["clip", "t5", "transformer", "vae_decoder"]
+            .iter()
+            .map(|n| manifest["submodels"][n]["settings"]["optimization_level"].to_string())
+            .collect()
+    };
+    for (i, (point, committed)) in points.into_iter().enumerate() {
+        let (old, level) = if i % 2 == 0 { ("1", "2") } else { ("2", "1") };
+        let output = build(level, Some(point));
+        assert_eq!(
+            output.status.signal(),
+            Some(9),
+            "{point}: not killed there: {}",
+            stderr(&output)
+        );
+        // Engines are committed one by one: every state is complete (each plan its manifest lists,
+        // with its sha256), the engines before the kill from the new run, the rest from the old.
+        complete_state(&engines, build_label);
+        let expected: Vec<String> = (0..4)
+            .map(|k| if k < committed { level } else { old }.to_string())
+            .collect();
+        assert_eq!(levels(), expected, "{point}");
+        ok(build(level, None));
+        assert_eq!(complete_state(&engines, build_label), level, "{point}: the next run");
+        assert!(leftovers(&engines).is_empty(), "{point}: {:?}", leftovers(&engines));
+    }
+}
