@@ -137,6 +137,9 @@ const PACKAGE_POINTS: [Point; 12] = [
     ("between-renames", true),
 ];
 
+/// Writes `out` as variant `.1`, with the environment `.2`.
+type Run<'a> = dyn Fn(&Path, &str, &[(&str, &str)]) -> Output + 'a;
+
 /// Kills a run at each point and checks the folder, then recovers (by `clean` or by the next run,
 /// alternately) and checks that nothing is left over. `run(out, variant, env)` writes `variant`.
 fn kill_at_every_point(
@@ -144,7 +147,7 @@ fn kill_at_every_point(
     points: &[Point],
     variants: [&str; 2],
     label: fn(&serde_json::Value) -> String,
-    run: &dyn Fn(&Path, &str, &[(&str, &str)]) -> Output,
+    run: &Run,
 ) -> usize {
     let mut kills = 0;
     for (i, &(point, no_exchange)) in points.iter().enumerate() {

@@ -195,7 +195,9 @@ fn sharded_with(dir: &Path, second: impl FnOnce(&Path)) -> PathBuf {
 #[test]
 fn each_broken_symlink_gets_its_own_message() {
     use std::os::unix::fs::symlink;
-    let cases: [(&str, fn(&Path), &str); 5] = [
+    // What the second shard is, how to make it, and the words its message must have.
+    type Case = (&'static str, fn(&Path), &'static str);
+    let cases: [Case; 5] = [
         (
             "/dev/zero",
             |p| symlink("/dev/zero", p).unwrap(),
