@@ -53,6 +53,13 @@ fn export_from(pipeline: &Path, out: &Path, clip_precision: &str, extra: &[&str]
     fluxbuild(&args, env)
 }
 
+fn package_cpu(models: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["package", "--models", models.to_str().unwrap(), "--target", "cpu"];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    fluxbuild(&args, env)
+}
+
 /// Which result `out` holds (`label` reads it from the manifest), after checking it is complete:
 /// every listed file there with its size and sha256, and no top-level entry the manifest does not own.
 fn complete_state(out: &Path, label: fn(&serde_json::Value) -> String) -> String {
@@ -198,19 +205,7 @@ fn export_and_package_killed_at_every_commit_step_leave_old_or_new_complete() {
     ok(export(&graphs, "fp32", &["--force"], &[]));
     let repo = dir.path().join("repo");
     let package = |out: &Path, batch: &str, env: &[(&str, &str)]| {
-        let args = [
-            "package",
-            "--models",
-            graphs.to_str().unwrap(),
-            "--target",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-            "--max-batch",
-            batch,
-            "--force",
-        ];
-        fluxbuild(&args, env)
+        package_cpu(&graphs, out, &["--max-batch", batch, "--force"], env)
     };
     ok(package(&repo, "2", &[]));
     kills += kill_at_every_point(&repo, &PACKAGE_POINTS, ["2", "3"], package_label, &package);
@@ -339,28 +334,11 @@ fn out_is_never_an_input_nor_a_folder_fluxbuild_did_not_write() {
 
     // Package behaves the same way.
     let repo = dir.path().join("repo");
-    let package = |extra: &[&str]| {
-        let mut args = vec!["package", "--models", graphs.to_str().unwrap(), "--target", "cpu"];
-        args.extend(["--out", repo.to_str().unwrap()]);
-        args.extend_from_slice(extra);
-        fluxbuild(&args, &[])
-    };
+    let package = |extra: &[&str]| package_cpu(&graphs, &repo, extra, &[]);
     ok(package(&[]));
     assert!(stderr(&package(&[])).contains("pass --force to replace it"));
     ok(package(&["--force"]));
-    let into_models = {
-        let out = graphs.join("repo");
-        let args = [
-            "package",
-            "--models",
-            graphs.to_str().unwrap(),
-            "--target",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        fluxbuild(&args, &[])
-    };
+    let into_models = package_cpu(&graphs, &graphs.join("repo"), &[], &[]);
     assert!(
         stderr(&into_models).contains("lies inside the input"),
         "{}",
