@@ -87,7 +87,10 @@ fn missing_and_misshaped_tensors_are_reported_together_by_name() {
         text,
         vec![
             "tensor a.weight has shape [2, 3], expected [2, 4]",
+            // A linear layer's bias is part of it: missing, it is reported, never taken as zero.
+            "missing tensor a.bias (expected shape [2])",
             "missing tensor b.weight (expected shape [2, 3])",
+            "missing tensor b.bias (expected shape [2])",
             "unexpected tensor extra [1]",
         ]
     );
