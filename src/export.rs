@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
 use fluxbuild_exporters::onnx::{problems_error, write_model, Graph};
-use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
+use fluxbuild_exporters::output_dir::{self, crash_point, Existing, Staged};
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
 use fluxbuild_exporters::quantize::calibration::CalibrationTable;
 use fluxbuild_exporters::quantize::{qdq, Fp8Policy, Fp8Summary, WeightScaling};
@@ -190,6 +190,9 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
                 .with_context(|| format!("loading {} from {}", s.name, s.path.display()))
         })
         .collect::<Result<_>>()?;
+    // A wrong --out is refused before the inputs are read through.
+    let inputs = input_paths(request, &checkpoints);
+    output_dir::check(&request.out, &inputs, request.existing, "export")?;
     let inputs_hashing = hash_inputs_in_background(&checkpoints);
     let calibration = load_calibration(request)?;
 

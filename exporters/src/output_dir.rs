@@ -142,6 +142,13 @@ impl Drop for Staged {
     }
 }
 
+/// The checks `Staged::begin` makes, without writing anything: for refusing early, before long work.
+pub fn check(out: &Path, inputs: &[PathBuf], existing: Existing, kind: &str) -> Result<()> {
+    refuse_overlap(out, inputs)?;
+    split(out)?;
+    check_existing(out, existing, kind).map(|_| ())
+}
+
 /// `out`'s parent folder (absolute) and file name.
 fn split(out: &Path) -> Result<(PathBuf, OsString)> {
     let absolute = std::path::absolute(out).with_context(|| format!("{}: not a usable path", out.display()))?;
