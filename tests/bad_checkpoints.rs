@@ -343,6 +343,8 @@ fn cli_export(source: &Path, out: &Path) -> (bool, String) {
         .arg(&config)
         .arg("--out")
         .arg(out)
+        // Replacing an earlier export: a failed one must leave it as it was.
+        .arg("--force")
         .output()
         .unwrap();
     (
