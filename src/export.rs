@@ -5,6 +5,7 @@
 //! `out` and are renamed into place only when all submodels succeeded.
 
 use crate::manifest::{FileEntry, Manifest};
+use crate::pipeline_files::{self, Origin, PipelineFile, PipelineFileSources};
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
@@ -20,9 +21,6 @@ use std::path::{Path, PathBuf};
 /// Submodel names in pipeline order.
 pub const SUBMODELS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
 
-/// Pipeline folders copied next to the graphs (tokenizers for CLIP and T5, the scheduler config).
-const PIPELINE_EXTRAS: [&str; 3] = ["tokenizer", "tokenizer_2", "scheduler"];
-
 /// Where one submodel comes from and how it is exported.
 #[derive(Clone, Debug)]
 pub struct SubmodelSource {
@@ -37,8 +35,8 @@ pub struct SubmodelSource {
 #[derive(Clone, Debug)]
 pub struct ExportRequest {
     pub submodels: Vec<SubmodelSource>,
-    /// The pipeline folder, for tokenizers and the scheduler config.
-    pub pipeline: Option<PathBuf>,
+    /// Where the tokenizers and the scheduler config come from.
+    pub files: PipelineFileSources,
     pub out: PathBuf,
     pub opset: i64,
     pub precision: PrecisionSettings,
@@ -191,6 +189,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     let calibration = load_calibration(request)?;
 
     let planned = plan_all(request, &checkpoints, calibration.as_ref())?;
+    let extras = resolve_pipeline_files(request, &planned)?;
     let staging = Staging::create(&request.out)?;
     let total: u64 = planned
         .iter()
@@ -222,15 +221,9 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     }
     progress.finish_and_clear();
 
-    let mut extras = Vec::new();
-    if let Some(pipeline) = &request.pipeline {
-        for folder in PIPELINE_EXTRAS.iter().filter(|f| pipeline.join(f).is_dir()) {
-            copy_folder(&pipeline.join(folder), &staging.path().join(folder))?;
-            extras.push(*folder);
-        }
-    }
-    for folder in &extras {
-        for file in list_files(&staging.path().join(folder))? {
+    for extra in extras.iter().filter(|e| !e.files.is_empty()) {
+        extra.write(staging.path())?;
+        for file in list_files(&staging.path().join(extra.folder))? {
             let rel = file.strip_prefix(staging.path()).unwrap();
             files.push(FileEntry::hash(&request.out, &request.out.join(rel), &file)?);
         }
@@ -249,16 +242,67 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
             "keep": request.precision.fp8_keep,
         })),
         "emulated_in_fp32": request.precision.emulate,
-        "pipeline": request.pipeline,
+        "pipeline": request.files.pipeline,
+        "pipeline_files": extras.iter().map(|e| (e.folder, &e.origin)).collect::<BTreeMap<_, _>>(),
     });
     manifest.submodels = serde_json::to_value(&submodels)?;
     let entries: Vec<&str> = planned
         .iter()
         .map(|p| p.source.name)
-        .chain(extras.iter().copied())
+        .chain(extras.iter().filter(|e| !e.files.is_empty()).map(|e| e.folder))
         .collect();
     staging.commit(&entries, &manifest)?;
     Ok(manifest)
+}
+
+/// The tokenizer each exported text encoder needs and the transformer's scheduler config,
+/// resolved (and checked) before anything is written.
+fn resolve_pipeline_files(request: &ExportRequest, planned: &[Planned<'_>]) -> Result<Vec<PipelineFile>> {
+    let mut files = Vec::new();
+    for p in planned {
+        match p.source.name {
+            "clip" => {
+                files.push(check_vocabulary(pipeline_files::clip_tokenizer(&request.files)?, p)?);
+            }
+            "t5" => {
+                files.push(check_vocabulary(pipeline_files::t5_tokenizer(&request.files)?, p)?);
+            }
+            "transformer" => {
+                let variant = match p.analysis.variant.as_deref() {
+                    Some("schnell") => crate::generate::Variant::Schnell,
+                    _ => crate::generate::Variant::Dev,
+                };
+                files.push(pipeline_files::scheduler(&request.files, variant)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(files)
+}
+
+/// A tokenizer with ids beyond the encoder's embedding table belongs to another model: an error
+/// for one the user or the checkpoint supplied; the bundled one is left out (the encoder is not
+/// CLIP-L / T5-XXL, e.g. a tiny test model), which the manifest says.
+fn check_vocabulary(file: PipelineFile, p: &Planned<'_>) -> Result<PipelineFile> {
+    let rows = p.analysis.config.get("vocab_size").and_then(serde_json::Value::as_u64);
+    let (Some(rows), Some(size)) = (rows, file.vocab_size) else {
+        return Ok(file);
+    };
+    if size as u64 <= rows {
+        return Ok(file);
+    }
+    let why = format!(
+        "{size} tokens, but the {} encoder ({}) embeds only {rows}",
+        p.source.name,
+        p.source.path.display()
+    );
+    match file.origin {
+        Origin::Bundled { .. } => Ok(file.left_out(format!(
+            "the bundled tokenizer has {why}; pass --{} DIR with this encoder's tokenizer",
+            if p.source.name == "clip" { "tokenizer" } else { "tokenizer-2" }
+        ))),
+        _ => bail!("{}: {why}: the tokenizer belongs to another model", file.origin),
+    }
 }
 
 fn exporter_for(name: &str) -> &'static dyn Exporter {
@@ -349,16 +393,6 @@ fn hash_inputs_in_background(checkpoints: &[Checkpoint]) -> std::thread::JoinHan
     paths.extend(checkpoints.iter().filter_map(|c| c.located.config.clone()));
     paths.dedup();
     std::thread::spawn(move || paths.iter().map(|p| FileEntry::hash_absolute(p)).collect())
-}
-
-fn copy_folder(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for file in list_files(from)? {
-        let target = to.join(file.strip_prefix(from).unwrap());
-        std::fs::create_dir_all(target.parent().unwrap())?;
-        std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
-    }
-    Ok(())
 }
 
 /// Regular files under `dir`, recursively, sorted.

@@ -2,6 +2,7 @@
 
 use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource, SUBMODELS};
 use crate::output::{Output, BYTES_BAR};
+use crate::pipeline_files::{pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::PrecisionPlan;
@@ -28,6 +29,17 @@ pub struct Args {
     /// A config.json for a submodel whose file lacks one: `FILE` (with one submodel) or `NAME=FILE`.
     #[arg(long = "config", value_name = "[NAME=]FILE")]
     configs: Vec<String>,
+    /// CLIP's tokenizer folder (tokenizer.json, or vocab.json + merges.txt); default: the pipeline's
+    /// `tokenizer/`, else the CLIP-L tokenizer bundled with fluxbuild.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
+    /// T5's tokenizer folder (tokenizer.json or spiece.model); default: the pipeline's `tokenizer_2/`,
+    /// else the T5 v1.1 tokenizer bundled with fluxbuild.
+    #[arg(long = "tokenizer-2", value_name = "DIR")]
+    tokenizer_2: Option<PathBuf>,
+    /// The scheduler's scheduler_config.json; default: the pipeline's, else FLUX.1-dev's or schnell's.
+    #[arg(long, value_name = "FILE")]
+    scheduler: Option<PathBuf>,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -145,7 +157,15 @@ fn request(args: &Args) -> Result<ExportRequest> {
     };
     Ok(ExportRequest {
         submodels,
-        pipeline: args.checkpoint.clone(),
+        files: PipelineFileSources {
+            tokenizer: args.tokenizer.clone(),
+            tokenizer_2: args.tokenizer_2.clone(),
+            scheduler: args.scheduler.clone(),
+            pipeline: [&args.checkpoint, &args.clip, &args.t5, &args.transformer, &args.vae]
+                .into_iter()
+                .flatten()
+                .find_map(|p| pipeline_folder(p)),
+        },
         out: args.out.clone(),
         opset: args.opset,
         precision: settings,

@@ -31,11 +31,22 @@ const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 /// Locates a component. `path` may be a pipeline folder (then `subfolder` is entered),
 /// a component folder, or a single file.
 pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
-    if path.is_file() {
+    let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("{}: permission denied (a folder on the way is not readable)", path.display())
+        }
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: no such file or folder", path.display()),
+        _ => anyhow::anyhow!("{}: {e}", path.display()),
+    })?;
+    if metadata.is_file() {
         return single_file(path);
     }
-    if !path.is_dir() {
-        bail!("{}: no such file or folder", path.display());
+    if let Some(snapshot) = hub_cache_snapshot(path) {
+        bail!(
+            "{}: a Hugging Face cache folder, not a checkpoint: use its snapshot, {}",
+            path.display(),
+            snapshot.display()
+        );
     }
     if path.join("model_index.json").is_file() {
         let component = path.join(subfolder);
@@ -45,6 +56,22 @@ pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
         return component_folder(&component);
     }
     component_folder(path)
+}
+
+/// The snapshot to use when `path` is a Hugging Face cache repository (`models--org--name/`
+/// with `snapshots/` and `refs/`): the one `refs/main` names, else the only or first one.
+fn hub_cache_snapshot(path: &Path) -> Option<PathBuf> {
+    let snapshots = path.join("snapshots");
+    if !snapshots.is_dir() || !path.join("refs").is_dir() {
+        return None;
+    }
+    let main = std::fs::read_to_string(path.join("refs/main")).ok();
+    if let Some(commit) = main.map(|c| c.trim().to_string()).filter(|c| snapshots.join(c).is_dir()) {
+        return Some(snapshots.join(commit));
+    }
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&snapshots).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    all.sort();
+    Some(all.into_iter().next().unwrap_or(snapshots.join("<commit>")))
 }
 
 fn single_file(path: &Path) -> Result<Located> {

@@ -1,0 +1,298 @@
+//! Tokenizers and scheduler config: export writes them from the checkpoint (tokenizer.json,
+//! vocab.json + merges.txt as the official FLUX.1 repositories ship CLIP's, spiece.model), from
+//! `--tokenizer`/`--tokenizer-2`/`--scheduler`, or from the copies bundled with fluxbuild; the
+//! official hub layout, read through a symlinked Hugging Face cache, generates an image that
+//! matches diffusers' FluxPipeline without any file added by hand.
+
+mod generate_common;
+
+use fluxbuild::generate::tokenize::PromptTokenizer;
+use fluxbuild::generate::{generate, ExportedModels, InitialNoise, Request};
+use generate_common::{psnr, Reference};
+use ndarray::Array4;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fluxbuild(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(args)
+        .output()
+        .expect("fluxbuild runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn fixture_pipeline(variant: &str) -> PathBuf {
+    Reference::load(variant).dir
+}
+
+/// The ids the real tokenizers give (ENVIRONMENT.md, checked against transformers).
+const CLIP_CAT: [i64; 7] = [49406, 320, 1125, 539, 320, 2368, 49407];
+const T5_CAT: [i64; 8] = [3, 9, 1202, 13, 3, 9, 1712, 1];
+
+fn ids(tokenizer: &PromptTokenizer, prompt: &str) -> Vec<i64> {
+    let tokens = tokenizer.encode(&[prompt.to_string()]).unwrap();
+    tokens.ids
+}
+
+fn check_cat(models: &Path) {
+    let clip = PromptTokenizer::clip(&models.join("tokenizer/tokenizer.json")).unwrap();
+    let t5 = PromptTokenizer::t5(&models.join("tokenizer_2/tokenizer.json"), 8).unwrap();
+    assert_eq!(&ids(&clip, "a photo of a cat")[..7], CLIP_CAT);
+    assert!(ids(&clip, "a photo of a cat")[7..].iter().all(|&i| i == 49407));
+    assert_eq!(ids(&t5, "a photo of a cat"), T5_CAT);
+}
+
+/// `vocab.json` + `merges.txt` as the official repositories keep CLIP's tokenizer, written from
+/// the fixture's tokenizer.json.
+fn write_vocab_and_merges(tokenizer_json: &Path, dir: &Path) {
+    let json: Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("vocab.json"), json["model"]["vocab"].to_string()).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for pair in json["model"]["merges"].as_array().unwrap() {
+        merges += &format!("{} {}\n", pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+    }
+    std::fs::write(dir.join("merges.txt"), merges).unwrap();
+}
+
+/// A SentencePiece model (pieces and scores only) of the fixture's T5 vocabulary.
+fn write_spiece(tokenizer_json: &Path, path: &Path) {
+    let json: Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
+    let mut model = Vec::new();
+    let pieces = json["model"]["vocab"].as_array().unwrap();
+    for piece in pieces.iter().filter(|p| !p[0].as_str().unwrap().starts_with("<extra_id_")) {
+        let text = piece[0].as_str().unwrap().as_bytes();
+        let mut message = vec![0x0a];
+        varint(&mut message, text.len() as u64);
+        message.extend_from_slice(text);
+        message.push(0x15);
+        message.extend_from_slice(&(piece[1].as_f64().unwrap() as f32).to_le_bytes());
+        model.push(0x0a);
+        varint(&mut model, message.len() as u64);
+        model.extend(message);
+    }
+    std::fs::write(path, model).unwrap();
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The fixture pipeline as the official hub repository lays it out (CLIP's tokenizer as
+/// vocab.json + merges.txt, no tokenizer.json), inside a Hugging Face cache whose snapshot
+/// files are relative symlinks into `blobs/`. Returns (repo root, snapshot).
+fn hub_cache(variant: &str, root: &Path) -> (PathBuf, PathBuf) {
+    let source = fixture_pipeline(variant);
+    let staged = root.join("staged");
+    copy_tree(&source, &staged);
+    std::fs::remove_file(staged.join("tokenizer/tokenizer.json")).unwrap();
+    write_vocab_and_merges(&source.join("tokenizer/tokenizer.json"), &staged.join("tokenizer"));
+    let repo = root.join(format!("hub/models--black-forest-labs--FLUX.1-{variant}"));
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for (i, file) in list(&staged).iter().enumerate() {
+        let rel = file.strip_prefix(&staged).unwrap();
+        let blob = repo.join("blobs").join(format!("blob{i:04}"));
+        std::fs::rename(file, &blob).unwrap();
+        let link = snapshot.join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let up = "../".repeat(rel.components().count() + 1);
+        std::os::unix::fs::symlink(format!("{up}blobs/blob{i:04}"), &link).unwrap();
+        assert!(link.is_file(), "{}", link.display());
+    }
+    (repo, snapshot)
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    fluxbuild::export::list_files(dir).unwrap()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for file in list(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+fn manifest(models: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(models.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// Generates from `models` with the reference's noise and prompts: every image within 40 dB of
+/// diffusers' FluxPipeline (uint8 and float), token ids exact.
+fn matches_flux_pipeline(variant: &str, models: &Path) {
+    let r = Reference::load(variant);
+    let models = ExportedModels::open(models).unwrap();
+    let (s, noise) = r.f32("noise");
+    let request = Request {
+        prompts: r.prompts(),
+        height: r.usize("height"),
+        width: r.usize("width"),
+        steps: r.usize("num_inference_steps"),
+        guidance: r.json["guidance_scale"].as_f64().unwrap_or(0.0) as f32,
+        max_sequence_length: r.usize("max_sequence_length"),
+        noise: InitialNoise::Tensor {
+            noise: Array4::from_shape_vec((s[0], s[1], s[2], s[3]), noise).unwrap(),
+            source: "reference.safetensors".into(),
+        },
+    };
+    let g = generate(&models, &request, &mut |_| {}).unwrap();
+    assert_eq!(g.clip_ids.iter().copied().collect::<Vec<_>>(), r.i64("clip_input_ids").1);
+    assert_eq!(g.t5_ids.iter().copied().collect::<Vec<_>>(), r.i64("t5_input_ids").1);
+    let (_, want) = r.u8("image_uint8");
+    let per_image = want.len() / request.batch();
+    for (i, image) in g.images.iter().enumerate() {
+        let as_f64 = |v: &[u8]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let db = psnr(
+            &as_f64(&image.pixels),
+            &as_f64(&want[i * per_image..(i + 1) * per_image]),
+            255.0,
+        );
+        eprintln!("{variant} image {i}: {db:.1} dB");
+        assert!(db >= 40.0, "{variant} image {i}: {db:.1} dB");
+    }
+}
+
+#[test]
+fn official_hub_layout_through_a_symlinked_cache_matches_flux_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, snapshot) = hub_cache("dev", dir.path());
+    let models = dir.path().join("models");
+
+    // The cache's repository folder is not a checkpoint: the diagnosis names the snapshot.
+    let out = fluxbuild(&["export", "--checkpoint", repo.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("Hugging Face cache") && message.contains("snapshots/0123456789abcdef"), "{message}");
+    assert!(!models.exists(), "nothing in --out");
+
+    let out = fluxbuild(&["export", "--checkpoint", snapshot.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = &manifest(&models)["settings"]["pipeline_files"];
+    assert_eq!(files["tokenizer"]["kind"], "checkpoint");
+    assert_eq!(files["tokenizer"]["form"], "vocab.json + merges.txt");
+    assert_eq!(files["tokenizer_2"]["form"], "tokenizer.json");
+    assert_eq!(files["scheduler"]["kind"], "checkpoint");
+    assert!(models.join("tokenizer/merges.txt").is_file(), "the source files travel along");
+    // The converted tokenizer is the fast one diffusers uses, id for id.
+    let converted = PromptTokenizer::clip(&models.join("tokenizer/tokenizer.json")).unwrap();
+    let original = PromptTokenizer::clip(&fixture_pipeline("dev").join("tokenizer/tokenizer.json")).unwrap();
+    for prompt in ["a photo of a cat", "Ünïcode, digits 1234 and   spaces!", "don't stop; it's <|endoftext|>"] {
+        assert_eq!(ids(&converted, prompt), ids(&original, prompt), "{prompt}");
+    }
+    check_cat(&models);
+    matches_flux_pipeline("dev", &models);
+}
+
+#[test]
+fn without_tokenizers_or_scheduler_the_bundled_ones_are_written() {
+    // The schnell pipeline's weights with no tokenizer or scheduler folders (as ComfyUI users have).
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("bare");
+    copy_tree(&fixture_pipeline("schnell"), &bare);
+    for folder in ["tokenizer", "tokenizer_2", "scheduler"] {
+        std::fs::remove_dir_all(bare.join(folder)).unwrap();
+    }
+    let models = dir.path().join("models");
+    let out = fluxbuild(&["export", "--checkpoint", bare.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = &manifest(&models)["settings"]["pipeline_files"];
+    for folder in ["tokenizer", "tokenizer_2", "scheduler"] {
+        assert_eq!(files[folder]["kind"], "bundled", "{folder}: {files}");
+    }
+    assert!(files["scheduler"]["name"].as_str().unwrap().contains("schnell"));
+    let scheduler: Value =
+        serde_json::from_slice(&std::fs::read(models.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!(scheduler["use_dynamic_shifting"], false);
+    assert_eq!(scheduler["shift"], 1.0);
+    check_cat(&models);
+    matches_flux_pipeline("schnell", &models);
+}
+
+#[test]
+fn overrides_take_precedence_and_spiece_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture_pipeline("dev");
+    let clip = dir.path().join("clip-tok");
+    write_vocab_and_merges(&source.join("tokenizer/tokenizer.json"), &clip);
+    let t5 = dir.path().join("t5-tok");
+    std::fs::create_dir_all(&t5).unwrap();
+    write_spiece(&source.join("tokenizer_2/tokenizer.json"), &t5.join("spiece.model"));
+    let scheduler = dir.path().join("scheduler.json");
+    std::fs::copy(source.join("scheduler/scheduler_config.json"), &scheduler).unwrap();
+
+    let models = dir.path().join("models");
+    let schnell = fixture_pipeline("schnell");
+    let args = [
+        "export",
+        "--checkpoint",
+        schnell.to_str().unwrap(),
+        "--only",
+        "clip,t5,transformer",
+        "--tokenizer",
+        clip.to_str().unwrap(),
+        "--tokenizer-2",
+        t5.to_str().unwrap(),
+        "--scheduler",
+        scheduler.to_str().unwrap(),
+        "--out",
+        models.to_str().unwrap(),
+    ];
+    let out = fluxbuild(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = &manifest(&models)["settings"]["pipeline_files"];
+    assert_eq!(files["tokenizer"]["kind"], "override");
+    assert_eq!(files["tokenizer_2"]["form"], "spiece.model");
+    assert_eq!(files["scheduler"]["kind"], "override");
+    check_cat(&models);
+    let converted = PromptTokenizer::t5(&models.join("tokenizer_2/tokenizer.json"), 40).unwrap();
+    let original = PromptTokenizer::t5(&source.join("tokenizer_2/tokenizer.json"), 40).unwrap();
+    for prompt in ["a photo of a cat", "Ünïcode, digits 1234 and   spaces! <extra_id_3>"] {
+        assert_eq!(ids(&converted, prompt), ids(&original, prompt), "{prompt}");
+    }
+}
+
+#[test]
+fn unusable_tokenizers_stop_the_export_with_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let pipeline = fixture_pipeline("dev");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let t5_dir = pipeline.join("tokenizer_2");
+    let cases: [(&str, &Path, &str); 3] = [
+        ("--tokenizer", &empty, "no CLIP tokenizer here"),
+        // T5's tokenizer given as CLIP's: it has no <|endoftext|>.
+        ("--tokenizer", &t5_dir, "<|endoftext|>"),
+        ("--tokenizer-2", Path::new("/nonexistent/tok"), "no such folder"),
+    ];
+    for (flag, path, expected) in cases {
+        let out = fluxbuild(&[
+            "export",
+            "--checkpoint",
+            pipeline.to_str().unwrap(),
+            "--only",
+            "clip,t5",
+            flag,
+            path.to_str().unwrap(),
+            "--out",
+            models.to_str().unwrap(),
+        ]);
+        let message = stderr(&out);
+        assert!(!out.status.success(), "{flag} {}", path.display());
+        assert!(message.contains(expected), "{flag} {}: {message}", path.display());
+        assert!(!models.exists(), "{flag} {}: nothing in --out", path.display());
+    }
+}
