@@ -1,0 +1,191 @@
+//! ComfyUI's file formats, built from the parity fixtures with their real key names and dtypes:
+//! scaled fp8 (F8_E4M3 weights, per-layer `scale_weight`, `scale_input`, the `scaled_fp8`
+//! marker), F8_E5M2 weights, and the all-in-one checkpoint (`model.diffusion_model.`,
+//! `text_encoders.clip_l.transformer.`, `text_encoders.t5xxl.transformer.`, `vae.`).
+//! Each exports exactly what the same weights, dequantized or in their own file, export to:
+//! byte-identical weights in every output precision, and the same outputs on ONNX Runtime.
+
+mod common;
+
+use common::{export_submodel, fixtures, relative_error};
+use fluxbuild::runtime::{Input, Model};
+use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
+use fluxbuild_exporters::models::GraphOptions;
+use fluxbuild_exporters::onnx::ElemType;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+type Raw = (String, Dtype, Vec<usize>, Vec<u8>);
+
+fn write(path: &Path, tensors: &[Raw]) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Every tensor of `file` as (name, shape, f32 values).
+fn tensors(file: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let ckpt = Checkpoint::load(file, "", &[]).unwrap();
+    ckpt.tensors()
+        .map(|t| (t.name.to_string(), t.shape().to_vec(), t.to_f32()))
+        .collect()
+}
+
+fn config(path: &Path) -> Value {
+    read_json(Some(path)).unwrap().unwrap()
+}
+
+fn transformer_config() -> Value {
+    config(&fixtures().join("transformer/dev/diffusers/config.json"))
+}
+
+/// Exports and returns the written weights (`model.onnx.data`) and the model path.
+fn export(name: &str, path: &Path, config: &Value, float: ElemType, out: &Path) -> (Vec<u8>, PathBuf) {
+    let options = GraphOptions {
+        float,
+        wide: float,
+        ..GraphOptions::default()
+    };
+    let (_, model) = export_submodel(name, path, Some(config), &options, out)
+        .unwrap_or_else(|e| panic!("{name} from {}: {e:#}", path.display()));
+    (std::fs::read(out.join("model.onnx.data")).unwrap(), model)
+}
+
+/// The fixture transformer quantized as ComfyUI's scaled fp8 files are: every 2-D linear weight
+/// as F8_E4M3 `q` with `scale_weight = amax / 448`, the image attention layers (qkv, proj of 2 blocks) with a `scale_input`, the
+/// marker, keys under `model.diffusion_model.`. Returns (scaled file, the same weights dequantized
+/// to F32 in a plain BFL file).
+fn scaled_fp8_transformer(dir: &Path) -> (PathBuf, PathBuf) {
+    let (mut scaled, mut dequantized) = (Vec::new(), Vec::new());
+    let prefix = "model.diffusion_model.";
+    for (name, shape, values) in tensors(&fixtures().join("transformer/dev/bfl.safetensors")) {
+        if shape.len() == 2 && name.ends_with(".weight") {
+            let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 448.0;
+            let q: Vec<float8::F8E4M3> = values.iter().map(|v| float8::F8E4M3::from_f32(v / scale)).collect();
+            let real: Vec<f32> = q.iter().map(|q| q.to_f32() * scale).collect();
+            let layer = name.strip_suffix(".weight").unwrap();
+            scaled.push((
+                format!("{prefix}{name}"),
+                Dtype::F8_E4M3,
+                shape.clone(),
+                q.iter().map(|q| q.to_bits()).collect(),
+            ));
+            scaled.push((
+                format!("{prefix}{layer}.scale_weight"),
+                Dtype::F32,
+                vec![],
+                scale.to_le_bytes().to_vec(),
+            ));
+            if layer.contains("img_attn") {
+                scaled.push((format!("{prefix}{layer}.scale_input"), Dtype::F32, vec![], 1f32.to_le_bytes().to_vec()));
+            }
+            dequantized.push((name, Dtype::F32, shape, f32_bytes(&real)));
+        } else {
+            scaled.push((format!("{prefix}{name}"), Dtype::F32, shape.clone(), f32_bytes(&values)));
+            dequantized.push((name, Dtype::F32, shape, f32_bytes(&values)));
+        }
+    }
+    scaled.push((format!("{prefix}scaled_fp8"), Dtype::F8_E4M3, vec![0], vec![]));
+    let (a, b) = (dir.join("flux1-dev_fp8_scaled.safetensors"), dir.join("dequantized.safetensors"));
+    write(&a, &scaled);
+    write(&b, &dequantized);
+    (a, b)
+}
+
+fn run_transformer(model: &Path) -> Vec<f32> {
+    let io = fixtures().join("transformer/dev/io.safetensors");
+    let inputs = common::flux::io_tensors(&io);
+    let feed: Vec<(&str, Input)> = inputs
+        .iter()
+        .filter(|(n, _)| n != "noise_pred")
+        .map(|(n, a)| (n.as_str(), Input::F32(a.clone())))
+        .collect();
+    let out = Model::load(model).unwrap().run(feed).unwrap();
+    out["noise_pred"].iter().copied().collect()
+}
+
+#[test]
+fn scaled_fp8_exports_the_dequantized_weights_in_every_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scaled, dequantized) = scaled_fp8_transformer(dir.path());
+    let ckpt = Checkpoint::load(&scaled, "transformer", &["model.diffusion_model."]).unwrap();
+    let summary = ckpt.scaled_fp8.clone().expect("recognised as scaled fp8");
+    assert_eq!(summary.dequantized_weights, 39, "{summary:?}");
+    assert_eq!(summary.input_scales, 4, "{summary:?}");
+    assert!(summary.marker);
+    let config = transformer_config();
+    for float in [ElemType::F32, ElemType::F16, ElemType::BF16] {
+        let (a, model) = export("transformer", &scaled, &config, float, &dir.path().join(format!("s{float:?}")));
+        let (b, reference) = export("transformer", &dequantized, &config, float, &dir.path().join(format!("d{float:?}")));
+        assert!(a == b, "{float:?}: the scaled-fp8 export differs from the dequantized weights'");
+        if float == ElemType::F32 {
+            let err = relative_error(&run_transformer(&model), &run_transformer(&reference));
+            assert!(err <= 1e-5, "rel err {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn e5m2_weights_export_like_their_f32_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e5m2, mut wide) = (Vec::new(), Vec::new());
+    for (name, shape, values) in tensors(&fixtures().join("transformer/dev/bfl.safetensors")) {
+        let q: Vec<float8::F8E5M2> = values.iter().map(|&v| float8::F8E5M2::from_f32(v)).collect();
+        let real: Vec<f32> = q.iter().map(|q| q.to_f32()).collect();
+        e5m2.push((name.clone(), Dtype::F8_E5M2, shape.clone(), q.iter().map(|q| q.to_bits()).collect()));
+        wide.push((name, Dtype::F32, shape, f32_bytes(&real)));
+    }
+    let (a_path, b_path) = (dir.path().join("flux1-dev-fp8-e5m2.safetensors"), dir.path().join("f32.safetensors"));
+    write(&a_path, &e5m2);
+    write(&b_path, &wide);
+    let config = transformer_config();
+    let (a, model) = export("transformer", &a_path, &config, ElemType::F32, &dir.path().join("a"));
+    let (b, reference) = export("transformer", &b_path, &config, ElemType::F32, &dir.path().join("b"));
+    assert!(a == b, "e5m2 weights differ from their f32 values");
+    let err = relative_error(&run_transformer(&model), &run_transformer(&reference));
+    assert!(err <= 1e-5, "rel err {err:.3e}");
+}
+
+/// The four fixture submodels in one file, as ComfyUI saves an all-in-one checkpoint.
+fn all_in_one(dir: &Path) -> PathBuf {
+    let mut all = Vec::new();
+    for (root, file) in [
+        ("model.diffusion_model.", "transformer/dev/bfl.safetensors"),
+        ("text_encoders.clip_l.transformer.", "clip/model.safetensors"),
+        ("text_encoders.t5xxl.transformer.", "t5/shared.safetensors"),
+        ("vae.", "vae/ae.safetensors"),
+    ] {
+        for (name, shape, values) in tensors(&fixtures().join(file)) {
+            all.push((format!("{root}{name}"), Dtype::F32, shape, f32_bytes(&values)));
+        }
+    }
+    let path = dir.join("flux1-dev-all-in-one.safetensors");
+    write(&path, &all);
+    path
+}
+
+#[test]
+fn each_part_of_an_all_in_one_checkpoint_exports_like_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let aio = all_in_one(dir.path());
+    let f = fixtures();
+    for (name, own, config) in [
+        ("transformer", f.join("transformer/dev/bfl.safetensors"), transformer_config()),
+        ("clip", f.join("clip/model.safetensors"), config(&f.join("clip/config.json"))),
+        ("t5", f.join("t5/shared.safetensors"), config(&f.join("t5/config.json"))),
+        ("vae_decoder", f.join("vae/ae.safetensors"), config(&f.join("vae/diffusers/config.json"))),
+    ] {
+        let (a, _) = export(name, &aio, &config, ElemType::F32, &dir.path().join(format!("aio-{name}")));
+        let (b, _) = export(name, &own, &config, ElemType::F32, &dir.path().join(format!("own-{name}")));
+        assert!(a == b, "{name}: the all-in-one part differs from its own file");
+    }
+}
