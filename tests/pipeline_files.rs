@@ -296,3 +296,62 @@ fn unusable_tokenizers_stop_the_export_with_nothing_written() {
         assert!(!models.exists(), "{flag} {}: nothing in --out", path.display());
     }
 }
+
+/// ComfyUI's `models/` folder with the separate files (the fixture pipeline's weights under
+/// ComfyUI's names), no tokenizer and no scheduler anywhere: export finds each file, writes the
+/// bundled tokenizers and dev scheduler, and the image matches diffusers' FluxPipeline.
+#[test]
+fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture_pipeline("dev");
+    let models_dir = dir.path().join("ComfyUI/models");
+    for (from, to) in [
+        ("transformer/diffusion_pytorch_model.safetensors", "diffusion_models/flux1-dev.safetensors"),
+        ("text_encoder/model.safetensors", "text_encoders/clip_l.safetensors"),
+        ("text_encoder_2/model.safetensors", "text_encoders/t5xxl_fp16.safetensors"),
+        ("vae/diffusion_pytorch_model.safetensors", "vae/ae.safetensors"),
+    ] {
+        std::fs::create_dir_all(models_dir.join(to).parent().unwrap()).unwrap();
+        std::fs::copy(source.join(from), models_dir.join(to)).unwrap();
+    }
+    // A config.json beside the text encoders describes neither the VAE nor the transformer: it
+    // must not be applied to them (the tiny models' head counts come from --config).
+    std::fs::copy(source.join("text_encoder/config.json"), models_dir.join("text_encoders/config.json")).unwrap();
+    let config = |name: &str, sub: &str| format!("{name}={}", source.join(sub).join("config.json").display());
+    let models = dir.path().join("out");
+    let comfy_root = dir.path().join("ComfyUI");
+    let args = [
+        "export".to_string(),
+        "--checkpoint".into(),
+        comfy_root.display().to_string(),
+        "--config".into(),
+        config("transformer", "transformer"),
+        "--config".into(),
+        config("t5", "text_encoder_2"),
+        "--config".into(),
+        config("vae_decoder", "vae"),
+        "--out".into(),
+        models.display().to_string(),
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest(&models);
+    assert_eq!(m["settings"]["pipeline_files"]["tokenizer"]["kind"], "bundled");
+    assert_eq!(m["settings"]["pipeline_files"]["scheduler"]["kind"], "bundled");
+    assert!(m["submodels"]["clip"]["source"][0].as_str().unwrap().ends_with("text_encoders/clip_l.safetensors"));
+    assert!(m["submodels"]["t5"]["source"][0].as_str().unwrap().ends_with("text_encoders/t5xxl_fp16.safetensors"));
+    matches_flux_pipeline("dev", &models);
+
+    // Two transformers to choose from: the diagnosis lists them; nothing is written.
+    std::fs::copy(
+        models_dir.join("diffusion_models/flux1-dev.safetensors"),
+        models_dir.join("diffusion_models/flux1-schnell.safetensors"),
+    )
+    .unwrap();
+    let again = dir.path().join("again");
+    let out = fluxbuild(&["export", "--checkpoint", comfy_root.to_str().unwrap(), "--out", again.to_str().unwrap()]);
+    let message = stderr(&out);
+    assert!(!out.status.success());
+    assert!(message.contains("2 candidates for --transformer") && message.contains("flux1-schnell"), "{message}");
+    assert!(!again.exists());
+}
