@@ -182,7 +182,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         .map(|s| {
             let exporter = exporter_for(s.name);
             Checkpoint::load(&s.path, exporter.subfolder(), exporter.key_prefixes())
-                .with_context(|| format!("loading {} from {}", s.name, s.path.display()))
+                .with_context(|| format!("loading the {}", s.name))
         })
         .collect::<Result<_>>()?;
     let inputs_hashing = hash_inputs_in_background(&checkpoints);
@@ -299,7 +299,11 @@ fn check_vocabulary(file: PipelineFile, p: &Planned<'_>) -> Result<PipelineFile>
     match file.origin {
         Origin::Bundled { .. } => Ok(file.left_out(format!(
             "the bundled tokenizer has {why}; pass --{} DIR with this encoder's tokenizer",
-            if p.source.name == "clip" { "tokenizer" } else { "tokenizer-2" }
+            if p.source.name == "clip" {
+                "tokenizer"
+            } else {
+                "tokenizer-2"
+            }
         ))),
         _ => bail!("{}: {why}: the tokenizer belongs to another model", file.origin),
     }
@@ -318,6 +322,10 @@ fn plan_all<'a>(
     let mut planned = Vec::new();
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
+        if let Some(what) = fluxbuild_exporters::checkpoint::diagnose::mismatch(ckpt, source.name) {
+            failures.push(format!("{}: {what}", source.name));
+            continue;
+        }
         let exporter = exporter_for(source.name);
         let emulate = request.precision.emulate && source.precision != Precision::Fp32;
         let options = graph_options(source.name, source.precision, request.opset)?;
@@ -351,8 +359,11 @@ fn plan_all<'a>(
             ));
         }
     }
-    if !failures.is_empty() {
-        bail!("nothing was written:\n{}", failures.join("\n"));
+    match &failures[..] {
+        [] => {}
+        // The diagnosis comes first.
+        [one] => bail!("{one}\nnothing was written"),
+        several => bail!("nothing was written:\n{}", several.join("\n")),
     }
     Ok(planned)
 }

@@ -86,7 +86,12 @@ fn scaled_fp8_transformer(dir: &Path) -> (PathBuf, PathBuf) {
                 scale.to_le_bytes().to_vec(),
             ));
             if layer.contains("img_attn") {
-                scaled.push((format!("{prefix}{layer}.scale_input"), Dtype::F32, vec![], 1f32.to_le_bytes().to_vec()));
+                scaled.push((
+                    format!("{prefix}{layer}.scale_input"),
+                    Dtype::F32,
+                    vec![],
+                    1f32.to_le_bytes().to_vec(),
+                ));
             }
             dequantized.push((name, Dtype::F32, shape, f32_bytes(&real)));
         } else {
@@ -95,7 +100,10 @@ fn scaled_fp8_transformer(dir: &Path) -> (PathBuf, PathBuf) {
         }
     }
     scaled.push((format!("{prefix}scaled_fp8"), Dtype::F8_E4M3, vec![0], vec![]));
-    let (a, b) = (dir.join("flux1-dev_fp8_scaled.safetensors"), dir.join("dequantized.safetensors"));
+    let (a, b) = (
+        dir.join("flux1-dev_fp8_scaled.safetensors"),
+        dir.join("dequantized.safetensors"),
+    );
     write(&a, &scaled);
     write(&b, &dequantized);
     (a, b)
@@ -124,9 +132,24 @@ fn scaled_fp8_exports_the_dequantized_weights_in_every_precision() {
     assert!(summary.marker);
     let config = transformer_config();
     for float in [ElemType::F32, ElemType::F16, ElemType::BF16] {
-        let (a, model) = export("transformer", &scaled, &config, float, &dir.path().join(format!("s{float:?}")));
-        let (b, reference) = export("transformer", &dequantized, &config, float, &dir.path().join(format!("d{float:?}")));
-        assert!(a == b, "{float:?}: the scaled-fp8 export differs from the dequantized weights'");
+        let (a, model) = export(
+            "transformer",
+            &scaled,
+            &config,
+            float,
+            &dir.path().join(format!("s{float:?}")),
+        );
+        let (b, reference) = export(
+            "transformer",
+            &dequantized,
+            &config,
+            float,
+            &dir.path().join(format!("d{float:?}")),
+        );
+        assert!(
+            a == b,
+            "{float:?}: the scaled-fp8 export differs from the dequantized weights'"
+        );
         if float == ElemType::F32 {
             let err = relative_error(&run_transformer(&model), &run_transformer(&reference));
             assert!(err <= 1e-5, "rel err {err:.3e}");
@@ -141,10 +164,18 @@ fn e5m2_weights_export_like_their_f32_values() {
     for (name, shape, values) in tensors(&fixtures().join("transformer/dev/bfl.safetensors")) {
         let q: Vec<float8::F8E5M2> = values.iter().map(|&v| float8::F8E5M2::from_f32(v)).collect();
         let real: Vec<f32> = q.iter().map(|q| q.to_f32()).collect();
-        e5m2.push((name.clone(), Dtype::F8_E5M2, shape.clone(), q.iter().map(|q| q.to_bits()).collect()));
+        e5m2.push((
+            name.clone(),
+            Dtype::F8_E5M2,
+            shape.clone(),
+            q.iter().map(|q| q.to_bits()).collect(),
+        ));
         wide.push((name, Dtype::F32, shape, f32_bytes(&real)));
     }
-    let (a_path, b_path) = (dir.path().join("flux1-dev-fp8-e5m2.safetensors"), dir.path().join("f32.safetensors"));
+    let (a_path, b_path) = (
+        dir.path().join("flux1-dev-fp8-e5m2.safetensors"),
+        dir.path().join("f32.safetensors"),
+    );
     write(&a_path, &e5m2);
     write(&b_path, &wide);
     let config = transformer_config();
@@ -179,13 +210,37 @@ fn each_part_of_an_all_in_one_checkpoint_exports_like_its_own_file() {
     let aio = all_in_one(dir.path());
     let f = fixtures();
     for (name, own, config) in [
-        ("transformer", f.join("transformer/dev/bfl.safetensors"), transformer_config()),
-        ("clip", f.join("clip/model.safetensors"), config(&f.join("clip/config.json"))),
+        (
+            "transformer",
+            f.join("transformer/dev/bfl.safetensors"),
+            transformer_config(),
+        ),
+        (
+            "clip",
+            f.join("clip/model.safetensors"),
+            config(&f.join("clip/config.json")),
+        ),
         ("t5", f.join("t5/shared.safetensors"), config(&f.join("t5/config.json"))),
-        ("vae_decoder", f.join("vae/ae.safetensors"), config(&f.join("vae/diffusers/config.json"))),
+        (
+            "vae_decoder",
+            f.join("vae/ae.safetensors"),
+            config(&f.join("vae/diffusers/config.json")),
+        ),
     ] {
-        let (a, _) = export(name, &aio, &config, ElemType::F32, &dir.path().join(format!("aio-{name}")));
-        let (b, _) = export(name, &own, &config, ElemType::F32, &dir.path().join(format!("own-{name}")));
+        let (a, _) = export(
+            name,
+            &aio,
+            &config,
+            ElemType::F32,
+            &dir.path().join(format!("aio-{name}")),
+        );
+        let (b, _) = export(
+            name,
+            &own,
+            &config,
+            ElemType::F32,
+            &dir.path().join(format!("own-{name}")),
+        );
         assert!(a == b, "{name}: the all-in-one part differs from its own file");
     }
 }

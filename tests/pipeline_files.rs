@@ -64,7 +64,10 @@ fn write_spiece(tokenizer_json: &Path, path: &Path) {
     let json: Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
     let mut model = Vec::new();
     let pieces = json["model"]["vocab"].as_array().unwrap();
-    for piece in pieces.iter().filter(|p| !p[0].as_str().unwrap().starts_with("<extra_id_")) {
+    for piece in pieces
+        .iter()
+        .filter(|p| !p[0].as_str().unwrap().starts_with("<extra_id_"))
+    {
         let text = piece[0].as_str().unwrap().as_bytes();
         let mut message = vec![0x0a];
         varint(&mut message, text.len() as u64);
@@ -149,7 +152,10 @@ fn matches_flux_pipeline(variant: &str, models: &Path) {
         },
     };
     let g = generate(&models, &request, &mut |_| {}).unwrap();
-    assert_eq!(g.clip_ids.iter().copied().collect::<Vec<_>>(), r.i64("clip_input_ids").1);
+    assert_eq!(
+        g.clip_ids.iter().copied().collect::<Vec<_>>(),
+        r.i64("clip_input_ids").1
+    );
     assert_eq!(g.t5_ids.iter().copied().collect::<Vec<_>>(), r.i64("t5_input_ids").1);
     let (_, want) = r.u8("image_uint8");
     let per_image = want.len() / request.batch();
@@ -172,24 +178,46 @@ fn official_hub_layout_through_a_symlinked_cache_matches_flux_pipeline() {
     let models = dir.path().join("models");
 
     // The cache's repository folder is not a checkpoint: the diagnosis names the snapshot.
-    let out = fluxbuild(&["export", "--checkpoint", repo.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        repo.to_str().unwrap(),
+        "--out",
+        models.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let message = stderr(&out);
-    assert!(message.contains("Hugging Face cache") && message.contains("snapshots/0123456789abcdef"), "{message}");
+    assert!(
+        message.contains("Hugging Face cache") && message.contains("snapshots/0123456789abcdef"),
+        "{message}"
+    );
     assert!(!models.exists(), "nothing in --out");
 
-    let out = fluxbuild(&["export", "--checkpoint", snapshot.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        snapshot.to_str().unwrap(),
+        "--out",
+        models.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let files = &manifest(&models)["settings"]["pipeline_files"];
     assert_eq!(files["tokenizer"]["kind"], "checkpoint");
     assert_eq!(files["tokenizer"]["form"], "vocab.json + merges.txt");
     assert_eq!(files["tokenizer_2"]["form"], "tokenizer.json");
     assert_eq!(files["scheduler"]["kind"], "checkpoint");
-    assert!(models.join("tokenizer/merges.txt").is_file(), "the source files travel along");
+    assert!(
+        models.join("tokenizer/merges.txt").is_file(),
+        "the source files travel along"
+    );
     // The converted tokenizer is the fast one diffusers uses, id for id.
     let converted = PromptTokenizer::clip(&models.join("tokenizer/tokenizer.json")).unwrap();
     let original = PromptTokenizer::clip(&fixture_pipeline("dev").join("tokenizer/tokenizer.json")).unwrap();
-    for prompt in ["a photo of a cat", "Ünïcode, digits 1234 and   spaces!", "don't stop; it's <|endoftext|>"] {
+    for prompt in [
+        "a photo of a cat",
+        "Ünïcode, digits 1234 and   spaces!",
+        "don't stop; it's <|endoftext|>",
+    ] {
         assert_eq!(ids(&converted, prompt), ids(&original, prompt), "{prompt}");
     }
     check_cat(&models);
@@ -206,7 +234,13 @@ fn without_tokenizers_or_scheduler_the_bundled_ones_are_written() {
         std::fs::remove_dir_all(bare.join(folder)).unwrap();
     }
     let models = dir.path().join("models");
-    let out = fluxbuild(&["export", "--checkpoint", bare.to_str().unwrap(), "--out", models.to_str().unwrap()]);
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        bare.to_str().unwrap(),
+        "--out",
+        models.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let files = &manifest(&models)["settings"]["pipeline_files"];
     for folder in ["tokenizer", "tokenizer_2", "scheduler"] {
@@ -306,9 +340,15 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
     let source = fixture_pipeline("dev");
     let models_dir = dir.path().join("ComfyUI/models");
     for (from, to) in [
-        ("transformer/diffusion_pytorch_model.safetensors", "diffusion_models/flux1-dev.safetensors"),
+        (
+            "transformer/diffusion_pytorch_model.safetensors",
+            "diffusion_models/flux1-dev.safetensors",
+        ),
         ("text_encoder/model.safetensors", "text_encoders/clip_l.safetensors"),
-        ("text_encoder_2/model.safetensors", "text_encoders/t5xxl_fp16.safetensors"),
+        (
+            "text_encoder_2/model.safetensors",
+            "text_encoders/t5xxl_fp16.safetensors",
+        ),
         ("vae/diffusion_pytorch_model.safetensors", "vae/ae.safetensors"),
     ] {
         std::fs::create_dir_all(models_dir.join(to).parent().unwrap()).unwrap();
@@ -316,7 +356,11 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
     }
     // A config.json beside the text encoders describes neither the VAE nor the transformer: it
     // must not be applied to them (the tiny models' head counts come from --config).
-    std::fs::copy(source.join("text_encoder/config.json"), models_dir.join("text_encoders/config.json")).unwrap();
+    std::fs::copy(
+        source.join("text_encoder/config.json"),
+        models_dir.join("text_encoders/config.json"),
+    )
+    .unwrap();
     let config = |name: &str, sub: &str| format!("{name}={}", source.join(sub).join("config.json").display());
     let models = dir.path().join("out");
     let comfy_root = dir.path().join("ComfyUI");
@@ -333,13 +377,22 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
         "--out".into(),
         models.display().to_string(),
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_fluxbuild")).args(&args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(&args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let m = manifest(&models);
     assert_eq!(m["settings"]["pipeline_files"]["tokenizer"]["kind"], "bundled");
     assert_eq!(m["settings"]["pipeline_files"]["scheduler"]["kind"], "bundled");
-    assert!(m["submodels"]["clip"]["source"][0].as_str().unwrap().ends_with("text_encoders/clip_l.safetensors"));
-    assert!(m["submodels"]["t5"]["source"][0].as_str().unwrap().ends_with("text_encoders/t5xxl_fp16.safetensors"));
+    assert!(m["submodels"]["clip"]["source"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("text_encoders/clip_l.safetensors"));
+    assert!(m["submodels"]["t5"]["source"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("text_encoders/t5xxl_fp16.safetensors"));
     matches_flux_pipeline("dev", &models);
 
     // Two transformers to choose from: the diagnosis lists them; nothing is written.
@@ -349,9 +402,18 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
     )
     .unwrap();
     let again = dir.path().join("again");
-    let out = fluxbuild(&["export", "--checkpoint", comfy_root.to_str().unwrap(), "--out", again.to_str().unwrap()]);
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        comfy_root.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
     let message = stderr(&out);
     assert!(!out.status.success());
-    assert!(message.contains("2 candidates for --transformer") && message.contains("flux1-schnell"), "{message}");
+    assert!(
+        message.contains("2 candidates for --transformer") && message.contains("flux1-schnell"),
+        "{message}"
+    );
     assert!(!again.exists());
 }

@@ -34,8 +34,10 @@ fn widened(file: &Path, weight: &str, factor: usize, out: &Path) {
             (t.name.to_string(), vec![rows, cols * factor], wide)
         })
         .collect();
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-        tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
     common::write_f32_safetensors(out, &refs);
 }
 
@@ -65,7 +67,8 @@ fn fill_and_canny_widths_export_and_match_dev_on_the_latent_channels() {
             let value = if name == "hidden_states" {
                 let (b, l) = (value.shape()[0], value.shape()[1]);
                 let extra = 64 * (factor - 1);
-                let noise = ndarray::ArrayD::from_shape_vec(vec![b, l, extra], pseudo_random(b * l * extra, 7)).unwrap();
+                let noise =
+                    ndarray::ArrayD::from_shape_vec(vec![b, l, extra], pseudo_random(b * l * extra, 7)).unwrap();
                 concatenate(Axis(2), &[value.view(), noise.view()]).unwrap()
             } else {
                 value.clone()
@@ -99,11 +102,21 @@ fn generate_and_package_refuse_image_conditioned_variants_before_any_work() {
         serde_json::from_slice(&std::fs::read(transformer.join("config.json")).unwrap()).unwrap();
     let cases = [
         (6, "flux1-fill-dev.safetensors", "fill", "mask"),
-        (1, "flux1-dev-kontext_fp8_scaled.safetensors", "kontext", "reference image"),
+        (
+            1,
+            "flux1-dev-kontext_fp8_scaled.safetensors",
+            "kontext",
+            "reference image",
+        ),
     ];
     for (factor, name, variant, needs) in cases {
         let file = dir.path().join(name);
-        widened(&transformer.join("diffusion_pytorch_model.safetensors"), "x_embedder.weight", factor, &file);
+        widened(
+            &transformer.join("diffusion_pytorch_model.safetensors"),
+            "x_embedder.weight",
+            factor,
+            &file,
+        );
         config["in_channels"] = (64 * factor).into();
         let config_path = dir.path().join(format!("{variant}.json"));
         std::fs::write(&config_path, config.to_string()).unwrap();
@@ -127,8 +140,24 @@ fn generate_and_package_refuse_image_conditioned_variants_before_any_work() {
         let image = dir.path().join("x.png");
         let repo = dir.path().join(format!("repo-{variant}"));
         for args in [
-            vec!["generate", "--models", models.to_str().unwrap(), "--prompt", "a cat", "--out", image.to_str().unwrap()],
-            vec!["package", "--models", models.to_str().unwrap(), "--target", "cpu", "--out", repo.to_str().unwrap()],
+            vec![
+                "generate",
+                "--models",
+                models.to_str().unwrap(),
+                "--prompt",
+                "a cat",
+                "--out",
+                image.to_str().unwrap(),
+            ],
+            vec![
+                "package",
+                "--models",
+                models.to_str().unwrap(),
+                "--target",
+                "cpu",
+                "--out",
+                repo.to_str().unwrap(),
+            ],
         ] {
             let out = fluxbuild(&args);
             let message = String::from_utf8_lossy(&out.stderr);

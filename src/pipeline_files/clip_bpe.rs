@@ -20,12 +20,10 @@ pub fn tokenizer_json(dir: &Path, template: &[u8]) -> Result<Vec<u8>> {
     .with_context(|| format!("{}: not a JSON object of token -> id", vocab_path.display()))?;
     let merges = read_merges(&merges_path)?;
     let id = |token: &str| -> Result<u64> {
-        vocab.get(token).and_then(Value::as_u64).with_context(|| {
-            format!(
-                "{}: no {token} token (not a CLIP vocabulary?)",
-                vocab_path.display()
-            )
-        })
+        vocab
+            .get(token)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{}: no {token} token (not a CLIP vocabulary?)", vocab_path.display()))
     };
     let (start, end) = (id(START)?, id(END)?);
 
@@ -52,7 +50,9 @@ fn read_merges(path: &Path) -> Result<Vec<[String; 2]>> {
         if line.is_empty() || (number == 0 && line.starts_with("#version")) {
             continue;
         }
-        let Some((a, b)) = line.split_once(' ').filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '))
+        let Some((a, b)) = line
+            .split_once(' ')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '))
         else {
             bail!(
                 "{}: line {}: expected a merge rule `a b`, found {line:?}",

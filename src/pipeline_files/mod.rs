@@ -120,7 +120,10 @@ pub fn t5_tokenizer(sources: &PipelineFileSources) -> Result<PipelineFile> {
                 ("tokenizer.json", read(&dir.join("tokenizer.json"))?)
             } else if dir.join("spiece.model").is_file() {
                 let template = bundled::t5_tokenizer_json()?;
-                ("spiece.model", spiece::tokenizer_json(&dir.join("spiece.model"), &template)?)
+                (
+                    "spiece.model",
+                    spiece::tokenizer_json(&dir.join("spiece.model"), &template)?,
+                )
             } else {
                 bail!(
                     "{}: no T5 tokenizer here (expected tokenizer.json or spiece.model)",
@@ -157,12 +160,24 @@ pub fn scheduler(sources: &PipelineFileSources, variant: Variant) -> Result<Pipe
             };
             SchedulerConfig::read(&path).with_context(|| format!("--scheduler {}", path.display()))?;
             let form = "scheduler_config.json".to_string();
-            (Origin::Override { path: path.clone(), form }, read(&path)?)
+            (
+                Origin::Override {
+                    path: path.clone(),
+                    form,
+                },
+                read(&path)?,
+            )
         }
         (None, Some(path)) => {
             SchedulerConfig::read(&path)?;
             let form = "scheduler_config.json".to_string();
-            (Origin::Checkpoint { path: path.clone(), form }, read(&path)?)
+            (
+                Origin::Checkpoint {
+                    path: path.clone(),
+                    form,
+                },
+                read(&path)?,
+            )
         }
         (None, None) => {
             let mut config = serde_json::to_value(SchedulerConfig::for_variant(variant))?;
@@ -220,7 +235,11 @@ fn chosen(
         }
         return Ok(Some((dir, true)));
     }
-    Ok(pipeline.as_ref().map(|p| p.join(sub)).filter(|d| d.is_dir()).map(|d| (d, false)))
+    Ok(pipeline
+        .as_ref()
+        .map(|p| p.join(sub))
+        .filter(|d| d.is_dir())
+        .map(|d| (d, false)))
 }
 
 fn origin_of(dir: &Path, form: &str, overridden: bool) -> Origin {
@@ -258,8 +277,13 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 /// so an export never finishes with a tokenizer that cannot be used. Returns its vocabulary size.
 fn check_loads(file: &PipelineFile, pad_token: &str) -> Result<usize> {
     let (_, content) = &file.files[0];
-    let tokenizer = tokenizers::Tokenizer::from_bytes(content)
-        .map_err(|e| anyhow::anyhow!("{}/tokenizer.json from {}: cannot be loaded: {e}", file.folder, file.origin))?;
+    let tokenizer = tokenizers::Tokenizer::from_bytes(content).map_err(|e| {
+        anyhow::anyhow!(
+            "{}/tokenizer.json from {}: cannot be loaded: {e}",
+            file.folder,
+            file.origin
+        )
+    })?;
     if tokenizer.token_to_id(pad_token).is_none() {
         bail!(
             "{}/tokenizer.json from {}: has no {pad_token} token (is it the other encoder's tokenizer?)",

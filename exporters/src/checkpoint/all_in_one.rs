@@ -26,5 +26,7 @@ pub fn root_of(subfolder: &str) -> Option<&'static str> {
 
 /// Whether `name` belongs to a part other than the one under `root`.
 pub fn belongs_elsewhere(name: &str, root: &str) -> bool {
-    PARTS.iter().any(|(_, other, _)| *other != root && name.starts_with(other))
+    PARTS
+        .iter()
+        .any(|(_, other, _)| *other != root && name.starts_with(other))
 }

@@ -33,7 +33,10 @@ const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
     let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => {
-            anyhow::anyhow!("{}: permission denied (a folder on the way is not readable)", path.display())
+            anyhow::anyhow!(
+                "{}: permission denied (a folder on the way is not readable)",
+                path.display()
+            )
         }
         std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: no such file or folder", path.display()),
         _ => anyhow::anyhow!("{}: {e}", path.display()),
@@ -69,10 +72,17 @@ fn hub_cache_snapshot(path: &Path) -> Option<PathBuf> {
         return None;
     }
     let main = std::fs::read_to_string(path.join("refs/main")).ok();
-    if let Some(commit) = main.map(|c| c.trim().to_string()).filter(|c| snapshots.join(c).is_dir()) {
+    if let Some(commit) = main
+        .map(|c| c.trim().to_string())
+        .filter(|c| snapshots.join(c).is_dir())
+    {
         return Some(snapshots.join(commit));
     }
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&snapshots).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     all.sort();
     Some(all.into_iter().next().unwrap_or(snapshots.join("<commit>")))
 }
@@ -94,7 +104,9 @@ fn comfy_models_folder(path: &Path) -> Option<PathBuf> {
             .any(|f| p.join(f).is_dir())
             && !p.join("model_index.json").is_file()
     };
-    [path.to_path_buf(), path.join("models")].into_iter().find(|p| is_models(p))
+    [path.to_path_buf(), path.join("models")]
+        .into_iter()
+        .find(|p| is_models(p))
 }
 
 /// The one file of a ComfyUI `models/` folder that holds `subfolder`'s submodel.
@@ -125,14 +137,22 @@ fn comfy_file(models: &Path, subfolder: &str) -> Result<Located> {
         [] => bail!(
             "{}: a ComfyUI models folder with no {} file in {}/; pass {flag} FILE",
             models.display(),
-            if names.is_empty() { "*.safetensors".to_string() } else { format!("*{}*.safetensors", names.join("|")) },
+            if names.is_empty() {
+                "*.safetensors".to_string()
+            } else {
+                format!("*{}*.safetensors", names.join("|"))
+            },
             folders.join("/ or "),
         ),
         several => bail!(
             "{}: a ComfyUI models folder with {} candidates for {flag} ({}); pass {flag} FILE to choose",
             models.display(),
             several.len(),
-            several.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            several
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -142,7 +162,7 @@ fn comfy_file(models: &Path, subfolder: &str) -> Result<Located> {
 fn single_file(path: &Path, subfolder: &str) -> Result<Located> {
     refuse_pickle_name(path)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !matches!(ext, "safetensors" | "sft") {
+    if !matches!(ext, "safetensors" | "sft" | "gguf") {
         bail!("{}: expected a .safetensors file", path.display());
     }
     let beside = path.with_file_name("config.json");
@@ -158,7 +178,10 @@ fn single_file(path: &Path, subfolder: &str) -> Result<Located> {
 /// Whether the config at `path` is for `subfolder`'s kind of model, judged by the names configs
 /// carry (`_class_name`, `model_type`, `architectures`); one naming none of them is assumed to.
 fn describes(path: &Path, subfolder: &str) -> bool {
-    let Some(config) = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) else {
+    let Some(config) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
         return true;
     };
     let mut names: Vec<String> = ["_class_name", "model_type"]

@@ -1,6 +1,7 @@
 //! Stage 1 input: FLUX checkpoints as memory-mapped safetensors.
 
 pub mod all_in_one;
+pub mod diagnose;
 mod dtype;
 mod locate;
 mod safetensors_file;
@@ -8,8 +9,8 @@ mod scaled_fp8;
 
 pub use dtype::DType;
 pub use locate::{locate, Located, SourceKind};
-pub use scaled_fp8::ScaledFp8;
 pub use safetensors_file::{refuse_pickle_name, SafetensorsFile, TensorInfo};
+pub use scaled_fp8::ScaledFp8;
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +82,11 @@ impl Checkpoint {
     /// file). The first of `prefixes` that any key carries is stripped from every key that has it,
     /// so prefixed and bare layouts look the same downstream.
     pub fn open(located: Located, subfolder: &str, prefixes: &[&str]) -> Result<Checkpoint> {
+        for path in &located.files {
+            if let Some(what) = diagnose::foreign_file(path, &file_head(path)) {
+                bail!(what);
+            }
+        }
         let files: Vec<SafetensorsFile> = located
             .files
             .iter()
@@ -251,6 +257,16 @@ fn all_in_one_root(files: &[SafetensorsFile], subfolder: &str) -> Result<Option<
         );
     }
     Ok(Some(root.to_string()))
+}
+
+/// The first bytes of a file (empty when unreadable: opening it then says why).
+fn file_head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(32).read_to_end(&mut head);
+    }
+    head
 }
 
 /// Reads an optional JSON file (a `--config` override or a `config.json`).
