@@ -5,6 +5,7 @@
 //! matches diffusers' FluxPipeline without any file added by hand.
 
 mod generate_common;
+mod layouts;
 
 use fluxbuild::generate::tokenize::PromptTokenizer;
 use fluxbuild::generate::{generate, ExportedModels, InitialNoise, Request};
@@ -46,19 +47,6 @@ fn check_cat(models: &Path) {
     assert_eq!(ids(&t5, "a photo of a cat"), T5_CAT);
 }
 
-/// `vocab.json` + `merges.txt` as the official repositories keep CLIP's tokenizer, written from
-/// the fixture's tokenizer.json.
-fn write_vocab_and_merges(tokenizer_json: &Path, dir: &Path) {
-    let json: Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("vocab.json"), json["model"]["vocab"].to_string()).unwrap();
-    let mut merges = String::from("#version: 0.2\n");
-    for pair in json["model"]["merges"].as_array().unwrap() {
-        merges += &format!("{} {}\n", pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
-    }
-    std::fs::write(dir.join("merges.txt"), merges).unwrap();
-}
-
 /// A SentencePiece model (pieces and scores only) of the fixture's T5 vocabulary.
 fn write_spiece(tokenizer_json: &Path, path: &Path) {
     let json: Value = serde_json::from_slice(&std::fs::read(tokenizer_json).unwrap()).unwrap();
@@ -87,46 +75,6 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
-}
-
-/// The fixture pipeline as the official hub repository lays it out (CLIP's tokenizer as
-/// vocab.json + merges.txt, no tokenizer.json), inside a Hugging Face cache whose snapshot
-/// files are relative symlinks into `blobs/`. Returns (repo root, snapshot).
-fn hub_cache(variant: &str, root: &Path) -> (PathBuf, PathBuf) {
-    let source = fixture_pipeline(variant);
-    let staged = root.join("staged");
-    copy_tree(&source, &staged);
-    std::fs::remove_file(staged.join("tokenizer/tokenizer.json")).unwrap();
-    write_vocab_and_merges(&source.join("tokenizer/tokenizer.json"), &staged.join("tokenizer"));
-    let repo = root.join(format!("hub/models--black-forest-labs--FLUX.1-{variant}"));
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    let snapshot = repo.join("snapshots").join(commit);
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
-    for (i, file) in list(&staged).iter().enumerate() {
-        let rel = file.strip_prefix(&staged).unwrap();
-        let blob = repo.join("blobs").join(format!("blob{i:04}"));
-        std::fs::rename(file, &blob).unwrap();
-        let link = snapshot.join(rel);
-        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-        let up = "../".repeat(rel.components().count() + 1);
-        std::os::unix::fs::symlink(format!("{up}blobs/blob{i:04}"), &link).unwrap();
-        assert!(link.is_file(), "{}", link.display());
-    }
-    (repo, snapshot)
-}
-
-fn list(dir: &Path) -> Vec<PathBuf> {
-    fluxbuild::export::list_files(dir).unwrap()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for file in list(from) {
-        let target = to.join(file.strip_prefix(from).unwrap());
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&file, &target).unwrap();
-    }
 }
 
 fn manifest(models: &Path) -> Value {
@@ -174,7 +122,7 @@ fn matches_flux_pipeline(variant: &str, models: &Path) {
 #[test]
 fn official_hub_layout_through_a_symlinked_cache_matches_flux_pipeline() {
     let dir = tempfile::tempdir().unwrap();
-    let (repo, snapshot) = hub_cache("dev", dir.path());
+    let (repo, snapshot) = layouts::hub_cache("dev", dir.path());
     let models = dir.path().join("models");
 
     // The cache's repository folder is not a checkpoint: the diagnosis names the snapshot.
@@ -229,7 +177,7 @@ fn without_tokenizers_or_scheduler_the_bundled_ones_are_written() {
     // The schnell pipeline's weights with no tokenizer or scheduler folders (as ComfyUI users have).
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("bare");
-    copy_tree(&fixture_pipeline("schnell"), &bare);
+    layouts::copy_tree(&fixture_pipeline("schnell"), &bare);
     for folder in ["tokenizer", "tokenizer_2", "scheduler"] {
         std::fs::remove_dir_all(bare.join(folder)).unwrap();
     }
@@ -260,7 +208,7 @@ fn overrides_take_precedence_and_spiece_converts() {
     let dir = tempfile::tempdir().unwrap();
     let source = fixture_pipeline("dev");
     let clip = dir.path().join("clip-tok");
-    write_vocab_and_merges(&source.join("tokenizer/tokenizer.json"), &clip);
+    layouts::write_vocab_and_merges(&source.join("tokenizer/tokenizer.json"), &clip);
     let t5 = dir.path().join("t5-tok");
     std::fs::create_dir_all(&t5).unwrap();
     write_spiece(&source.join("tokenizer_2/tokenizer.json"), &t5.join("spiece.model"));
@@ -338,22 +286,8 @@ fn unusable_tokenizers_stop_the_export_with_nothing_written() {
 fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let source = fixture_pipeline("dev");
-    let models_dir = dir.path().join("ComfyUI/models");
-    for (from, to) in [
-        (
-            "transformer/diffusion_pytorch_model.safetensors",
-            "diffusion_models/flux1-dev.safetensors",
-        ),
-        ("text_encoder/model.safetensors", "text_encoders/clip_l.safetensors"),
-        (
-            "text_encoder_2/model.safetensors",
-            "text_encoders/t5xxl_fp16.safetensors",
-        ),
-        ("vae/diffusion_pytorch_model.safetensors", "vae/ae.safetensors"),
-    ] {
-        std::fs::create_dir_all(models_dir.join(to).parent().unwrap()).unwrap();
-        std::fs::copy(source.join(from), models_dir.join(to)).unwrap();
-    }
+    let comfy_root = layouts::comfyui_folder(&source, &dir.path().join("ComfyUI"));
+    let models_dir = comfy_root.join("models");
     // A config.json beside the text encoders describes neither the VAE nor the transformer: it
     // must not be applied to them (the tiny models' head counts come from --config).
     std::fs::copy(
@@ -363,7 +297,6 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
     .unwrap();
     let config = |name: &str, sub: &str| format!("{name}={}", source.join(sub).join("config.json").display());
     let models = dir.path().join("out");
-    let comfy_root = dir.path().join("ComfyUI");
     let args = [
         "export".to_string(),
         "--checkpoint".into(),
