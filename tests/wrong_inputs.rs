@@ -180,3 +180,76 @@ fn inspect_json_is_one_document_even_with_problems() {
     assert!(stderr.lines().count() < 20, "{stderr}");
     assert!(!out_dir.exists());
 }
+
+#[test]
+fn bf16_graphs_are_refused_by_local_generate_with_the_ways_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = fixtures().join("pipeline/schnell");
+    let export = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "export",
+            "--checkpoint",
+            pipeline.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = fluxbuild(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let generate = |models: &Path| {
+        let png = models.with_extension("png");
+        let out = fluxbuild(&[
+            "generate",
+            "--models",
+            models.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--steps",
+            "1",
+            "--out",
+            png.to_str().unwrap(),
+        ]);
+        (out, png)
+    };
+    let bf16 = dir.path().join("bf16");
+    export(&["--precision", "transformer=bf16"], &bf16);
+    let (out, png) = generate(&bf16);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("transformer exported in bf16, which ONNX Runtime's CPU cannot run")
+            && stderr.contains("--emulate"),
+        "{stderr}"
+    );
+    assert!(!png.exists());
+
+    let emulated = dir.path().join("emulated");
+    export(&["--precision", "transformer=bf16", "--emulate"], &emulated);
+    let (out, _) = generate(&emulated);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_network_given_two_precisions_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let pipeline = fixtures().join("pipeline/schnell");
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        pipeline.to_str().unwrap(),
+        "--precision",
+        "transformer=fp16,transformer=bf16",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("transformer") && stderr.contains("twice"), "{stderr}");
+    assert!(!out_dir.exists());
+}
