@@ -61,6 +61,12 @@ pub struct PrecisionSettings {
 pub struct ExportedSubmodel {
     pub source: Vec<PathBuf>,
     pub source_kind: String,
+    /// The key root of this submodel's part of a ComfyUI all-in-one checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_in_one_part: Option<String>,
+    /// ComfyUI scaled fp8: weights dequantized (q · scale_weight) while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_fp8: Option<fluxbuild_exporters::checkpoint::ScaledFp8>,
     pub layout: String,
     pub variant: Option<String>,
     pub config: serde_json::Value,
@@ -372,6 +378,8 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
     ExportedSubmodel {
         source: p.ckpt.source_files(),
         source_kind: format!("{:?}", p.ckpt.located.kind),
+        all_in_one_part: p.ckpt.all_in_one_part.clone(),
+        scaled_fp8: p.ckpt.scaled_fp8.clone(),
         layout: p.analysis.layout.clone(),
         variant: p.analysis.variant.clone(),
         config: p.analysis.config.clone(),

@@ -244,3 +244,66 @@ fn each_part_of_an_all_in_one_checkpoint_exports_like_its_own_file() {
         assert!(a == b, "{name}: the all-in-one part differs from its own file");
     }
 }
+
+/// Through the command line: `--checkpoint` an all-in-one file exports all four parts, and the
+/// manifest says where each came from; a scaled-fp8 transformer is recorded as dequantized.
+#[test]
+fn cli_exports_all_in_one_and_scaled_fp8_and_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let aio = all_in_one(dir.path());
+    let (scaled, _) = scaled_fp8_transformer(dir.path());
+    let f = fixtures();
+    let configs = [
+        format!(
+            "transformer={}",
+            f.join("transformer/dev/diffusers/config.json").display()
+        ),
+        format!("clip={}", f.join("clip/config.json").display()),
+        format!("t5={}", f.join("t5/config.json").display()),
+        format!("vae_decoder={}", f.join("vae/diffusers/config.json").display()),
+    ];
+    let out_dir = dir.path().join("out");
+    let mut args = vec![
+        "export",
+        "--checkpoint",
+        aio.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    for c in &configs {
+        args.extend(["--config", c.as_str()]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
+    for (name, root) in [
+        ("transformer", "model.diffusion_model."),
+        ("clip", "text_encoders.clip_l.transformer."),
+        ("t5", "text_encoders.t5xxl.transformer."),
+        ("vae_decoder", "vae."),
+    ] {
+        assert_eq!(manifest["submodels"][name]["all_in_one_part"], root, "{name}");
+    }
+
+    let scaled_out = dir.path().join("scaled");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args([
+            "export",
+            "--transformer",
+            scaled.to_str().unwrap(),
+            "--config",
+            &configs[0],
+        ])
+        .args(["--precision", "fp16", "--out", scaled_out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(scaled_out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["submodels"]["transformer"]["scaled_fp8"]["dequantized_weights"],
+        39
+    );
+}

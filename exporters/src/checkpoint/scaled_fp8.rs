@@ -16,7 +16,7 @@ const WEIGHT_SCALE: &str = ".scale_weight";
 const INPUT_SCALE: &str = ".scale_input";
 
 /// What the scales did to a checkpoint (inspect and the export manifest show it).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScaledFp8 {
     /// Weights multiplied by their `scale_weight` on load.
     pub dequantized_weights: usize,
