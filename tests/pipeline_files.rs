@@ -4,6 +4,7 @@
 //! official hub layout, read through a symlinked Hugging Face cache, generates an image that
 //! matches diffusers' FluxPipeline without any file added by hand.
 
+mod common;
 mod generate_common;
 mod layouts;
 
@@ -279,8 +280,8 @@ fn unusable_tokenizers_stop_the_export_with_nothing_written() {
     }
 }
 
-/// ComfyUI's `models/` folder with the separate files (the fixture pipeline's weights under
-/// ComfyUI's names), no tokenizer and no scheduler anywhere: export finds each file, writes the
+/// ComfyUI's `models/` folder with the separate files (the fixture pipeline's weights in
+/// ComfyUI's names and layouts: BFL transformer, LDM VAE), no tokenizer and no scheduler anywhere: export finds each file, writes the
 /// bundled tokenizers and dev scheduler, and the image matches diffusers' FluxPipeline.
 #[test]
 fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
@@ -316,6 +317,8 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let m = manifest(&models);
+    assert_eq!(m["submodels"]["transformer"]["layout"], "bfl");
+    assert_eq!(m["submodels"]["vae_decoder"]["layout"], "ldm");
     assert_eq!(m["settings"]["pipeline_files"]["tokenizer"]["kind"], "bundled");
     assert_eq!(m["settings"]["pipeline_files"]["scheduler"]["kind"], "bundled");
     assert!(m["submodels"]["clip"]["source"][0]

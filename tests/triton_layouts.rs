@@ -3,6 +3,7 @@
 //! Hugging Face cache, and ComfyUI's separate files (no tokenizer, no scheduler anywhere).
 //! The served image is the local one, byte for byte. Needs the Triton venv: `make triton-venv`.
 
+mod common;
 mod layouts;
 mod triton_support;
 

@@ -61,26 +61,198 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// ComfyUI's `models/` folder with the fixture pipeline's weights under ComfyUI's file names
-/// (no tokenizer, no scheduler); returns the ComfyUI root.
+/// ComfyUI's `models/` folder with the fixture pipeline's weights as ComfyUI users have them:
+/// the transformer in black-forest-labs layout (`flux1-dev.safetensors`), the VAE in LDM layout
+/// (`ae.safetensors`), the text encoders as transformers saves them; no tokenizer, no scheduler.
+/// Returns the ComfyUI root.
 pub fn comfyui_folder(pipeline: &Path, root: &Path) -> PathBuf {
     let models_dir = root.join("models");
+    for folder in ["diffusion_models", "text_encoders", "vae"] {
+        std::fs::create_dir_all(models_dir.join(folder)).unwrap();
+    }
+    let transformer = tensors(&pipeline.join("transformer/diffusion_pytorch_model.safetensors"));
+    write(
+        &models_dir.join("diffusion_models/flux1-dev.safetensors"),
+        &bfl_transformer(&transformer),
+    );
+    let vae = tensors(&pipeline.join("vae/diffusion_pytorch_model.safetensors"));
+    write(&models_dir.join("vae/ae.safetensors"), &ldm_vae(&vae));
     for (from, to) in [
-        (
-            "transformer/diffusion_pytorch_model.safetensors",
-            "diffusion_models/flux1-dev.safetensors",
-        ),
         ("text_encoder/model.safetensors", "text_encoders/clip_l.safetensors"),
         (
             "text_encoder_2/model.safetensors",
             "text_encoders/t5xxl_fp16.safetensors",
         ),
-        ("vae/diffusion_pytorch_model.safetensors", "vae/ae.safetensors"),
     ] {
-        std::fs::create_dir_all(models_dir.join(to).parent().unwrap()).unwrap();
         std::fs::copy(pipeline.join(from), models_dir.join(to)).unwrap();
     }
     root.to_path_buf()
+}
+
+type Tensor = (String, Vec<usize>, Vec<f32>);
+
+fn tensors(file: &Path) -> Vec<Tensor> {
+    let ckpt = fluxbuild_exporters::checkpoint::Checkpoint::load(file, "", &[]).unwrap();
+    ckpt.tensors()
+        .map(|t| (t.name.to_string(), t.shape().to_vec(), t.to_f32()))
+        .collect()
+}
+
+fn write(path: &Path, tensors: &[Tensor]) {
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    super::common::write_f32_safetensors(path, &refs);
+}
+
+/// Stacks tensors along dim 0 (BFL's fused qkv and linear1).
+fn stack(name: String, parts: &[&Tensor]) -> Tensor {
+    let mut shape = parts[0].1.clone();
+    shape[0] = parts.iter().map(|p| p.1[0]).sum();
+    (name, shape, parts.iter().flat_map(|p| p.2.iter().copied()).collect())
+}
+
+/// diffusers' FluxTransformer2DModel names -> black-forest-labs' (FLUX_FACTS.md section 3, reversed).
+fn bfl_transformer(diffusers: &[Tensor]) -> Vec<Tensor> {
+    let get = |name: &str| {
+        diffusers
+            .iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let renames = [
+        ("x_embedder.", "img_in."),
+        ("context_embedder.", "txt_in."),
+        ("time_text_embed.timestep_embedder.linear_1.", "time_in.in_layer."),
+        ("time_text_embed.timestep_embedder.linear_2.", "time_in.out_layer."),
+        ("time_text_embed.text_embedder.linear_1.", "vector_in.in_layer."),
+        ("time_text_embed.text_embedder.linear_2.", "vector_in.out_layer."),
+        ("time_text_embed.guidance_embedder.linear_1.", "guidance_in.in_layer."),
+        ("time_text_embed.guidance_embedder.linear_2.", "guidance_in.out_layer."),
+        ("proj_out.", "final_layer.linear."),
+    ];
+    let double = [
+        ("norm1.linear.", "img_mod.lin."),
+        ("norm1_context.linear.", "txt_mod.lin."),
+        ("attn.norm_q.weight", "img_attn.norm.query_norm.scale"),
+        ("attn.norm_k.weight", "img_attn.norm.key_norm.scale"),
+        ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale"),
+        ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale"),
+        ("attn.to_out.0.", "img_attn.proj."),
+        ("attn.to_add_out.", "txt_attn.proj."),
+        ("ff.net.0.proj.", "img_mlp.0."),
+        ("ff.net.2.", "img_mlp.2."),
+        ("ff_context.net.0.proj.", "txt_mlp.0."),
+        ("ff_context.net.2.", "txt_mlp.2."),
+    ];
+    let single = [
+        ("attn.norm_q.weight", "norm.query_norm.scale"),
+        ("attn.norm_k.weight", "norm.key_norm.scale"),
+        ("norm.linear.", "modulation.lin."),
+        ("proj_out.", "linear2."),
+    ];
+    let mut out = Vec::new();
+    for (name, shape, values) in diffusers {
+        let renamed = |to: String| (to, shape.clone(), values.clone());
+        if let Some((from, to)) = renames.iter().find(|(from, _)| name.starts_with(from)) {
+            out.push(renamed(name.replacen(from, to, 1)));
+        } else if let Some(rest) = name.strip_prefix("norm_out.linear.") {
+            // diffusers [scale; shift] -> BFL [shift; scale]
+            let half = values.len() / 2;
+            let swapped = [&values[half..], &values[..half]].concat();
+            out.push((format!("final_layer.adaLN_modulation.1.{rest}"), shape.clone(), swapped));
+        } else if let Some(rest) = name.strip_prefix("transformer_blocks.") {
+            let (n, part) = rest.split_once('.').unwrap();
+            if let Some((from, to)) = double.iter().find(|(from, _)| part.starts_with(from)) {
+                out.push(renamed(format!("double_blocks.{n}.{}", part.replacen(from, to, 1))));
+            }
+        } else if let Some(rest) = name.strip_prefix("single_transformer_blocks.") {
+            let (n, part) = rest.split_once('.').unwrap();
+            if let Some((from, to)) = single.iter().find(|(from, _)| part.starts_with(from)) {
+                out.push(renamed(format!("single_blocks.{n}.{}", part.replacen(from, to, 1))));
+            }
+        }
+    }
+    // The fused tensors.
+    let blocks = |prefix: &str| {
+        let mut n: Vec<usize> = diffusers
+            .iter()
+            .filter_map(|t| t.0.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+            .collect();
+        n.sort();
+        n.dedup();
+        n
+    };
+    for n in blocks("transformer_blocks.") {
+        for kind in ["weight", "bias"] {
+            let p = |x: &str| get(&format!("transformer_blocks.{n}.attn.{x}.{kind}"));
+            out.push(stack(
+                format!("double_blocks.{n}.img_attn.qkv.{kind}"),
+                &[p("to_q"), p("to_k"), p("to_v")],
+            ));
+            let parts = [p("add_q_proj"), p("add_k_proj"), p("add_v_proj")];
+            out.push(stack(format!("double_blocks.{n}.txt_attn.qkv.{kind}"), &parts));
+        }
+    }
+    for n in blocks("single_transformer_blocks.") {
+        for kind in ["weight", "bias"] {
+            let p = |x: &str| get(&format!("single_transformer_blocks.{n}.{x}.{kind}"));
+            let parts = [p("attn.to_q"), p("attn.to_k"), p("attn.to_v"), p("proj_mlp")];
+            out.push(stack(format!("single_blocks.{n}.linear1.{kind}"), &parts));
+        }
+    }
+    out
+}
+
+/// diffusers' AutoencoderKL names -> LDM's (`ae.safetensors`): up blocks numbered from the
+/// bottom, attention projections as 1x1 convolutions.
+fn ldm_vae(diffusers: &[Tensor]) -> Vec<Tensor> {
+    let ups = diffusers
+        .iter()
+        .filter_map(|t| {
+            t.0.strip_prefix("decoder.up_blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap()
+        + 1;
+    diffusers
+        .iter()
+        .map(|(name, shape, values)| {
+            let mut n = name.clone();
+            if let Some(rest) = n.clone().strip_prefix("decoder.up_blocks.") {
+                let (i, tail) = rest.split_once('.').unwrap();
+                n = format!("decoder.up.{}.{tail}", ups - 1 - i.parse::<usize>().unwrap());
+            }
+            for (from, to) in [
+                ("down_blocks.", "down."),
+                (".resnets.", ".block."),
+                ("downsamplers.0.", "downsample."),
+                ("upsamplers.0.", "upsample."),
+                ("conv_shortcut", "nin_shortcut"),
+                ("mid_block.block.0.", "mid.block_1."),
+                ("mid_block.block.1.", "mid.block_2."),
+                ("mid_block.attentions.0.group_norm.", "mid.attn_1.norm."),
+                ("mid_block.attentions.0.to_q.", "mid.attn_1.q."),
+                ("mid_block.attentions.0.to_k.", "mid.attn_1.k."),
+                ("mid_block.attentions.0.to_v.", "mid.attn_1.v."),
+                ("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out."),
+                ("conv_norm_out.", "norm_out."),
+            ] {
+                n = n.replace(from, to);
+            }
+            let shape = if n.contains("attn_1.") && shape.len() == 2 {
+                vec![shape[0], shape[1], 1, 1]
+            } else {
+                shape.clone()
+            };
+            (n, shape, values.clone())
+        })
+        .collect()
 }
 
 /// `--config NAME=FILE` for the tiny models, whose head counts no shape gives.
