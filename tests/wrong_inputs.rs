@@ -253,3 +253,31 @@ fn a_network_given_two_precisions_is_an_error() {
     assert!(stderr.contains("transformer") && stderr.contains("twice"), "{stderr}");
     assert!(!out_dir.exists());
 }
+
+#[test]
+fn checkpoint_file_that_is_not_all_in_one_names_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let file = fixtures().join("transformer/dev/bfl.safetensors");
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let first = stderr.lines().next().unwrap();
+    assert!(
+        first.contains("holds transformer, not clip, t5, vae_decoder (not an all-in-one checkpoint)")
+            && first.contains("--clip FILE --t5 FILE --vae FILE")
+            && first.contains("--only transformer"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CLIP"),
+        "no CLIP error for a transformer file: {stderr}"
+    );
+    assert!(!out_dir.exists());
+}

@@ -4,6 +4,7 @@ use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, 
 use crate::output::{Output, BYTES_BAR};
 use crate::pipeline_files::{pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
+use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::PrecisionPlan;
 use fluxbuild_exporters::quantize::WeightScaling;
@@ -144,6 +145,7 @@ fn request(args: &Args) -> Result<ExportRequest> {
             precision: precision.with_defaults(name),
         });
     }
+    check_single_file_checkpoint(args, &submodels)?;
     assign_configs(&args.configs, &mut submodels)?;
     let weights = match args.fp8_weights {
         Fp8WeightsArg::PerTensor => WeightScaling::PerTensor,
@@ -170,6 +172,49 @@ fn request(args: &Args) -> Result<ExportRequest> {
         opset: args.opset,
         precision: settings,
     })
+}
+
+/// `--checkpoint FILE` stands for all four submodels only when the file is an all-in-one
+/// checkpoint; a file with fewer is named for what it holds, before any export work.
+fn check_single_file_checkpoint(args: &Args, submodels: &[SubmodelSource]) -> Result<()> {
+    let Some(file) = args.checkpoint.as_ref().filter(|p| p.is_file()) else {
+        return Ok(());
+    };
+    let holds = |name: &str| -> Result<bool> {
+        let exporter = fluxbuild_exporters::models::exporter(name).expect("known submodel");
+        let ckpt = Checkpoint::load(file, exporter.subfolder(), exporter.key_prefixes())?;
+        Ok(exporter.detect(&ckpt))
+    };
+    let from_file: Vec<&str> = submodels.iter().filter(|s| &s.path == file).map(|s| s.name).collect();
+    let mut held = Vec::new();
+    let mut missing = Vec::new();
+    for name in from_file {
+        if holds(name)? {
+            held.push(name);
+        } else {
+            missing.push(name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = if held.is_empty() {
+        "none of the submodels".to_string()
+    } else {
+        held.join(", ")
+    };
+    let flags: Vec<String> = missing.iter().map(|m| format!("--{} FILE", flag_for(m))).collect();
+    bail!(
+        "{}: holds {what}, not {} (not an all-in-one checkpoint): give {}{}",
+        file.display(),
+        missing.join(", "),
+        flags.join(" "),
+        if held.is_empty() {
+            String::new()
+        } else {
+            format!(", or --only {}", held.join(","))
+        }
+    )
 }
 
 fn flag_for(name: &str) -> &str {

@@ -3,7 +3,7 @@
 use crate::export::graph_options;
 use crate::output::{AlreadyReported, Output};
 use crate::pipeline_files::{self, pipeline_folder, PipelineFileSources};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use fluxbuild_exporters::checkpoint::{diagnose, read_json, Checkpoint, ScaledFp8};
 use fluxbuild_exporters::models::{self, Exporter, EXPORTERS};
 use fluxbuild_exporters::onnx::{Problem, DEFAULT_OPSET};
@@ -133,8 +133,7 @@ fn detect(path: &Path) -> Result<Vec<&'static dyn Exporter>> {
 }
 
 fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) -> Result<Report> {
-    let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())
-        .with_context(|| format!("loading {}", path.display()))?;
+    let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
     let config = match config {
         Some(c) => read_json(Some(c))?,
         None => ckpt.config()?,
@@ -165,6 +164,19 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
     })
 }
 
+/// The variant, with the blocks a pruned full-width model kept (FLUX.1 has 19 double and 38 single).
+fn variant_text(r: &Report) -> String {
+    let variant = r.variant.clone().unwrap_or_else(|| "-".into());
+    let config = r.config.as_ref();
+    let get = |key: &str| config.and_then(|c| c.get(key)).and_then(|v| v.as_u64());
+    match (get("inner_dim"), get("num_layers"), get("num_single_layers")) {
+        (Some(3072), Some(double), Some(single)) if double < 19 || single < 38 => {
+            format!("{variant} (pruned: {double} of 19 double, {single} of 38 single blocks)")
+        }
+        _ => variant,
+    }
+}
+
 fn text(r: &Report) -> String {
     let files: Vec<String> = r.files.iter().map(|f| f.display().to_string()).collect();
     let mut s = format!(
@@ -173,7 +185,7 @@ fn text(r: &Report) -> String {
         r.source_kind,
         files.join(", "),
         r.layout.as_deref().unwrap_or("?"),
-        r.variant.as_deref().unwrap_or("-"),
+        variant_text(r),
         r.tensors,
         r.parameters,
         r.bytes as f64 / 1e9,
