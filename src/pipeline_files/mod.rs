@@ -70,76 +70,86 @@ pub fn pipeline_folder(path: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// What differs between the two encoders' tokenizers.
+struct TokenizerKind {
+    encoder: &'static str,
+    folder: &'static str,
+    flag: &'static str,
+    bundled_name: &'static str,
+    bundled: fn() -> Result<Vec<u8>>,
+    pad_token: &'static str,
+    /// The slow tokenizer's files (besides tokenizer.json) and how they become tokenizer.json,
+    /// on the bundled tokenizer.json as a template.
+    slow_form: &'static str,
+    slow_files: &'static [&'static str],
+    convert: fn(&Path, &[u8]) -> Result<Vec<u8>>,
+}
+
+const CLIP: TokenizerKind = TokenizerKind {
+    encoder: "CLIP",
+    folder: "tokenizer",
+    flag: "--tokenizer",
+    bundled_name: bundled::CLIP_NAME,
+    bundled: bundled::clip_tokenizer_json,
+    pad_token: CLIP_PAD_TOKEN,
+    slow_form: "vocab.json + merges.txt",
+    slow_files: &["vocab.json", "merges.txt"],
+    convert: clip_bpe::tokenizer_json,
+};
+
+const T5: TokenizerKind = TokenizerKind {
+    encoder: "T5",
+    folder: "tokenizer_2",
+    flag: "--tokenizer-2",
+    bundled_name: bundled::T5_NAME,
+    bundled: bundled::t5_tokenizer_json,
+    pad_token: T5_PAD_TOKEN,
+    slow_form: "spiece.model",
+    slow_files: &["spiece.model"],
+    convert: spiece::tokenizer_json,
+};
+
 /// CLIP's tokenizer, as `tokenizer/tokenizer.json` plus the source's other files.
 pub fn clip_tokenizer(sources: &PipelineFileSources) -> Result<PipelineFile> {
-    let origin_dir = chosen(&sources.tokenizer, &sources.pipeline, "tokenizer", "--tokenizer")?;
-    let (origin, files) = match origin_dir {
-        None => (
-            Origin::Bundled {
-                name: bundled::CLIP_NAME.into(),
-            },
-            vec![("tokenizer.json".to_string(), bundled::clip_tokenizer_json()?)],
-        ),
-        Some((dir, overridden)) => {
-            let (form, tokenizer_json) = if dir.join("tokenizer.json").is_file() {
-                ("tokenizer.json", read(&dir.join("tokenizer.json"))?)
-            } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
-                let template = bundled::clip_tokenizer_json()?;
-                ("vocab.json + merges.txt", clip_bpe::tokenizer_json(&dir, &template)?)
-            } else {
-                bail!(
-                    "{}: no CLIP tokenizer here (expected tokenizer.json, or vocab.json and merges.txt)",
-                    dir.display()
-                );
-            };
-            (origin_of(&dir, form, overridden), with_sources(&dir, tokenizer_json)?)
-        }
-    };
-    let mut file = PipelineFile {
-        folder: "tokenizer",
-        origin,
-        files,
-        vocab_size: None,
-    };
-    file.vocab_size = Some(check_loads(&file, CLIP_PAD_TOKEN)?);
-    Ok(file)
+    tokenizer(&CLIP, &sources.tokenizer, &sources.pipeline)
 }
 
 /// T5's tokenizer, as `tokenizer_2/tokenizer.json` plus the source's other files.
 pub fn t5_tokenizer(sources: &PipelineFileSources) -> Result<PipelineFile> {
-    let origin_dir = chosen(&sources.tokenizer_2, &sources.pipeline, "tokenizer_2", "--tokenizer-2")?;
-    let (origin, files) = match origin_dir {
+    tokenizer(&T5, &sources.tokenizer_2, &sources.pipeline)
+}
+
+fn tokenizer(kind: &TokenizerKind, given: &Option<PathBuf>, pipeline: &Option<PathBuf>) -> Result<PipelineFile> {
+    let (origin, files) = match chosen(given, pipeline, kind.folder, kind.flag)? {
         None => (
             Origin::Bundled {
-                name: bundled::T5_NAME.into(),
+                name: kind.bundled_name.into(),
             },
-            vec![("tokenizer.json".to_string(), bundled::t5_tokenizer_json()?)],
+            vec![("tokenizer.json".to_string(), (kind.bundled)()?)],
         ),
         Some((dir, overridden)) => {
             let (form, tokenizer_json) = if dir.join("tokenizer.json").is_file() {
                 ("tokenizer.json", read(&dir.join("tokenizer.json"))?)
-            } else if dir.join("spiece.model").is_file() {
-                let template = bundled::t5_tokenizer_json()?;
-                (
-                    "spiece.model",
-                    spiece::tokenizer_json(&dir.join("spiece.model"), &template)?,
-                )
+            } else if kind.slow_files.iter().all(|f| dir.join(f).is_file()) {
+                (kind.slow_form, (kind.convert)(&dir, &(kind.bundled)()?)?)
             } else {
                 bail!(
-                    "{}: no T5 tokenizer here (expected tokenizer.json or spiece.model)",
-                    dir.display()
+                    "{}: no {} tokenizer here (expected tokenizer.json or {})",
+                    dir.display(),
+                    kind.encoder,
+                    kind.slow_form
                 );
             };
             (origin_of(&dir, form, overridden), with_sources(&dir, tokenizer_json)?)
         }
     };
     let mut file = PipelineFile {
-        folder: "tokenizer_2",
+        folder: kind.folder,
         origin,
         files,
         vocab_size: None,
     };
-    file.vocab_size = Some(check_loads(&file, T5_PAD_TOKEN)?);
+    file.vocab_size = Some(check_loads(&file, kind.pad_token)?);
     Ok(file)
 }
 

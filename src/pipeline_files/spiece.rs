@@ -10,7 +10,9 @@ use std::path::Path;
 /// How many `<extra_id_N>` sentinel tokens T5 tokenizers append.
 const EXTRA_IDS: usize = 100;
 
-pub fn tokenizer_json(path: &Path, template: &[u8]) -> Result<Vec<u8>> {
+/// `tokenizer.json` bytes for `dir/spiece.model`, on `template` (the bundled T5 tokenizer.json).
+pub fn tokenizer_json(dir: &Path, template: &[u8]) -> Result<Vec<u8>> {
+    let path = &dir.join("spiece.model");
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let pieces = pieces(&bytes).with_context(|| format!("{}: not a SentencePiece model", path.display()))?;
     let mut vocab: Vec<(String, f32)> = pieces;
