@@ -93,6 +93,18 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             ));
         }
     }
+    let pipeline_files = manifest.settings["pipeline_files"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for (folder, origin) in pipeline_files {
+        if origin["kind"] == "left_out" {
+            out.warn(&format!(
+                "{folder}/ not written: {}",
+                origin["why"].as_str().unwrap_or_default()
+            ));
+        }
+    }
     out.result(&manifest, || {
         let mut text = format!("exported to {}", request.out.display());
         for s in &request.submodels {
