@@ -59,39 +59,26 @@ fn export(name: &str, path: &Path, config: &Value, float: ElemType, out: &Path) 
     (std::fs::read(out.join("model.onnx.data")).unwrap(), model)
 }
 
-/// The fixture transformer quantized as ComfyUI's scaled fp8 files are: every 2-D linear weight
-/// as F8_E4M3 `q` with `scale_weight = amax / 448`, the image attention layers (qkv, proj of 2 blocks) with a `scale_input`, the
-/// marker, keys under `model.diffusion_model.`. Returns (scaled file, the same weights dequantized
-/// to F32 in a plain BFL file).
-fn scaled_fp8_transformer(dir: &Path) -> (PathBuf, PathBuf) {
+/// `source` quantized as ComfyUI's scaled fp8 files are: every 2-D `*.weight` except
+/// `keep` (embeddings) as F8_E4M3 `q` with `scale_weight = amax / 448`, the layers whose names
+/// contain `with_input_scale` also with a `scale_input`, the marker, keys under `prefix`.
+/// Returns (scaled file, the same weights dequantized to F32 without prefix).
+fn scaled_fp8(source: &Path, prefix: &str, keep: &[&str], with_input_scale: &str, dir: &Path) -> (PathBuf, PathBuf) {
     let (mut scaled, mut dequantized) = (Vec::new(), Vec::new());
-    let prefix = "model.diffusion_model.";
-    for (name, shape, values) in tensors(&fixtures().join("transformer/dev/bfl.safetensors")) {
-        if shape.len() == 2 && name.ends_with(".weight") {
+    for (name, shape, values) in tensors(source) {
+        if shape.len() == 2 && name.ends_with(".weight") && !keep.contains(&name.as_str()) {
             let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = amax / 448.0;
             let q: Vec<float8::F8E4M3> = values.iter().map(|v| float8::F8E4M3::from_f32(v / scale)).collect();
             let real: Vec<f32> = q.iter().map(|q| q.to_f32() * scale).collect();
             let layer = name.strip_suffix(".weight").unwrap();
-            scaled.push((
-                format!("{prefix}{name}"),
-                Dtype::F8_E4M3,
-                shape.clone(),
-                q.iter().map(|q| q.to_bits()).collect(),
-            ));
-            scaled.push((
-                format!("{prefix}{layer}.scale_weight"),
-                Dtype::F32,
-                vec![],
-                scale.to_le_bytes().to_vec(),
-            ));
-            if layer.contains("img_attn") {
-                scaled.push((
-                    format!("{prefix}{layer}.scale_input"),
-                    Dtype::F32,
-                    vec![],
-                    1f32.to_le_bytes().to_vec(),
-                ));
+            let bits = q.iter().map(|q| q.to_bits()).collect();
+            scaled.push((format!("{prefix}{name}"), Dtype::F8_E4M3, shape.clone(), bits));
+            let scale_weight = format!("{prefix}{layer}.scale_weight");
+            scaled.push((scale_weight, Dtype::F32, vec![], scale.to_le_bytes().to_vec()));
+            if layer.contains(with_input_scale) {
+                let scale_input = format!("{prefix}{layer}.scale_input");
+                scaled.push((scale_input, Dtype::F32, vec![], 1f32.to_le_bytes().to_vec()));
             }
             dequantized.push((name, Dtype::F32, shape, f32_bytes(&real)));
         } else {
@@ -100,13 +87,21 @@ fn scaled_fp8_transformer(dir: &Path) -> (PathBuf, PathBuf) {
         }
     }
     scaled.push((format!("{prefix}scaled_fp8"), Dtype::F8_E4M3, vec![0], vec![]));
+    let stem = source.file_stem().unwrap().to_str().unwrap();
     let (a, b) = (
-        dir.join("flux1-dev_fp8_scaled.safetensors"),
-        dir.join("dequantized.safetensors"),
+        dir.join(format!("{stem}_fp8_scaled.safetensors")),
+        dir.join(format!("{stem}_dequantized.safetensors")),
     );
     write(&a, &scaled);
     write(&b, &dequantized);
     (a, b)
+}
+
+/// The dev transformer as `flux1-dev_fp8_scaled.safetensors` (the image attention layers,
+/// qkv and proj of 2 blocks, with a `scale_input`).
+fn scaled_fp8_transformer(dir: &Path) -> (PathBuf, PathBuf) {
+    let bfl = fixtures().join("transformer/dev/bfl.safetensors");
+    scaled_fp8(&bfl, "model.diffusion_model.", &[], "img_attn", dir)
 }
 
 fn run_transformer(model: &Path) -> Vec<f32> {
@@ -154,6 +149,53 @@ fn scaled_fp8_exports_the_dequantized_weights_in_every_precision() {
             let err = relative_error(&run_transformer(&model), &run_transformer(&reference));
             assert!(err <= 1e-5, "rel err {err:.3e}");
         }
+    }
+}
+
+/// `t5xxl_fp8_e4m3fn_scaled.safetensors`: the encoder's linear weights scaled, the embedding not.
+/// (The writer lays initializers out in checkpoint byte order, which differs between the two
+/// files, so the outputs are compared rather than the data files.)
+#[test]
+fn scaled_fp8_t5_exports_the_dequantized_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scaled, dequantized) = scaled_fp8(
+        &fixtures().join("t5/shared.safetensors"),
+        "",
+        &["shared.weight"],
+        "SelfAttention",
+        dir.path(),
+    );
+    let summary = Checkpoint::load(&scaled, "text_encoder_2", &[])
+        .unwrap()
+        .scaled_fp8
+        .unwrap();
+    assert!(
+        summary.dequantized_weights > 0 && summary.input_scales > 0,
+        "{summary:?}"
+    );
+    let config = config(&fixtures().join("t5/config.json"));
+    let ids = common::io_tensor::<i64>(&fixtures().join("t5/io.safetensors"), "input_ids_L17");
+    let run = |model: &Path| -> Vec<f32> {
+        let mut model = Model::load(model).unwrap();
+        let out = model.run(vec![("input_ids", Input::I64(ids.clone()))]).unwrap();
+        out["text_embeddings"].iter().copied().collect()
+    };
+    for float in [ElemType::F32, ElemType::F16] {
+        let (_, a) = export("t5", &scaled, &config, float, &dir.path().join(format!("s{float:?}")));
+        let (_, b) = export(
+            "t5",
+            &dequantized,
+            &config,
+            float,
+            &dir.path().join(format!("d{float:?}")),
+        );
+        let (a, b) = (run(&a), run(&b));
+        let err = relative_error(&a, &b);
+        assert!(err <= 1e-5, "{float:?}: rel err {err:.3e}");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{float:?}: not identical"
+        );
     }
 }
 
