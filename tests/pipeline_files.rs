@@ -353,3 +353,30 @@ fn comfyui_models_folder_exports_and_matches_flux_pipeline() {
     );
     assert!(!again.exists());
 }
+
+/// A ComfyUI all-in-one checkpoint of the fixture pipeline through `--checkpoint FILE`: every
+/// part found under its root, the bundled tokenizers and dev scheduler, the image within 40 dB.
+#[test]
+fn all_in_one_checkpoint_exports_and_matches_flux_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture_pipeline("dev");
+    let file = dir.path().join("flux1-dev-all-in-one.safetensors");
+    layouts::all_in_one(&source, &file);
+    let models = dir.path().join("models");
+    let mut args = vec!["export".to_string(), "--checkpoint".into(), file.display().to_string()];
+    args.extend(layouts::comfyui_configs(&source));
+    args.extend(["--out".to_string(), models.display().to_string()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest(&models);
+    assert_eq!(
+        m["submodels"]["clip"]["all_in_one_part"],
+        "text_encoders.clip_l.transformer."
+    );
+    assert_eq!(m["submodels"]["transformer"]["layout"], "bfl");
+    assert_eq!(m["settings"]["pipeline_files"]["tokenizer_2"]["kind"], "bundled");
+    matches_flux_pipeline("dev", &models);
+}

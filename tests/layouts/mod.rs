@@ -89,6 +89,34 @@ pub fn comfyui_folder(pipeline: &Path, root: &Path) -> PathBuf {
     root.to_path_buf()
 }
 
+/// The fixture pipeline as one ComfyUI all-in-one file: BFL transformer under
+/// `model.diffusion_model.`, CLIP under `text_encoders.clip_l.transformer.text_model.`, T5 under
+/// `text_encoders.t5xxl.transformer.`, the LDM VAE under `vae.`.
+pub fn all_in_one(pipeline: &Path, path: &Path) {
+    let mut all = Vec::new();
+    let transformer = tensors(&pipeline.join("transformer/diffusion_pytorch_model.safetensors"));
+    let vae = tensors(&pipeline.join("vae/diffusion_pytorch_model.safetensors"));
+    let clip = tensors(&pipeline.join("text_encoder/model.safetensors"));
+    let t5 = tensors(&pipeline.join("text_encoder_2/model.safetensors"));
+    let parts = [
+        ("model.diffusion_model.", bfl_transformer(&transformer)),
+        ("vae.", ldm_vae(&vae)),
+        ("text_encoders.t5xxl.transformer.", t5),
+    ];
+    for (root, tensors) in parts {
+        all.extend(tensors.into_iter().map(|(n, s, v)| (format!("{root}{n}"), s, v)));
+    }
+    for (name, shape, values) in clip {
+        let name = if name.starts_with("text_model.") {
+            name
+        } else {
+            format!("text_model.{name}")
+        };
+        all.push((format!("text_encoders.clip_l.transformer.{name}"), shape, values));
+    }
+    write(path, &all);
+}
+
 type Tensor = (String, Vec<usize>, Vec<f32>);
 
 fn tensors(file: &Path) -> Vec<Tensor> {
