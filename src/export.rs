@@ -5,6 +5,7 @@
 //! folder beside `out`, swapped in whole only when all submodels succeeded (`output_dir`).
 
 use crate::manifest::{FileEntry, Manifest};
+use crate::pipeline_files::{self, Origin, PipelineFile, PipelineFileSources};
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
@@ -21,9 +22,6 @@ use std::path::{Path, PathBuf};
 /// Submodel names in pipeline order.
 pub const SUBMODELS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
 
-/// Pipeline folders copied next to the graphs (tokenizers for CLIP and T5, the scheduler config).
-const PIPELINE_EXTRAS: [&str; 3] = ["tokenizer", "tokenizer_2", "scheduler"];
-
 /// Where one submodel comes from and how it is exported.
 #[derive(Clone, Debug)]
 pub struct SubmodelSource {
@@ -38,8 +36,8 @@ pub struct SubmodelSource {
 #[derive(Clone, Debug)]
 pub struct ExportRequest {
     pub submodels: Vec<SubmodelSource>,
-    /// The pipeline folder, for tokenizers and the scheduler config.
-    pub pipeline: Option<PathBuf>,
+    /// Where the tokenizers and the scheduler config come from.
+    pub files: PipelineFileSources,
     pub out: PathBuf,
     /// What to do with an `out` that holds an earlier export.
     pub existing: Existing,
@@ -66,6 +64,12 @@ pub struct PrecisionSettings {
 pub struct ExportedSubmodel {
     pub source: Vec<PathBuf>,
     pub source_kind: String,
+    /// The key root of this submodel's part of a ComfyUI all-in-one checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_in_one_part: Option<String>,
+    /// ComfyUI scaled fp8: weights dequantized (q · scale_weight) while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_fp8: Option<fluxbuild_exporters::checkpoint::ScaledFp8>,
     pub layout: String,
     pub variant: Option<String>,
     pub config: serde_json::Value,
@@ -187,7 +191,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         .map(|s| {
             let exporter = exporter_for(s.name);
             Checkpoint::load(&s.path, exporter.subfolder(), exporter.key_prefixes())
-                .with_context(|| format!("loading {} from {}", s.name, s.path.display()))
+                .with_context(|| format!("loading the {}", s.name))
         })
         .collect::<Result<_>>()?;
     // A wrong --out is refused before the inputs are read through.
@@ -197,6 +201,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     let calibration = load_calibration(request)?;
 
     let planned = plan_all(request, &checkpoints, calibration.as_ref())?;
+    let extras = resolve_pipeline_files(request, &planned)?;
     let staging = Staged::begin(
         &request.out,
         &input_paths(request, &checkpoints),
@@ -235,16 +240,10 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     }
     progress.finish_and_clear();
 
-    let mut extras = Vec::new();
-    if let Some(pipeline) = &request.pipeline {
-        for folder in PIPELINE_EXTRAS.iter().filter(|f| pipeline.join(f).is_dir()) {
-            staging.discard(Path::new(folder))?;
-            copy_folder(&pipeline.join(folder), &staging.path().join(folder))?;
-            extras.push(*folder);
-        }
-    }
-    for folder in &extras {
-        for file in list_files(&staging.path().join(folder))? {
+    for extra in extras.iter().filter(|e| !e.files.is_empty()) {
+        staging.discard(Path::new(extra.folder))?;
+        extra.write(staging.path())?;
+        for file in list_files(&staging.path().join(extra.folder))? {
             let rel = file.strip_prefix(staging.path()).unwrap();
             files.push(FileEntry::hash(&request.out, &request.out.join(rel), &file)?);
         }
@@ -263,13 +262,14 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
             "keep": request.precision.fp8_keep,
         })),
         "emulated_in_fp32": request.precision.emulate,
-        "pipeline": request.pipeline,
+        "pipeline": request.files.pipeline,
+        "pipeline_files": extras.iter().map(|e| (e.folder, &e.origin)).collect::<BTreeMap<_, _>>(),
     });
     manifest.submodels = serde_json::to_value(&submodels)?;
     let entries: Vec<&str> = planned
         .iter()
         .map(|p| p.source.name)
-        .chain(extras.iter().copied())
+        .chain(extras.iter().filter(|e| !e.files.is_empty()).map(|e| e.folder))
         .collect();
     // Only an explicit --update keeps what an earlier export wrote; --force replaces it all.
     let manifest = match request.existing {
@@ -281,6 +281,60 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     crash_point("export-manifest-written");
     staging.commit()?;
     Ok(manifest)
+}
+
+/// The tokenizer each exported text encoder needs and the transformer's scheduler config,
+/// resolved (and checked) before anything is written.
+fn resolve_pipeline_files(request: &ExportRequest, planned: &[Planned<'_>]) -> Result<Vec<PipelineFile>> {
+    let mut files = Vec::new();
+    for p in planned {
+        match p.source.name {
+            "clip" => {
+                files.push(check_vocabulary(pipeline_files::clip_tokenizer(&request.files)?, p)?);
+            }
+            "t5" => {
+                files.push(check_vocabulary(pipeline_files::t5_tokenizer(&request.files)?, p)?);
+            }
+            "transformer" => {
+                let variant = match p.analysis.variant.as_deref() {
+                    Some("schnell") => crate::generate::Variant::Schnell,
+                    _ => crate::generate::Variant::Dev,
+                };
+                files.push(pipeline_files::scheduler(&request.files, variant)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(files)
+}
+
+/// A tokenizer with ids beyond the encoder's embedding table belongs to another model: an error
+/// for one the user or the checkpoint supplied; the bundled one is left out (the encoder is not
+/// CLIP-L / T5-XXL, e.g. a tiny test model), which the manifest says.
+fn check_vocabulary(file: PipelineFile, p: &Planned<'_>) -> Result<PipelineFile> {
+    let rows = p.analysis.config.get("vocab_size").and_then(serde_json::Value::as_u64);
+    let (Some(rows), Some(size)) = (rows, file.vocab_size) else {
+        return Ok(file);
+    };
+    if size as u64 <= rows {
+        return Ok(file);
+    }
+    let why = format!(
+        "{size} tokens, but the {} encoder ({}) embeds only {rows}",
+        p.source.name,
+        p.source.path.display()
+    );
+    match file.origin {
+        Origin::Bundled { .. } => Ok(file.left_out(format!(
+            "the bundled tokenizer has {why}; pass --{} DIR with this encoder's tokenizer",
+            if p.source.name == "clip" {
+                "tokenizer"
+            } else {
+                "tokenizer-2"
+            }
+        ))),
+        _ => bail!("{}: {why}: the tokenizer belongs to another model", file.origin),
+    }
 }
 
 fn exporter_for(name: &str) -> &'static dyn Exporter {
@@ -296,6 +350,10 @@ fn plan_all<'a>(
     let mut planned = Vec::new();
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
+        if let Some(what) = fluxbuild_exporters::checkpoint::diagnose::mismatch(ckpt, source.name) {
+            failures.push(format!("{}: {what}", source.name));
+            continue;
+        }
         let exporter = exporter_for(source.name);
         let emulate = request.precision.emulate && source.precision != Precision::Fp32;
         let options = graph_options(source.name, source.precision, request.opset)?;
@@ -329,8 +387,11 @@ fn plan_all<'a>(
             ));
         }
     }
-    if !failures.is_empty() {
-        bail!("nothing was written:\n{}", failures.join("\n"));
+    match &failures[..] {
+        [] => {}
+        // The diagnosis comes first.
+        [one] => bail!("{one}\nnothing was written"),
+        several => bail!("nothing was written:\n{}", several.join("\n")),
     }
     Ok(planned)
 }
@@ -339,6 +400,8 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
     ExportedSubmodel {
         source: p.ckpt.source_files(),
         source_kind: format!("{:?}", p.ckpt.located.kind),
+        all_in_one_part: p.ckpt.all_in_one_part.clone(),
+        scaled_fp8: p.ckpt.scaled_fp8.clone(),
         layout: p.analysis.layout.clone(),
         variant: p.analysis.variant.clone(),
         config: p.analysis.config.clone(),
@@ -373,16 +436,6 @@ fn hash_inputs_in_background(checkpoints: &[Checkpoint]) -> std::thread::JoinHan
     std::thread::spawn(move || paths.iter().map(|p| FileEntry::hash_absolute(p)).collect())
 }
 
-fn copy_folder(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for file in list_files(from)? {
-        let target = to.join(file.strip_prefix(from).unwrap());
-        std::fs::create_dir_all(target.parent().unwrap())?;
-        std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
-    }
-    Ok(())
-}
-
 /// Regular files under `dir`, recursively, sorted.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -402,7 +455,13 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn input_paths(request: &ExportRequest, checkpoints: &[Checkpoint]) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = request.submodels.iter().map(|s| s.path.clone()).collect();
     paths.extend(request.submodels.iter().filter_map(|s| s.config.clone()));
-    paths.extend(request.pipeline.clone());
+    let files = &request.files;
+    paths.extend(
+        [&files.pipeline, &files.tokenizer, &files.tokenizer_2, &files.scheduler]
+            .into_iter()
+            .flatten()
+            .cloned(),
+    );
     paths.extend(request.precision.calibration.clone());
     paths.extend(checkpoints.iter().flat_map(|c| c.source_files()));
     paths

@@ -11,5 +11,6 @@ pub mod generate;
 pub mod manifest;
 pub mod output;
 pub mod package;
+pub mod pipeline_files;
 pub mod runtime;
 pub mod serve;

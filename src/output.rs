@@ -23,7 +23,9 @@ impl Output {
     }
 
     pub fn error(&self, error: &anyhow::Error) {
-        if self.json {
+        // A command that already printed its JSON document (with the failure in it) exits
+        // non-zero without a second one.
+        if self.json && error.downcast_ref::<AlreadyReported>().is_none() {
             let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
             println!(
                 "{}",
@@ -49,3 +51,15 @@ impl Output {
 pub const BYTES_BAR: &str = "{msg:>12} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})";
 /// Step-count bar template.
 pub const STEPS_BAR: &str = "{msg:>12} [{bar:40}] {pos}/{len} ({elapsed})";
+
+/// An error whose details are in the JSON document the command printed.
+#[derive(Debug)]
+pub struct AlreadyReported(pub String);
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AlreadyReported {}

@@ -65,7 +65,10 @@ impl PrecisionPlan {
                             networks.join(", ")
                         );
                     }
-                    plan.per_network.insert(net.to_string(), Precision::parse(p)?);
+                    let precision = Precision::parse(p)?;
+                    if let Some(before) = plan.per_network.insert(net.to_string(), precision) {
+                        bail!("--precision: `{net}` is given twice ({before} and {precision}) in `{spec}`");
+                    }
                 }
                 None if plan.default.is_some() => bail!("--precision: more than one default precision in `{spec}`"),
                 None => plan.default = Some(Precision::parse(item)?),

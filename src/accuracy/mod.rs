@@ -313,7 +313,10 @@ fn export_pipeline(
         .collect();
     let request = ExportRequest {
         submodels,
-        pipeline: Some(checkpoint.into()),
+        files: crate::pipeline_files::PipelineFileSources {
+            pipeline: crate::pipeline_files::pipeline_folder(checkpoint),
+            ..Default::default()
+        },
         out: out.into(),
         existing: fluxbuild_exporters::output_dir::Existing::Replace,
         opset: DEFAULT_OPSET,

@@ -2,7 +2,9 @@
 
 use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource, SUBMODELS};
 use crate::output::{Output, BYTES_BAR};
+use crate::pipeline_files::{pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
+use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::output_dir::Existing;
 use fluxbuild_exporters::precision::PrecisionPlan;
@@ -29,6 +31,17 @@ pub struct Args {
     /// A config.json for a submodel whose file lacks one: `FILE` (with one submodel) or `NAME=FILE`.
     #[arg(long = "config", value_name = "[NAME=]FILE")]
     configs: Vec<String>,
+    /// CLIP's tokenizer folder (tokenizer.json, or vocab.json + merges.txt); default: the pipeline's
+    /// `tokenizer/`, else the CLIP-L tokenizer bundled with fluxbuild.
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
+    /// T5's tokenizer folder (tokenizer.json or spiece.model); default: the pipeline's `tokenizer_2/`,
+    /// else the T5 v1.1 tokenizer bundled with fluxbuild.
+    #[arg(long = "tokenizer-2", value_name = "DIR")]
+    tokenizer_2: Option<PathBuf>,
+    /// The scheduler's scheduler_config.json; default: the pipeline's, else FLUX.1-dev's or schnell's.
+    #[arg(long, value_name = "FILE")]
+    scheduler: Option<PathBuf>,
     /// Output folder (new or empty; an earlier export there needs --force or --update).
     #[arg(long)]
     out: PathBuf,
@@ -87,6 +100,18 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             ));
         }
     }
+    let pipeline_files = manifest.settings["pipeline_files"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for (folder, origin) in pipeline_files {
+        if origin["kind"] == "left_out" {
+            out.warn(&format!(
+                "{folder}/ not written: {}",
+                origin["why"].as_str().unwrap_or_default()
+            ));
+        }
+    }
     out.result(&manifest, || {
         let mut text = format!("exported to {}", request.out.display());
         for s in &request.submodels {
@@ -139,6 +164,7 @@ fn request(args: &Args) -> Result<ExportRequest> {
             precision: precision.with_defaults(name),
         });
     }
+    check_single_file_checkpoint(args, &submodels)?;
     assign_configs(&args.configs, &mut submodels)?;
     let weights = match args.fp8_weights {
         Fp8WeightsArg::PerTensor => WeightScaling::PerTensor,
@@ -152,7 +178,15 @@ fn request(args: &Args) -> Result<ExportRequest> {
     };
     Ok(ExportRequest {
         submodels,
-        pipeline: args.checkpoint.clone(),
+        files: PipelineFileSources {
+            tokenizer: args.tokenizer.clone(),
+            tokenizer_2: args.tokenizer_2.clone(),
+            scheduler: args.scheduler.clone(),
+            pipeline: [&args.checkpoint, &args.clip, &args.t5, &args.transformer, &args.vae]
+                .into_iter()
+                .flatten()
+                .find_map(|p| pipeline_folder(p)),
+        },
         out: args.out.clone(),
         existing: match (args.force, args.update) {
             (true, _) => Existing::Replace,
@@ -162,6 +196,49 @@ fn request(args: &Args) -> Result<ExportRequest> {
         opset: args.opset,
         precision: settings,
     })
+}
+
+/// `--checkpoint FILE` stands for all four submodels only when the file is an all-in-one
+/// checkpoint; a file with fewer is named for what it holds, before any export work.
+fn check_single_file_checkpoint(args: &Args, submodels: &[SubmodelSource]) -> Result<()> {
+    let Some(file) = args.checkpoint.as_ref().filter(|p| p.is_file()) else {
+        return Ok(());
+    };
+    let holds = |name: &str| -> Result<bool> {
+        let exporter = fluxbuild_exporters::models::exporter(name).expect("known submodel");
+        let ckpt = Checkpoint::load(file, exporter.subfolder(), exporter.key_prefixes())?;
+        Ok(exporter.detect(&ckpt))
+    };
+    let from_file: Vec<&str> = submodels.iter().filter(|s| &s.path == file).map(|s| s.name).collect();
+    let mut held = Vec::new();
+    let mut missing = Vec::new();
+    for name in from_file {
+        if holds(name)? {
+            held.push(name);
+        } else {
+            missing.push(name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = if held.is_empty() {
+        "none of the submodels".to_string()
+    } else {
+        held.join(", ")
+    };
+    let flags: Vec<String> = missing.iter().map(|m| format!("--{} FILE", flag_for(m))).collect();
+    bail!(
+        "{}: holds {what}, not {} (not an all-in-one checkpoint): give {}{}",
+        file.display(),
+        missing.join(", "),
+        flags.join(" "),
+        if held.is_empty() {
+            String::new()
+        } else {
+            format!(", or --only {}", held.join(","))
+        }
+    )
 }
 
 fn flag_for(name: &str) -> &str {

@@ -61,6 +61,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     };
     let started = Instant::now();
     let models = ExportedModels::open(dir)?;
+    crate::generate::models::check_runs_on_cpu(dir)?;
     let variant = models.variant.value;
     let request = request_options(&args).resolve(variant)?;
     let paths = output_paths(&args.out, request.batch())?;

@@ -1,9 +1,10 @@
 //! `fluxbuild inspect PATH`: what a checkpoint is, as the exporters see it, and what is wrong with it.
 
 use crate::export::graph_options;
-use crate::output::Output;
-use anyhow::{bail, Context, Result};
-use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
+use crate::output::{AlreadyReported, Output};
+use crate::pipeline_files::{self, pipeline_folder, PipelineFileSources};
+use anyhow::{bail, Result};
+use fluxbuild_exporters::checkpoint::{diagnose, read_json, Checkpoint, ScaledFp8};
 use fluxbuild_exporters::models::{self, Exporter, EXPORTERS};
 use fluxbuild_exporters::onnx::{Problem, DEFAULT_OPSET};
 use fluxbuild_exporters::precision::Precision;
@@ -25,6 +26,12 @@ struct Report {
     submodel: &'static str,
     files: Vec<PathBuf>,
     source_kind: String,
+    /// The key root of this part, when the file is a ComfyUI all-in-one checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    all_in_one_part: Option<String>,
+    /// ComfyUI scaled fp8: weights dequantized on load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scaled_fp8: Option<ScaledFp8>,
     layout: Option<String>,
     variant: Option<String>,
     tensors: usize,
@@ -35,6 +42,18 @@ struct Report {
     problems: Vec<String>,
 }
 
+/// Problems shown in the text report (`--json` has all).
+const LISTED: usize = 20;
+
+/// The whole answer: one JSON document with `--json`, problems included.
+#[derive(Serialize)]
+struct Inspection {
+    submodels: Vec<Report>,
+    /// What `export` would write beside the graphs: tokenizer, tokenizer_2, scheduler.
+    pipeline_files: BTreeMap<&'static str, String>,
+    problems: usize,
+}
+
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let reports = if args.path.join("model_index.json").is_file() {
         EXPORTERS
@@ -43,23 +62,69 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             .map(|e| inspect(*e, &args.path, args.config.as_deref()))
             .collect::<Result<Vec<_>>>()?
     } else {
-        vec![inspect(detect(&args.path)?, &args.path, args.config.as_deref())?]
+        detect(&args.path)?
+            .into_iter()
+            .map(|e| inspect(e, &args.path, args.config.as_deref()))
+            .collect::<Result<Vec<_>>>()?
     };
     let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
-    out.result(&reports, || reports.iter().map(text).collect::<Vec<_>>().join("\n\n"));
+    let inspection = Inspection {
+        pipeline_files: pipeline_files_of(&args.path, &reports),
+        submodels: reports,
+        problems,
+    };
+    out.result(&inspection, || {
+        let mut text: Vec<String> = inspection.submodels.iter().map(text).collect();
+        let files: Vec<String> = inspection
+            .pipeline_files
+            .iter()
+            .map(|(folder, origin)| format!("  {folder:<12} {origin}"))
+            .collect();
+        text.push(format!("export would write:\n{}", files.join("\n")));
+        text.join("\n\n")
+    });
     if problems > 0 {
-        bail!("{}: {problems} problem(s) found", args.path.display());
+        return Err(AlreadyReported(format!("{}: {problems} problem(s) found", args.path.display())).into());
     }
     Ok(())
 }
 
-/// Which submodel a file or component folder holds.
-fn detect(path: &Path) -> Result<&'static dyn Exporter> {
+/// Where export would take each tokenizer and the scheduler config from.
+fn pipeline_files_of(path: &Path, reports: &[Report]) -> BTreeMap<&'static str, String> {
+    let sources = PipelineFileSources {
+        pipeline: pipeline_folder(path),
+        ..Default::default()
+    };
+    let variant = match reports.iter().find_map(|r| r.variant.as_deref()) {
+        Some("schnell") => crate::generate::Variant::Schnell,
+        _ => crate::generate::Variant::Dev,
+    };
+    let describe = |file: Result<pipeline_files::PipelineFile>| match file {
+        Ok(f) => f.origin.to_string(),
+        Err(e) => format!("unusable: {e:#}"),
+    };
+    BTreeMap::from([
+        ("tokenizer", describe(pipeline_files::clip_tokenizer(&sources))),
+        ("tokenizer_2", describe(pipeline_files::t5_tokenizer(&sources))),
+        ("scheduler", describe(pipeline_files::scheduler(&sources, variant))),
+    ])
+}
+
+/// Which submodels a file or component folder holds (all four parts of an all-in-one file).
+fn detect(path: &Path) -> Result<Vec<&'static dyn Exporter>> {
+    let mut found = Vec::new();
     for exporter in EXPORTERS {
         let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
-        if exporter.detect(&ckpt) {
-            return Ok(exporter);
+        if exporter.detect(&ckpt) && diagnose::mismatch(&ckpt, "").is_none() {
+            found.push(exporter);
         }
+    }
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    let ckpt = Checkpoint::load(path, "", &[])?;
+    if let Some(what) = diagnose::mismatch(&ckpt, "") {
+        bail!(what);
     }
     bail!(
         "{}: not a FLUX transformer, CLIP, T5 or VAE checkpoint (no known tensor names)",
@@ -68,14 +133,17 @@ fn detect(path: &Path) -> Result<&'static dyn Exporter> {
 }
 
 fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) -> Result<Report> {
-    let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())
-        .with_context(|| format!("loading {}", path.display()))?;
+    let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
     let config = match config {
         Some(c) => read_json(Some(c))?,
         None => ckpt.config()?,
     };
     let options = graph_options(exporter.name(), Precision::Fp32, DEFAULT_OPSET)?;
-    let (analysis, problems) = match models::plan(exporter, &ckpt, config.as_ref(), &options) {
+    let planned = match diagnose::mismatch(&ckpt, exporter.name()) {
+        Some(what) => Err(anyhow::anyhow!(what)),
+        None => models::plan(exporter, &ckpt, config.as_ref(), &options),
+    };
+    let (analysis, problems) = match planned {
         Ok((analysis, _graph, problems)) => (Some(analysis), problems.iter().map(Problem::to_string).collect()),
         Err(e) => (None, vec![format!("{e:#}")]),
     };
@@ -83,6 +151,8 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
         submodel: exporter.name(),
         files: ckpt.source_files(),
         source_kind: format!("{:?}", ckpt.located.kind),
+        all_in_one_part: ckpt.all_in_one_part.clone(),
+        scaled_fp8: ckpt.scaled_fp8.clone(),
         layout: analysis.as_ref().map(|a| a.layout.clone()),
         variant: analysis.as_ref().and_then(|a| a.variant.clone()),
         tensors: ckpt.len(),
@@ -94,6 +164,19 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
     })
 }
 
+/// The variant, with the blocks a pruned full-width model kept (FLUX.1 has 19 double and 38 single).
+fn variant_text(r: &Report) -> String {
+    let variant = r.variant.clone().unwrap_or_else(|| "-".into());
+    let config = r.config.as_ref();
+    let get = |key: &str| config.and_then(|c| c.get(key)).and_then(|v| v.as_u64());
+    match (get("inner_dim"), get("num_layers"), get("num_single_layers")) {
+        (Some(3072), Some(double), Some(single)) if double < 19 || single < 38 => {
+            format!("{variant} (pruned: {double} of 19 double, {single} of 38 single blocks)")
+        }
+        _ => variant,
+    }
+}
+
 fn text(r: &Report) -> String {
     let files: Vec<String> = r.files.iter().map(|f| f.display().to_string()).collect();
     let mut s = format!(
@@ -102,12 +185,21 @@ fn text(r: &Report) -> String {
         r.source_kind,
         files.join(", "),
         r.layout.as_deref().unwrap_or("?"),
-        r.variant.as_deref().unwrap_or("-"),
+        variant_text(r),
         r.tensors,
         r.parameters,
         r.bytes as f64 / 1e9,
         r.dtypes,
     );
+    if let Some(part) = &r.all_in_one_part {
+        s.push_str(&format!("\n  part:       `{part}*` of an all-in-one checkpoint"));
+    }
+    if let Some(scaled) = &r.scaled_fp8 {
+        s.push_str(&format!(
+            "\n  scaled fp8: {} weights dequantized (q * scale_weight), {} scale_input ignored",
+            scaled.dequantized_weights, scaled.input_scales
+        ));
+    }
     if let Some(config) = &r.config {
         s.push_str(&format!("\n  config:     {config}"));
     }
@@ -115,8 +207,14 @@ fn text(r: &Report) -> String {
         s.push_str("\n  problems:   none");
     } else {
         s.push_str(&format!("\n  problems ({}):", r.problems.len()));
-        for p in &r.problems {
+        for p in r.problems.iter().take(LISTED) {
             s.push_str(&format!("\n    - {p}"));
+        }
+        if r.problems.len() > LISTED {
+            s.push_str(&format!(
+                "\n    - ... and {} more (--json lists all)",
+                r.problems.len() - LISTED
+            ));
         }
     }
     s

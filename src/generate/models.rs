@@ -155,6 +155,39 @@ impl ExportedModels {
     }
 }
 
+/// ONNX Runtime's CPU kernels lack bf16 MatMul, Conv and Softmax: a bf16 graph (not emulated in
+/// fp32) cannot run locally. Said before any graph is loaded, with the ways out.
+pub fn check_runs_on_cpu(dir: &Path) -> Result<()> {
+    let manifest = Manifest::read(&dir.join("manifest.json"))?;
+    let bf16: Vec<&str> = GRAPHS
+        .iter()
+        .copied()
+        .filter(|name| {
+            let entry = manifest.submodels.get(*name);
+            let precision = entry.and_then(|e| e.get("precision")).and_then(Value::as_str);
+            let emulated = entry
+                .and_then(|e| e.pointer("/precision_plan/notes"))
+                .and_then(Value::as_array)
+                .is_some_and(|notes| {
+                    notes
+                        .iter()
+                        .any(|n| n.as_str().is_some_and(|n| n.starts_with("emulated")))
+                });
+            precision == Some("bf16") && !emulated
+        })
+        .collect();
+    if !bf16.is_empty() {
+        bail!(
+            "{}: {} exported in bf16, which ONNX Runtime's CPU cannot run (no bf16 MatMul/Conv kernels): \
+             export with --precision fp32 (or fp16) to generate locally, or add --emulate for bf16-rounded fp32 graphs; \
+             bf16 graphs are for TensorRT engines (`fluxbuild build`)",
+            dir.display(),
+            bf16.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A setting of a submodel's entry, on it or in its derived `config`.
 fn field<'a>(entry: &'a Value, name: &str) -> Option<&'a Value> {
     entry

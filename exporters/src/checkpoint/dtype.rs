@@ -11,6 +11,8 @@ pub enum DType {
     BF16,
     /// float8 e4m3 "fn" (no infinities, NaN = 0x7f/0xff); ONNX FLOAT8E4M3FN.
     F8E4M3,
+    /// float8 e5m2 (with infinities; kijai's `*_fp8_e5m2.safetensors`).
+    F8E5M2,
     /// Index buffers some files carry (CLIP's `position_ids`); listed, never a weight.
     I64,
 }
@@ -22,8 +24,9 @@ impl DType {
             "F16" => DType::F16,
             "BF16" => DType::BF16,
             "F8_E4M3" => DType::F8E4M3,
+            "F8_E5M2" => DType::F8E5M2,
             "I64" => DType::I64,
-            other => bail!("unsupported dtype {other} (expected F32, F16, BF16, F8_E4M3 or I64)"),
+            other => bail!("unsupported dtype {other} (expected F32, F16, BF16, F8_E4M3, F8_E5M2 or I64)"),
         })
     }
 
@@ -31,7 +34,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::F8E4M3 => 1,
+            DType::F8E4M3 | DType::F8E5M2 => 1,
             DType::I64 => 8,
         }
     }
@@ -42,6 +45,7 @@ impl DType {
             DType::F16 => "F16",
             DType::BF16 => "BF16",
             DType::F8E4M3 => "F8_E4M3",
+            DType::F8E5M2 => "F8_E5M2",
             DType::I64 => "I64",
         }
     }
@@ -63,6 +67,7 @@ impl DType {
                     .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
             ),
             DType::F8E4M3 => out.extend(bytes.iter().map(|&b| float8::F8E4M3::from_bits(b).to_f32())),
+            DType::F8E5M2 => out.extend(bytes.iter().map(|&b| float8::F8E5M2::from_bits(b).to_f32())),
             DType::I64 => out.extend(
                 bytes
                     .chunks_exact(8)

@@ -32,12 +32,26 @@ const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 /// Locates a component. `path` may be a pipeline folder (then `subfolder` is entered),
 /// a component folder, or a single file.
 pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
-    if path.is_file() {
-        return single_file(path);
+    let Ok(metadata) = std::fs::metadata(path) else {
+        let reason = why_not_a_file(path).unwrap_or_else(|| "cannot be read".to_string());
+        bail!("{}: {reason}", path.display());
+    };
+    if metadata.is_file() {
+        return single_file(path, subfolder);
     }
-    if !path.is_dir() {
+    if !metadata.is_dir() {
         let reason = why_not_a_file(path).unwrap_or_else(|| "is not a file or folder".to_string());
         bail!("{}: {reason}", path.display());
+    }
+    if let Some(snapshot) = hub_cache_snapshot(path) {
+        bail!(
+            "{}: a Hugging Face cache folder, not a checkpoint: use its snapshot, {}",
+            path.display(),
+            snapshot.display()
+        );
+    }
+    if let Some(models) = comfy_models_folder(path) {
+        return comfy_file(&models, subfolder);
     }
     if path.join("model_index.json").is_file() {
         let component = path.join(subfolder);
@@ -49,19 +63,145 @@ pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
     component_folder(path)
 }
 
-fn single_file(path: &Path) -> Result<Located> {
+/// The snapshot to use when `path` is a Hugging Face cache repository (`models--org--name/`
+/// with `snapshots/` and `refs/`): the one `refs/main` names, else the only or first one.
+fn hub_cache_snapshot(path: &Path) -> Option<PathBuf> {
+    let snapshots = path.join("snapshots");
+    if !snapshots.is_dir() || !path.join("refs").is_dir() {
+        return None;
+    }
+    let main = std::fs::read_to_string(path.join("refs/main")).ok();
+    if let Some(commit) = main
+        .map(|c| c.trim().to_string())
+        .filter(|c| snapshots.join(c).is_dir())
+    {
+        return Some(snapshots.join(commit));
+    }
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    all.sort();
+    Some(all.into_iter().next().unwrap_or(snapshots.join("<commit>")))
+}
+
+/// ComfyUI's model folders, per diffusers subfolder: where to look and which file names fit
+/// (lowercase substrings; empty = any).
+const COMFY_FOLDERS: [(&str, &[&str], &[&str]); 4] = [
+    ("transformer", &["diffusion_models", "unet"], &[]),
+    ("text_encoder", &["text_encoders", "clip"], &["clip_l"]),
+    ("text_encoder_2", &["text_encoders", "clip"], &["t5"]),
+    ("vae", &["vae"], &[]),
+];
+
+/// `path` itself or `path/models` when it is a ComfyUI `models/` folder (not a diffusers folder).
+fn comfy_models_folder(path: &Path) -> Option<PathBuf> {
+    let is_models = |p: &Path| {
+        ["diffusion_models", "unet", "text_encoders", "vae"]
+            .iter()
+            .any(|f| p.join(f).is_dir())
+            && !p.join("model_index.json").is_file()
+    };
+    [path.to_path_buf(), path.join("models")]
+        .into_iter()
+        .find(|p| is_models(p))
+}
+
+/// The one file of a ComfyUI `models/` folder that holds `subfolder`'s submodel.
+fn comfy_file(models: &Path, subfolder: &str) -> Result<Located> {
+    let Some((_, folders, names)) = COMFY_FOLDERS.iter().find(|(s, _, _)| *s == subfolder) else {
+        bail!("{}: a ComfyUI models folder has no `{subfolder}`", models.display());
+    };
+    let mut candidates = Vec::new();
+    for folder in folders.iter().map(|f| models.join(f)).filter(|f| f.is_dir()) {
+        let entries = std::fs::read_dir(&folder).with_context(|| format!("{}: cannot list", folder.display()))?;
+        for file in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let name = file.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+            let weights = name.ends_with(".safetensors") || name.ends_with(".sft");
+            if weights && (names.is_empty() || names.iter().any(|n| name.contains(n))) {
+                candidates.push(file);
+            }
+        }
+    }
+    candidates.sort();
+    let flag = match subfolder {
+        "transformer" => "--transformer",
+        "text_encoder" => "--clip",
+        "text_encoder_2" => "--t5",
+        _ => "--vae",
+    };
+    match &candidates[..] {
+        [one] => single_file(one, subfolder),
+        [] => bail!(
+            "{}: a ComfyUI models folder with no {} file in {}/; pass {flag} FILE",
+            models.display(),
+            if names.is_empty() {
+                "*.safetensors".to_string()
+            } else {
+                format!("*{}*.safetensors", names.join("|"))
+            },
+            folders.join("/ or "),
+        ),
+        several => bail!(
+            "{}: a ComfyUI models folder with {} candidates for {flag} ({}); pass {flag} FILE to choose",
+            models.display(),
+            several.len(),
+            several
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A single file; a `config.json` beside it is its config only if it describes this submodel
+/// (files of several models often share a folder).
+fn single_file(path: &Path, subfolder: &str) -> Result<Located> {
     refuse_pickle_name(path)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !matches!(ext, "safetensors" | "sft") {
+    if !matches!(ext, "safetensors" | "sft" | "gguf") {
         bail!("{}: expected a .safetensors file", path.display());
     }
     let beside = path.with_file_name("config.json");
+    let applies = beside.is_file() && describes(&beside, subfolder);
     Ok(Located {
         files: vec![path.to_path_buf()],
-        config: beside.is_file().then_some(beside),
+        config: applies.then_some(beside),
         index: None,
         kind: SourceKind::SingleFile,
     })
+}
+
+/// Whether the config at `path` is for `subfolder`'s kind of model, judged by the names configs
+/// carry (`_class_name`, `model_type`, `architectures`); one naming none of them is assumed to.
+fn describes(path: &Path, subfolder: &str) -> bool {
+    let Some(config) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return true;
+    };
+    let mut names: Vec<String> = ["_class_name", "model_type"]
+        .iter()
+        .filter_map(|k| config.get(*k).and_then(|v| v.as_str()).map(str::to_lowercase))
+        .collect();
+    names.extend(
+        config["architectures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_lowercase)),
+    );
+    let wanted: &[&str] = match subfolder {
+        "transformer" => &["flux", "transformer2d"],
+        "text_encoder" => &["clip"],
+        "text_encoder_2" => &["t5"],
+        "vae" => &["autoencoder", "vae"],
+        _ => return true,
+    };
+    names.is_empty() || names.iter().any(|n| wanted.iter().any(|w| n.contains(w)))
 }
 
 fn component_folder(dir: &Path) -> Result<Located> {

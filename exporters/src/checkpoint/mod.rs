@@ -1,9 +1,12 @@
 //! Stage 1 input: FLUX checkpoints as memory-mapped safetensors.
 
+pub mod all_in_one;
+pub mod diagnose;
 mod dtype;
 mod index;
 mod locate;
 mod safetensors_file;
+mod scaled_fp8;
 
 pub use dtype::DType;
 pub use index::read_weight_map;
@@ -11,6 +14,7 @@ pub use locate::{locate, Located, SourceKind};
 pub use safetensors_file::{
     parse_header, refuse_pickle_name, require_regular_file, shorten, why_not_a_file, SafetensorsFile, TensorInfo,
 };
+pub use scaled_fp8::ScaledFp8;
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +28,12 @@ pub struct Checkpoint {
     tensors: BTreeMap<String, (usize, TensorInfo)>,
     /// The prefix that was stripped from every key ("" if none).
     pub prefix: String,
+    /// The key root of this submodel's part when the file is an all-in-one checkpoint.
+    pub all_in_one_part: Option<String>,
+    /// Set for ComfyUI scaled-fp8 files, whose weights are dequantized on load.
+    pub scaled_fp8: Option<ScaledFp8>,
+    /// Dequantization multiplier of each scaled weight, by name.
+    scales: BTreeMap<String, f32>,
 }
 
 /// A borrowed view of one tensor.
@@ -32,6 +42,8 @@ pub struct TensorRef<'a> {
     pub name: &'a str,
     pub file: &'a SafetensorsFile,
     pub info: &'a TensorInfo,
+    /// Scaled-fp8 weights: the stored values times this are the real ones.
+    pub scale: Option<f32>,
 }
 
 impl<'a> TensorRef<'a> {
@@ -47,8 +59,16 @@ impl<'a> TensorRef<'a> {
     /// The whole tensor as f32 (for small tensors and tests; exporters stream instead).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = Vec::new();
-        self.dtype().decode_into(self.bytes(), &mut out);
+        self.decode_into(self.bytes(), &mut out);
         out
+    }
+    /// Decodes `bytes` (a row range of this tensor) to the real values, dequantized if scaled.
+    pub fn decode_into(&self, bytes: &[u8], out: &mut Vec<f32>) {
+        let start = out.len();
+        self.dtype().decode_into(bytes, out);
+        if let Some(scale) = self.scale {
+            out[start..].iter_mut().for_each(|v| *v *= scale);
+        }
     }
     pub fn release(&self) {
         self.file.release(self.info)
@@ -62,23 +82,40 @@ impl<'a> TensorRef<'a> {
 }
 
 impl Checkpoint {
-    /// Opens a located submodel. The first of `prefixes` that any key carries is stripped from
-    /// every key that has it, so prefixed and bare layouts look the same downstream.
-    pub fn open(located: Located, prefixes: &[&str]) -> Result<Checkpoint> {
+    /// Opens the submodel of diffusers folder `subfolder` (which names its part of an all-in-one
+    /// file). The first of `prefixes` that any key carries is stripped from every key that has it,
+    /// so prefixed and bare layouts look the same downstream.
+    pub fn open(located: Located, subfolder: &str, prefixes: &[&str]) -> Result<Checkpoint> {
+        for path in &located.files {
+            if let Some(what) = diagnose::foreign_file(path, &file_head(path)) {
+                bail!(what);
+            }
+        }
         let files: Vec<SafetensorsFile> = located
             .files
             .iter()
             .map(|p| SafetensorsFile::open(p))
             .collect::<Result<_>>()?;
+        let all_in_one_part = all_in_one_root(&files, subfolder)?;
+        let part = all_in_one_part.as_deref().unwrap_or("");
+        let in_part = |name: &str| -> Option<String> {
+            let rest = name.strip_prefix(part)?;
+            (part.is_empty() || !all_in_one::belongs_elsewhere(name, part)).then(|| rest.to_string())
+        };
         let prefix = prefixes
             .iter()
-            .find(|p| files.iter().any(|f| f.tensors.keys().any(|k| k.starts_with(*p))))
+            .find(|p| {
+                files
+                    .iter()
+                    .any(|f| f.tensors.keys().filter_map(|k| in_part(k)).any(|k| k.starts_with(*p)))
+            })
             .map(|p| p.to_string())
             .unwrap_or_default();
         let mut tensors = BTreeMap::new();
         for (index, file) in files.iter().enumerate() {
             for (name, info) in &file.tensors {
-                let key = name.strip_prefix(prefix.as_str()).unwrap_or(name).to_string();
+                let Some(name) = in_part(name) else { continue };
+                let key = name.strip_prefix(prefix.as_str()).unwrap_or(&name).to_string();
                 if let Some((other, _)) = tensors.insert(key.clone(), (index, info.clone())) {
                     bail!(
                         "tensor {key} is stored twice: in {} and {}",
@@ -88,11 +125,18 @@ impl Checkpoint {
                 }
             }
         }
+        let (scaled_fp8, scales) = match scaled_fp8::take_scales(&mut tensors, &files)? {
+            Some((summary, scales)) => (Some(summary), scales),
+            None => (None, BTreeMap::new()),
+        };
         let checkpoint = Checkpoint {
             located,
             files,
             tensors,
-            prefix,
+            prefix: format!("{part}{prefix}"),
+            all_in_one_part,
+            scaled_fp8,
+            scales,
         };
         checkpoint.check_index()?;
         Ok(checkpoint)
@@ -100,7 +144,7 @@ impl Checkpoint {
 
     /// Convenience: locate + open.
     pub fn load(path: &Path, subfolder: &str, prefixes: &[&str]) -> Result<Checkpoint> {
-        Checkpoint::open(locate(path, subfolder)?, prefixes)
+        Checkpoint::open(locate(path, subfolder)?, subfolder, prefixes)
     }
 
     /// A shard index must not lie about where tensors are.
@@ -135,6 +179,7 @@ impl Checkpoint {
             name: key,
             file: &self.files[*file],
             info,
+            scale: self.scales.get(key).copied(),
         })
     }
 
@@ -151,6 +196,7 @@ impl Checkpoint {
             name: key,
             file: &self.files[*file],
             info,
+            scale: self.scales.get(key).copied(),
         })
     }
 
@@ -194,6 +240,38 @@ impl Checkpoint {
     pub fn source_files(&self) -> Vec<PathBuf> {
         self.files.iter().map(|f| f.path.clone()).collect()
     }
+}
+
+/// The key root of `subfolder`'s part when `files` form an all-in-one checkpoint (keys under the
+/// roots of two or more submodels); an error when that part is not in it.
+fn all_in_one_root(files: &[SafetensorsFile], subfolder: &str) -> Result<Option<String>> {
+    let names = files.iter().flat_map(|f| f.tensors.keys().map(String::as_str));
+    let present = all_in_one::parts_present(names);
+    if present.len() < 2 {
+        return Ok(None);
+    }
+    let Some(root) = all_in_one::root_of(subfolder) else {
+        return Ok(None);
+    };
+    let file = &files[0].path;
+    if !files.iter().any(|f| f.tensors.keys().any(|k| k.starts_with(root))) {
+        bail!(
+            "{}: an all-in-one checkpoint with {} but no tensors under `{root}`: give this submodel's own file",
+            file.display(),
+            present.join(", ")
+        );
+    }
+    Ok(Some(root.to_string()))
+}
+
+/// The first bytes of a file (empty when unreadable: opening it then says why).
+fn file_head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(32).read_to_end(&mut head);
+    }
+    head
 }
 
 /// Reads an optional JSON file (a `--config` override or a `config.json`).

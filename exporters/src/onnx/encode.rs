@@ -39,8 +39,8 @@ impl Deref for Encoded<'_> {
 
 /// Encodes one plan as `elem`, little-endian. Borrows the checkpoint bytes when nothing changes.
 pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded<'a>, ConversionStats)> {
-    // A quantization scale always needs the values, so it takes the f32 path below.
-    if plan.scale.is_none() {
+    // A quantization scale, or a scaled-fp8 source, always needs the values: the f32 path below.
+    if plan.scale.is_none() && plan.parts.iter().all(|p| p.tensor.scale.is_none()) {
         if let Some(bytes) = passthrough(plan, elem) {
             return Ok((Encoded::Borrowed(bytes), ConversionStats::default()));
         }
@@ -50,7 +50,7 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded
     }
     let mut values = Vec::with_capacity(plan.rows() * plan.cols);
     for part in &plan.parts {
-        part.tensor.dtype().decode_into(part_bytes(plan, part), &mut values);
+        part.tensor.decode_into(part_bytes(plan, part), &mut values);
     }
     if plan.transpose {
         values = transpose(&values, plan.rows(), plan.cols);

@@ -30,6 +30,15 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// The serialized `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::Missing { .. } => "missing",
+            Problem::WrongShape { .. } => "wrong_shape",
+            Problem::Unexpected { .. } => "unexpected",
+        }
+    }
+
     pub fn tensor(&self) -> &str {
         match self {
             Problem::Missing { tensor, .. }
@@ -250,12 +259,35 @@ impl<'a> Param<'a> {
     }
 }
 
-/// Problems as one error message, by tensor name.
+/// Lists longer than this are summarised: counts by kind and the first few of each.
+const LISTED: usize = 20;
+const FIRST_OF_KIND: usize = 5;
+
+/// Problems as one error message, by tensor name; a long list as counts by kind with the first
+/// few names of each (`inspect --json` lists all).
 pub fn problems_error(source: &str, problems: &[Problem]) -> anyhow::Error {
-    let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-    anyhow::anyhow!(
-        "{source}: {} problem(s) in the checkpoint:\n{}",
-        problems.len(),
-        list.join("\n")
-    )
+    let head = format!("{source}: {} problem(s) in the checkpoint", problems.len());
+    if problems.len() <= LISTED {
+        let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+        return anyhow::anyhow!("{head}:\n{}", list.join("\n"));
+    }
+    let mut text = format!("{head} (the first {FIRST_OF_KIND} of each kind; `inspect --json` lists all):");
+    for (kind, label) in [
+        ("missing", "missing"),
+        ("wrong_shape", "with a wrong shape"),
+        ("unexpected", "unexpected"),
+    ] {
+        let of_kind: Vec<&Problem> = problems.iter().filter(|p| p.kind() == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        text += &format!("\n  {} {label}:", of_kind.len());
+        for p in of_kind.iter().take(FIRST_OF_KIND) {
+            text += &format!("\n    - {p}");
+        }
+        if of_kind.len() > FIRST_OF_KIND {
+            text += &format!("\n    - ... and {} more", of_kind.len() - FIRST_OF_KIND);
+        }
+    }
+    anyhow::anyhow!(text)
 }

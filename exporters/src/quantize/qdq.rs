@@ -180,7 +180,6 @@ fn weight_amax(plan: &WeightPlan<'_>, scaling: WeightScaling) -> Vec<f32> {
         for r in part.rows.clone() {
             buf.clear();
             part.tensor
-                .dtype()
                 .decode_into(&part.tensor.bytes()[r * row_bytes..(r + 1) * row_bytes], &mut buf);
             rows.push(buf.iter().fold(0f32, |m, v| m.max(v.abs())));
             cols.iter_mut().zip(&buf).for_each(|(c, v)| *c = c.max(v.abs()));

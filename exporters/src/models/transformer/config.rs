@@ -232,12 +232,51 @@ impl FluxConfig {
         Ok(derived)
     }
 
-    pub fn variant(&self) -> &'static str {
+    /// The text-to-image base: guidance-distilled dev, or schnell.
+    pub fn base_variant(&self) -> &'static str {
         if self.guidance_embeds {
             "dev"
         } else {
             "schnell"
         }
+    }
+
+    /// Which FLUX.1 model this is: by input width (Fill packs image and mask into 384 input
+    /// channels, Canny and Depth a control image into 128), else by the pipeline class in
+    /// `model_index.json`, else by the file name ComfyUI users keep (`flux1-dev-kontext_...`);
+    /// same-shaped Kontext and Krea cannot be told apart any other way.
+    pub fn variant(&self, ckpt: &Checkpoint) -> String {
+        let by_width = match self.in_channels / self.out_channels.max(1) {
+            6 => Some("fill"),
+            2 => Some("canny-or-depth"),
+            _ => None,
+        };
+        let pipeline_class = ckpt
+            .located
+            .files
+            .first()
+            .and_then(|f| f.parent()?.parent().map(|p| p.join("model_index.json")))
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["_class_name"].as_str().map(str::to_lowercase))
+            .unwrap_or_default();
+        let file_name = ckpt
+            .located
+            .files
+            .first()
+            .and_then(|f| f.file_name())
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        let named = |what: &str| pipeline_class.contains(what) || file_name.contains(what);
+        let refined = match by_width {
+            Some("canny-or-depth") if named("canny") => "canny",
+            Some("canny-or-depth") if named("depth") => "depth",
+            Some(width) => width,
+            None if named("kontext") => "kontext",
+            None if named("krea") => "krea",
+            None => self.base_variant(),
+        };
+        refined.to_string()
     }
 
     /// A config.json that disagrees with the tensors belongs to another model.

@@ -44,7 +44,7 @@ impl Exporter for TransformerExporter {
         let derived = FluxConfig::derive(ckpt, layout, config.or(own.as_ref()))?;
         Ok(Analysis {
             layout: layout.name().to_string(),
-            variant: Some(derived.variant().to_string()),
+            variant: Some(derived.variant(ckpt)),
             config: serde_json::to_value(&derived)?,
         })
     }
@@ -57,7 +57,10 @@ impl Exporter for TransformerExporter {
         graph.metadata.extend([
             ("fluxbuild.submodel".to_string(), "transformer".to_string()),
             ("fluxbuild.layout".to_string(), layout.name().to_string()),
-            ("fluxbuild.variant".to_string(), config.variant().to_string()),
+            (
+                "fluxbuild.variant".to_string(),
+                analysis.variant.clone().unwrap_or_default(),
+            ),
             (
                 "fluxbuild.precision".to_string(),
                 serde_json::to_value(options.float)?

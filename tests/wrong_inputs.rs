@@ -1,0 +1,283 @@
+//! Files that are not what was asked for get a one-line diagnosis first (naming the file once),
+//! a non-zero exit and nothing in --out: git-lfs pointers, GGUF, LoRAs (kohya and diffusers),
+//! another model family, CLIP and T5 swapped; `inspect --json` prints exactly one document.
+
+mod common;
+
+use common::{fixtures, write_f32_safetensors};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fluxbuild(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn refused(flag: &str, file: &Path, expected: &str) {
+    let out_dir = file.with_file_name("out");
+    let out = fluxbuild(&[
+        "export",
+        flag,
+        file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}: exported", file.display());
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(expected),
+        "{}: first line {first:?}\n{stderr}",
+        file.display()
+    );
+    let name = file.display().to_string();
+    assert_eq!(stderr.matches(&name).count(), 1, "the path once:\n{stderr}");
+    assert!(!out_dir.exists(), "{}: nothing in --out", file.display());
+}
+
+#[test]
+fn foreign_files_get_a_one_line_diagnosis() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| {
+        let sub = dir.path().join(name.replace('.', "_"));
+        std::fs::create_dir_all(&sub).unwrap();
+        sub.join(name)
+    };
+
+    let pointer = at("flux1-dev.safetensors");
+    std::fs::write(
+        &pointer,
+        "version https://git-lfs.github.com/spec/v1\noid sha256:4610115bb0c89560703c892c59ac2742fa821e60ef5871b33493ba544683abd7\nsize 23802932552\n",
+    )
+    .unwrap();
+    refused("--transformer", &pointer, "a git-lfs pointer, not the weights");
+
+    let gguf = at("flux1-dev-Q8_0.gguf");
+    std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00").unwrap();
+    refused("--transformer", &gguf, "a GGUF file");
+
+    let kohya = at("my_flux_lora.safetensors");
+    write_f32_safetensors(
+        &kohya,
+        &[
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+                vec![4, 32],
+                vec![0.0; 128],
+            ),
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
+                vec![96, 4],
+                vec![0.0; 384],
+            ),
+            ("lora_unet_double_blocks_0_img_attn_qkv.alpha", vec![], vec![4.0]),
+        ],
+    );
+    refused("--transformer", &kohya, "a LoRA (kohya style, 1 low-rank pairs)");
+
+    let peft = at("pytorch_lora_weights.safetensors");
+    write_f32_safetensors(
+        &peft,
+        &[
+            (
+                "transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
+                vec![4, 32],
+                vec![0.0; 128],
+            ),
+            (
+                "transformer.transformer_blocks.0.attn.to_q.lora_B.weight",
+                vec![32, 4],
+                vec![0.0; 128],
+            ),
+        ],
+    );
+    refused("--transformer", &peft, "a LoRA (diffusers/PEFT style");
+
+    let sd3 = at("sd3_medium.safetensors");
+    write_f32_safetensors(
+        &sd3,
+        &[(
+            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+            vec![6, 2],
+            vec![0.0; 12],
+        )],
+    );
+    refused("--transformer", &sd3, "a Stable Diffusion 3 model");
+
+    // CLIP and T5 swapped on the command line.
+    let t5 = at("t5xxl_fp16.safetensors");
+    std::fs::copy(fixtures().join("t5/shared.safetensors"), &t5).unwrap();
+    refused("--clip", &t5, "the T5 encoder, given where CLIP-L was expected");
+    let clip = at("clip_l.safetensors");
+    std::fs::copy(fixtures().join("clip/model.safetensors"), &clip).unwrap();
+    refused("--t5", &clip, "the CLIP-L encoder, given where T5-XXL was expected");
+}
+
+#[test]
+fn inspect_json_is_one_document_even_with_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    // The dev fixture with one block's tensors renamed: many problems, one document.
+    let file = dir.path().join("broken.safetensors");
+    let ckpt =
+        fluxbuild_exporters::checkpoint::Checkpoint::load(&fixtures().join("transformer/dev/bfl.safetensors"), "", &[])
+            .unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = ckpt
+        .tensors()
+        .map(|t| {
+            (
+                t.name.replace("double_blocks.1.", "double_blocks.1.x"),
+                t.shape().to_vec(),
+                t.to_f32(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    write_f32_safetensors(&file, &refs);
+    let config = fixtures().join("transformer/dev/diffusers/config.json");
+    let out = fluxbuild(&[
+        "--json",
+        "inspect",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(docs.len(), 1, "{stdout}");
+    let problems = docs[0]["problems"].as_u64().unwrap();
+    assert!(problems > 20, "{stdout}");
+    let listed = docs[0]["submodels"][0]["problems"].as_array().unwrap().len() as u64;
+    assert_eq!(listed, problems, "--json lists every problem");
+    let tokenizer = docs[0]["pipeline_files"]["tokenizer"].as_str().unwrap();
+    assert!(tokenizer.contains("bundled"), "{tokenizer}");
+
+    // The text form of the export error is a summary: counts by kind, a few names each.
+    let out_dir = dir.path().join("out");
+    let out = fluxbuild(&[
+        "export",
+        "--transformer",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("missing:") && stderr.contains("unexpected:") && stderr.contains("more"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().count() < 20, "{stderr}");
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn bf16_graphs_are_refused_by_local_generate_with_the_ways_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = fixtures().join("pipeline/schnell");
+    let export = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "export",
+            "--checkpoint",
+            pipeline.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = fluxbuild(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let generate = |models: &Path| {
+        let png = models.with_extension("png");
+        let out = fluxbuild(&[
+            "generate",
+            "--models",
+            models.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--steps",
+            "1",
+            "--out",
+            png.to_str().unwrap(),
+        ]);
+        (out, png)
+    };
+    let bf16 = dir.path().join("bf16");
+    export(&["--precision", "transformer=bf16"], &bf16);
+    let (out, png) = generate(&bf16);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("transformer exported in bf16, which ONNX Runtime's CPU cannot run")
+            && stderr.contains("--emulate"),
+        "{stderr}"
+    );
+    assert!(!png.exists());
+
+    let emulated = dir.path().join("emulated");
+    export(&["--precision", "transformer=bf16", "--emulate"], &emulated);
+    let (out, _) = generate(&emulated);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_network_given_two_precisions_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let pipeline = fixtures().join("pipeline/schnell");
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        pipeline.to_str().unwrap(),
+        "--precision",
+        "transformer=fp16,transformer=bf16",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("transformer") && stderr.contains("twice"), "{stderr}");
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn checkpoint_file_that_is_not_all_in_one_names_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let file = fixtures().join("transformer/dev/bfl.safetensors");
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let first = stderr.lines().next().unwrap();
+    assert!(
+        first.contains("holds transformer, not clip, t5, vae_decoder (not an all-in-one checkpoint)")
+            && first.contains("--clip FILE --t5 FILE --vae FILE")
+            && first.contains("--only transformer"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("CLIP"),
+        "no CLIP error for a transformer file: {stderr}"
+    );
+    assert!(!out_dir.exists());
+}
