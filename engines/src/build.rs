@@ -6,7 +6,7 @@
 use crate::graph::{external_files, read_model};
 use crate::interface;
 use crate::key::{cache_key, FileDigest, KeyInputs};
-use crate::settings::{BuildSettings, BuilderKind, Precision};
+use crate::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
 use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::util::{sha256_file, write_atomic};
@@ -58,8 +58,12 @@ pub struct EngineRecord {
     pub shapes: Vec<ProfileShapes>,
     pub settings: BuildSettings,
     pub timing_cache: Option<PathBuf>,
+    /// The version of the runtime that built it (`settings.runtime`: TensorRT or TensorRT-RTX).
     pub tensorrt_version: String,
+    /// The GPUs it runs on: the building GPU's compute capability (TensorRT), or the
+    /// TensorRT-RTX targets ("8.0, 8.6, 8.9, 12.0, 12.1").
     pub compute_capability: String,
+    /// The GPU that built it; empty for TensorRT-RTX's ahead-of-time builds.
     pub gpu: String,
     /// The trtexec command line (trtexec builds only).
     pub command_line: Option<Vec<String>>,
@@ -128,21 +132,85 @@ pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain) -> Result<()
             );
         }
     }
-    match toolchain.builder {
-        BuilderKind::Trtexec => Ok(()),
+    if request.settings.runtime != toolchain.runtime {
+        bail!(
+            "internal: {} settings with a {} toolchain",
+            request.settings.runtime,
+            toolchain.runtime
+        );
+    }
+    match (toolchain.runtime, toolchain.builder) {
+        (Runtime::Tensorrt, BuilderKind::Trtexec) => Ok(()),
+        (Runtime::Tensorrt, BuilderKind::Native) => bail!(
+            "--builder native builds TensorRT-RTX engines (--runtime tensorrt-rtx); standard TensorRT builds with \
+             --builder trtexec (fluxbuild's native builder is compiled against the TensorRT-RTX headers)"
+        ),
         #[cfg(feature = "native-builder")]
-        BuilderKind::Native => {
-            let libs = toolchain
-                .libs
-                .as_ref()
-                .expect("the native probe requires the libraries");
-            crate::native::check(libs, &request.settings, request.timing_cache.as_deref())
-        }
+        (Runtime::TensorrtRtx, _) => crate::native::check(&request.settings, request.timing_cache.as_deref()),
         #[cfg(not(feature = "native-builder"))]
-        BuilderKind::Native => {
-            bail!("this fluxbuild was built without the native builder (feature native-builder); use --builder trtexec")
+        (Runtime::TensorrtRtx, _) => {
+            bail!("this fluxbuild was built without the native builder (feature native-builder), which TensorRT-RTX needs")
         }
     }
+}
+
+/// The GPUs the engines will run on: the building GPU (TensorRT) or the TensorRT-RTX targets.
+pub fn targets(settings: &BuildSettings, toolchain: &Toolchain) -> Vec<ComputeCapability> {
+    match settings.runtime {
+        Runtime::TensorrtRtx => settings.rtx_targets(),
+        Runtime::Tensorrt => toolchain
+            .gpu
+            .iter()
+            .filter_map(|g| g.compute_capability.parse().ok())
+            .collect(),
+    }
+}
+
+/// The oldest GPU that runs a graph's number types: FP8 needs compute capability 8.9 (Ada),
+/// BF16 8.0 (Ampere). Read from the initializers' types (their data is never loaded).
+pub fn required_capability(model: &pb::ModelProto) -> Option<(ComputeCapability, &'static str)> {
+    let types: Vec<i32> = model
+        .graph
+        .get_or_default()
+        .initializer
+        .iter()
+        .map(|t| t.data_type)
+        .collect();
+    if types.iter().any(|t| (17..=20).contains(t)) {
+        Some((ComputeCapability(89), "FP8"))
+    } else if types.contains(&16) {
+        Some((ComputeCapability(80), "BF16"))
+    } else {
+        None
+    }
+}
+
+/// Refuses, before any work, graphs whose number types some target GPU cannot run.
+pub fn check_targets(request: &BuildRequest, graphs: &[Graph], toolchain: &Toolchain) -> Result<()> {
+    let targets = targets(&request.settings, toolchain);
+    for graph in graphs {
+        let Some((needed, what)) = required_capability(&graph.model) else {
+            continue;
+        };
+        let unable: Vec<ComputeCapability> = targets.iter().copied().filter(|t| *t < needed).collect();
+        if unable.is_empty() {
+            continue;
+        }
+        let chosen =
+            if request.settings.runtime == Runtime::TensorrtRtx && request.settings.compute_capabilities.is_empty() {
+                " (TensorRT-RTX's default targets)"
+            } else {
+                ""
+            };
+        bail!(
+            "{}: {what} graph, but it would run on compute capability {}{chosen}; {what} needs {needed} or newer. \
+             Build for GPUs that run it (--compute-capability {}) or export another precision",
+            graph.onnx.display(),
+            list(&unable),
+            list(&targets.iter().copied().filter(|t| *t >= needed).collect::<Vec<_>>()).replace(' ', "")
+        );
+    }
+    Ok(())
 }
 
 /// A planned engine: its key, and the earlier build it reuses if that key matches.
@@ -168,6 +236,7 @@ pub fn plan(
 ) -> Result<Vec<EnginePlan>> {
     let export = ExportFiles::read(&request.models);
     let tensorrt = toolchain.tensorrt.to_string();
+    let targets = list(&targets(&request.settings, toolchain));
     let spinner = spinner();
     let plans = graphs
         .into_iter()
@@ -175,12 +244,13 @@ pub fn plan(
             spinner.set_message(format!("hashing {}", graph.network));
             let (files, hashes_from) = graph_digests(&graph, export.as_ref())?;
             let key = cache_key(&KeyInputs {
+                runtime: request.settings.runtime,
                 network: graph.network,
                 graph: &files,
                 settings: &request.settings,
                 profiles: &graph.shapes,
                 tensorrt: &tensorrt,
-                compute_capability: &toolchain.gpu.compute_capability,
+                compute_capability: &targets,
             });
             let plan = PathBuf::from(graph.network.name()).join("model.plan");
             let reuse = previous
@@ -284,8 +354,8 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
         settings: request.settings.clone(),
         timing_cache: request.timing_cache.clone(),
         tensorrt_version: toolchain.tensorrt.to_string(),
-        compute_capability: toolchain.gpu.compute_capability.clone(),
-        gpu: toolchain.gpu.name.clone(),
+        compute_capability: list(&targets(&request.settings, toolchain)),
+        gpu: toolchain.gpu.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
         command_line,
         build_seconds: started.elapsed().as_secs_f64(),
         built_unix: SystemTime::now()
