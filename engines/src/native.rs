@@ -67,10 +67,25 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     };
     let errors = log.errors.clone();
     let with_log = move |what: &str, e: trtx::Error| {
-        let logged = errors.lock().expect("log lock").join("\n");
+        let logged = errors.lock().expect("log lock");
+        // The parser's verdict names the node: "[6] Invalid Node - decoder.mid/Reshape_153".
+        let node = logged
+            .iter()
+            .find_map(|l| l.split_once("Invalid Node - ").map(|(_, n)| n.trim().to_string()));
+        let what = match node {
+            Some(node) => format!("{what}: TensorRT-RTX's ONNX parser rejects node {node}"),
+            None => format!("{what}: {e}"),
+        };
+        // TensorRT-RTX probes for a GPU and logs its absence; on a CPU-only build host that is no error.
+        let said: Vec<&str> = logged
+            .iter()
+            .filter(|l| !l.contains("catchCudaError"))
+            .map(String::as_str)
+            .collect();
         anyhow!(
-            "{what}: {e}{}{logged}",
-            if logged.is_empty() { "" } else { "\nTensorRT said:\n" }
+            "{what}{}{}",
+            if said.is_empty() { "" } else { "\nTensorRT said:\n" },
+            said.join("\n")
         )
     };
     let logger = Logger::new(log).map_err(|e| anyhow!("TensorRT logger: {e}"))?;
