@@ -267,6 +267,7 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
             compute_capability: "9.0".into(),
             gpu: tc.gpu.as_ref().unwrap().name.clone(),
             command_line: Some(vec!["trtexec".into(), "--fp16".into()]),
+            parse_seconds: None,
             build_seconds: 2.0,
             built_unix: 0,
         };

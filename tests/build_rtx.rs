@@ -281,3 +281,57 @@ fn without_tensorrt_rtx_the_error_names_the_wheel() {
     }
     assert!(!out.exists());
 }
+
+#[test]
+fn weightless_plans_need_a_gpu_for_tensorrt_rtx_to_compile_them() {
+    let work = exports();
+    let out = work.join("stripped");
+    let models = work.join("dev-bf16");
+    let o = fluxbuild(&[
+        "build",
+        "--runtime",
+        "tensorrt-rtx",
+        "--models",
+        models.to_str().unwrap(),
+        "--profile",
+        "tiny-check",
+        "--out",
+        out.to_str().unwrap(),
+        "--strip-weights",
+        "--only",
+        "transformer",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    match fluxbuild_engines::toolchain::probe_gpu() {
+        Err(_) => {
+            assert!(!o.status.success());
+            assert!(
+                stderr.contains("--strip-weights: TensorRT-RTX 1.7 compiles weightless plans with CUDA"),
+                "{stderr}"
+            );
+            assert!(!out.exists());
+        }
+        Ok(gpu) => {
+            assert!(o.status.success(), "on {}: {stderr}", gpu.name);
+            let plan = std::fs::metadata(out.join("transformer/model.plan")).unwrap().len();
+            let weights = std::fs::metadata(models.join("transformer/model.onnx.data"))
+                .unwrap()
+                .len();
+            assert!(
+                plan < weights,
+                "a weightless plan of {plan} bytes for {weights} bytes of weights"
+            );
+        }
+    }
+    let o = fluxbuild(&[
+        "build",
+        "--models",
+        models.to_str().unwrap(),
+        "--profile",
+        "tiny-check",
+        "--out",
+        out.to_str().unwrap(),
+        "--strip-weights",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use it with --runtime tensorrt-rtx"));
+}

@@ -67,6 +67,9 @@ pub struct EngineRecord {
     pub gpu: String,
     /// The trtexec command line (trtexec builds only).
     pub command_line: Option<Vec<String>>,
+    /// Of build_seconds, the ONNX parse (native builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_seconds: Option<f64>,
     pub build_seconds: f64,
     pub built_unix: u64,
 }
@@ -319,8 +322,8 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
     let started = Instant::now();
     let result = run_builder(request, toolchain, plan, &plan_path, &bar);
     bar.finish_and_clear();
-    let command_line = match result {
-        Ok(command_line) => command_line,
+    let (command_line, parse_seconds) = match result {
+        Ok(done) => done,
         Err(e) => {
             if created {
                 let _ = std::fs::remove_dir(&folder); // only if the failed build left it empty
@@ -357,6 +360,7 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
         compute_capability: list(&targets(&request.settings, toolchain)),
         gpu: toolchain.gpu.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
         command_line,
+        parse_seconds,
         build_seconds: started.elapsed().as_secs_f64(),
         built_unix: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -364,14 +368,15 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
     })
 }
 
-/// Runs the chosen builder; returns trtexec's command line for trtexec builds.
+/// Runs the chosen builder; returns trtexec's command line (trtexec builds) and the seconds the
+/// ONNX parse took (native builds).
 fn run_builder(
     request: &BuildRequest,
     toolchain: &Toolchain,
     plan: &EnginePlan,
     plan_path: &Path,
     bar: &ProgressBar,
-) -> Result<Option<Vec<String>>> {
+) -> Result<(Option<Vec<String>>, Option<f64>)> {
     match toolchain.builder {
         BuilderKind::Trtexec => {
             let trtexec = toolchain.trtexec.as_ref().expect("the trtexec probe found it");
@@ -395,8 +400,9 @@ fn run_builder(
                 let _ = std::fs::remove_file(&tmp);
             }
             renamed?;
-            Ok(Some(
-                std::iter::once(trtexec.display().to_string()).chain(args).collect(),
+            Ok((
+                Some(std::iter::once(trtexec.display().to_string()).chain(args).collect()),
+                None,
             ))
         }
         #[cfg(feature = "native-builder")]
@@ -408,8 +414,8 @@ fn run_builder(
                 profiles: &plan.graph.shapes,
                 settings: &request.settings,
             };
-            crate::native::build(libs, &job, bar)?;
-            Ok(None)
+            let parse_seconds = crate::native::build(libs, &job, bar)?;
+            Ok((None, Some(parse_seconds)))
         }
         #[cfg(not(feature = "native-builder"))]
         BuilderKind::Native => unreachable!("refused by check_builder"),

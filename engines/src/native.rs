@@ -42,6 +42,15 @@ pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()
             settings.precision.name()
         );
     }
+    if settings.strip_weights {
+        if let Err(e) = crate::toolchain::probe_gpu() {
+            bail!(
+                "--strip-weights: TensorRT-RTX 1.7 compiles weightless plans with CUDA (its Myelin compiler fails \
+                 without a GPU: \"graph_jit.cpp: CHECK(status == CUDA_SUCCESS)\"), and this machine has none ({e:#}); \
+                 build full plans here, or weightless ones on a machine with an NVIDIA GPU"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -56,7 +65,8 @@ pub struct NativeJob<'a> {
 type Errors = Arc<Mutex<Vec<String>>>;
 
 /// Parses the ONNX graph (external data beside it), builds, and writes the plan atomically.
-pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Result<()> {
+/// Returns the seconds spent parsing.
+pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Result<f64> {
     trtx::dynamically_load_tensorrt(Some(&libs.nvinfer))
         .map_err(|e| anyhow!("loading {}: {e}", libs.nvinfer.display()))?;
     trtx::dynamically_load_tensorrt_onnxparser(Some(&libs.onnxparser))
@@ -96,6 +106,7 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
         .map_err(|e| with_log("creating the network", e))?;
     let mut parser = OnnxParser::new(network, &logger).map_err(|e| with_log("creating the ONNX parser", e))?;
     bar.set_message("parsing ONNX");
+    let parse_started = std::time::Instant::now();
     let onnx = job
         .onnx
         .to_str()
@@ -103,6 +114,7 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     parser
         .parse_from_file(onnx, Severity::Warning as i32)
         .map_err(|e| with_log(&format!("parsing {onnx}"), e))?;
+    let parse_seconds = parse_started.elapsed().as_secs_f64();
 
     let mut config = builder
         .create_config()
@@ -115,6 +127,11 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     }
     if job.settings.precision == Precision::Fp32 {
         config.clear_flag(BuilderFlag::kTF32);
+    }
+    if job.settings.strip_weights {
+        // Refittable weights stay out of the plan (kREFIT_IDENTICAL is implied); the same weights
+        // are refitted at deploy time.
+        config.set_flag(BuilderFlag::kSTRIP_PLAN);
     }
     let targets = &job.settings.compute_capabilities;
     if !targets.is_empty() {
@@ -164,7 +181,7 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
         .with_context(|| format!("{}: write failed", job.plan.display()))?;
     file.commit()?;
     drop(profiles);
-    Ok(())
+    Ok(parse_seconds)
 }
 
 fn sm(target: ComputeCapability) -> Result<trtx::builder::ComputeCapability> {

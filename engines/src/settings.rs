@@ -147,6 +147,10 @@ pub struct BuildSettings {
     /// Target GPUs (TensorRT-RTX only; empty: TensorRT-RTX's default set, `RTX_DEFAULT`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compute_capabilities: Vec<ComputeCapability>,
+    /// A weightless plan (kSTRIP_PLAN + kREFIT_IDENTICAL): small, refitted from the graph's
+    /// weights when it is deployed (TensorRT-RTX only here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_weights: bool,
     pub builder: BuilderKind,
     pub precision: Precision,
     /// Workspace memory pool limit in bytes (`None`: TensorRT's default, the device memory).
@@ -173,6 +177,7 @@ impl BuildSettings {
         Ok(BuildSettings {
             runtime: Runtime::Tensorrt,
             compute_capabilities: Vec::new(),
+            strip_weights: false,
             builder,
             precision,
             workspace_bytes,
@@ -207,6 +212,15 @@ impl BuildSettings {
         }
         self.runtime = runtime;
         self.compute_capabilities = targets;
+        Ok(self)
+    }
+
+    /// Weightless plans (TensorRT-RTX builds only).
+    pub fn with_strip_weights(mut self, strip: bool) -> Result<BuildSettings> {
+        if strip && self.runtime != Runtime::TensorrtRtx {
+            bail!("--strip-weights builds weightless TensorRT-RTX plans; use it with --runtime tensorrt-rtx");
+        }
+        self.strip_weights = strip;
         Ok(self)
     }
 

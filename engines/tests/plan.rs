@@ -137,6 +137,7 @@ fn record_for(plan: &build::EnginePlan, out: &Path, plan_bytes: u64) -> EngineRe
         compute_capability: "9.0".into(),
         gpu: "NVIDIA H200".into(),
         command_line: Some(vec!["trtexec".into()]),
+        parse_seconds: None,
         build_seconds: 1.5,
         built_unix: 1,
     }

@@ -47,6 +47,10 @@ pub struct Args {
     /// 12.1); default: TensorRT-RTX's own set (8.0 and newer). FP8 graphs need 8.9 or newer.
     #[arg(long, value_delimiter = ',', value_name = "X.Y")]
     compute_capability: Vec<ComputeCapability>,
+    /// Weightless plans (TensorRT-RTX: kSTRIP_PLAN): about the size of the kernels, not of the
+    /// weights; the deployment refits them from the same graph's weights.
+    #[arg(long)]
+    strip_weights: bool,
     /// native (TensorRT builder API through trtx: TensorRT-RTX) or trtexec (standard TensorRT).
     /// Default: native for tensorrt-rtx, trtexec for tensorrt.
     #[arg(long)]
@@ -78,7 +82,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             args.workspace,
             args.builder_optimization_level,
         )?
-        .with_runtime(args.runtime, args.compute_capability)?,
+        .with_runtime(args.runtime, args.compute_capability)?
+        .with_strip_weights(args.strip_weights)?,
         only: args
             .only
             .iter()
