@@ -70,6 +70,12 @@ gpu-check: system-deps
 bench-export:
 	bash scripts/bench-export.sh
 
+# Engine build benchmark (not a test): the full-size synthetic transformer -> TensorRT-RTX plan,
+# no GPU; writes bench/engines.md (MAX_COUNT=N builds a slice; see the script).
+.PHONY: bench-engines
+bench-engines:
+	bash scripts/bench-engines.sh
+
 # Benchmarks (not tests): reports under bench/.
 .PHONY: bench
 bench: bench-export

@@ -199,19 +199,30 @@ pub fn check_targets(request: &BuildRequest, graphs: &[Graph], toolchain: &Toolc
         if unable.is_empty() {
             continue;
         }
-        let chosen =
-            if request.settings.runtime == Runtime::TensorrtRtx && request.settings.compute_capabilities.is_empty() {
-                " (TensorRT-RTX's default targets)"
-            } else {
-                ""
-            };
-        bail!(
-            "{}: {what} graph, but it would run on compute capability {}{chosen}; {what} needs {needed} or newer. \
-             Build for GPUs that run it (--compute-capability {}) or export another precision",
+        let problem = format!(
+            "{}: {what} graph, but it would run on compute capability {}",
             graph.onnx.display(),
-            list(&unable),
-            list(&targets.iter().copied().filter(|t| *t >= needed).collect::<Vec<_>>()).replace(' ', "")
+            list(&unable)
         );
+        match request.settings.runtime {
+            Runtime::TensorrtRtx => {
+                let able: Vec<ComputeCapability> =
+                    ComputeCapability::RTX.into_iter().filter(|t| *t >= needed).collect();
+                let default = if request.settings.compute_capabilities.is_empty() {
+                    " (TensorRT-RTX's default targets)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "{problem}{default}; {what} needs {needed} or newer. Build for GPUs that run it \
+                     (--compute-capability {}) or export another precision",
+                    list(&able).replace(' ', "")
+                )
+            }
+            Runtime::Tensorrt => bail!(
+                "{problem} (this GPU); {what} needs {needed} or newer: build on such a GPU or export another precision"
+            ),
+        }
     }
     Ok(())
 }
@@ -299,11 +310,17 @@ pub fn check_disk(request: &BuildRequest, plans: &[EnginePlan]) -> Result<()> {
 }
 
 /// A warning when a build will hold more weights in host memory than is available.
-pub fn memory_warning(plan: &EnginePlan) -> Option<String> {
+pub fn memory_warning(plan: &EnginePlan, runtime: Runtime) -> Option<String> {
     let available = available_memory()?;
-    (plan.reuse.is_none() && plan.weight_bytes > available).then(|| {
+    // TensorRT-RTX 1.7 peaks at 2.6-3x the weights (parsed weights, the builder's copy, the
+    // serialized plan; bench/engines.md).
+    let (copies, held) = match runtime {
+        Runtime::Tensorrt => (1, "the"),
+        Runtime::TensorrtRtx => (3, "about 3x the"),
+    };
+    (plan.reuse.is_none() && copies * plan.weight_bytes > available).then(|| {
         format!(
-            "{}: TensorRT holds the {:.1} GB of weights in host memory while building; {:.1} GB is available",
+            "{}: {runtime} holds {held} {:.1} GB of weights in host memory while building; {:.1} GB is available",
             plan.graph.network,
             plan.weight_bytes as f64 / 1e9,
             available as f64 / 1e9

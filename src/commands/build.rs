@@ -113,7 +113,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         let record = match &plan.reuse {
             Some(record) => record.clone(),
             None => {
-                if let Some(warning) = build::memory_warning(plan) {
+                if let Some(warning) = build::memory_warning(plan, request.settings.runtime) {
                     out.warn(&warning);
                 }
                 build::build_one(&request, &toolchain, plan)?
