@@ -40,6 +40,24 @@ fn fluxbuild(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `fluxbuild build --runtime tensorrt-rtx --models MODELS --profile tiny-check --out OUT EXTRA...`
+fn build_rtx(models: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (models, out) = (models.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec![
+        "build",
+        "--runtime",
+        "tensorrt-rtx",
+        "--models",
+        models,
+        "--profile",
+        "tiny-check",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    fluxbuild(&args)
+}
+
 fn ok(o: Output, what: &str) -> Output {
     assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
     o
@@ -176,19 +194,8 @@ fn the_cli_builds_four_plans_and_a_manifest_then_reuses_them() {
     let work = exports();
     let out = work.join("cli-engines");
     let models = work.join("dev-bf16");
-    let args = [
-        "build",
-        "--runtime",
-        "tensorrt-rtx",
-        "--models",
-        models.to_str().unwrap(),
-        "--profile",
-        "tiny-check",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    let first: serde_json::Value = serde_json::from_slice(&ok(fluxbuild(&args), "first build").stdout).unwrap();
+    let json = |o: Output, what: &str| -> serde_json::Value { serde_json::from_slice(&ok(o, what).stdout).unwrap() };
+    let first = json(build_rtx(&models, &out, &["--json"]), "first build");
     let built = first["built"].as_array().unwrap();
     assert_eq!(built.len(), 4, "{first}");
     assert!(built
@@ -205,15 +212,14 @@ fn the_cli_builds_four_plans_and_a_manifest_then_reuses_them() {
     assert_eq!(manifest["engines"].as_array().unwrap().len(), 4);
     assert_eq!(manifest["submodels"]["transformer"]["precision"], "bf16");
 
-    let second: serde_json::Value = serde_json::from_slice(&ok(fluxbuild(&args), "second build").stdout).unwrap();
+    let second = json(build_rtx(&models, &out, &["--json"]), "second build");
     for (a, b) in built.iter().zip(second["built"].as_array().unwrap()) {
         assert_eq!(b["reused"], true, "{second}");
         assert_eq!(a["key"], b["key"]);
     }
     // Other targets are other engines: a new key, built again.
-    let mut ada = args.to_vec();
-    ada.extend(["--compute-capability", "8.9", "--only", "clip"]);
-    let third: serde_json::Value = serde_json::from_slice(&ok(fluxbuild(&ada), "8.9 build").stdout).unwrap();
+    let ada = ["--json", "--compute-capability", "8.9", "--only", "clip"];
+    let third = json(build_rtx(&models, &out, &ada), "8.9 build");
     assert_eq!(third["built"][0]["reused"], false);
     assert_ne!(third["built"][0]["key"], built[0]["key"]);
 }
@@ -227,17 +233,7 @@ fn fp8_for_gpus_that_cannot_run_it_is_refused_before_any_work() {
     let work = exports();
     let out = work.join("fp8-refused");
     let models = work.join("schnell-fp8");
-    let o = fluxbuild(&[
-        "build",
-        "--runtime",
-        "tensorrt-rtx",
-        "--models",
-        models.to_str().unwrap(),
-        "--profile",
-        "tiny-check",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_rtx(&models, &out, &[]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
@@ -287,20 +283,7 @@ fn weightless_plans_need_a_gpu_for_tensorrt_rtx_to_compile_them() {
     let work = exports();
     let out = work.join("stripped");
     let models = work.join("dev-bf16");
-    let o = fluxbuild(&[
-        "build",
-        "--runtime",
-        "tensorrt-rtx",
-        "--models",
-        models.to_str().unwrap(),
-        "--profile",
-        "tiny-check",
-        "--out",
-        out.to_str().unwrap(),
-        "--strip-weights",
-        "--only",
-        "transformer",
-    ]);
+    let o = build_rtx(&models, &out, &["--strip-weights", "--only", "transformer"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     match fluxbuild_engines::toolchain::probe_gpu() {
         Err(_) => {
