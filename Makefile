@@ -2,16 +2,22 @@
 SHELL := /bin/bash
 ORT_VERSION := 1.32.0
 export ORT_DYLIB_PATH := $(CURDIR)/.cache/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
+# TensorRT-RTX (builds engines without a GPU): `fluxbuild build --runtime tensorrt-rtx` and its tests.
+TRT_RTX_VERSION := 1.7.1
+export FLUXBUILD_TENSORRT_RTX_DIR := $(CURDIR)/.cache/tensorrt-rtx
 CARGO ?= cargo
 
 .PHONY: setup system-deps test
-setup: system-deps $(ORT_DYLIB_PATH)
+setup: system-deps $(ORT_DYLIB_PATH) $(FLUXBUILD_TENSORRT_RTX_DIR)/libtensorrt_rtx.so.$(TRT_RTX_VERSION)
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
 $(ORT_DYLIB_PATH):
 	ORT_VERSION=$(ORT_VERSION) bash scripts/fetch-onnxruntime.sh
+
+$(FLUXBUILD_TENSORRT_RTX_DIR)/libtensorrt_rtx.so.$(TRT_RTX_VERSION):
+	TRT_RTX_VERSION=$(TRT_RTX_VERSION) TRT_RTX_DIR=$(FLUXBUILD_TENSORRT_RTX_DIR) bash scripts/fetch-tensorrt-rtx.sh
 
 test: setup triton-venv
 	$(CARGO) test --workspace
@@ -63,6 +69,12 @@ gpu-check: system-deps
 .PHONY: bench-export
 bench-export:
 	bash scripts/bench-export.sh
+
+# Engine build benchmark (not a test): the full-size synthetic transformer -> TensorRT-RTX plan,
+# no GPU; writes bench/engines.md (MAX_COUNT=N builds a slice; see the script).
+.PHONY: bench-engines
+bench-engines:
+	bash scripts/bench-engines.sh
 
 # Benchmarks (not tests): reports under bench/.
 .PHONY: bench

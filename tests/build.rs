@@ -7,7 +7,7 @@ mod support;
 
 use fluxbuild::commands::build::{engines_manifest, previous_records, write_engines_manifest};
 use fluxbuild_engines::build::{self, BuildRequest};
-use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
+use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision, Runtime};
 use fluxbuild_engines::toolchain::{self, Gpu, Toolchain, Version};
 use fluxbuild_profiles::Preset;
 use std::collections::BTreeMap;
@@ -45,7 +45,7 @@ fn without_tensorrt_the_build_fails_first_and_writes_nothing() {
     let (m, out) = (models.to_str().unwrap(), dir.path().join("engines"));
     let o = fluxbuild(&build_args(m, out.to_str().unwrap(), &[]));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    match toolchain::probe(BuilderKind::Native) {
+    match toolchain::probe(BuilderKind::Trtexec) {
         Err(probe) => {
             assert!(!o.status.success(), "built without TensorRT? {stderr}");
             assert!(
@@ -53,7 +53,7 @@ fn without_tensorrt_the_build_fails_first_and_writes_nothing() {
                 "{stderr}"
             );
             for needle in [
-                "cannot build TensorRT engines on this machine (native builder); nothing was written",
+                "cannot build TensorRT engines on this machine (trtexec builder); nothing was written",
                 "TENSORRT_LIB_DIR",
                 "nvcr.io/nvidia/tensorrt",
             ] {
@@ -72,7 +72,11 @@ fn without_tensorrt_the_build_fails_first_and_writes_nothing() {
         }
         Ok(tc) => {
             // A GPU host with TensorRT: the tiny engines build and the manifest describes them.
-            assert!(o.status.success(), "build failed on {}: {stderr}", tc.gpu.name);
+            assert!(
+                o.status.success(),
+                "build failed on {}: {stderr}",
+                tc.gpu.as_ref().unwrap().name
+            );
             let records = previous_records(&out.join("manifest.json")).unwrap();
             assert_eq!(records.len(), 4);
         }
@@ -221,6 +225,7 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
         only: vec![],
     };
     let tc = Toolchain {
+        runtime: Runtime::Tensorrt,
         builder: BuilderKind::Trtexec,
         tensorrt: Version {
             major: 10,
@@ -229,12 +234,12 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
         },
         libs: None,
         trtexec: Some("/usr/src/tensorrt/bin/trtexec".into()),
-        gpu: Gpu {
+        gpu: Some(Gpu {
             name: "NVIDIA H200".into(),
             compute_capability: "9.0".into(),
             memory_bytes: 1 << 37,
             cuda_version: "12.8".into(),
-        },
+        }),
     };
     let plans = build::plan(&request, build::read_graphs(&request).unwrap(), &tc, &BTreeMap::new()).unwrap();
     // Stand-in plans (no TensorRT here) so that the records describe real files.
@@ -260,8 +265,9 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
             timing_cache: None,
             tensorrt_version: tc.tensorrt.to_string(),
             compute_capability: "9.0".into(),
-            gpu: tc.gpu.name.clone(),
+            gpu: tc.gpu.as_ref().unwrap().name.clone(),
             command_line: Some(vec!["trtexec".into(), "--fp16".into()]),
+            parse_seconds: None,
             build_seconds: 2.0,
             built_unix: 0,
         };

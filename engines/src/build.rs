@@ -6,7 +6,7 @@
 use crate::graph::{external_files, read_model};
 use crate::interface;
 use crate::key::{cache_key, FileDigest, KeyInputs};
-use crate::settings::{BuildSettings, BuilderKind, Precision};
+use crate::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
 use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::util::{sha256_file, write_atomic};
@@ -58,11 +58,18 @@ pub struct EngineRecord {
     pub shapes: Vec<ProfileShapes>,
     pub settings: BuildSettings,
     pub timing_cache: Option<PathBuf>,
+    /// The version of the runtime that built it (`settings.runtime`: TensorRT or TensorRT-RTX).
     pub tensorrt_version: String,
+    /// The GPUs it runs on: the building GPU's compute capability (TensorRT), or the
+    /// TensorRT-RTX targets ("8.0, 8.6, 8.9, 12.0, 12.1").
     pub compute_capability: String,
+    /// The GPU that built it; empty for TensorRT-RTX's ahead-of-time builds.
     pub gpu: String,
     /// The trtexec command line (trtexec builds only).
     pub command_line: Option<Vec<String>>,
+    /// Of build_seconds, the ONNX parse (native builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_seconds: Option<f64>,
     pub build_seconds: f64,
     pub built_unix: u64,
 }
@@ -128,21 +135,96 @@ pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain) -> Result<()
             );
         }
     }
-    match toolchain.builder {
-        BuilderKind::Trtexec => Ok(()),
+    if request.settings.runtime != toolchain.runtime {
+        bail!(
+            "internal: {} settings with a {} toolchain",
+            request.settings.runtime,
+            toolchain.runtime
+        );
+    }
+    match (toolchain.runtime, toolchain.builder) {
+        (Runtime::Tensorrt, BuilderKind::Trtexec) => Ok(()),
+        (Runtime::Tensorrt, BuilderKind::Native) => bail!(
+            "--builder native builds TensorRT-RTX engines (--runtime tensorrt-rtx); standard TensorRT builds with \
+             --builder trtexec (fluxbuild's native builder is compiled against the TensorRT-RTX headers)"
+        ),
         #[cfg(feature = "native-builder")]
-        BuilderKind::Native => {
-            let libs = toolchain
-                .libs
-                .as_ref()
-                .expect("the native probe requires the libraries");
-            crate::native::check(libs, &request.settings, request.timing_cache.as_deref())
-        }
+        (Runtime::TensorrtRtx, _) => crate::native::check(&request.settings, request.timing_cache.as_deref()),
         #[cfg(not(feature = "native-builder"))]
-        BuilderKind::Native => {
-            bail!("this fluxbuild was built without the native builder (feature native-builder); use --builder trtexec")
+        (Runtime::TensorrtRtx, _) => {
+            bail!("this fluxbuild was built without the native builder (feature native-builder), which TensorRT-RTX needs")
         }
     }
+}
+
+/// The GPUs the engines will run on: the building GPU (TensorRT) or the TensorRT-RTX targets.
+pub fn targets(settings: &BuildSettings, toolchain: &Toolchain) -> Vec<ComputeCapability> {
+    match settings.runtime {
+        Runtime::TensorrtRtx => settings.rtx_targets(),
+        Runtime::Tensorrt => toolchain
+            .gpu
+            .iter()
+            .filter_map(|g| g.compute_capability.parse().ok())
+            .collect(),
+    }
+}
+
+/// The oldest GPU that runs a graph's number types: FP8 needs compute capability 8.9 (Ada),
+/// BF16 8.0 (Ampere). Read from the initializers' types (their data is never loaded).
+pub fn required_capability(model: &pb::ModelProto) -> Option<(ComputeCapability, &'static str)> {
+    let types: Vec<i32> = model
+        .graph
+        .get_or_default()
+        .initializer
+        .iter()
+        .map(|t| t.data_type)
+        .collect();
+    if types.iter().any(|t| (17..=20).contains(t)) {
+        Some((ComputeCapability(89), "FP8"))
+    } else if types.contains(&16) {
+        Some((ComputeCapability(80), "BF16"))
+    } else {
+        None
+    }
+}
+
+/// Refuses, before any work, graphs whose number types some target GPU cannot run.
+pub fn check_targets(request: &BuildRequest, graphs: &[Graph], toolchain: &Toolchain) -> Result<()> {
+    let targets = targets(&request.settings, toolchain);
+    for graph in graphs {
+        let Some((needed, what)) = required_capability(&graph.model) else {
+            continue;
+        };
+        let unable: Vec<ComputeCapability> = targets.iter().copied().filter(|t| *t < needed).collect();
+        if unable.is_empty() {
+            continue;
+        }
+        let problem = format!(
+            "{}: {what} graph, but it would run on compute capability {}",
+            graph.onnx.display(),
+            list(&unable)
+        );
+        match request.settings.runtime {
+            Runtime::TensorrtRtx => {
+                let able: Vec<ComputeCapability> =
+                    ComputeCapability::RTX.into_iter().filter(|t| *t >= needed).collect();
+                let default = if request.settings.compute_capabilities.is_empty() {
+                    " (TensorRT-RTX's default targets)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "{problem}{default}; {what} needs {needed} or newer. Build for GPUs that run it \
+                     (--compute-capability {}) or export another precision",
+                    list(&able).replace(' ', "")
+                )
+            }
+            Runtime::Tensorrt => bail!(
+                "{problem} (this GPU); {what} needs {needed} or newer: build on such a GPU or export another precision"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// A planned engine: its key, and the earlier build it reuses if that key matches.
@@ -168,6 +250,7 @@ pub fn plan(
 ) -> Result<Vec<EnginePlan>> {
     let export = ExportFiles::read(&request.models);
     let tensorrt = toolchain.tensorrt.to_string();
+    let targets = list(&targets(&request.settings, toolchain));
     let spinner = spinner();
     let plans = graphs
         .into_iter()
@@ -175,12 +258,13 @@ pub fn plan(
             spinner.set_message(format!("hashing {}", graph.network));
             let (files, hashes_from) = graph_digests(&graph, export.as_ref())?;
             let key = cache_key(&KeyInputs {
+                runtime: request.settings.runtime,
                 network: graph.network,
                 graph: &files,
                 settings: &request.settings,
                 profiles: &graph.shapes,
                 tensorrt: &tensorrt,
-                compute_capability: &toolchain.gpu.compute_capability,
+                compute_capability: &targets,
             });
             let plan = PathBuf::from(graph.network.name()).join("model.plan");
             let reuse = previous
@@ -226,11 +310,17 @@ pub fn check_disk(request: &BuildRequest, plans: &[EnginePlan]) -> Result<()> {
 }
 
 /// A warning when a build will hold more weights in host memory than is available.
-pub fn memory_warning(plan: &EnginePlan) -> Option<String> {
+pub fn memory_warning(plan: &EnginePlan, runtime: Runtime) -> Option<String> {
     let available = available_memory()?;
-    (plan.reuse.is_none() && plan.weight_bytes > available).then(|| {
+    // TensorRT-RTX 1.7 peaks at 2.6-3x the weights (parsed weights, the builder's copy, the
+    // serialized plan; bench/engines.md).
+    let (copies, held) = match runtime {
+        Runtime::Tensorrt => (1, "the"),
+        Runtime::TensorrtRtx => (3, "about 3x the"),
+    };
+    (plan.reuse.is_none() && copies * plan.weight_bytes > available).then(|| {
         format!(
-            "{}: TensorRT holds the {:.1} GB of weights in host memory while building; {:.1} GB is available",
+            "{}: {runtime} holds {held} {:.1} GB of weights in host memory while building; {:.1} GB is available",
             plan.graph.network,
             plan.weight_bytes as f64 / 1e9,
             available as f64 / 1e9
@@ -249,8 +339,8 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
     let started = Instant::now();
     let result = run_builder(request, toolchain, plan, &plan_path, &bar);
     bar.finish_and_clear();
-    let command_line = match result {
-        Ok(command_line) => command_line,
+    let (command_line, parse_seconds) = match result {
+        Ok(done) => done,
         Err(e) => {
             if created {
                 let _ = std::fs::remove_dir(&folder); // only if the failed build left it empty
@@ -284,9 +374,10 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
         settings: request.settings.clone(),
         timing_cache: request.timing_cache.clone(),
         tensorrt_version: toolchain.tensorrt.to_string(),
-        compute_capability: toolchain.gpu.compute_capability.clone(),
-        gpu: toolchain.gpu.name.clone(),
+        compute_capability: list(&targets(&request.settings, toolchain)),
+        gpu: toolchain.gpu.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
         command_line,
+        parse_seconds,
         build_seconds: started.elapsed().as_secs_f64(),
         built_unix: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -294,14 +385,15 @@ pub fn build_one(request: &BuildRequest, toolchain: &Toolchain, plan: &EnginePla
     })
 }
 
-/// Runs the chosen builder; returns trtexec's command line for trtexec builds.
+/// Runs the chosen builder; returns trtexec's command line (trtexec builds) and the seconds the
+/// ONNX parse took (native builds).
 fn run_builder(
     request: &BuildRequest,
     toolchain: &Toolchain,
     plan: &EnginePlan,
     plan_path: &Path,
     bar: &ProgressBar,
-) -> Result<Option<Vec<String>>> {
+) -> Result<(Option<Vec<String>>, Option<f64>)> {
     match toolchain.builder {
         BuilderKind::Trtexec => {
             let trtexec = toolchain.trtexec.as_ref().expect("the trtexec probe found it");
@@ -325,8 +417,9 @@ fn run_builder(
                 let _ = std::fs::remove_file(&tmp);
             }
             renamed?;
-            Ok(Some(
-                std::iter::once(trtexec.display().to_string()).chain(args).collect(),
+            Ok((
+                Some(std::iter::once(trtexec.display().to_string()).chain(args).collect()),
+                None,
             ))
         }
         #[cfg(feature = "native-builder")]
@@ -338,8 +431,8 @@ fn run_builder(
                 profiles: &plan.graph.shapes,
                 settings: &request.settings,
             };
-            crate::native::build(libs, &job, bar)?;
-            Ok(None)
+            let parse_seconds = crate::native::build(libs, &job, bar)?;
+            Ok((None, Some(parse_seconds)))
         }
         #[cfg(not(feature = "native-builder"))]
         BuilderKind::Native => unreachable!("refused by check_builder"),

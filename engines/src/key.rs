@@ -1,8 +1,8 @@
 //! Engine cache keys. A plan is reused only when the key of the requested build equals the
 //! key it was built under: sha256 over the graph's files, the build settings, the exact
-//! profile shapes, the TensorRT version and the GPU's compute capability.
+//! profile shapes, the runtime (TensorRT or TensorRT-RTX), its version and the GPUs it targets.
 
-use crate::settings::BuildSettings;
+use crate::settings::{BuildSettings, Runtime};
 use fluxbuild_exporters::util::hex;
 use fluxbuild_profiles::{Network, ProfileShapes};
 use serde::{Deserialize, Serialize};
@@ -20,18 +20,19 @@ pub struct FileDigest {
 /// Everything a plan depends on.
 #[derive(Serialize)]
 pub struct KeyInputs<'a> {
+    pub runtime: Runtime,
     pub network: Network,
     pub graph: &'a [FileDigest],
     pub settings: &'a BuildSettings,
     pub profiles: &'a [ProfileShapes],
-    /// Full TensorRT version, e.g. "10.13.0".
+    /// Full version of the runtime, e.g. "10.13.0" (TensorRT) or "1.7.1" (TensorRT-RTX).
     pub tensorrt: &'a str,
-    /// e.g. "9.0" for H100/H200.
+    /// The target GPUs: "9.0" for a TensorRT build on an H100/H200, "8.9, 12.0" for TensorRT-RTX.
     pub compute_capability: &'a str,
 }
 
 /// Bumped when the plan format or what fluxbuild passes to TensorRT changes meaning.
-const KEY_SCHEMA: &str = "fluxbuild-engine-key-v1";
+const KEY_SCHEMA: &str = "fluxbuild-engine-key-v2";
 
 pub fn cache_key(inputs: &KeyInputs<'_>) -> String {
     let mut hasher = Sha256::new();

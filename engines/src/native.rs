@@ -1,8 +1,15 @@
-//! Builds with the TensorRT builder API in-process, through trtx (standard TensorRT,
-//! "enterprise" headers 11.4; libnvinfer / libnvonnxparser are dlopened from the paths the
-//! probe found). Progress comes from TensorRT's own IProgressMonitor.
+//! Builds TensorRT-RTX engines in-process through trtx (TensorRT-RTX 1.7 headers, the crate's
+//! default; libtensorrt_rtx / libtensorrt_onnxparser_rtx are dlopened from the paths the probe
+//! found). TensorRT-RTX builds ahead of time without a GPU: createInferBuilder, a strongly typed
+//! network from the ONNX parser, the preset's optimization profiles, the target compute
+//! capabilities, buildSerializedNetwork. Progress comes from TensorRT's IProgressMonitor.
+//!
+//! Why TensorRT-RTX only: trtx picks one header set at compile time (RTX 1.7 by default,
+//! standard TensorRT 11.4 with its `enterprise` feature), and the C++ API is inline calls through
+//! versioned vtables, so one binary cannot drive both libraries natively. Standard TensorRT (10.x
+//! and 11.x on GPU hosts) is driven through `trtexec` (src/trtexec.rs), which ships with it.
 
-use crate::settings::{BuildSettings, Precision};
+use crate::settings::{BuildSettings, ComputeCapability, Precision};
 use crate::toolchain::{TensorRtLibs, Version};
 use anyhow::{anyhow, bail, Context, Result};
 use fluxbuild_exporters::util::AtomicFile;
@@ -17,38 +24,32 @@ use trtx::interfaces::MonitorProgress;
 use trtx::trtx_sys::Dims64;
 use trtx::{Builder, LogHandler, Logger, OnnxParser, OptProfileSelector, Severity};
 
-/// The TensorRT version of the headers trtx was compiled against.
+/// The TensorRT-RTX version of the headers trtx was compiled against.
 pub fn header_version() -> Version {
     // SAFETY: returns a compile-time constant from the headers; loads nothing.
     Version::from_int(unsafe { trtx::trtx_sys::get_tensorrt_version() })
 }
 
-/// Refuses, before any work, what the native builder cannot do with these libraries.
-pub fn check(libs: &TensorRtLibs, settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()> {
-    let headers = header_version();
-    // The C++ API is inline wrappers over versioned vtables: another major release lays them
-    // out differently, an older minor release lacks the newer entries.
-    if libs.version.major != headers.major || libs.version.minor < headers.minor {
-        bail!(
-            "the native builder is compiled against TensorRT {headers} headers (trtx 0.9.1) and needs TensorRT {}.{} or a \
-             later {}.x; {} is TensorRT {}. Use --builder trtexec with this TensorRT",
-            headers.major,
-            headers.minor,
-            headers.major,
-            libs.nvinfer.display(),
-            libs.version
-        );
-    }
+/// Refuses, before any work, what the TensorRT-RTX builder cannot do.
+pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()> {
     if timing_cache.is_some() {
-        bail!("--timing-cache: trtx 0.9.1 does not expose TensorRT's ITimingCache; use --builder trtexec for timing caches");
+        bail!("--timing-cache: TensorRT-RTX builds without timing (its kernels are chosen on the GPU at run time); leave it out");
     }
     if matches!(settings.precision, Precision::Fp16 | Precision::Bf16 | Precision::Fp8) {
         bail!(
-            "--precision {}: TensorRT {} networks are always strongly typed (weak typing was removed); export the graph in the \
-             precision you want (`fluxbuild export --precision ...`) and build with --precision typed",
-            settings.precision.name(),
-            headers.major
+            "--precision {}: TensorRT-RTX networks are always strongly typed; export the graph in the precision you want \
+             (`fluxbuild export --precision ...`) and build with --precision typed",
+            settings.precision.name()
         );
+    }
+    if settings.strip_weights {
+        if let Err(e) = crate::toolchain::probe_gpu() {
+            bail!(
+                "--strip-weights: TensorRT-RTX 1.7 compiles weightless plans with CUDA (its Myelin compiler fails \
+                 without a GPU: \"graph_jit.cpp: CHECK(status == CUDA_SUCCESS)\"), and this machine has none ({e:#}); \
+                 build full plans here, or weightless ones on a machine with an NVIDIA GPU"
+            );
+        }
     }
     Ok(())
 }
@@ -60,8 +61,12 @@ pub struct NativeJob<'a> {
     pub settings: &'a BuildSettings,
 }
 
+/// Everything the log said at error level, for the error message (the parser names the node).
+type Errors = Arc<Mutex<Vec<String>>>;
+
 /// Parses the ONNX graph (external data beside it), builds, and writes the plan atomically.
-pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Result<()> {
+/// Returns the seconds spent parsing.
+pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Result<f64> {
     trtx::dynamically_load_tensorrt(Some(&libs.nvinfer))
         .map_err(|e| anyhow!("loading {}: {e}", libs.nvinfer.display()))?;
     trtx::dynamically_load_tensorrt_onnxparser(Some(&libs.onnxparser))
@@ -72,20 +77,36 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     };
     let errors = log.errors.clone();
     let with_log = move |what: &str, e: trtx::Error| {
-        let logged = errors.lock().expect("log lock").join("\n");
+        let logged = errors.lock().expect("log lock");
+        // The parser's verdict names the node: "[6] Invalid Node - decoder.mid/Reshape_153".
+        let node = logged
+            .iter()
+            .find_map(|l| l.split_once("Invalid Node - ").map(|(_, n)| n.trim().to_string()));
+        let what = match node {
+            Some(node) => format!("{what}: TensorRT-RTX's ONNX parser rejects node {node}"),
+            None => format!("{what}: {e}"),
+        };
+        // TensorRT-RTX probes for a GPU and logs its absence; on a CPU-only build host that is no error.
+        let said: Vec<&str> = logged
+            .iter()
+            .filter(|l| !l.contains("catchCudaError"))
+            .map(String::as_str)
+            .collect();
         anyhow!(
-            "{what}: {e}{}{logged}",
-            if logged.is_empty() { "" } else { "\nTensorRT said:\n" }
+            "{what}{}{}",
+            if said.is_empty() { "" } else { "\nTensorRT said:\n" },
+            said.join("\n")
         )
     };
     let logger = Logger::new(log).map_err(|e| anyhow!("TensorRT logger: {e}"))?;
-    let mut builder = Builder::new(&logger).map_err(|e| with_log("creating the TensorRT builder", e))?;
-    // No creation flags: TensorRT 11 networks are strongly typed by definition.
+    let mut builder = Builder::new(&logger).map_err(|e| with_log("creating the TensorRT-RTX builder", e))?;
+    // No creation flags: TensorRT-RTX networks are strongly typed by definition.
     let network = builder
         .create_network(0)
         .map_err(|e| with_log("creating the network", e))?;
     let mut parser = OnnxParser::new(network, &logger).map_err(|e| with_log("creating the ONNX parser", e))?;
     bar.set_message("parsing ONNX");
+    let parse_started = std::time::Instant::now();
     let onnx = job
         .onnx
         .to_str()
@@ -93,6 +114,7 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     parser
         .parse_from_file(onnx, Severity::Warning as i32)
         .map_err(|e| with_log(&format!("parsing {onnx}"), e))?;
+    let parse_seconds = parse_started.elapsed().as_secs_f64();
 
     let mut config = builder
         .create_config()
@@ -105,6 +127,22 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
     }
     if job.settings.precision == Precision::Fp32 {
         config.clear_flag(BuilderFlag::kTF32);
+    }
+    if job.settings.strip_weights {
+        // Refittable weights stay out of the plan (kREFIT_IDENTICAL is implied); the same weights
+        // are refitted at deploy time.
+        config.set_flag(BuilderFlag::kSTRIP_PLAN);
+    }
+    let targets = &job.settings.compute_capabilities;
+    if !targets.is_empty() {
+        config
+            .set_nb_compute_capabilities(targets.len() as i32)
+            .map_err(|e| with_log("setting the compute capabilities", e))?;
+        for (index, target) in targets.iter().enumerate() {
+            config
+                .set_compute_capability(sm(*target)?, index as i32)
+                .map_err(|e| with_log(&format!("compute capability {target}"), e))?;
+        }
     }
     let mut profiles = Vec::new();
     for (index, shapes) in job.profiles.iter().enumerate() {
@@ -143,12 +181,25 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
         .with_context(|| format!("{}: write failed", job.plan.display()))?;
     file.commit()?;
     drop(profiles);
-    Ok(())
+    Ok(parse_seconds)
+}
+
+fn sm(target: ComputeCapability) -> Result<trtx::builder::ComputeCapability> {
+    use trtx::builder::ComputeCapability as Sm;
+    Ok(match target.0 {
+        75 => Sm::kSM75,
+        80 => Sm::kSM80,
+        86 => Sm::kSM86,
+        89 => Sm::kSM89,
+        120 => Sm::kSM120,
+        121 => Sm::kSM121,
+        _ => bail!("compute capability {target} is not a TensorRT-RTX target"),
+    })
 }
 
 /// TensorRT's log: errors are kept for the error message, warnings shown above the bar.
 struct TensorRtLog {
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: Errors,
     bar: ProgressBar,
 }
 

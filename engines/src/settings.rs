@@ -51,8 +51,106 @@ impl BuilderKind {
     }
 }
 
+/// Which TensorRT builds (and later runs) the engines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// Standard TensorRT on a GPU host (Triton's `tensorrt_plan`; data-centre GPUs).
+    #[default]
+    Tensorrt,
+    /// TensorRT-RTX: built ahead of time on any machine, no GPU needed; the engines run on
+    /// RTX / Ampere-or-newer GPUs of the chosen compute capabilities.
+    TensorrtRtx,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Tensorrt => "tensorrt",
+            Runtime::TensorrtRtx => "tensorrt-rtx",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Runtime> {
+        [Runtime::Tensorrt, Runtime::TensorrtRtx]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown runtime {s:?} (tensorrt, tensorrt-rtx)"))
+    }
+}
+
+/// A GPU compute capability an engine is built for, as major·10 + minor (`89` is 8.9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ComputeCapability(pub u32);
+
+impl ComputeCapability {
+    /// What TensorRT-RTX 1.7 builds for (its ComputeCapability enum): Turing 7.5, Ampere 8.0 and
+    /// 8.6, Ada 8.9, Blackwell 12.0 and 12.1. Hopper (9.0) and 10.x are not RTX targets.
+    pub const RTX: [ComputeCapability; 6] = [
+        ComputeCapability(75),
+        ComputeCapability(80),
+        ComputeCapability(86),
+        ComputeCapability(89),
+        ComputeCapability(120),
+        ComputeCapability(121),
+    ];
+    /// TensorRT-RTX's default targets when none are chosen ("8.0, 8.6, 8.9, 12.0 and later").
+    pub const RTX_DEFAULT: [ComputeCapability; 5] = [
+        ComputeCapability(80),
+        ComputeCapability(86),
+        ComputeCapability(89),
+        ComputeCapability(120),
+        ComputeCapability(121),
+    ];
+}
+
+impl std::fmt::Display for ComputeCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0 / 10, self.0 % 10)
+    }
+}
+
+impl std::str::FromStr for ComputeCapability {
+    type Err = anyhow::Error;
+    /// "8.9" (or "sm89", "89").
+    fn from_str(s: &str) -> Result<ComputeCapability> {
+        let t = s.trim().trim_start_matches("sm").trim_start_matches('_');
+        let parsed = match t.split_once('.') {
+            Some((major, minor)) => major
+                .parse::<u32>()
+                .ok()
+                .zip(minor.parse::<u32>().ok().filter(|m| *m < 10))
+                .map(|(a, b)| a * 10 + b),
+            None => t.parse::<u32>().ok(),
+        };
+        parsed
+            .map(ComputeCapability)
+            .ok_or_else(|| anyhow::anyhow!("compute capability {s:?}: expected MAJOR.MINOR, e.g. 8.9"))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BuildSettings {
+    /// Older manifests predate TensorRT-RTX: they were all standard TensorRT.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Target GPUs (TensorRT-RTX only; empty: TensorRT-RTX's default set, `RTX_DEFAULT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compute_capabilities: Vec<ComputeCapability>,
+    /// A weightless plan (kSTRIP_PLAN + kREFIT_IDENTICAL): small, refitted from the graph's
+    /// weights when it is deployed (TensorRT-RTX only here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_weights: bool,
     pub builder: BuilderKind,
     pub precision: Precision,
     /// Workspace memory pool limit in bytes (`None`: TensorRT's default, the device memory).
@@ -77,12 +175,68 @@ impl BuildSettings {
             bail!("--builder-optimization-level {level}: TensorRT accepts 0 (fastest build) to 5 (most tactics); default 3");
         }
         Ok(BuildSettings {
+            runtime: Runtime::Tensorrt,
+            compute_capabilities: Vec::new(),
+            strip_weights: false,
             builder,
             precision,
             workspace_bytes,
             optimization_level,
         })
     }
+}
+
+impl BuildSettings {
+    /// For TensorRT-RTX: the native builder, and the compute capabilities to build for (sorted,
+    /// each one TensorRT-RTX can target). Standard TensorRT builds for the GPU it runs on.
+    pub fn with_runtime(mut self, runtime: Runtime, mut targets: Vec<ComputeCapability>) -> Result<BuildSettings> {
+        targets.sort();
+        targets.dedup();
+        match runtime {
+            Runtime::Tensorrt if !targets.is_empty() => bail!(
+                "--compute-capability is for --runtime tensorrt-rtx; standard TensorRT builds for the GPU it runs on"
+            ),
+            Runtime::TensorrtRtx => {
+                if let Some(bad) = targets.iter().find(|t| !ComputeCapability::RTX.contains(t)) {
+                    bail!(
+                        "--compute-capability {bad}: TensorRT-RTX builds for {} (not data-centre GPUs such as 9.0 H100/H200; \
+                         use --runtime tensorrt there)",
+                        list(&ComputeCapability::RTX)
+                    );
+                }
+                if self.builder == BuilderKind::Trtexec {
+                    bail!("--builder trtexec drives standard TensorRT; --runtime tensorrt-rtx builds with the native builder");
+                }
+            }
+            Runtime::Tensorrt => {}
+        }
+        self.runtime = runtime;
+        self.compute_capabilities = targets;
+        Ok(self)
+    }
+
+    /// Weightless plans (TensorRT-RTX builds only).
+    pub fn with_strip_weights(mut self, strip: bool) -> Result<BuildSettings> {
+        if strip && self.runtime != Runtime::TensorrtRtx {
+            bail!("--strip-weights builds weightless TensorRT-RTX plans; use it with --runtime tensorrt-rtx");
+        }
+        self.strip_weights = strip;
+        Ok(self)
+    }
+
+    /// The GPUs a TensorRT-RTX engine will run on: the chosen ones or TensorRT-RTX's default set.
+    pub fn rtx_targets(&self) -> Vec<ComputeCapability> {
+        if self.compute_capabilities.is_empty() {
+            ComputeCapability::RTX_DEFAULT.to_vec()
+        } else {
+            self.compute_capabilities.clone()
+        }
+    }
+}
+
+/// "8.0, 8.6, 8.9".
+pub fn list(targets: &[ComputeCapability]) -> String {
+    targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl std::str::FromStr for Precision {

@@ -1,7 +1,7 @@
 //! Finding what an engine build needs on this machine — TensorRT's libraries (or `trtexec`)
 //! and an NVIDIA GPU — before any work starts, and saying exactly what is missing.
 
-use crate::settings::BuilderKind;
+use crate::settings::{BuilderKind, Runtime};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::ffi::{c_char, c_int};
@@ -51,12 +51,14 @@ pub struct Gpu {
 /// What this machine builds engines with.
 #[derive(Clone, Debug, Serialize)]
 pub struct Toolchain {
+    pub runtime: Runtime,
     pub builder: BuilderKind,
     /// The TensorRT that will build (trtexec's own for trtexec builds).
     pub tensorrt: Version,
     pub libs: Option<TensorRtLibs>,
     pub trtexec: Option<PathBuf>,
-    pub gpu: Gpu,
+    /// The GPU that builds (standard TensorRT); none for TensorRT-RTX's ahead-of-time builds.
+    pub gpu: Option<Gpu>,
 }
 
 const HOW_TO_GET: &str = "Engines are built on a GPU host with the NVIDIA driver and TensorRT 10 or newer: \
@@ -87,11 +89,12 @@ pub fn probe(builder: BuilderKind) -> Result<Toolchain> {
     }
     match (missing.is_empty(), tensorrt, gpu) {
         (true, Some(tensorrt), Some(gpu)) => Ok(Toolchain {
+            runtime: Runtime::Tensorrt,
             builder,
             tensorrt,
             libs,
             trtexec,
-            gpu,
+            gpu: Some(gpu),
         }),
         _ => {
             if missing.is_empty() {
@@ -212,6 +215,11 @@ pub fn find_tensorrt_libs() -> Result<TensorRtLibs> {
         onnxparser,
         version,
     })
+}
+
+/// A TensorRT library's version from its `int f(void)` version getter.
+pub fn library_version(path: &Path, symbol: &[u8]) -> Result<Version> {
+    library_int(path, symbol).map(Version::from_int)
 }
 
 /// Calls an `int f(void)` exported by a shared library (TensorRT's version getters).

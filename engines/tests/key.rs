@@ -2,7 +2,7 @@
 //! TensorRT version or GPU gives a different one.
 
 use fluxbuild_engines::key::{cache_key, FileDigest, KeyInputs};
-use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
+use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision, Runtime};
 use fluxbuild_profiles::{ModelDims, Network, Preset, ProfileShapes};
 use std::collections::BTreeSet;
 
@@ -18,6 +18,7 @@ struct Case {
 impl Case {
     fn key(&self) -> String {
         cache_key(&KeyInputs {
+            runtime: Runtime::Tensorrt,
             network: self.network,
             graph: &self.graph,
             settings: &self.settings,

@@ -4,7 +4,7 @@
 mod support;
 
 use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
-use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
+use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision, Runtime};
 use fluxbuild_engines::toolchain::{Gpu, Toolchain, Version};
 use fluxbuild_exporters::onnx::write_model;
 use fluxbuild_exporters::util::sha256_file;
@@ -25,16 +25,17 @@ fn request(models: &Path, out: &Path, preset: &str, only: &[Network]) -> BuildRe
 
 fn toolchain(tensorrt: Version, cc: &str) -> Toolchain {
     Toolchain {
+        runtime: Runtime::Tensorrt,
         builder: BuilderKind::Trtexec,
         tensorrt,
         libs: None,
         trtexec: Some("/usr/src/tensorrt/bin/trtexec".into()),
-        gpu: Gpu {
+        gpu: Some(Gpu {
             name: "NVIDIA H200".into(),
             compute_capability: cc.into(),
             memory_bytes: 141 << 30,
             cuda_version: "12.8".into(),
-        },
+        }),
     }
 }
 
@@ -136,6 +137,7 @@ fn record_for(plan: &build::EnginePlan, out: &Path, plan_bytes: u64) -> EngineRe
         compute_capability: "9.0".into(),
         gpu: "NVIDIA H200".into(),
         command_line: Some(vec!["trtexec".into()]),
+        parse_seconds: None,
         build_seconds: 1.5,
         built_unix: 1,
     }

@@ -10,7 +10,8 @@ use crate::manifest::{FileEntry, Manifest};
 use crate::output::Output;
 use anyhow::{Context, Result};
 use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
-use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
+use fluxbuild_engines::rtx;
+use fluxbuild_engines::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
 use fluxbuild_engines::toolchain::{self, Toolchain};
 use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_profiles::{Network, Preset};
@@ -41,9 +42,22 @@ pub struct Args {
     /// Workspace memory pool limit in GiB (default: TensorRT's, the GPU's memory).
     #[arg(long, value_name = "GiB")]
     workspace: Option<f64>,
-    /// native (TensorRT builder API through trtx) or trtexec.
-    #[arg(long, default_value = "native")]
-    builder: BuilderKind,
+    /// tensorrt (standard TensorRT on a GPU host, for Triton) or tensorrt-rtx (TensorRT-RTX,
+    /// built ahead of time on any machine, no GPU; engines for RTX / Ampere-or-newer GPUs).
+    #[arg(long, default_value = "tensorrt")]
+    runtime: Runtime,
+    /// TensorRT-RTX target GPUs, comma-separated compute capabilities (7.5, 8.0, 8.6, 8.9, 12.0,
+    /// 12.1); default: TensorRT-RTX's own set (8.0 and newer). FP8 graphs need 8.9 or newer.
+    #[arg(long, value_delimiter = ',', value_name = "X.Y")]
+    compute_capability: Vec<ComputeCapability>,
+    /// Weightless plans (TensorRT-RTX: kSTRIP_PLAN): about the size of the kernels, not of the
+    /// weights; the deployment refits them from the same graph's weights.
+    #[arg(long)]
+    strip_weights: bool,
+    /// native (TensorRT builder API through trtx: TensorRT-RTX) or trtexec (standard TensorRT).
+    /// Default: native for tensorrt-rtx, trtexec for tensorrt.
+    #[arg(long)]
+    builder: Option<BuilderKind>,
     /// Build only these networks (comma-separated: clip,t5,transformer,vae_decoder).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -63,11 +77,16 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let mut request = BuildRequest {
         preset: Preset::load(&args.profile)?,
         settings: BuildSettings::new(
-            args.builder,
+            args.builder.unwrap_or(match args.runtime {
+                Runtime::Tensorrt => BuilderKind::Trtexec,
+                Runtime::TensorrtRtx => BuilderKind::Native,
+            }),
             args.precision,
             args.workspace,
             args.builder_optimization_level,
-        )?,
+        )?
+        .with_runtime(args.runtime, args.compute_capability)?
+        .with_strip_weights(args.strip_weights)?,
         only: args
             .only
             .iter()
@@ -78,8 +97,12 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         timing_cache: args.timing_cache,
     };
     let graphs = build::read_graphs(&request)?;
-    let toolchain = toolchain::probe(request.settings.builder)?;
+    let toolchain = match request.settings.runtime {
+        Runtime::Tensorrt => toolchain::probe(request.settings.builder)?,
+        Runtime::TensorrtRtx => rtx::probe()?,
+    };
     build::check_builder(&request, &toolchain)?;
+    build::check_targets(&request, &graphs, &toolchain)?;
     let manifest_path = request.out.join("manifest.json");
     let mut records = previous_records(&manifest_path)?;
     // A record whose plan is gone (or was replaced by hand) describes nothing any more.
@@ -94,7 +117,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         let record = match &plan.reuse {
             Some(record) => record.clone(),
             None => {
-                if let Some(warning) = build::memory_warning(plan) {
+                if let Some(warning) = build::memory_warning(plan, request.settings.runtime) {
                     out.warn(&warning);
                 }
                 staged.discard(&plan.plan)?;
@@ -141,14 +164,18 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
                 )
             })
             .collect();
-        format!(
-            "{}\nTensorRT {} on {} (sm {}); manifest {}",
-            lines.join("\n"),
-            toolchain.tensorrt,
-            toolchain.gpu.name,
-            toolchain.gpu.compute_capability,
-            manifest_path.display()
-        )
+        let host = match &toolchain.gpu {
+            Some(gpu) => format!(
+                "TensorRT {} on {} (sm {})",
+                toolchain.tensorrt, gpu.name, gpu.compute_capability
+            ),
+            None => format!(
+                "TensorRT-RTX {} ahead of time, for compute capability {}",
+                toolchain.tensorrt,
+                list(&build::targets(&request.settings, &toolchain))
+            ),
+        };
+        format!("{}\n{host}; manifest {}", lines.join("\n"), manifest_path.display())
     });
     Ok(())
 }
@@ -211,7 +238,9 @@ pub fn engines_manifest(
         "preset": request.preset.name,
         "build": request.settings,
         "timing_cache": request.timing_cache,
+        "runtime": request.settings.runtime,
         "tensorrt": toolchain.tensorrt.to_string(),
+        "compute_capability": list(&build::targets(&request.settings, toolchain)),
         "gpu": toolchain.gpu,
     });
     manifest.submodels = serde_json::to_value(records)?;

@@ -343,8 +343,18 @@ impl<'a> GraphBuilder<'a> {
         self.op("Squeeze", &[x, &axes], &[])
     }
     /// `Shape(x)[start..end]` as an int64 vector.
+    /// Shape(x)[start..end]. The whole shape is written as a plain Shape: TensorRT-RTX 1.7's
+    /// shape analysis drops the last dimension of `Shape(x, start=0, end=INT64_MAX)` (a later
+    /// Reshape to it then fails with "reshape changes volume").
     pub fn shape_of(&mut self, x: &V, start: i64, end: i64) -> V {
-        self.op("Shape", &[x], &[("start", Attr::Int(start)), ("end", Attr::Int(end))])
+        let mut attrs = Vec::new();
+        if start != 0 {
+            attrs.push(("start", Attr::Int(start)));
+        }
+        if end != i64::MAX {
+            attrs.push(("end", Attr::Int(end)));
+        }
+        self.op("Shape", &[x], &attrs)
     }
     pub fn gather(&mut self, x: &V, indices: &V, axis: i64) -> V {
         self.op("Gather", &[x, indices], &[("axis", Attr::Int(axis))])
