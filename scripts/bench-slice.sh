@@ -68,6 +68,9 @@ for precision in bf16 fp16 fp32; do
     done
 done
 
+same_fp32=unknown
+[[ -n "${BASELINE:-}" ]] && same_fp32=$(cmp -s "$work/out-current-fp32/transformer/model.onnx.data" \
+    "$work/out-baseline-fp32/transformer/model.onnx.data" && echo yes || echo no)
 ort=()
 for which in "${binaries[@]}"; do
     model="$work/out-$which-fp32/transformer/model.onnx"
@@ -83,7 +86,7 @@ result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$work/out-curre
 ort+=("current,no-prepacking $result")
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-ROWS=$(printf '%s\n' "${rows[@]}") ORT=$(printf '%s\n' "${ort[@]}") SIZE=$size \
+SAME_FP32=$same_fp32 ROWS=$(printf '%s\n' "${rows[@]}") ORT=$(printf '%s\n' "${ort[@]}") SIZE=$size \
     LOAD="$load_before before / $load_after after" COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
     TOKENS="$IMAGE_TOKENS+$TEXT_TOKENS" REPORT=$REPORT python3 - <<'PY'
 import json, os, subprocess, datetime
@@ -121,7 +124,8 @@ for which in whiches:
         cpu = e["user"] + e["sys"]
         lines.append(f"| {which} | {precision} | {e['wall']:.2f} | {ratio:.2f} | {cpu:.2f} | {cpu / bf16_cpu:.2f} | {e['rss_mib']:.0f} MiB |")
         if precision != "bf16":
-            summary.append(dict(benchmark=f"slice export {precision} ({which})", measured=f"{e['wall']:.2f} s",
+            summary.append(dict(benchmark=f"slice export {precision} ({which})",
+                                measured=f"{e['wall']:.2f} s ({cpu / bf16_cpu:.2f}× bf16 in CPU s)",
                                 reference=f"bf16 export {bf16:.2f} s", ratio=round(ratio, 2),
                                 target="<= 1.3" if precision == "fp16" else "", met=ratio <= 1.3 if precision == "fp16" else None))
 lines += [
@@ -139,6 +143,9 @@ for which in whiches + ["current,no-prepacking"]:
         continue
     summary.append(dict(benchmark=f"slice fp32 ORT session start ({which})", measured=f"{o['session_s']:.2f} s",
                         reference=f"one inference {o['run_s']:.2f} s", ratio=round(ratio, 2), target="<= 1.5", met=ratio <= 1.5))
+if "baseline" in whiches:
+    lines += ["", f"The two builds' fp32 data files are byte-identical: {os.environ['SAME_FP32']} "
+              "(if yes, their session start and run differ only by the machine's load)."]
 lines += ["", "`current,no-prepacking`: the current graph with the session option `session.disable_prepacking=1`",
           "(ONNX Runtime then packs the MatMul weights on every run instead of once at session start)."]
 report = os.environ["REPORT"]

@@ -299,9 +299,9 @@ fn fill_transposed<const I: usize, const O: usize>(
                 for oc in c0..(c0 + TILE).min(out_rows) {
                     let c = first_out_row + oc;
                     let dst = &mut out[oc * rows + block.first_row..][..block_rows];
-                    for r in r0..r1 {
+                    for (d, r) in dst[r0..r1].iter_mut().zip(r0..) {
                         let (y, s) = convert(block.elems[r * cols + c]);
-                        dst[r] = y;
+                        *d = y;
                         saturated += s as u64;
                     }
                 }
