@@ -19,12 +19,7 @@ REPORT=${REPORT:-bench/export.md}
 
 fail() { echo "bench-export: $*" >&2; exit 2; }
 
-if [[ -z "${TENSOR_NAMES:-}" ]]; then
-    for candidate in ../shared ../../shared /work/shared; do
-        [[ -d "$candidate/reference/tensor-names" ]] && TENSOR_NAMES="$candidate/reference/tensor-names" && break
-    done
-fi
-[[ -d "${TENSOR_NAMES:-}" ]] || fail "reference tensor names not found: set TENSOR_NAMES to the folder of flux1_dev_transformer.tsv"
+source scripts/bench-common.sh
 
 column=diffusers
 case "$MODEL/$LAYOUT" in

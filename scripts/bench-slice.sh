@@ -20,12 +20,7 @@ TEXT_TOKENS=${TEXT_TOKENS:-64}
 
 fail() { echo "bench-slice: $*" >&2; exit 2; }
 
-if [[ -z "${TENSOR_NAMES:-}" ]]; then
-    for candidate in ../shared ../../shared /work/shared; do
-        [[ -d "$candidate/reference/tensor-names" ]] && TENSOR_NAMES="$candidate/reference/tensor-names" && break
-    done
-fi
-[[ -d "${TENSOR_NAMES:-}" ]] || fail "reference tensor names not found: set TENSOR_NAMES to the folder of flux1_dev_transformer.tsv"
+source scripts/bench-common.sh
 "$PYTHON" -c "import onnxruntime, numpy" 2>/dev/null \
     || fail "$PYTHON has no onnxruntime: run \`make triton-venv\` or set PYTHON"
 [[ -z "${BASELINE:-}" || -x "${BASELINE:-}" ]] || fail "BASELINE=$BASELINE is not an executable"
