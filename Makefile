@@ -76,9 +76,17 @@ bench-export:
 bench-engines:
 	bash scripts/bench-engines.sh
 
-# Benchmarks (not tests): reports under bench/.
+# Slice benchmark (not a test): the transformer at full width with 1 double + 2 single blocks:
+# export time per precision, ONNX Runtime session start against one inference; writes bench/slice.md.
+.PHONY: bench-slice
+bench-slice: triton-venv
+	bash scripts/bench-slice.sh
+
+# Benchmarks (not tests): runs every bench-* target above (and bench-engines, bench-serve where
+# present), then writes bench/README.md, one table of ratios against same-run references.
 .PHONY: bench
-bench: bench-export
+bench:
+	bash scripts/bench-all.sh
 
 # Accuracy report (not a test): fp16/bf16/fp8 against fp32, per network and end to end, on the tiny
 # fixture pipelines in ONNX Runtime (CPU); writes bench/accuracy.md and bench/accuracy.json.

@@ -31,6 +31,10 @@ struct Args {
     /// Clamp every `{i}` count (a smaller file with the same widths, for quick runs).
     #[arg(long)]
     max_count: Option<usize>,
+    /// Replace the `{i}` count FROM by TO (repeatable): `--count 19=1 --count 38=2` gives the
+    /// FLUX.1 transformer with 1 double and 2 single blocks at full width.
+    #[arg(long = "count", value_name = "FROM=TO", value_parser = parse_count)]
+    counts: Vec<(usize, usize)>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output .safetensors file (written atomically).
@@ -44,6 +48,11 @@ struct Args {
 struct Spec {
     name: String,
     shape: Vec<usize>,
+}
+
+fn parse_count(text: &str) -> Result<(usize, usize)> {
+    let (from, to) = text.split_once('=').context("expected FROM=TO, e.g. 19=1")?;
+    Ok((from.trim().parse()?, to.trim().parse()?))
 }
 
 fn parse_shape(text: &str) -> Result<Vec<usize>> {
@@ -75,6 +84,11 @@ fn read_specs(args: &Args) -> Result<Vec<Spec>> {
             let shape = parse_shape(shape)?;
             let count: usize = count.parse()?;
             if pattern.contains("{i}") {
+                let count = args
+                    .counts
+                    .iter()
+                    .find(|(from, _)| *from == count)
+                    .map_or(count, |(_, to)| *to);
                 for i in 0..args.max_count.map_or(count, |m| count.min(m)) {
                     specs.push(Spec {
                         name: pattern.replace("{i}", &i.to_string()),

@@ -17,7 +17,7 @@ use std::ops::Deref;
 pub struct ConversionStats {
     /// Values beyond the target's finite range, saturated to its largest finite value.
     pub saturated: u64,
-    /// The largest magnitude seen in the source (0 where values were only moved or widened exactly).
+    /// The largest magnitude seen in the source, where an fp8 scale needs it (0 otherwise).
     pub amax: f32,
 }
 
@@ -44,8 +44,8 @@ pub fn encode_plan<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Result<(Encoded
         if let Some(bytes) = passthrough(plan, elem) {
             return Ok((Encoded::Borrowed(bytes), ConversionStats::default()));
         }
-        if let Some(bytes) = rearrange_exact(plan, elem) {
-            return Ok((Encoded::Owned(bytes), ConversionStats::default()));
+        if let Some((bytes, saturated)) = rearrange_direct(plan, elem) {
+            return Ok((Encoded::Owned(bytes), ConversionStats { saturated, amax: 0.0 }));
         }
     }
     let mut values = Vec::with_capacity(plan.rows() * plan.cols);
@@ -93,44 +93,108 @@ fn passthrough<'a>(plan: &WeightPlan<'a>, elem: ElemType) -> Option<&'a [u8]> {
     (same_type(part.tensor.dtype(), elem) && whole && !plan.transpose).then(|| part.tensor.bytes())
 }
 
-/// Stacking, transposing and the conversions that cannot overflow (same type, widening, f32 or
-/// f16 to bf16) in one pass over the elements, on all cores. `None` for the rest (narrowing to
-/// f16, which saturates and counts, or parts of mixed types): those go through f32.
-fn rearrange_exact(plan: &WeightPlan<'_>, elem: ElemType) -> Option<PageBuf> {
+/// Stacking, transposing and converting in one pass over the elements, on all cores, for
+/// parts of one type (`None` for mixed types, which go through f32). Narrowing to float16
+/// saturates and counts on the way.
+fn rearrange_direct(plan: &WeightPlan<'_>, elem: ElemType) -> Option<(PageBuf, u64)> {
     let dtype = plan.parts[0].tensor.dtype();
     if plan.parts.iter().any(|p| p.tensor.dtype() != dtype) {
         return None;
     }
-    let bf16_of = |v: f32| bf16::from_f32(v).to_le_bytes();
+    let bf16_of = |v: f32| (bf16::from_f32(v).to_le_bytes(), false);
+    let f16_of = |v: f32| {
+        let (bits, saturated) = f16_saturating(v);
+        (bits.to_le_bytes(), saturated)
+    };
+    let bf16_to_f32 = |x: [u8; 2]| f32::from_bits((u16::from_le_bytes(x) as u32) << 16);
     Some(match (dtype, elem) {
-        (DType::F32, ElemType::F32) => rearrange::<4, 4>(plan, |x| x),
-        (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) => rearrange::<2, 2>(plan, |x| x),
-        (DType::F8E4M3, ElemType::F8E4M3) => rearrange::<1, 1>(plan, |x| x),
-        (DType::BF16, ElemType::F32) => {
-            rearrange::<2, 4>(plan, |x| ((u16::from_le_bytes(x) as u32) << 16).to_le_bytes())
+        (DType::F32, ElemType::F32) => rearrange::<4, 4>(plan, |x| (x, false)),
+        (DType::F16, ElemType::F16) | (DType::BF16, ElemType::BF16) => rearrange::<2, 2>(plan, |x| (x, false)),
+        (DType::F8E4M3, ElemType::F8E4M3) => rearrange::<1, 1>(plan, |x| (x, false)),
+        (DType::BF16, ElemType::F32) => rearrange::<2, 4>(plan, |x| (bf16_to_f32(x).to_le_bytes(), false)),
+        (DType::F16, ElemType::F32) => {
+            rearrange::<2, 4>(plan, |x| (f16::from_le_bytes(x).to_f32().to_le_bytes(), false))
         }
-        (DType::F16, ElemType::F32) => rearrange::<2, 4>(plan, |x| f16::from_le_bytes(x).to_f32().to_le_bytes()),
-        (DType::F8E4M3, ElemType::F32) => rearrange::<1, 4>(plan, |[x]| F8E4M3::from_bits(x).to_f32().to_le_bytes()),
+        (DType::F8E4M3, ElemType::F32) => {
+            rearrange::<1, 4>(plan, |[x]| (F8E4M3::from_bits(x).to_f32().to_le_bytes(), false))
+        }
         (DType::F32, ElemType::BF16) => rearrange::<4, 2>(plan, |x| bf16_of(f32::from_le_bytes(x))),
         (DType::F16, ElemType::BF16) => rearrange::<2, 2>(plan, |x| bf16_of(f16::from_le_bytes(x).to_f32())),
         (DType::F8E4M3, ElemType::BF16) => rearrange::<1, 2>(plan, |[x]| bf16_of(F8E4M3::from_bits(x).to_f32())),
-        // e4m3 (max 448) fits f16 exactly.
-        (DType::F8E4M3, ElemType::F16) => {
-            rearrange::<1, 2>(plan, |[x]| f16::from_f32(F8E4M3::from_bits(x).to_f32()).to_le_bytes())
+        (DType::F32, ElemType::F16) => rearrange::<4, 2>(plan, |x| f16_of(f32::from_le_bytes(x))),
+        (DType::BF16, ElemType::F16) => {
+            let table = bf16_to_f16_table();
+            rearrange::<2, 2>(plan, |x| {
+                let bits = u16::from_le_bytes(x);
+                let abs = bits & 0x7fff;
+                // beyond 65504 (the next bfloat16 is 65536) and finite
+                let saturated = (0x4780..0x7f80).contains(&abs);
+                (table[bits as usize].to_le_bytes(), saturated)
+            })
         }
+        // e4m3 (max 448) fits f16 exactly.
+        (DType::F8E4M3, ElemType::F16) => rearrange::<1, 2>(plan, |[x]| f16_of(F8E4M3::from_bits(x).to_f32())),
         _ => return None,
     })
+}
+
+/// `f16_saturating` of every bfloat16 value, by its bits (128 KiB, made once): a lookup per
+/// element costs less than the arithmetic, which the compiler does not vectorise here.
+fn bf16_to_f16_table() -> &'static [u16; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[u16; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = Box::new([0u16; 1 << 16]);
+        for (bits, half) in table.iter_mut().enumerate() {
+            *half = f16_saturating(f32::from_bits((bits as u32) << 16)).0;
+        }
+        table
+    })
+}
+
+/// f32 to float16 bits, rounding to nearest even as `half::f16::from_f32` does, except that
+/// finite values beyond ±65504 saturate to it (the `bool` says so) instead of becoming
+/// infinite; infinities and NaNs stay what they are. Plain integer and float arithmetic, without
+/// `half`'s per-call CPU feature check, so it inlines into the conversion loops.
+#[inline(always)]
+pub fn f16_saturating(v: f32) -> (u16, bool) {
+    const F16_MAX: u32 = 0x477f_e000; // 65504.0
+    const INFINITY: u32 = 0x7f80_0000;
+    // 2^-14: below it, halves are subnormal.
+    const SMALLEST_NORMAL: u32 = 113 << 23;
+    // Adding 0.5 (this float) to a value below 2^-14 leaves its subnormal-half mantissa in the
+    // low 10 bits, rounded to nearest even by the float addition itself.
+    const SUBNORMAL_MAGIC: u32 = ((127 - 15) + (23 - 10) + 1) << 23;
+    let bits = v.to_bits();
+    let sign = (bits >> 16) as u16 & 0x8000;
+    let abs = bits & 0x7fff_ffff;
+    let saturated = abs > F16_MAX && abs < INFINITY;
+    let abs = if saturated { F16_MAX } else { abs };
+    let subnormal = (f32::from_bits(abs) + f32::from_bits(SUBNORMAL_MAGIC)).to_bits() - SUBNORMAL_MAGIC;
+    // Rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits to nearest even.
+    let rebias = 15u32.wrapping_sub(127) << 23;
+    let normal = abs.wrapping_add(rebias).wrapping_add(0xfff + ((abs >> 13) & 1)) >> 13;
+    let mantissa = abs & 0x007f_ffff;
+    let special = 0x7c00 | if mantissa != 0 { 0x0200 } else { 0 } | (mantissa >> 13);
+    let half = if abs >= INFINITY {
+        special
+    } else if abs < SMALLEST_NORMAL {
+        subnormal
+    } else {
+        normal
+    };
+    (sign | half as u16, saturated)
 }
 
 /// Tensors below this size are rearranged on the calling thread.
 const PARALLEL_MIN_BYTES: usize = 1 << 20;
 
 /// The plan's matrix (parts stacked, transposed if asked) with every element of `I` bytes
-/// mapped to `O` bytes by `convert`. Output rows are shared out among the cores.
+/// mapped to `O` bytes by `convert`, which also says whether it saturated the value; with the
+/// number of saturated values. Output rows are shared out among the cores.
 fn rearrange<const I: usize, const O: usize>(
     plan: &WeightPlan<'_>,
-    convert: impl Fn([u8; I]) -> [u8; O] + Sync,
-) -> PageBuf {
+    convert: impl Fn([u8; I]) -> ([u8; O], bool) + Sync,
+) -> (PageBuf, u64) {
     let (rows, cols) = (plan.rows(), plan.cols);
     let mut first = 0;
     let blocks: Vec<Block<'_, I>> = plan
@@ -155,7 +219,9 @@ fn rearrange<const I: usize, const O: usize>(
     };
     let rows_per_thread = out_rows.div_ceil(threads).max(1);
     let (elems, _) = out.as_chunks_mut::<O>();
+    let mut saturated = 0;
     std::thread::scope(|s| {
+        let mut running = Vec::new();
         for (t, chunk) in elems.chunks_mut(rows_per_thread * out_width).enumerate() {
             let (blocks, convert) = (&blocks, &convert);
             let mut fill = move || {
@@ -167,13 +233,16 @@ fn rearrange<const I: usize, const O: usize>(
                 }
             };
             if threads == 1 {
-                fill();
+                saturated += fill();
             } else {
-                s.spawn(fill);
+                running.push(s.spawn(fill));
             }
         }
+        for thread in running {
+            saturated += thread.join().expect("a conversion thread panicked");
+        }
     });
-    out
+    (out, saturated)
 }
 
 /// One part's rows, starting at row `first_row` of the stacked matrix.
@@ -182,14 +251,15 @@ struct Block<'a, const I: usize> {
     elems: &'a [[u8; I]],
 }
 
-/// Stacked rows `first_out_row..` into `out`.
+/// Stacked rows `first_out_row..` into `out`; returns the number of saturated values.
 fn fill_stacked<const I: usize, const O: usize>(
     out: &mut [[u8; O]],
     first_out_row: usize,
     blocks: &[Block<'_, I>],
     cols: usize,
-    convert: &impl Fn([u8; I]) -> [u8; O],
-) {
+    convert: &impl Fn([u8; I]) -> ([u8; O], bool),
+) -> u64 {
+    let mut saturated = 0;
     for (i, row_out) in out.chunks_mut(cols).enumerate() {
         let r = first_out_row + i;
         let block = blocks
@@ -199,22 +269,27 @@ fn fill_stacked<const I: usize, const O: usize>(
             .expect("row within the plan");
         let row_in = &block.elems[(r - block.first_row) * cols..][..cols];
         for (o, &x) in row_out.iter_mut().zip(row_in) {
-            *o = convert(x);
+            let (y, s) = convert(x);
+            *o = y;
+            saturated += s as u64;
         }
     }
+    saturated
 }
 
 /// Rows `first_out_row..` of the transpose (= columns of the stacked matrix, `rows` long) into
-/// `out`, tile by tile so that reads and writes both stay in cache.
+/// `out`, tile by tile so that reads and writes both stay in cache; returns the number of
+/// saturated values.
 fn fill_transposed<const I: usize, const O: usize>(
     out: &mut [[u8; O]],
     first_out_row: usize,
     blocks: &[Block<'_, I>],
     cols: usize,
     rows: usize,
-    convert: &impl Fn([u8; I]) -> [u8; O],
-) {
+    convert: &impl Fn([u8; I]) -> ([u8; O], bool),
+) -> u64 {
     const TILE: usize = 64;
+    let mut saturated = 0;
     let out_rows = out.len() / rows;
     for block in blocks {
         let block_rows = block.elems.len() / cols;
@@ -224,13 +299,16 @@ fn fill_transposed<const I: usize, const O: usize>(
                 for oc in c0..(c0 + TILE).min(out_rows) {
                     let c = first_out_row + oc;
                     let dst = &mut out[oc * rows + block.first_row..][..block_rows];
-                    for r in r0..r1 {
-                        dst[r] = convert(block.elems[r * cols + c]);
+                    for (d, r) in dst[r0..r1].iter_mut().zip(r0..) {
+                        let (y, s) = convert(block.elems[r * cols + c]);
+                        *d = y;
+                        saturated += s as u64;
                     }
                 }
             }
         }
     }
+    saturated
 }
 
 /// Cache-blocked transpose of a row-major [rows, cols] matrix.
@@ -259,15 +337,10 @@ pub fn encode_f32(values: &[f32], elem: ElemType) -> Result<(Vec<u8>, Conversion
     match elem {
         ElemType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
         ElemType::F16 => {
-            let max = f16::MAX.to_f32();
             for &v in values {
-                let clamped = if v.abs() > max && v.is_finite() {
-                    stats.saturated += 1;
-                    max.copysign(v)
-                } else {
-                    v
-                };
-                out.extend(f16::from_f32(clamped).to_le_bytes());
+                let (bits, saturated) = f16_saturating(v);
+                stats.saturated += saturated as u64;
+                out.extend(bits.to_le_bytes());
             }
         }
         ElemType::BF16 => out.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes())),
@@ -294,16 +367,24 @@ mod tests {
 
     /// The one-pass rearrangement gives the same bytes as decoding to f32, transposing and encoding.
     #[test]
-    fn exact_rearrangement_matches_the_f32_path() {
+    fn direct_rearrangement_matches_the_f32_path() {
         use crate::checkpoint::Checkpoint;
         use crate::onnx::ir::Part;
         use safetensors::tensor::{Dtype, TensorView};
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            (Dtype::F32, DType::F32, [ElemType::F32, ElemType::BF16]),
-            (Dtype::BF16, DType::BF16, [ElemType::BF16, ElemType::F32]),
-            (Dtype::F16, DType::F16, [ElemType::F16, ElemType::BF16]),
-            (Dtype::F8_E4M3, DType::F8E4M3, [ElemType::F32, ElemType::F16]),
+            (
+                Dtype::F32,
+                DType::F32,
+                &[ElemType::F32, ElemType::BF16, ElemType::F16][..],
+            ),
+            (
+                Dtype::BF16,
+                DType::BF16,
+                &[ElemType::BF16, ElemType::F32, ElemType::F16],
+            ),
+            (Dtype::F16, DType::F16, &[ElemType::F16, ElemType::BF16]),
+            (Dtype::F8_E4M3, DType::F8E4M3, &[ElemType::F32, ElemType::F16]),
         ];
         for (st_dtype, dtype, targets) in cases {
             // Two tensors with ragged sizes, the second big enough to be split among threads.
@@ -359,8 +440,8 @@ mod tests {
                     transpose: transposed,
                     scale: None,
                 };
-                for elem in targets {
-                    let fast = rearrange_exact(&plan, elem).expect("an exact conversion");
+                for &elem in targets {
+                    let (fast, _) = rearrange_direct(&plan, elem).expect("a direct conversion");
                     let mut values = Vec::new();
                     for part in &plan.parts {
                         dtype.decode_into(part_bytes(&plan, part), &mut values);
@@ -375,6 +456,64 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// `f16_saturating` is today's conversion (clamp finite overflow, then `half`'s round to
+    /// nearest even) bit for bit: on every bfloat16 value with the low mantissa bits that decide
+    /// rounding (ties, just below and above them), on every NaN and infinity, and on a stride
+    /// through all 2^32 bit patterns.
+    #[test]
+    fn f16_saturating_is_bit_exact() {
+        let max = f16::MAX.to_f32();
+        let reference = |v: f32| {
+            let saturated = v.abs() > max && v.is_finite();
+            let clamped = if saturated { max.copysign(v) } else { v };
+            (f16::from_f32(clamped).to_bits(), saturated)
+        };
+        let low_bits = [
+            0u32, 1, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x3000, 0x7fff, 0x8000, 0xffff,
+        ];
+        let near_ties = (0..=0xffffu32).flat_map(|high| low_bits.iter().map(move |low| high << 16 | low));
+        for bits in near_ties.chain((0..=u32::MAX).step_by(997)) {
+            let v = f32::from_bits(bits);
+            assert_eq!(f16_saturating(v), reference(v), "{v:e} ({bits:#010x})");
+        }
+    }
+
+    /// Saturation is counted in the one-pass path, threads and transposes included.
+    #[test]
+    fn direct_fp16_counts_saturation() {
+        use crate::checkpoint::Checkpoint;
+        use crate::onnx::ir::Part;
+        use safetensors::tensor::{Dtype, TensorView};
+        let (rows, cols) = (1000usize, 700usize);
+        let special = [70000.0f32, -1e9, 65504.0, 65519.0, f32::INFINITY, f32::NAN, 1.0];
+        let values: Vec<f32> = (0..rows * cols).map(|i| special[i % 7919 % special.len()]).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.safetensors");
+        let view = TensorView::new(Dtype::BF16, vec![rows, cols], &bytes).unwrap();
+        safetensors::serialize_to_file([("w", view)], None, &path).unwrap();
+        let ckpt = Checkpoint::load(&path, "", &[]).unwrap();
+        let expected: u64 = values
+            .iter()
+            .map(|&v| bf16::from_f32(v).to_f32())
+            .filter(|v| v.is_finite() && v.abs() > 65504.0)
+            .count() as u64;
+        assert!(expected > 1000);
+        for transpose in [false, true] {
+            let plan = WeightPlan {
+                parts: vec![Part {
+                    tensor: ckpt.get("w").unwrap(),
+                    rows: 0..rows,
+                }],
+                cols,
+                transpose,
+                scale: None,
+            };
+            let (_, stats) = encode_plan(&plan, ElemType::F16).unwrap();
+            assert_eq!(stats.saturated, expected, "transpose {transpose}");
         }
     }
 

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# `make bench-slice`: the FLUX.1-dev transformer at full width with 1 double and 2 single blocks
+# (a synthetic 1.3 GB bf16 checkpoint, real names and shapes). Measures, in one run:
+#   - export time per precision (bf16, fp16, fp32), fp16 and fp32 as ratios of bf16;
+#   - ONNX Runtime (CPU) session start of the fp32 graph against one inference at 256 image + 64
+#     text tokens, and that inference's own time.
+# BASELINE=<a fluxbuild binary built from an earlier commit> is measured alongside (before/after).
+#   - the same for the full-size CLIP-L (77 tokens) and VAE decoder (256x256), current build only.
+# Writes bench/slice.md and bench/slice.json. Needs about 10 GB free.
+#
+#   BENCH_DIR=bench/tmp   PYTHON=<python with onnxruntime> (default: the Triton venv's)
+#   TENSOR_NAMES=<folder of the reference TSVs>   IMAGE_TOKENS=256 TEXT_TOKENS=64
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH_DIR=${BENCH_DIR:-$PWD/bench/tmp}
+REPORT=${REPORT:-bench/slice.md}
+PYTHON=${PYTHON:-$PWD/.cache/triton-venv/bin/python}
+IMAGE_TOKENS=${IMAGE_TOKENS:-256}
+TEXT_TOKENS=${TEXT_TOKENS:-64}
+
+fail() { echo "bench-slice: $*" >&2; exit 2; }
+
+source scripts/bench-common.sh
+"$PYTHON" -c "import onnxruntime, numpy" 2>/dev/null \
+    || fail "$PYTHON has no onnxruntime: run \`make triton-venv\` or set PYTHON"
+[[ -z "${BASELINE:-}" || -x "${BASELINE:-}" ]] || fail "BASELINE=$BASELINE is not an executable"
+
+cargo build --release --quiet --bin fluxbuild --bin synth-checkpoint
+bin=target/release
+generator_args=(--names "$TENSOR_NAMES/flux1_dev_transformer.tsv" --dtype BF16 --count 19=1 --count 38=2)
+size=$($bin/synth-checkpoint "${generator_args[@]}" --size-only)
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+free=$(df --output=avail -B1 "$BENCH_DIR" | tail -1)
+need=$((6 * size + (2 << 30))) # input, the fp32 graph of each binary (2x each), 2 GiB margin
+gb() { awk -v b="$1" 'BEGIN { printf "%.1f GB", b / 1e9 }'; }
+((free >= need)) || fail "not run: needs $(gb $need) free in $BENCH_DIR; only $(gb $free) available"
+
+work="$BENCH_DIR/slice"
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+cleanup
+mkdir -p "$work/input/transformer"
+$bin/synth-checkpoint "${generator_args[@]}" --out "$work/input/transformer/diffusion_pytorch_model.safetensors"
+echo '{"_class_name": "FluxTransformer2DModel"}' > "$work/input/transformer/config.json"
+cat "$work/input/transformer/diffusion_pytorch_model.safetensors" > /dev/null # every run reads it warm
+
+binaries=(current)
+declare -A binary=([current]=$PWD/$bin/fluxbuild)
+[[ -n "${BASELINE:-}" ]] && binaries+=(baseline) && binary[baseline]=$(realpath "$BASELINE")
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+rows=()
+# Interleaved (current, baseline, current, ...) so that load from other work falls on both.
+for precision in bf16 fp16 fp32; do
+    for which in "${binaries[@]}"; do
+        out="$work/out-$which-$precision"
+        echo "bench-slice: $which export --precision $precision" >&2
+        /usr/bin/time -o "$work/time" -f "%e %M %U %S" "${binary[$which]}" export \
+            --transformer "$work/input/transformer" --only transformer --precision "$precision" --out "$out" \
+            > "$work/export.log" 2>&1 || { cat "$work/export.log" >&2; fail "$which export --precision $precision failed"; }
+        read -r wall kb user sys < "$work/time"
+        rows+=("$which $precision $wall $kb $user $sys")
+        [[ $precision == fp32 ]] || rm -rf "$out"
+    done
+done
+
+same_fp32=unknown
+[[ -n "${BASELINE:-}" ]] && same_fp32=$(cmp -s "$work/out-current-fp32/transformer/model.onnx.data" \
+    "$work/out-baseline-fp32/transformer/model.onnx.data" && echo yes || echo no)
+ort=()
+for which in "${binaries[@]}"; do
+    model="$work/out-$which-fp32/transformer/model.onnx"
+    cat "$model.data" > /dev/null
+    echo "bench-slice: ONNX Runtime session start and inference, $which fp32 graph" >&2
+    result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$model" --dim Li="$IMAGE_TOKENS" \
+        --dim Lt="$TEXT_TOKENS" --threads "$(nproc)" --runs 2)
+    ort+=("$which $result")
+done
+# What the session start is made of: the same graph with MatMul weight prepacking turned off.
+result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$work/out-current-fp32/transformer/model.onnx" \
+    --dim Li="$IMAGE_TOKENS" --dim Lt="$TEXT_TOKENS" --threads "$(nproc)" --runs 2 --config session.disable_prepacking=1)
+ort+=("current,no-prepacking $result")
+# The encoders' and the VAE decoder's session start, at full size (CLIP-L 123M, VAE decoder 50M
+# parameters): current build, fp32, CLIP at 77 tokens, the decoder at 256x256 (a 32x32 latent).
+$bin/synth-checkpoint --names "$TENSOR_NAMES/clip_l_text_encoder.tsv" --dtype BF16 \
+    --out "$work/input/text_encoder/model.safetensors" > /dev/null
+$bin/synth-checkpoint --names "$TENSOR_NAMES/vae_name_map.tsv" --column diffusers --dtype BF16 \
+    --out "$work/input/vae/diffusion_pytorch_model.safetensors" > /dev/null
+$bin/fluxbuild export --clip "$work/input/text_encoder" --vae "$work/input/vae" --only clip,vae_decoder \
+    --precision fp32 --out "$work/out-encoders" > "$work/export.log" 2>&1 \
+    || { cat "$work/export.log" >&2; fail "export of CLIP and the VAE decoder failed"; }
+for network in clip vae_decoder; do
+    model="$work/out-encoders/$network/model.onnx"
+    cat "$model.data" > /dev/null
+    echo "bench-slice: ONNX Runtime session start and inference, $network fp32" >&2
+    result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$model" --dim h=32 --dim w=32 \
+        --threads "$(nproc)" --runs 2)
+    ort+=("$network $result")
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+SAME_FP32=$same_fp32 ROWS=$(printf '%s\n' "${rows[@]}") ORT=$(printf '%s\n' "${ort[@]}") SIZE=$size \
+    LOAD="$load_before before / $load_after after" COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+    TOKENS="$IMAGE_TOKENS+$TEXT_TOKENS" REPORT=$REPORT python3 - <<'PY'
+import json, os, subprocess, datetime
+exports = {}
+for line in os.environ["ROWS"].splitlines():
+    which, precision, wall, kb, user, sys = line.split()
+    exports[(which, precision)] = dict(wall=float(wall), rss_mib=int(kb) / 1024, user=float(user), sys=float(sys))
+ort = {}
+for line in os.environ["ORT"].splitlines():
+    which, result = line.split(" ", 1)
+    ort[which] = json.loads(result)
+whiches = [w for w in ("baseline", "current") if (w, "bf16") in exports]
+date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1048576
+lines = [
+    "# Slice benchmark: FLUX.1-dev transformer, 1 double + 2 single blocks at full width",
+    "",
+    f"{date}, commit {os.environ['COMMIT']}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
+    f"load average {os.environ['LOAD']} (other work shares this machine: wall-clock times under that load).",
+    f"Input: synthetic random BF16 checkpoint, {int(os.environ['SIZE']) / 1e9:.2f} GB, read warm from the page cache.",
+    "`baseline` is an earlier build measured in the same run, interleaved with the current one." if "baseline" in whiches else "",
+    "",
+    "## Export (`fluxbuild export --transformer ... --precision P`)",
+    "",
+    "| binary | precision | wall s | × bf16 | CPU s (user + sys) | × bf16 | peak RSS |",
+    "|---|---|---|---|---|---|---|",
+]
+summary = []
+for which in whiches:
+    bf16 = exports[(which, "bf16")]["wall"]
+    bf16_cpu = exports[(which, "bf16")]["user"] + exports[(which, "bf16")]["sys"]
+    for precision in ("bf16", "fp16", "fp32"):
+        e = exports[(which, precision)]
+        ratio = e["wall"] / bf16
+        cpu = e["user"] + e["sys"]
+        lines.append(f"| {which} | {precision} | {e['wall']:.2f} | {ratio:.2f} | {cpu:.2f} | {cpu / bf16_cpu:.2f} | {e['rss_mib']:.0f} MiB |")
+        if precision != "bf16":
+            summary.append(dict(benchmark=f"slice export {precision} ({which})",
+                                measured=f"{e['wall']:.2f} s ({cpu / bf16_cpu:.2f}× bf16 in CPU s)",
+                                reference=f"bf16 export {bf16:.2f} s", ratio=round(ratio, 2),
+                                target="<= 1.3" if precision == "fp16" else "", met=ratio <= 1.3 if precision == "fp16" else None))
+lines += [
+    "",
+    f"## ONNX Runtime (CPU, {os.cpu_count()} threads): fp32 graphs, batch 1 (the transformer at {os.environ['TOKENS']} tokens)",
+    "",
+    "| graph | session start s | first run s | run s | start / run | peak RSS |",
+    "|---|---|---|---|---|---|",
+]
+for which in whiches + ["current,no-prepacking", "clip", "vae_decoder"]:
+    o = ort[which]
+    ratio = o["session_s"] / o["run_s"]
+    lines.append(f"| {which} | {o['session_s']:.2f} | {o['first_run_s']:.2f} | {o['run_s']:.2f} | {ratio:.2f} | {o['rss_mib']:.0f} MiB |")
+    if which == "current,no-prepacking":
+        continue
+    label = {"clip": "CLIP-L fp32 ORT session start (77 tokens)",
+             "vae_decoder": "VAE decoder fp32 ORT session start (256²)"}.get(which, f"slice fp32 ORT session start ({which})")
+    summary.append(dict(benchmark=label, measured=f"{o['session_s']:.2f} s",
+                        reference=f"one inference {o['run_s']:.2f} s", ratio=round(ratio, 2), target="<= 1.5", met=ratio <= 1.5))
+if "baseline" in whiches:
+    lines += ["", f"The two builds' fp32 data files are byte-identical: {os.environ['SAME_FP32']} "
+              "(if yes, their session start and run differ only by the machine's load)."]
+lines += ["", "`current,no-prepacking`: the current graph with the session option `session.disable_prepacking=1`",
+          "(ONNX Runtime then packs the MatMul weights on every run instead of once at session start).",
+          "`clip`, `vae_decoder`: the full-size CLIP-L and VAE decoder, fp32, current build (CLIP at 77 tokens,",
+          "the decoder at 256×256)."]
+report = os.environ["REPORT"]
+open(report + ".tmp", "w").write("\n".join(lines) + "\n")
+os.replace(report + ".tmp", report)
+json_path = report.removesuffix(".md") + ".json"
+json.dump(dict(date=date, report=report, rows=summary), open(json_path + ".tmp", "w"), indent=1)
+os.replace(json_path + ".tmp", json_path)
+print("\n".join(lines))
+PY
