@@ -112,13 +112,17 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
         assert_eq!(outputs[0].shape, [1, 32, 48, 3], "one 32x48 RGB image per request");
     }
 
+    let url = server.url();
     let probe = |models: &str| {
         let output = Command::new("python3")
             .arg(root().join("deploy/ready.py"))
-            .args(["--url", &server.url(), "--models", models])
+            .args(["--url", &url, "--models", models])
             .output()
             .unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
     let all = "clip,t5,transformer,vae_decoder,flux";
     assert_eq!(probe(all), (true, String::new()));
@@ -139,12 +143,23 @@ fn perf_data_refuses_what_the_repository_does_not_serve() {
     let repo = packaged(dir.path());
     let out = dir.path().join("input-data.json");
     let run = |extra: &[&str]| {
-        let mut args = vec!["perf-data", "--repo", path(&repo), "--prompt", "a cat", "--out", path(&out)];
+        let mut args = vec![
+            "perf-data",
+            "--repo",
+            path(&repo),
+            "--prompt",
+            "a cat",
+            "--out",
+            path(&out),
+        ];
         args.extend(extra);
         fluxbuild(&args)
     };
     for (extra, expected) in [
-        (&["--height", "72"][..], "height 72: the repository serves 16..=128, a multiple of 16"),
+        (
+            &["--height", "72"][..],
+            "height 72: the repository serves 16..=128, a multiple of 16",
+        ),
         (&["--width", "256"][..], "width 256: the repository serves 16..=128"),
         (&["--steps", "51"][..], "steps 51: the repository serves 1..=50"),
     ] {
@@ -153,7 +168,15 @@ fn perf_data_refuses_what_the_repository_does_not_serve() {
         assert!(!out.exists(), "nothing written for {extra:?}");
     }
     let models = dir.path().join("models");
-    let (ok, _, err) = fluxbuild(&["perf-data", "--repo", path(&models), "--prompt", "a cat", "--out", path(&out)]);
+    let (ok, _, err) = fluxbuild(&[
+        "perf-data",
+        "--repo",
+        path(&models),
+        "--prompt",
+        "a cat",
+        "--out",
+        path(&out),
+    ]);
     assert!(!ok && err.contains("flux/config.pbtxt: cannot read"), "{err}");
 
     // A config whose orchestrator requires an input perf-data cannot write.

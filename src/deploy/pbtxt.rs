@@ -73,9 +73,7 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>> {
             c if c.is_whitespace() => {
                 chars.next();
             }
-            '#' => {
-                while chars.next_if(|&(_, c)| c != '\n').is_some() {}
-            }
+            '#' => while chars.next_if(|&(_, c)| c != '\n').is_some() {},
             '{' | '}' | '[' | ']' | ':' | ',' | ';' | '<' | '>' => {
                 chars.next();
                 tokens.push((Token::Punct(c), line_of(at)));
@@ -223,7 +221,9 @@ parameters { key: "a" value { string_value: "say \"hi\"" } }
         assert_eq!(noise.scalars("dims"), ["16", "-1"]);
         let Value::Message(seed) = inputs[1] else { panic!() };
         assert_eq!(seed.scalar("optional"), Some("true"));
-        let Value::Message(p) = m.all("parameters")[0] else { panic!() };
+        let Value::Message(p) = m.all("parameters")[0] else {
+            panic!()
+        };
         let Value::Message(v) = p.all("value")[0] else { panic!() };
         assert_eq!(v.scalar("string_value"), Some("say \"hi\""));
     }

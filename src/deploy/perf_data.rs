@@ -26,8 +26,13 @@ pub type Field = (String, f64);
 /// The inputs of `REPO/<model>/config.pbtxt`.
 pub fn model_inputs(repo: &Path, model: &str) -> Result<Vec<Input>> {
     let path = repo.join(model).join("config.pbtxt");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read (is {} a fluxbuild repository?)", path.display(), repo.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read (is {} a fluxbuild repository?)",
+            path.display(),
+            repo.display()
+        )
+    })?;
     let config = Message::parse(&text).with_context(|| format!("{}: not protobuf text format", path.display()))?;
     config
         .all("input")
@@ -36,7 +41,10 @@ pub fn model_inputs(repo: &Path, model: &str) -> Result<Vec<Input>> {
             let Value::Message(m) = v else {
                 bail!("{}: an `input` that is not a message", path.display())
             };
-            let field = |k: &str| m.scalar(k).with_context(|| format!("{}: an input without {k}", path.display()));
+            let field = |k: &str| {
+                m.scalar(k)
+                    .with_context(|| format!("{}: an input without {k}", path.display()))
+            };
             let dims = m
                 .scalars("dims")
                 .iter()
@@ -70,14 +78,22 @@ pub fn input_data(repo: &Path, prompts: &[String], fields: &[Field]) -> Result<s
     let prompt = declared("prompt")?;
     check_one_element(prompt, &config)?;
     if prompt.data_type != "TYPE_STRING" {
-        bail!("{}: input \"prompt\" is {}, expected TYPE_STRING", config.display(), prompt.data_type);
+        bail!(
+            "{}: input \"prompt\" is {}, expected TYPE_STRING",
+            config.display(),
+            prompt.data_type
+        );
     }
     let given: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(missing) = inputs
         .iter()
         .find(|i| !i.optional && i.name != "prompt" && !given.contains(&i.name.as_str()))
     {
-        bail!("{}: {MODEL} requires input {:?}, which perf-data does not write", config.display(), missing.name);
+        bail!(
+            "{}: {MODEL} requires input {:?}, which perf-data does not write",
+            config.display(),
+            missing.name
+        );
     }
     check_limits(repo, fields)?;
     let mut entries = Vec::new();
@@ -91,12 +107,18 @@ pub fn input_data(repo: &Path, prompts: &[String], fields: &[Field]) -> Result<s
             let number = match input.data_type.as_str() {
                 "TYPE_INT32" | "TYPE_INT64" | "TYPE_UINT32" | "TYPE_UINT64" => {
                     if value.fract() != 0.0 || value < 0.0 {
-                        bail!("{name} {value}: {MODEL} takes a non-negative integer ({})", input.data_type);
+                        bail!(
+                            "{name} {value}: {MODEL} takes a non-negative integer ({})",
+                            input.data_type
+                        );
                     }
                     json!(value as u64)
                 }
                 "TYPE_FP32" | "TYPE_FP64" => json!(value),
-                other => bail!("{}: input {name:?} is {other}, which perf-data cannot write", config.display()),
+                other => bail!(
+                    "{}: input {name:?} is {other}, which perf-data cannot write",
+                    config.display()
+                ),
             };
             entry.insert(name.clone(), json!([number]));
         }
@@ -121,10 +143,9 @@ fn check_one_element(input: &Input, config: &Path) -> Result<()> {
 /// Sizes and steps within what the repository serves (its manifest.json), so no request is a 400.
 fn check_limits(repo: &Path, fields: &[Field]) -> Result<()> {
     let path = repo.join("manifest.json");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
-    )
-    .with_context(|| format!("{}: not JSON", path.display()))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?)
+            .with_context(|| format!("{}: not JSON", path.display()))?;
     let number = |pointer: &str| {
         manifest
             .pointer(pointer)
@@ -140,7 +161,10 @@ fn check_limits(repo: &Path, fields: &[Field]) -> Result<()> {
         };
         if *value < min || *value > max || (name != "steps" && value % 16.0 != 0.0) {
             let multiple = if name == "steps" { "" } else { ", a multiple of 16" };
-            bail!("{name} {value}: the repository serves {min}..={max}{multiple} ({})", path.display());
+            bail!(
+                "{name} {value}: the repository serves {min}..={max}{multiple} ({})",
+                path.display()
+            );
         }
     }
     Ok(())
