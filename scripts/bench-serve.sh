@@ -34,7 +34,7 @@ stop_server() {
 [[ -x "$fluxbuild" ]] || { echo "error: $fluxbuild not found (make bench-serve builds it)" >&2; exit 1; }
 [[ -x "$perf_analyzer" ]] || { echo "error: $perf_analyzer not found (scripts/perf-analyzer.sh)" >&2; exit 1; }
 stop_server
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out/local"
 trap 'status=$?; stop_server; [[ $status -eq 0 ]] || echo "bench-serve failed (exit $status); server log: $out/triton.log" >&2' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

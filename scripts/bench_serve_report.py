@@ -55,7 +55,7 @@ def main():
     prompts = len(json.loads((a.dir / "input-data.json").read_text())["data"])
     result = {
         "settings": {"height": a.height, "width": a.width, "steps": a.steps, "prompts": prompts,
-                     "requests_per_concurrency": a.requests, "fluxbuild": a.fluxbuild},
+                     "requests_per_concurrency": a.requests, "fluxbuild": os.path.relpath(a.fluxbuild)},
         "served": served,
         "local": {"alone": alone, "batch": batch, "alone_median_compute_ms": alone_compute_ms,
                   "alone_median_total_ms": alone_total_ms, "batch_img_s": batch_img_s},
@@ -72,7 +72,7 @@ def main():
         f"HTTP, synchronous clients) with the input-data file `fluxbuild perf-data` wrote: {prompts} prompts from",
         f"profiles/calibration-prompts.txt, {a.height}x{a.width} px, {a.steps} steps, seeds 42.. (one per prompt).",
         f"{a.requests} measured requests per concurrency after one warm-up request per client. Local: the same",
-        f"graphs in ONNX Runtime through `{a.fluxbuild} generate`, each prompt alone with the same seed, and all",
+        f"graphs in ONNX Runtime through `{os.path.relpath(a.fluxbuild)} generate`, each prompt alone with the same seed, and all",
         f"{prompts} prompts as one batch. Machine: {os.cpu_count()} CPU cores, {platform.machine()}, shared with other",
         "work while measuring, so compare ratios within this run, not seconds across runs.",
         "",
@@ -103,7 +103,8 @@ def main():
         "Triton's latency is the client's: HTTP, queueing in `flux`'s dynamic batcher, tokenizing, the BLS calls",
         "to the four network models and the PNG-free uint8 image back. Server queue and compute are Triton's",
         "own averages for `flux` (nv_inference_queue_duration_us, nv_inference_compute_infer_duration_us: the",
-        "two counters the Helm chart's autoscaler divides).",
+        "two counters the Helm chart's autoscaler divides). At concurrency 1 the queue time is the dynamic",
+        "batcher's wait for a fuller batch (`fluxbuild package --queue-delay-us`, 20 ms by default).",
         "",
     ]
     a.md.write_text("\n".join(lines))
