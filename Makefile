@@ -19,7 +19,7 @@ $(ORT_DYLIB_PATH):
 $(FLUXBUILD_TENSORRT_RTX_DIR)/libtensorrt_rtx.so.$(TRT_RTX_VERSION):
 	TRT_RTX_VERSION=$(TRT_RTX_VERSION) TRT_RTX_DIR=$(FLUXBUILD_TENSORRT_RTX_DIR) bash scripts/fetch-tensorrt-rtx.sh
 
-test: setup triton-venv
+test: setup triton-venv deploy-venv
 	$(CARGO) test --workspace
 
 # The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
@@ -70,6 +70,29 @@ gpu-check: system-deps
 bench-export:
 	bash scripts/bench-export.sh
 
+# ---- Deployment (deploy/: Dockerfile, Helm chart, KServe) ----------------------------------
+# Helm's SDK, kubernetes-validate, hadolint and the KServe SDK's CRD models from PyPI check deploy/
+# in `cargo test --test deploy` (make test-deploy).
+DEPLOY_VENV := $(CURDIR)/.cache/deploy-venv
+PERF_ANALYZER := $(CURDIR)/.cache/perf-analyzer/perf_analyzer
+.PHONY: deploy-venv perf-analyzer test-deploy bench-serve
+deploy-venv: $(DEPLOY_VENV)/.complete
+$(DEPLOY_VENV)/.complete: scripts/deploy-venv.sh
+	bash scripts/deploy-venv.sh $(DEPLOY_VENV)
+
+perf-analyzer: $(CURDIR)/.cache/perf-analyzer/.complete
+$(CURDIR)/.cache/perf-analyzer/.complete: scripts/perf-analyzer.sh
+	bash scripts/perf-analyzer.sh $(CURDIR)/.cache/perf-analyzer
+
+test-deploy: setup triton-venv deploy-venv
+	$(CARGO) test --test deploy
+
+# Serving benchmark (not a test): perf_analyzer against the cpu target at concurrency 1/4/8 next to
+# local generate on the same prompts; writes bench/serve.md and bench/serve.json.
+bench-serve: setup triton-venv perf-analyzer
+	$(CARGO) build --release --bin fluxbuild
+	FLUXBUILD=$(CURDIR)/target/release/fluxbuild PERF_ANALYZER=$(PERF_ANALYZER) bash scripts/bench-serve.sh
+
 # Engine build benchmark (not a test): the full-size synthetic transformer -> TensorRT-RTX plan,
 # no GPU; writes bench/engines.md (MAX_COUNT=N builds a slice; see the script).
 .PHONY: bench-engines
@@ -82,8 +105,7 @@ bench-engines:
 bench-slice: triton-venv
 	bash scripts/bench-slice.sh
 
-# Benchmarks (not tests): runs every bench-* target above (and bench-engines, bench-serve where
-# present), then writes bench/README.md, one table of ratios against same-run references.
+# Benchmarks (not tests): runs every bench-* target above, then writes bench/README.md, one table of ratios against same-run references.
 .PHONY: bench
 bench:
 	bash scripts/bench-all.sh

@@ -6,6 +6,7 @@ pub mod accuracy;
 pub mod calibrate;
 pub mod client;
 pub mod commands;
+pub mod deploy;
 pub mod export;
 pub mod generate;
 pub mod manifest;

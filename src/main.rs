@@ -28,6 +28,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Write a Triton model repository from exported graphs or engines.
     Package(commands::package::Args),
+    /// Write perf_analyzer's input-data file for a repository's `flux` model.
+    PerfData(commands::perf_data::Args),
     /// Start a Triton server on a model repository and wait until it is ready.
     Serve(commands::serve::Args),
     /// Build TensorRT engines from exported graphs with an optimization profile.
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::export::run(a, &out),
         Command::Generate(a) => commands::generate::run(a, &out),
         Command::Package(a) => commands::package::run(a, &out),
+        Command::PerfData(a) => commands::perf_data::run(a, &out),
         Command::Serve(a) => commands::serve::run(a, &out),
         Command::Build(a) => commands::build::run(a, &out),
         Command::Profile(a) => commands::profile::run(a, &out),

@@ -10,5 +10,6 @@ pub mod generate_remote;
 pub mod inspect;
 pub mod lint;
 pub mod package;
+pub mod perf_data;
 pub mod profile;
 pub mod serve;
