@@ -13,3 +13,4 @@ pub mod output;
 pub mod package;
 pub mod runtime;
 pub mod serve;
+pub mod supervise;

@@ -95,6 +95,7 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
         max_sequence_length: None,
         alternatives: vec![],
         force: false,
+        serving: Default::default(),
     };
     let packaged = package(&options, &|_| indicatif::ProgressBar::hidden()).unwrap();
     assert_eq!(
