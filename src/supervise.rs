@@ -36,7 +36,9 @@ pub struct Repair {
 
 impl Supervisor {
     pub fn new(client: Client, repo: &Path, server_pid: u32) -> Result<Supervisor> {
-        let repo = repo.canonicalize().with_context(|| format!("{}: not found", repo.display()))?;
+        let repo = repo
+            .canonicalize()
+            .with_context(|| format!("{}: not found", repo.display()))?;
         let flux = std::fs::read_to_string(repo.join(ORCHESTRATOR).join("config.pbtxt"))
             .with_context(|| format!("{}: no `{ORCHESTRATOR}` model", repo.display()))?;
         let mut networks: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -52,7 +54,11 @@ impl Supervisor {
             bail!("{}: the `{ORCHESTRATOR}` config names no networks", repo.display());
         }
         let mut python = BTreeSet::new();
-        for model in networks.values().flatten().chain(std::iter::once(&ORCHESTRATOR.to_string())) {
+        for model in networks
+            .values()
+            .flatten()
+            .chain(std::iter::once(&ORCHESTRATOR.to_string()))
+        {
             let config = std::fs::read_to_string(repo.join(model).join("config.pbtxt")).unwrap_or_default();
             if config.contains("backend: \"python\"") {
                 python.insert(model.clone());
@@ -119,7 +125,11 @@ impl Supervisor {
         let live = self.live_stubs();
         let ready = |m: &str| states.get(m).is_some_and(|s| s == "READY");
         let mut repair = Repair::default();
-        for model in self.network_models().iter().chain(std::iter::once(&ORCHESTRATOR.to_string())) {
+        for model in self
+            .network_models()
+            .iter()
+            .chain(std::iter::once(&ORCHESTRATOR.to_string()))
+        {
             if ready(model) && self.python.contains(model) && !live.contains(model) {
                 repair.dead.push(model.clone());
             }
@@ -157,7 +167,8 @@ impl Supervisor {
             .networks
             .values()
             .all(|models| models.iter().any(|m| states.get(m).is_some_and(|s| s == "READY")));
-        let flux_ready = states.get(ORCHESTRATOR).is_some_and(|s| s == "READY") && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
+        let flux_ready =
+            states.get(ORCHESTRATOR).is_some_and(|s| s == "READY") && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
         if networks_ready && !flux_ready && self.client.repository(ORCHESTRATOR, "load").is_ok() {
             repair.loaded.push(ORCHESTRATOR.to_string());
         }

@@ -114,7 +114,7 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
     );
     let transformer = std::fs::read_to_string(repo.join("transformer/config.pbtxt")).unwrap();
     assert!(
-        transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"1\" ]"),
+        transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"0\", \"1\" ]"),
         "{transformer}"
     );
     let flux = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();

@@ -50,8 +50,9 @@ impl Deployment {
             },
             limits: Limits {
                 set_by: format!("what the Triton deployment at {url} serves"),
-                ..serde_json::from_str(parameter("request_rules")?)
-                    .with_context(|| format!("{url}: parameter `request_rules` of `{MODEL}` is not a validation table"))?
+                ..serde_json::from_str(parameter("request_rules")?).with_context(|| {
+                    format!("{url}: parameter `request_rules` of `{MODEL}` is not a validation table")
+                })?
             },
         })
     }

@@ -147,7 +147,10 @@ fn supervise(server: &mut Server, repo: &std::path::Path, out: &Output) -> Resul
         }
         if failing >= GIVE_UP_AFTER {
             server.stop()?;
-            bail!("the deployment did not recover in {GIVE_UP_AFTER} s; stopped the server (see {})", server.log.display());
+            bail!(
+                "the deployment did not recover in {GIVE_UP_AFTER} s; stopped the server (see {})",
+                server.log.display()
+            );
         }
         std::thread::sleep(Duration::from_secs(1));
     }

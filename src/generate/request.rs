@@ -114,14 +114,20 @@ pub fn check_prompt(index: usize, bytes: &[u8], limits: &Limits) -> Result<()> {
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| refuse("prompt_not_utf8", format!("prompt {index} is not valid UTF-8 ({e})")))?;
-    if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
         return Err(refuse(
             "prompt_control",
             format!("prompt {index} contains the control character U+{:04X}", c as u32),
         ));
     }
     if text.trim().is_empty() {
-        return Err(refuse("prompt_empty", format!("prompt {index} is empty or only whitespace")));
+        return Err(refuse(
+            "prompt_empty",
+            format!("prompt {index} is empty or only whitespace"),
+        ));
     }
     Ok(())
 }
@@ -203,7 +209,7 @@ impl RequestOptions {
         if self.seed.is_some() && self.noise_file.is_some() {
             return Err(refuse(
                 "seed_and_noise",
-                "a seed and a noise tensor both choose the initial noise: give one",
+                "--seed and --noise (the inputs seed and noise) both choose the initial noise: give one",
             ));
         }
         let mut request = Request {
@@ -295,7 +301,11 @@ impl Request {
         if !(1..=limits.max_steps).contains(&self.steps) {
             return Err(refuse(
                 "steps_range",
-                format!("steps {} is out of range {}", self.steps, limits.range(1, limits.max_steps)),
+                format!(
+                    "steps {} is out of range {}",
+                    self.steps,
+                    limits.range(1, limits.max_steps)
+                ),
             ));
         }
         if !(self.guidance.is_finite() && (limits.min_guidance..=limits.max_guidance).contains(&self.guidance)) {
@@ -330,7 +340,10 @@ impl Request {
                 ));
             }
             if noise.iter().any(|v| !v.is_finite()) {
-                return Err(refuse("noise_finite", format!("{source}: noise holds non-finite values")));
+                return Err(refuse(
+                    "noise_finite",
+                    format!("{source}: noise holds non-finite values"),
+                ));
             }
         }
         Ok(())

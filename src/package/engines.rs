@@ -126,7 +126,12 @@ impl Engine {
     /// The largest batch any profile accepts: the model's `max_batch_size` (its one instance
     /// group holds every profile, and TensorRT picks the profile that fits each batch).
     pub fn max_batch(&self, input: &str) -> Result<i64> {
-        Ok(self.batch_ranges(input)?.iter().map(|(_, hi)| *hi).max().expect("profiles"))
+        Ok(self
+            .batch_ranges(input)?
+            .iter()
+            .map(|(_, hi)| *hi)
+            .max()
+            .expect("profiles"))
     }
 
     /// The largest n such that every batch of 1..=n prompts fits some profile: what the

@@ -6,10 +6,10 @@ use super::config::{
     DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, Tensor, Warmup, WarmupData,
     WarmupInput,
 };
-use crate::generate::request::Limits as RequestLimits;
 use super::engines::Engine;
 use super::source::{data_type, fixed, numpy_dtype, Exported, Network};
 use super::{Options, Target};
+use crate::generate::request::Limits as RequestLimits;
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -290,7 +290,10 @@ pub fn orchestrator(
         ),
         ("default_guidance", defaults.guidance.to_string()),
         ("default_max_sequence_length", default_length.to_string()),
-        ("request_rules", serde_json::to_string(&request_rules(options, limits)?)?),
+        (
+            "request_rules",
+            serde_json::to_string(&request_rules(options, limits)?)?,
+        ),
         ("max_batch_pixels", serving.max_batch_pixels().to_string()),
         ("network_timeout_ms", serving.network_timeout_ms.to_string()),
         ("clip_length", limits.clip_length.to_string()),

@@ -468,7 +468,7 @@ class TritonPythonModel:
         noise = pb_utils.get_input_tensor_by_name(request, "noise")
         seed = pb_utils.get_input_tensor_by_name(request, "seed")
         if noise is not None and seed is not None:
-            raise RequestError("seed_and_noise", "a seed and a noise tensor both choose the initial noise: give one")
+            raise RequestError("seed_and_noise", "--seed and --noise (the inputs seed and noise) both choose the initial noise: give one")
         if noise is not None:
             seeds = [-1] * n  # no seed: the image came from the given noise
             noise = noise.as_numpy()
