@@ -64,6 +64,12 @@ gpu-check: system-deps
 bench-export:
 	bash scripts/bench-export.sh
 
+# Scheduling, cancellation and admission of a served deployment (not a test): bench/scheduling.md.
+.PHONY: bench-scheduling
+bench-scheduling: setup triton-venv
+	$(CARGO) build --bin fluxbuild
+	bash scripts/bench-scheduling.sh
+
 # Benchmarks (not tests): reports under bench/.
 .PHONY: bench
 bench: bench-export
