@@ -219,26 +219,6 @@ fn options(models: &Path, out: &Path, target: Target, engines: Option<&Path>) ->
     }
 }
 
-/// The gpu orchestrator reads bf16 network types without numpy (which has no bfloat16): started
-/// on a CPU instance (no GPU here, hence no torch path), it gets past reading its settings and
-/// refuses with the reason instead of numpy's "data type 'bfloat16' not understood".
-fn bf16_orchestrator_starts_or_names_the_torch_path(repo: &Path) {
-    let config = repo.join("flux/config.pbtxt");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("bfloat16"), "{text}");
-    std::fs::write(&config, text.replace("kind: KIND_GPU", "kind: KIND_CPU")).unwrap();
-    let errors = load_errors(repo, &["flux"]);
-    eprintln!("bf16 flux on a CPU instance: {}", errors[0].1);
-    assert!(
-        errors[0]
-            .1
-            .contains("numpy cannot hold; bf16 networks are served by the gpu target (torch)")
-            && !errors[0].1.contains("not understood"),
-        "{}",
-        errors[0].1
-    );
-}
-
 /// Every built-in preset x precision: the gpu repository passes the real server's config parser
 /// (every model fails only for want of TensorRT or a GPU), its transformer holds all the preset's
 /// profiles in one instance group with max_batch_size the largest maximum; the cpu target loads
