@@ -105,7 +105,15 @@ bench-engines:
 bench-slice: triton-venv
 	bash scripts/bench-slice.sh
 
-# Benchmarks (not tests): runs every bench-* target above, then writes bench/README.md, one table of ratios against same-run references.
+# Scheduling, cancellation and admission of a served deployment (not a test): bench/scheduling.md.
+.PHONY: bench-scheduling
+bench-scheduling: setup triton-venv
+	$(CARGO) build --bin fluxbuild
+	bash scripts/bench-scheduling.sh
+
+
+# Benchmarks (not tests): runs every bench-* target above, then writes bench/README.md,
+# one table of ratios against same-run references.
 .PHONY: bench
 bench:
 	bash scripts/bench-all.sh

@@ -15,3 +15,4 @@ pub mod package;
 pub mod pipeline_files;
 pub mod runtime;
 pub mod serve;
+pub mod supervise;

@@ -194,7 +194,7 @@ impl Server {
             .arg(format!("--metrics-port={}", options.metrics_port))
             // A network that fails to load must not take the others down (fallbacks, clear errors).
             .arg("--exit-on-error=false")
-            .arg("--strict-readiness=false");
+            .arg("--strict-readiness=true");
         if options.explicit_model_control {
             cmd.arg("--model-control-mode=explicit");
             cmd.args(options.load_models.iter().map(|m| format!("--load-model={m}")));
@@ -231,6 +231,19 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The tritonserver process id (None once stopped or detached).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server process has exited (with its status).
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
     }
 
     pub fn client(&self) -> Client {

@@ -95,6 +95,7 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
         max_sequence_length: None,
         alternatives: vec![],
         force: false,
+        serving: Default::default(),
     };
     let packaged = package(&options, &|_| indicatif::ProgressBar::hidden()).unwrap();
     assert_eq!(
@@ -113,7 +114,7 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
     );
     let transformer = std::fs::read_to_string(repo.join("transformer/config.pbtxt")).unwrap();
     assert!(
-        transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"1\" ]"),
+        transformer.contains("platform: \"tensorrt_plan\"") && transformer.contains("profile: [ \"0\", \"1\" ]"),
         "{transformer}"
     );
     let flux = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
@@ -152,4 +153,157 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
         "{:?}",
         errors[0]
     );
+}
+
+/// Stand-in engines for `preset` (placeholder plans, the manifest `fluxbuild build` would write
+/// from the preset's shapes for the fixture's dims).
+fn preset_engines(dir: &Path, preset: &fluxbuild_profiles::Preset, precision: &str, guidance: bool) {
+    use fluxbuild_profiles::{ModelDims, Network};
+    std::fs::create_dir_all(dir).unwrap();
+    let dims = ModelDims {
+        joint_dim: 32,
+        pooled_dim: 32,
+        guidance: Some(guidance),
+        ..ModelDims::FLUX
+    };
+    let engines: Vec<serde_json::Value> = [Network::Clip, Network::T5, Network::Transformer, Network::VaeDecoder]
+        .into_iter()
+        .map(|network| {
+            let file = format!("{}.plan", network.name());
+            std::fs::write(dir.join(&file), b"a TensorRT plan would be here").unwrap();
+            let profiles: Vec<serde_json::Value> = preset
+                .shapes(network, &dims)
+                .iter()
+                .map(|p| {
+                    let inputs: serde_json::Map<String, serde_json::Value> = p
+                        .inputs
+                        .iter()
+                        .map(|i| {
+                            (
+                                i.name.clone(),
+                                serde_json::json!({ "min": i.min, "opt": i.opt, "max": i.max }),
+                            )
+                        })
+                        .collect();
+                    serde_json::json!({ "inputs": inputs })
+                })
+                .collect();
+            serde_json::json!({ "network": network.name(), "precision": precision, "file": file, "profiles": profiles })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "engines": engines })).unwrap(),
+    )
+    .unwrap();
+}
+
+fn options(models: &Path, out: &Path, target: Target, engines: Option<&Path>) -> Options {
+    Options {
+        models: models.to_path_buf(),
+        out: out.to_path_buf(),
+        target,
+        engines: engines.map(Path::to_path_buf),
+        max_batch: 4,
+        queue_delay_us: 10_000,
+        height: 1024,
+        width: 1024,
+        max_height: 128,
+        max_width: 128,
+        steps: None,
+        max_steps: 100,
+        max_sequence_length: None,
+        alternatives: vec![],
+        force: false,
+        serving: Default::default(),
+    }
+}
+
+/// Every built-in preset x precision: the gpu repository passes the real server's config parser
+/// (every model fails only for want of TensorRT or a GPU), its transformer holds all the preset's
+/// profiles in one instance group with max_batch_size the largest maximum; the cpu target loads
+/// fp32 and fp16 repositories (every model READY) and refuses bf16 at `package` with the reason.
+#[test]
+fn every_preset_and_precision_packages_into_a_repository_the_server_loads() {
+    use fluxbuild_profiles::{Network, Variant};
+    let dir = tempfile::tempdir().unwrap();
+    let presets = fluxbuild_profiles::Preset::builtins().unwrap();
+    let names = ["clip", "t5", "transformer", "vae_decoder", "flux"];
+    for precision in ["fp32", "fp16", "bf16"] {
+        for variant in ["dev", "schnell"] {
+            let models = dir.path().join(format!("{variant}-{precision}"));
+            let pipeline = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/pipeline")
+                .join(variant);
+            triton_support::fluxbuild_ok(&[
+                "export",
+                "--checkpoint",
+                triton_support::path(&pipeline),
+                "--out",
+                triton_support::path(&models),
+                "--precision",
+                precision,
+            ]);
+            let fits = |v: Variant| match v {
+                Variant::Dev => variant == "dev",
+                Variant::Schnell => variant == "schnell",
+                Variant::Any => true,
+            };
+            for preset in presets.iter().filter(|p| fits(p.variant)) {
+                let label = format!("{} x {precision} ({variant})", preset.name);
+                let engines = dir.path().join(format!("engines-{label}"));
+                preset_engines(&engines, preset, precision, variant == "dev");
+                let repo = dir.path().join(format!("repo-{label}"));
+                let packaged = package(&options(&models, &repo, Target::Gpu, Some(&engines)), &|_| {
+                    indicatif::ProgressBar::hidden()
+                })
+                .unwrap_or_else(|e| panic!("{label}: {e:#}"));
+                let transformer = std::fs::read_to_string(repo.join("transformer/config.pbtxt")).unwrap();
+                let profiles = preset.profiles(Network::Transformer).len();
+                let listed: Vec<String> = (0..profiles).map(|i| format!("\"{i}\"")).collect();
+                assert!(
+                    transformer.matches("instance_group").count() == 1
+                        && transformer.contains(&format!("profile: [ {} ]", listed.join(", "))),
+                    "{label}: {transformer}"
+                );
+                let clip = std::fs::read_to_string(repo.join("clip/config.pbtxt")).unwrap();
+                let largest = preset
+                    .profiles(Network::Clip)
+                    .iter()
+                    .map(|p| p.batch.max)
+                    .max()
+                    .unwrap();
+                assert!(
+                    clip.contains(&format!("max_batch_size: {largest}\n")),
+                    "{label}: {clip}"
+                );
+                for (model, message) in load_errors(&repo, &names) {
+                    assert!(
+                        missing_tensorrt_or_gpu(&message),
+                        "{label}: {model}: the server rejected its config: {message}"
+                    );
+                }
+                eprintln!(
+                    "{label}: gpu repository parsed ({} models, network batch {})",
+                    packaged.models.len(),
+                    packaged.limits.network_max_batch
+                );
+            }
+            let repo = dir.path().join(format!("cpu-{variant}-{precision}"));
+            let result = package(&options(&models, &repo, Target::Cpu, None), &|_| {
+                indicatif::ProgressBar::hidden()
+            });
+            if precision == "bf16" {
+                let message = format!("{:#}", result.expect_err("bf16 on the cpu target"));
+                assert!(message.contains("bf16") && message.contains("cpu target"), "{message}");
+                assert!(!repo.exists(), "nothing written when refused");
+                continue;
+            }
+            result.unwrap_or_else(|e| panic!("cpu {variant} {precision}: {e:#}"));
+            for (model, message) in load_errors(&repo, &names) {
+                assert_eq!(message, "loaded", "cpu {variant} {precision}: {model}");
+            }
+            eprintln!("cpu {variant} x {precision}: every model loaded");
+        }
+    }
 }

@@ -292,7 +292,26 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
     let prompt = |p: &str| Tensor::bytes("prompt", &[1, 1], &[p.as_bytes()]);
     let int = |name: &str, v: i32| Tensor::i32(name, &[1, 1], &[v]);
     let cases: Vec<(&str, Vec<Tensor>, &str)> = vec![
-        ("empty prompt", vec![prompt("  ")], "prompt 0 is empty"),
+        (
+            "empty prompt",
+            vec![prompt("  ")],
+            "prompt 0 is empty or only whitespace [rule prompt_empty]",
+        ),
+        ("NUL bytes", vec![prompt("\0\0\0")], "[rule prompt_control]"),
+        (
+            "guidance 3e38",
+            vec![prompt("a cat"), Tensor::f32("guidance", &[1, 1], &[3e38])],
+            "[rule guidance_range]",
+        ),
+        (
+            "seed and noise",
+            vec![
+                prompt("a cat"),
+                Tensor::i64("seed", &[1, 1], &[1]),
+                Tensor::f32("noise", &[1, 16, 8, 8], &[0.0; 1024]),
+            ],
+            "[rule seed_and_noise]",
+        ),
         ("no prompt", vec![int("steps", 2)], "prompt"),
         (
             "wrong dtype",
@@ -307,12 +326,12 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
         (
             "size too large",
             vec![prompt("a cat"), int("width", 4096)],
-            "width 4096 is outside",
+            "width 4096 is out of range 16..=128 [rule size_range]",
         ),
         (
             "steps 0",
             vec![prompt("a cat"), int("steps", 0)],
-            "steps 0 must be between 1 and 50",
+            "steps 0 is out of range 1..=50 [rule steps_range]",
         ),
         (
             "noise of the wrong shape",
@@ -320,8 +339,25 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
             "input 'noise' has shape [1, 16, 2, 2], expected [1, 16, 8, 8]",
         ),
     ];
-    for (what, inputs, expected) in cases {
+    // Not UTF-8, and a 10 MB prompt: refused before any decoding or tokenizing.
+    let invalid: &[u8] = b"a \xff cat";
+    let huge = vec![b'x'; 10 << 20];
+    let byte_cases: Vec<(&str, Vec<Tensor>, &str)> = vec![
+        (
+            "invalid UTF-8",
+            vec![Tensor::bytes("prompt", &[1, 1], &[invalid])],
+            "[rule prompt_not_utf8]",
+        ),
+        (
+            "a 10 MB prompt",
+            vec![Tensor::bytes("prompt", &[1, 1], &[&huge])],
+            "[rule prompt_too_long]",
+        ),
+    ];
+    for (what, inputs, expected) in cases.into_iter().chain(byte_cases) {
+        let started = Instant::now();
         let err = client.infer("flux", &inputs, &["image"]).expect_err(what);
+        eprintln!("{what}: refused in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
         let text = format!("{err:#}");
         eprintln!("{what}: {text}");
         assert!(
@@ -346,6 +382,60 @@ fn bad_requests_get_clear_errors(server: &Server, dir: &Path) {
             assert_eq!(g.join().unwrap().unwrap().len(), 1);
         }
     });
+    // The shared table of bad requests: `generate --server` (checked locally against the table
+    // the server publishes) and the server itself refuse each by the same rule.
+    let long = "x".repeat(5000);
+    let shared: Vec<(Vec<&str>, Vec<Tensor>)> = vec![
+        (
+            vec!["--prompt", "a cat", "--guidance", "3e38"],
+            vec![prompt("a cat"), Tensor::f32("guidance", &[1, 1], &[3e38])],
+        ),
+        (
+            vec!["--prompt", "a cat", "--steps", "0"],
+            vec![prompt("a cat"), int("steps", 0)],
+        ),
+        (
+            vec!["--prompt", "a cat", "--height", "40"],
+            vec![prompt("a cat"), int("height", 40)],
+        ),
+        (
+            vec!["--prompt", "a cat", "--width", "4096"],
+            vec![prompt("a cat"), int("width", 4096)],
+        ),
+        (vec!["--prompt", "a\u{1}cat"], vec![prompt("a\u{1}cat")]),
+        (vec!["--prompt", "   "], vec![prompt("   ")]),
+        (vec!["--prompt", &long], vec![prompt(&long)]),
+        (
+            vec!["--prompt", "a cat", "--seed", "1", "--noise", "noise.safetensors"],
+            vec![
+                prompt("a cat"),
+                Tensor::i64("seed", &[1, 1], &[1]),
+                Tensor::f32("noise", &[1, 16, 8, 8], &[0.0; 1024]),
+            ],
+        ),
+    ];
+    for (args, inputs) in shared {
+        let out = dir.join("never.png");
+        let (ok, _, cli) = fluxbuild(
+            &[
+                &["generate", "--server", &server.url()],
+                &args[..],
+                &["--out", path(&out)],
+            ]
+            .concat(),
+        );
+        let served = format!("{:#}", client.infer("flux", &inputs, &["image"]).expect_err("bad"));
+        let (cli_rule, server_rule) = (
+            fluxbuild::generate::request::rule_of(&cli),
+            fluxbuild::generate::request::rule_of(&served),
+        );
+        eprintln!("{:?}: CLI {cli_rule:?}, server {server_rule:?}", &args[..2]);
+        assert!(
+            !ok && cli_rule.is_some() && cli_rule == server_rule,
+            "CLI: {cli}\nserver: {served}"
+        );
+    }
+
     // `fluxbuild generate --server` checks a request against the deployment before sending it,
     // and says when there is no server.
     let (url, never_written) = (server.url(), dir.join("never-written.png"));
@@ -387,7 +477,10 @@ fn unloading_the_transformer_names_it_and_loading_recovers(server: &Server, mode
         client.generate(&remote(&client, &PROMPTS[1..2], 5)).unwrap_err()
     );
     eprintln!("with transformer unloaded: {err}");
-    assert!(err.contains("network 'transformer' failed"), "{err}");
+    assert!(
+        err.contains("network 'transformer' failed") && err.contains("(503)"),
+        "with a network missing, flux answers 503 UNAVAILABLE: {err}"
+    );
     assert!(client.model_ready("flux").unwrap());
     client.repository("transformer", "load").unwrap();
     let images = client.generate(&remote(&client, &PROMPTS[1..2], 5)).unwrap();
@@ -444,4 +537,60 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
         "served by transformer_alt1: PSNR {:.1} dB against local generation",
         psnr(&images[0].pixels, &want)
     );
+}
+
+/// `fluxbuild serve` supervises: a killed backend stub makes `flux` not ready within 5 s, the
+/// network is reloaded, and the deployment serves again.
+#[test]
+fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    let port = fluxbuild::serve::free_port().unwrap();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(["serve", "--repo", path(&repo), "--http-port", &port.to_string()])
+        .args(["--grpc-port", &fluxbuild::serve::free_port().unwrap().to_string()])
+        .args(["--metrics-port", &fluxbuild::serve::free_port().unwrap().to_string()])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let wait = |ready: bool, limit: f64| {
+        let started = Instant::now();
+        while client.model_ready("flux").unwrap_or(false) != ready {
+            assert!(
+                started.elapsed().as_secs_f64() < limit,
+                "flux ready != {ready} after {limit} s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        started.elapsed().as_secs_f64()
+    };
+    wait(true, 180.0);
+    let before = client.generate(&remote(&client, &PROMPTS[..1], 3)).unwrap();
+    let stub = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&format!(
+                "{}/transformer/1/model.py",
+                repo.canonicalize().unwrap().display()
+            ))
+        })
+        .expect("the transformer's backend stub");
+    let pid: i32 = stub.file_name().to_string_lossy().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let noticed = wait(false, 5.0);
+    let recovered = wait(true, 60.0);
+    eprintln!("killed transformer stub: flux not ready after {noticed:.2} s, ready again {recovered:.2} s later");
+    let after = client.generate(&remote(&client, &PROMPTS[..1], 3)).unwrap();
+    assert!(
+        after[0].pixels == before[0].pixels,
+        "after recovery the same seed gives another image"
+    );
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let _ = serve.wait();
 }

@@ -49,14 +49,10 @@ impl Deployment {
                 max_sequence_length: number("default_max_sequence_length")?,
             },
             limits: Limits {
-                min_height: number("min_height")?,
-                max_height: number("max_height")?,
-                min_width: number("min_width")?,
-                max_width: number("max_width")?,
-                max_steps: number("max_steps")?,
-                min_sequence_length: number("min_max_sequence_length")?,
-                max_sequence_length: number("max_max_sequence_length")?,
                 set_by: format!("what the Triton deployment at {url} serves"),
+                ..serde_json::from_str(parameter("request_rules")?).with_context(|| {
+                    format!("{url}: parameter `request_rules` of `{MODEL}` is not a validation table")
+                })?
             },
         })
     }

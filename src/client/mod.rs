@@ -126,6 +126,17 @@ impl Client {
         Ok(value)
     }
 
+    /// POST a JSON body, JSON back (the repository index).
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let response = self.call("POST", path, &[], body.to_string().as_bytes())?;
+        let value: Value =
+            serde_json::from_slice(&response.body).with_context(|| format!("{}{path}: not JSON", self.url()))?;
+        if response.status != 200 {
+            bail!("{}{path}: {} {}", self.url(), response.status, error_text(&value));
+        }
+        Ok(value)
+    }
+
     /// GET a text document (Triton's Prometheus metrics).
     pub fn get_text(&self, path: &str) -> Result<String> {
         let response = self.call("GET", path, &[], b"")?;

@@ -1,7 +1,7 @@
 //! `fluxbuild package`: exported graphs (cpu) or engines (gpu) -> a Triton model repository.
 
 use crate::output::{Output, BYTES_BAR};
-use crate::package::{package, Options, Target};
+use crate::package::{package, Options, Serving, Target};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -51,6 +51,25 @@ pub struct Args {
     /// Replace an existing repository at --out.
     #[arg(long)]
     force: bool,
+    /// Bytes per prompt; longer prompts are refused before tokenizing (T5 reads 512 tokens at most).
+    #[arg(long, default_value_t = Serving::default().max_prompt_bytes)]
+    max_prompt_bytes: usize,
+    /// Memory one batch of images may take, in MiB: at PEAK_BYTES_PER_PIXEL (3200, docs/serving.md)
+    /// this sets the largest image (refused beyond) and the pixels per network batch (split beyond).
+    #[arg(long, default_value_t = Serving::default().memory_budget_mib)]
+    memory_budget_mib: u64,
+    /// `flux` instances: requests with other sizes or steps run beside each other, not behind.
+    #[arg(long, default_value_t = Serving::default().instances)]
+    instances: u32,
+    /// Requests waiting for a `flux` instance beyond this are refused at once (503).
+    #[arg(long, default_value_t = Serving::default().max_queue_size)]
+    max_queue_size: u32,
+    /// A request still waiting after this many milliseconds is refused (503) instead of run late.
+    #[arg(long, default_value_t = Serving::default().queue_timeout_ms)]
+    queue_timeout_ms: u64,
+    /// Each network call from `flux` fails after this many milliseconds.
+    #[arg(long, default_value_t = Serving::default().network_timeout_ms)]
+    network_timeout_ms: u64,
 }
 
 fn parse_alternative(s: &str) -> Result<(String, PathBuf), String> {
@@ -77,6 +96,14 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         max_sequence_length: args.max_sequence_length,
         alternatives: args.alternatives,
         force: args.force,
+        serving: Serving {
+            max_prompt_bytes: args.max_prompt_bytes,
+            memory_budget_mib: args.memory_budget_mib,
+            instances: args.instances,
+            max_queue_size: args.max_queue_size,
+            queue_timeout_ms: args.queue_timeout_ms,
+            network_timeout_ms: args.network_timeout_ms,
+        },
     };
     let packaged = package(&options, &|total| out.bar(total, BYTES_BAR)).context("fluxbuild package")?;
     out.result(&packaged, || {

@@ -4,6 +4,7 @@
 
 use crate::output::Output;
 use crate::serve::{Installation, Server, ServerOptions};
+use crate::supervise::Supervisor;
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::util::write_atomic;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub struct Args {
     #[arg(long)]
     venv: Option<PathBuf>,
     /// Let models be unloaded and loaded at run time (`/v2/repository/models/NAME/{load,unload}`).
+    /// Always on now (the supervisor needs it); accepted for older scripts.
     #[arg(long)]
     explicit_model_control: bool,
     /// Seconds to wait for the server to be ready.
@@ -54,7 +56,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         http_port: args.http_port,
         grpc_port: port(args.grpc_port, 1)?,
         metrics_port: port(args.metrics_port, 2)?,
-        explicit_model_control: args.explicit_model_control,
+        // Always: the supervisor reloads dead or missing networks (and `flux` after them).
+        explicit_model_control: true,
         load_models: vec!["*".into()],
         ready_model: Some("flux".into()),
         ready_timeout: Duration::from_secs(args.timeout),
@@ -102,7 +105,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     }
     let pid = std::process::id();
     report(pid, format!("Ctrl-C or `kill {pid}`"))?;
-    let status = server.wait();
+    let status = supervise(&mut server, &args.repo, out);
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
@@ -113,4 +116,42 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         log.display()
     );
     Ok(())
+}
+
+/// Consecutive seconds with a dead or missing model before giving up (exit non-zero, so that the
+/// pod's supervisor starts a fresh server).
+const GIVE_UP_AFTER: u32 = 60;
+
+/// Until the server exits: once a second, reload dead or missing networks (`flux` is unloaded
+/// meanwhile, so readiness says so); give up after GIVE_UP_AFTER failed seconds.
+fn supervise(server: &mut Server, repo: &std::path::Path, out: &Output) -> Result<std::process::ExitStatus> {
+    let supervisor = Supervisor::new(server.client(), repo, server.pid().context("running")?)?;
+    let mut failing = 0;
+    loop {
+        if let Some(status) = server.exited()? {
+            return Ok(status);
+        }
+        match supervisor.check() {
+            Ok(repair) if repair == Default::default() => failing = 0,
+            Ok(repair) => {
+                failing += 1;
+                out.warn(&format!(
+                    "dead backends {:?}, networks without a ready model {:?}: reloaded {:?}",
+                    repair.dead, repair.missing, repair.loaded
+                ));
+            }
+            Err(e) => {
+                failing += 1;
+                out.warn(&format!("cannot check the server: {e:#}"));
+            }
+        }
+        if failing >= GIVE_UP_AFTER {
+            server.stop()?;
+            bail!(
+                "the deployment did not recover in {GIVE_UP_AFTER} s; stopped the server (see {})",
+                server.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

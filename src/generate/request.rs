@@ -4,7 +4,7 @@
 use super::latents::{latent_shape, LATENT_CHANNELS};
 use super::noise::{read_noise_file, seeded_noise};
 use super::Variant;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use ndarray::Array4;
 use std::path::PathBuf;
 
@@ -16,6 +16,17 @@ pub const MAX_STEPS: usize = 1000;
 /// FluxPipeline refuses longer T5 sequences.
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
 pub const DEFAULT_SIDE: usize = 1024;
+/// Prompt bytes a request may carry per prompt by default: T5 reads at most 512 tokens (a few KB
+/// of text); anything longer is truncated anyway, and tokenizing megabytes costs seconds and GBs.
+pub const MAX_PROMPT_BYTES: usize = 4096;
+/// FluxPipeline's guidance is a scale around 1..10; larger values only give black images.
+pub const MAX_GUIDANCE: f32 = 100.0;
+/// Memory model (docs/serving.md): peak bytes per output pixel of one image, dominated by the VAE
+/// decoder's full-resolution activations (fp32, 128 channels, a few alive at once). Issue 14's
+/// measurement on the cpu target: 4 prompts at 1024x1024 peaked at 13.2 GB = 3.15 KB per pixel.
+pub const PEAK_BYTES_PER_PIXEL: usize = 3200;
+/// The memory one image may take by default (local generation and `package`'s default budget).
+pub const MEMORY_BUDGET_BYTES: usize = 8 << 30;
 
 /// What a request gets for each setting it leaves out.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,18 +62,74 @@ impl Variant {
 }
 
 /// What a request may ask for: what the pipeline's math allows, or less where the graphs or a
-/// Triton deployment serve less.
-#[derive(Clone, Debug, PartialEq)]
+/// Triton deployment serve less. This is the one validation table: `fluxbuild package` writes it
+/// as JSON into the `flux` config (parameter `request_rules`), the orchestrator checks every
+/// request against it before any batch work, and `generate --server` reads it back and checks
+/// the same rules locally. Each refusal names its rule as `[rule NAME]` on both sides.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub min_height: usize,
     pub max_height: usize,
     pub min_width: usize,
     pub max_width: usize,
+    pub side_multiple: usize,
     pub max_steps: usize,
     pub min_sequence_length: usize,
     pub max_sequence_length: usize,
+    pub min_guidance: f32,
+    pub max_guidance: f32,
+    /// Bytes per prompt (UTF-8).
+    pub max_prompt_bytes: usize,
+    /// height x width of one image: the memory budget / PEAK_BYTES_PER_PIXEL.
+    pub max_image_pixels: usize,
     /// Who sets these limits, for messages (empty for the pipeline's own).
+    #[serde(skip)]
     pub set_by: String,
+}
+
+/// A refusal naming its rule of the table (`[rule NAME]`, as the orchestrator words it).
+pub fn refuse(rule: &str, message: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{message} [rule {rule}]")
+}
+
+/// The rule a refusal names, if it names one.
+pub fn rule_of(message: &str) -> Option<&str> {
+    let start = message.rfind("[rule ")? + 6;
+    message[start..].split(']').next()
+}
+
+/// The prompt rules, on the bytes as they arrive (the server gets bytes; the CLI's strings are
+/// UTF-8 already): length first (before any decoding), UTF-8, control characters (NUL included;
+/// tab and line breaks allowed), then emptiness.
+pub fn check_prompt(index: usize, bytes: &[u8], limits: &Limits) -> Result<()> {
+    if bytes.len() > limits.max_prompt_bytes {
+        return Err(refuse(
+            "prompt_too_long",
+            format!(
+                "prompt {index} is {} bytes, more than the {} allowed",
+                bytes.len(),
+                limits.max_prompt_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| refuse("prompt_not_utf8", format!("prompt {index} is not valid UTF-8 ({e})")))?;
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(refuse(
+            "prompt_control",
+            format!("prompt {index} contains the control character U+{:04X}", c as u32),
+        ));
+    }
+    if text.trim().is_empty() {
+        return Err(refuse(
+            "prompt_empty",
+            format!("prompt {index} is empty or only whitespace"),
+        ));
+    }
+    Ok(())
 }
 
 impl Limits {
@@ -75,6 +142,11 @@ impl Limits {
             max_steps: MAX_STEPS,
             min_sequence_length: 1,
             max_sequence_length: MAX_SEQUENCE_LENGTH,
+            side_multiple: SIDE_MULTIPLE,
+            min_guidance: 0.0,
+            max_guidance: MAX_GUIDANCE,
+            max_prompt_bytes: MAX_PROMPT_BYTES,
+            max_image_pixels: MEMORY_BUDGET_BYTES / PEAK_BYTES_PER_PIXEL,
             set_by: String::new(),
         }
     }
@@ -135,7 +207,10 @@ impl RequestOptions {
             self.width.unwrap_or(defaults.width),
         );
         if self.seed.is_some() && self.noise_file.is_some() {
-            bail!("--seed and --noise both choose the initial noise: give one");
+            return Err(refuse(
+                "seed_and_noise",
+                "--seed and --noise (the inputs seed and noise) both choose the initial noise: give one",
+            ));
         }
         let mut request = Request {
             prompts: self.prompts,
@@ -190,50 +265,85 @@ impl Request {
 
     pub fn check(&self, limits: &Limits) -> Result<()> {
         if self.prompts.is_empty() {
-            bail!("no prompt given (--prompt TEXT)");
+            return Err(refuse("prompt_missing", "no prompt given"));
         }
         for (i, prompt) in self.prompts.iter().enumerate() {
-            if prompt.trim().is_empty() {
-                bail!("prompt {i} is empty or only whitespace");
-            }
+            check_prompt(i, prompt.as_bytes(), limits)?;
         }
         let sides = [
             ("height", self.height, limits.min_height, limits.max_height),
             ("width", self.width, limits.min_width, limits.max_width),
         ];
         for (name, side, low, high) in sides {
-            if side % SIDE_MULTIPLE != 0 {
-                bail!("{name} {side} is not a multiple of {SIDE_MULTIPLE}");
+            if side % limits.side_multiple != 0 {
+                return Err(refuse(
+                    "size_multiple",
+                    format!("{name} {side} is not a multiple of {}", limits.side_multiple),
+                ));
             }
             if !(low..=high).contains(&side) {
-                bail!("{name} {side} is out of range {}", limits.range(low, high));
+                return Err(refuse(
+                    "size_range",
+                    format!("{name} {side} is out of range {}", limits.range(low, high)),
+                ));
             }
         }
-        if !(1..=limits.max_steps).contains(&self.steps) {
-            bail!(
-                "steps {} is out of range {}",
-                self.steps,
-                limits.range(1, limits.max_steps)
-            );
+        let pixels = self.height * self.width;
+        if pixels > limits.max_image_pixels {
+            return Err(refuse(
+                "image_pixels",
+                format!(
+                    "{}x{} is {pixels} pixels, more than the {} one image may have (memory model: {PEAK_BYTES_PER_PIXEL} bytes per pixel)",
+                    self.width, self.height, limits.max_image_pixels
+                ),
+            ));
         }
-        if !self.guidance.is_finite() {
-            bail!("guidance {} is not a finite number", self.guidance);
+        if !(1..=limits.max_steps).contains(&self.steps) {
+            return Err(refuse(
+                "steps_range",
+                format!(
+                    "steps {} is out of range {}",
+                    self.steps,
+                    limits.range(1, limits.max_steps)
+                ),
+            ));
+        }
+        if !(self.guidance.is_finite() && (limits.min_guidance..=limits.max_guidance).contains(&self.guidance)) {
+            return Err(refuse(
+                "guidance_range",
+                format!(
+                    "guidance {} is out of range {}..={}",
+                    self.guidance, limits.min_guidance, limits.max_guidance
+                ),
+            ));
         }
         if !(limits.min_sequence_length..=limits.max_sequence_length).contains(&self.max_sequence_length) {
-            bail!(
-                "max sequence length {} is out of range {}",
-                self.max_sequence_length,
-                limits.range(limits.min_sequence_length, limits.max_sequence_length)
-            );
+            return Err(refuse(
+                "sequence_length_range",
+                format!(
+                    "max sequence length {} is out of range {}",
+                    self.max_sequence_length,
+                    limits.range(limits.min_sequence_length, limits.max_sequence_length)
+                ),
+            ));
         }
         if let InitialNoise::Tensor { noise, source } = &self.noise {
             let expected = self.latent_shape();
             if noise.shape() != expected {
-                bail!(
-                    "{source}: noise has shape {:?}, expected {expected:?} ([{} prompts, {LATENT_CHANNELS}, height/8, width/8])",
-                    noise.shape(),
-                    self.batch()
-                );
+                return Err(refuse(
+                    "noise_shape",
+                    format!(
+                        "{source}: noise has shape {:?}, expected {expected:?} ([{} prompts, {LATENT_CHANNELS}, height/8, width/8])",
+                        noise.shape(),
+                        self.batch()
+                    ),
+                ));
+            }
+            if noise.iter().any(|v| !v.is_finite()) {
+                return Err(refuse(
+                    "noise_finite",
+                    format!("{source}: noise holds non-finite values"),
+                ));
             }
         }
         Ok(())

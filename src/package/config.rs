@@ -81,6 +81,16 @@ pub struct InstanceGroup {
 pub struct DynamicBatching {
     pub preferred_batch_size: Vec<u32>,
     pub max_queue_delay_microseconds: u64,
+    /// `default_queue_policy`: None leaves Triton's default (unbounded queue, no timeout).
+    pub queue_policy: Option<QueuePolicy>,
+}
+
+/// `ModelQueuePolicy`: requests beyond `max_queue_size` are rejected at once (UNAVAILABLE), and a
+/// request still queued after the timeout is rejected instead of run late.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuePolicy {
+    pub max_queue_size: u32,
+    pub default_timeout_microseconds: u64,
 }
 
 /// `ModelWarmup`: one synthetic request run at load time (zeros, or the given text).
@@ -181,6 +191,17 @@ impl ModelConfig {
                     "max_queue_delay_microseconds",
                     &batching.max_queue_delay_microseconds.to_string(),
                 );
+                if let Some(policy) = &batching.queue_policy {
+                    p.block("default_queue_policy", |p| {
+                        p.raw("timeout_action", "REJECT");
+                        p.raw(
+                            "default_timeout_microseconds",
+                            &policy.default_timeout_microseconds.to_string(),
+                        );
+                        p.raw("allow_timeout_override", "true");
+                        p.raw("max_queue_size", &policy.max_queue_size.to_string());
+                    });
+                }
             });
         }
         p.list("instance_group", &self.instance_groups, |p, g| {
@@ -328,6 +349,10 @@ mod tests {
         c.dynamic_batching = Some(DynamicBatching {
             preferred_batch_size: vec![2, 4],
             max_queue_delay_microseconds: 500,
+            queue_policy: Some(QueuePolicy {
+                max_queue_size: 16,
+                default_timeout_microseconds: 1_000_000,
+            }),
         });
         c.instance_groups.push(InstanceGroup {
             count: 1,
@@ -345,6 +370,10 @@ mod tests {
         );
         assert!(text.contains("    dims: [ 77 ]\n"), "{text}");
         assert!(text.contains("preferred_batch_size: [ 2, 4 ]"), "{text}");
+        assert!(
+            text.contains("  default_queue_policy {\n    timeout_action: REJECT\n"),
+            "{text}"
+        );
         assert!(text.contains("profile: [ \"1\" ]"), "{text}");
         assert!(text.contains("string_value: \"say \\\"hi\\\"\""), "{text}");
         // `optional` exists for inputs only.

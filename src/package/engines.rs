@@ -123,17 +123,42 @@ impl Engine {
         (lo == hi).then_some(lo)
     }
 
-    /// The largest batch every profile accepts: the smallest per-profile max batch.
+    /// The largest batch any profile accepts: the model's `max_batch_size` (its one instance
+    /// group holds every profile, and TensorRT picks the profile that fits each batch).
     pub fn max_batch(&self, input: &str) -> Result<i64> {
-        let maxes: Vec<i64> = self
+        Ok(self
+            .batch_ranges(input)?
+            .iter()
+            .map(|(_, hi)| *hi)
+            .max()
+            .expect("profiles"))
+    }
+
+    /// The largest n such that every batch of 1..=n prompts fits some profile: what the
+    /// orchestrator may send (a gap, e.g. profiles for 1 and 4 only, stops it at 1).
+    pub fn covered_batch(&self, input: &str) -> Result<i64> {
+        let ranges = self.batch_ranges(input)?;
+        let mut n = 0;
+        while ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&(n + 1))) {
+            n += 1;
+        }
+        if n == 0 {
+            bail!("{}: no profile of {input} takes a batch of 1", self.file.display());
+        }
+        Ok(n)
+    }
+
+    /// (min, max) batch of `input` per profile.
+    fn batch_ranges(&self, input: &str) -> Result<Vec<(i64, i64)>> {
+        let ranges: Vec<(i64, i64)> = self
             .profiles
             .iter()
-            .filter_map(|p| p.inputs.get(input).map(|s| s.max[0]))
+            .filter_map(|p| p.inputs.get(input).map(|s| (s.min[0], s.max[0])))
             .collect();
-        maxes
-            .into_iter()
-            .min()
-            .with_context(|| format!("{}: no profile shapes for {input}", self.file.display()))
+        if ranges.is_empty() {
+            bail!("{}: no profile shapes for {input}", self.file.display());
+        }
+        Ok(ranges)
     }
 
     /// The model name in the repository: the network for the primary engine, else `<network>_<precision>`.

@@ -3,11 +3,13 @@
 //! gpu: every network is a `tensorrt_plan` model on its engine. Both get the same orchestrator.
 
 use super::config::{
-    DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, Tensor, Warmup, WarmupData, WarmupInput,
+    DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, Tensor, Warmup, WarmupData,
+    WarmupInput,
 };
 use super::engines::Engine;
 use super::source::{data_type, fixed, numpy_dtype, Exported, Network};
 use super::{Options, Target};
+use crate::generate::request::Limits as RequestLimits;
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -85,6 +87,7 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
         config.dynamic_batching = Some(DynamicBatching {
             preferred_batch_size: vec![],
             max_queue_delay_microseconds: 0,
+            queue_policy: None,
         });
     }
     config.instance_groups.push(InstanceGroup {
@@ -108,7 +111,9 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
     Ok(ModelDir { config, files })
 }
 
-/// gpu: a TensorRT plan, one instance group per optimization profile, warmed up at its opt shapes.
+/// gpu: a TensorRT plan; one instance group whose instances hold every optimization profile
+/// (TensorRT picks the one that fits each request), warmed up at profile 0's opt shapes, which
+/// every instance can serve.
 pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<ModelDir> {
     let mut config = ModelConfig::new(name);
     config.platform = Some("tensorrt_plan".into());
@@ -136,23 +141,22 @@ pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<Mod
             .iter()
             .filter_map(|p| p.inputs.get(first))
             .map(|s| s.opt[0] as u32)
-            .filter(|b| *b > 1)
+            .filter(|b| *b > 1 && *b <= config.max_batch_size)
             .collect();
         preferred.sort();
         preferred.dedup();
         config.dynamic_batching = Some(DynamicBatching {
             preferred_batch_size: preferred,
             max_queue_delay_microseconds: 100,
+            queue_policy: None,
         });
     }
-    for i in 0..engine.profiles.len() {
-        config.instance_groups.push(InstanceGroup {
-            count: 1,
-            kind: InstanceKind::Gpu,
-            gpus: vec![],
-            profile: vec![i.to_string()],
-        });
-    }
+    config.instance_groups.push(InstanceGroup {
+        count: 1,
+        kind: InstanceKind::Gpu,
+        gpus: vec![],
+        profile: (0..engine.profiles.len()).map(|i| i.to_string()).collect(),
+    });
     let opt = &engine.profiles[0].inputs;
     let mut warmup = Warmup {
         name: "profile_0_opt".into(),
@@ -183,6 +187,24 @@ pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<Mod
     Ok(ModelDir { config, files })
 }
 
+/// The validation table of this deployment (`generate::request::Limits`): what the networks
+/// serve, the steps allowed, the prompt and memory limits.
+fn request_rules(options: &Options, limits: &Limits) -> Result<RequestLimits> {
+    let size = |v: i64| usize::try_from(v).context("a negative limit");
+    Ok(RequestLimits {
+        min_height: size(limits.min_height)?,
+        max_height: size(limits.max_height)?,
+        min_width: size(limits.min_width)?,
+        max_width: size(limits.max_width)?,
+        max_steps: options.max_steps as usize,
+        min_sequence_length: size(limits.min_sequence_length)?,
+        max_sequence_length: size(limits.max_sequence_length)?,
+        max_prompt_bytes: options.serving.max_prompt_bytes,
+        max_image_pixels: options.serving.max_batch_pixels(),
+        ..RequestLimits::pipeline()
+    })
+}
+
 /// The orchestrator: prompt in, image out, driving the networks by BLS.
 pub fn orchestrator(
     exported: &Exported,
@@ -203,17 +225,26 @@ pub fn orchestrator(
         Tensor::new("max_sequence_length", DataType::Int32, &[1]).optional(),
         Tensor::new("noise", DataType::Fp32, &[16, -1, -1]).optional(),
     ];
-    c.outputs = vec![Tensor::new("image", DataType::Uint8, &[-1, -1, 3])];
+    // The seed each image was made from (random unless given): the image can be made again.
+    c.outputs = vec![
+        Tensor::new("image", DataType::Uint8, &[-1, -1, 3]),
+        Tensor::new("seed", DataType::Int64, &[1]),
+    ];
+    let serving = &options.serving;
     c.dynamic_batching = Some(DynamicBatching {
         preferred_batch_size: vec![options.max_batch],
         max_queue_delay_microseconds: options.queue_delay_us,
+        queue_policy: Some(QueuePolicy {
+            max_queue_size: serving.max_queue_size,
+            default_timeout_microseconds: serving.queue_timeout_ms * 1000,
+        }),
     });
     let kind = match options.target {
         Target::Cpu => InstanceKind::Cpu,
         Target::Gpu => InstanceKind::Gpu,
     };
     c.instance_groups.push(InstanceGroup {
-        count: 1,
+        count: serving.instances.max(1),
         kind,
         gpus: vec![],
         profile: vec![],
@@ -253,19 +284,18 @@ pub fn orchestrator(
         ("variant", exported_models.variant.value.name().into()),
         ("default_height", default_height.to_string()),
         ("default_width", default_width.to_string()),
-        ("min_height", limits.min_height.to_string()),
-        ("max_height", limits.max_height.to_string()),
-        ("min_width", limits.min_width.to_string()),
-        ("max_width", limits.max_width.to_string()),
         (
             "default_steps",
             options.steps.map_or(defaults.steps, |s| s as usize).to_string(),
         ),
-        ("max_steps", options.max_steps.to_string()),
         ("default_guidance", defaults.guidance.to_string()),
         ("default_max_sequence_length", default_length.to_string()),
-        ("min_max_sequence_length", limits.min_sequence_length.to_string()),
-        ("max_max_sequence_length", limits.max_sequence_length.to_string()),
+        (
+            "request_rules",
+            serde_json::to_string(&request_rules(options, limits)?)?,
+        ),
+        ("max_batch_pixels", serving.max_batch_pixels().to_string()),
+        ("network_timeout_ms", serving.network_timeout_ms.to_string()),
         ("clip_length", limits.clip_length.to_string()),
         ("clip_pad_token", CLIP_PAD_TOKEN.into()),
         ("t5_pad_token", T5_PAD_TOKEN.into()),

@@ -10,7 +10,7 @@ pub mod engines;
 pub mod layout;
 pub mod source;
 
-use crate::generate::request::MAX_SEQUENCE_LENGTH;
+use crate::generate::request::{MAX_PROMPT_BYTES, MAX_SEQUENCE_LENGTH, MEMORY_BUDGET_BYTES, PEAK_BYTES_PER_PIXEL};
 use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
 use anyhow::{bail, Context, Result};
 use engines::EnginesManifest;
@@ -59,6 +59,46 @@ pub struct Options {
     pub alternatives: Vec<(String, PathBuf)>,
     /// Replace an existing repository.
     pub force: bool,
+    pub serving: Serving,
+}
+
+/// How the orchestrator admits, queues and times out requests.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Serving {
+    /// Bytes per prompt (refused beyond, before tokenizing).
+    pub max_prompt_bytes: usize,
+    /// Memory one batch of images may take (the memory model: PEAK_BYTES_PER_PIXEL per pixel);
+    /// sets the pixels of one image (refused beyond) and of one network batch (split beyond).
+    pub memory_budget_mib: u64,
+    /// `flux` instances: requests of different sizes or steps run side by side, not behind
+    /// each other's denoising loops.
+    pub instances: u32,
+    /// Requests waiting for a `flux` instance beyond this are refused at once (503).
+    pub max_queue_size: u32,
+    /// A request still waiting after this long is refused (503) instead of run late.
+    pub queue_timeout_ms: u64,
+    /// Each network call (BLS) fails after this long.
+    pub network_timeout_ms: u64,
+}
+
+impl Default for Serving {
+    fn default() -> Serving {
+        Serving {
+            max_prompt_bytes: MAX_PROMPT_BYTES,
+            memory_budget_mib: (MEMORY_BUDGET_BYTES >> 20) as u64,
+            instances: 4,
+            max_queue_size: 64,
+            queue_timeout_ms: 300_000,
+            network_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl Serving {
+    /// Pixels per network batch (and per image) the memory budget allows.
+    pub fn max_batch_pixels(&self) -> usize {
+        ((self.memory_budget_mib as usize) << 20) / PEAK_BYTES_PER_PIXEL
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -78,6 +118,7 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
     let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let limits = match options.target {
         Target::Cpu => {
+            refuse_bf16_on_cpu(&exported)?;
             for network in &exported.networks {
                 dirs.push(layout::cpu_network(network, &network.name, options)?);
                 models.insert(network.name.clone(), vec![network.name.clone()]);
@@ -124,6 +165,45 @@ fn check_tokenizers(exported: &Exported) -> Result<()> {
     Ok(())
 }
 
+/// ONNX Runtime's CPU kernels have no bf16 MatMul, Conv or Softmax: a bf16 graph fails there at
+/// its first request. Refused here, where the fix (another `--precision`) is still cheap.
+fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
+    for network in &exported.networks {
+        let manifest = exported.models.dir.join("manifest.json");
+        let settings = std::fs::read_to_string(&manifest)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|m| m["settings"].clone())
+            .unwrap_or_default();
+        // `--emulate` writes fp32 graphs that round like bf16: those run.
+        let emulated = settings["emulated_in_fp32"].as_bool().unwrap_or(false);
+        let precision = settings["precision"][&network.name].as_str().filter(|_| !emulated);
+        let bf16_io = network
+            .interface
+            .inputs
+            .iter()
+            .chain(&network.interface.outputs)
+            .find(|v| v.elem == fluxbuild_exporters::onnx::ElemType::BF16);
+        if let Some(value) = bf16_io {
+            bail!(
+                "{}: `{}` is bf16, which the cpu target (ONNX Runtime's CPU kernels) cannot run; \
+                 export with --precision fp32 or fp16 for the cpu target (bf16 is for --target gpu)",
+                network.graph.display(),
+                value.name
+            );
+        }
+        if precision == Some("bf16") {
+            bail!(
+                "{}: a bf16 graph ({} says so), which the cpu target (ONNX Runtime's CPU kernels) cannot run; \
+                 export with --precision fp32 or fp16 for the cpu target (bf16 is for --target gpu)",
+                network.graph.display(),
+                manifest.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
     let clip = exported.network("clip").interface.input("input_ids").expect("checked");
     let t5 = exported.network("t5").interface.input("input_ids").expect("checked");
@@ -167,7 +247,7 @@ fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
         ("vae_decoder", "latent"),
     ]
     .iter()
-    .map(|(n, i)| engine(n).max_batch(i))
+    .map(|(n, i)| engine(n).covered_batch(i))
     .collect::<Result<Vec<_>>>()?;
     let round_up = |v: i64| (v * 8 + 15) / 16 * 16;
     Ok(Limits {

@@ -13,13 +13,21 @@ DLPack without a host copy, the Euler update runs in torch on the device, and on
 image comes back to the host. Each host<->device copy is counted (log line and the metric
 `flux_host_device_copies_total`).
 
-Settings come from this model's config.pbtxt `parameters` (written by `fluxbuild package`).
+Settings come from this model's config.pbtxt `parameters` (written by `fluxbuild package`); the
+request rules are the table `request_rules` (generate::request::Limits in the Rust code, which
+`fluxbuild generate --server` checks with the same rules): every request is checked against it
+before any batch work, and each refusal names its rule as `[rule NAME]`, as the CLI does.
+
+Health: before any batch work, every network must have a ready model; otherwise the requests are
+answered UNAVAILABLE (HTTP 503), as are network calls that meet a dead backend stub.
 """
 
 import asyncio
 import json
 import math
 import os
+import re
+import secrets
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -33,16 +41,50 @@ SIZE_MULTIPLE = 16
 
 
 class RequestError(Exception):
-    """A bad request: only that request fails."""
+    """A bad request: only that request fails (INVALID_ARG, HTTP 400)."""
+
+    def __init__(self, rule, message):
+        super().__init__(f"{message} [rule {rule}]")
+
+
+class Cancelled(Exception):
+    """Every client of a batch gave up: the denoising loop stops."""
 
 
 class NetworkError(Exception):
-    """A network failed; the message names it."""
+    """A network failed; the message names it. `unavailable`: not ready or its backend died
+    (UNAVAILABLE, HTTP 503: try again later), else INTERNAL."""
 
-    def __init__(self, network, message, out_of_memory=False):
+    def __init__(self, network, message, out_of_memory=False, unavailable=False):
         super().__init__(f"network '{network}' failed: {message}")
         self.network = network
         self.out_of_memory = out_of_memory
+        self.unavailable = unavailable
+
+
+def is_backend_gone(message):
+    text = message.lower()
+    return any(s in text for s in ("stub process", "not ready", "unavailable", "not found"))
+
+
+# The C0 and C1 control characters (Unicode category Cc, Rust's char::is_control) but tab and line breaks.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def check_prompt(index, data, rules):
+    """generate::request::check_prompt: length before decoding, UTF-8, control characters, emptiness."""
+    if len(data) > rules["max_prompt_bytes"]:
+        raise RequestError("prompt_too_long", f"prompt {index} is {len(data)} bytes, more than the {rules['max_prompt_bytes']} allowed")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError("prompt_not_utf8", f"prompt {index} is not valid UTF-8 ({e.reason} at byte {e.start})")
+    control = _CONTROL.search(text)
+    if control:
+        raise RequestError("prompt_control", f"prompt {index} contains the control character U+{ord(control.group()):04X}")
+    if not text.strip():
+        raise RequestError("prompt_empty", f"prompt {index} is empty or only whitespace")
+    return text
 
 
 def is_out_of_memory(message):
@@ -124,6 +166,10 @@ class FlowMatchEuler:
 # ---- arrays: numpy on the host, torch on the device ------------------------------------------
 
 
+# Network I/O types by name (numpy has no bfloat16: bf16 networks need the torch path).
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+
 class HostArrays:
     """cpu target: every tensor is a numpy array in host memory; nothing to copy."""
 
@@ -132,6 +178,13 @@ class HostArrays:
     def __init__(self):
         self.h2d = 0
         self.d2h = 0
+
+    @staticmethod
+    def dtype(name):
+        return NUMPY_DTYPES[name]
+
+    def preferred_memory(self):
+        return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def from_output(self, tensor):
         return tensor.as_numpy()
@@ -146,16 +199,20 @@ class HostArrays:
         return array
 
     def full(self, shape, value, dtype):
-        return np.full(shape, value, dtype=dtype)
+        return np.full(shape, value, dtype=self.dtype(dtype))
 
     def image_ids(self, rows, cols, dtype):
+        dtype = self.dtype(dtype)
         ids = np.zeros((rows, cols, 3), dtype=dtype)
         ids[..., 1] = np.arange(rows, dtype=dtype)[:, None]
         ids[..., 2] = np.arange(cols, dtype=dtype)[None, :]
         return ids.reshape(rows * cols, 3)
 
     def cast(self, array, dtype):
-        return array.astype(dtype, copy=False)
+        return array.astype(self.dtype(dtype), copy=False)
+
+    def vector(self, values, dtype):
+        return np.array(values, dtype=self.dtype(dtype))
 
     def float32(self, array):
         return array.astype(np.float32, copy=False)
@@ -170,28 +227,43 @@ class HostArrays:
 
 
 class DeviceArrays:
-    """gpu target: torch tensors on the model instance's GPU, exchanged with Triton by DLPack."""
+    """gpu target: torch tensors on the model instance's GPU, exchanged with Triton by DLPack
+    (bf16 included: torch dtypes throughout, never numpy's). `device_id` None runs the same code
+    on CPU torch (how the tests check it against HostArrays, byte for byte)."""
 
     def __init__(self, torch, device_id):
         self.torch = torch
-        self.device = f"cuda:{device_id}"
+        self.device = "cpu" if device_id is None else f"cuda:{device_id}"
+        self.device_id = device_id
         self.h2d = 0
         self.d2h = 0
+        self.dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
 
-    def _dtype(self, dtype):
-        return {np.float32: self.torch.float32, np.float16: self.torch.float16, np.int64: self.torch.int64}[np.dtype(dtype).type]
+    def dtype(self, name):
+        return self.dtypes[name]
+
+    def preferred_memory(self):
+        if self.device_id is None:
+            return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+        return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, self.device_id)
 
     def from_output(self, tensor):
-        if tensor.is_cpu():
+        # By DLPack in every case (as_numpy() cannot hold bf16); a host tensor is copied up once.
+        array = self.torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+        if self.device_id is not None and tensor.is_cpu():
             self.h2d += 1
-            return self.torch.from_numpy(tensor.as_numpy()).to(self.device)
-        return self.torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+            array = array.to(self.device)
+        return array
 
     def to_input(self, name, array):
         if isinstance(array, np.ndarray):
-            self.h2d += 1  # Triton copies it to the GPU for the network
+            self.h2d += int(self.device_id is not None)  # Triton copies it to the GPU for the network
             return pb_utils.Tensor(name, np.ascontiguousarray(array))
-        return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(array.contiguous()))
+        array = array.contiguous()
+        if self.device_id is not None:
+            # The network reads the tensor on its own stream: the work that wrote it must be done.
+            self.torch.cuda.current_stream(self.device).synchronize()
+        return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(array))
 
     def upload(self, array):
         self.h2d += 1
@@ -202,17 +274,21 @@ class DeviceArrays:
         return array.cpu().numpy()
 
     def full(self, shape, value, dtype):
-        return self.torch.full(shape, float(value), dtype=self._dtype(dtype), device=self.device)
+        return self.torch.full(shape, float(value), dtype=self.dtype(dtype), device=self.device)
 
     def image_ids(self, rows, cols, dtype):
         t = self.torch
-        ids = t.zeros((rows, cols, 3), dtype=self._dtype(dtype), device=self.device)
+        ids = t.zeros((rows, cols, 3), dtype=self.dtype(dtype), device=self.device)
         ids[..., 1] = t.arange(rows, device=self.device)[:, None]
         ids[..., 2] = t.arange(cols, device=self.device)[None, :]
         return ids.reshape(rows * cols, 3)
 
     def cast(self, array, dtype):
-        return array.to(self._dtype(dtype))
+        return array.to(self.dtype(dtype))
+
+    def vector(self, values, dtype):
+        # Through float32 as numpy does (np.array(float32 values, dtype)), then to the network's type.
+        return self.torch.tensor(np.array(values, dtype=np.float32), device=self.device).to(self.dtype(dtype))
 
     def float32(self, array):
         return array.float()
@@ -246,7 +322,7 @@ def unpack(packed, rows, cols):
 class Item:
     """One prompt of a request, with its settings."""
 
-    __slots__ = ("request", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise")
+    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise")
 
     def group_key(self):
         return (self.height, self.width, self.steps, self.max_sequence_length)
@@ -263,16 +339,12 @@ class Settings:
         self.variant = get("variant")
         self.default_height = int(get("default_height"))
         self.default_width = int(get("default_width"))
-        self.max_height = int(get("max_height"))
-        self.max_width = int(get("max_width"))
-        self.min_height = int(params.get("min_height", SIZE_MULTIPLE))
-        self.min_width = int(params.get("min_width", SIZE_MULTIPLE))
         self.default_steps = int(get("default_steps"))
-        self.max_steps = int(get("max_steps"))
         self.default_guidance = float(get("default_guidance"))
         self.default_max_sequence_length = int(get("default_max_sequence_length"))
-        self.min_max_sequence_length = int(params.get("min_max_sequence_length", 1))
-        self.max_max_sequence_length = int(get("max_max_sequence_length"))
+        self.rules = json.loads(get("request_rules"))
+        self.max_batch_pixels = int(get("max_batch_pixels"))
+        self.network_timeout_us = int(get("network_timeout_ms")) * 1000
         self.clip_length = int(get("clip_length"))
         self.clip_pad_token = get("clip_pad_token")
         self.t5_pad_token = get("t5_pad_token")
@@ -280,7 +352,8 @@ class Settings:
         self.vae_shift_factor = float(get("vae_shift_factor"))
         self.network_max_batch = int(get("network_max_batch"))
         self.models = {n: [get(f"model_{n}")] + [m for m in params.get(f"fallback_{n}", "").split(",") if m] for n in NETWORKS}
-        self.dtypes = {key: np.dtype(value) for key, value in json.loads(get("input_dtypes")).items()}
+        # Names (float32, float16, bfloat16, int64), mapped to numpy or torch types by the arrays in use.
+        self.dtypes = json.loads(get("input_dtypes"))
 
 
 class TritonPythonModel:
@@ -294,11 +367,23 @@ class TritonPythonModel:
         with open(os.path.join(here, "scheduler", "scheduler_config.json")) as f:
             self.scheduler = FlowMatchEuler(json.load(f))
         self.torch = None
+        self.device_id = None
         if s.target == "gpu" and args.get("model_instance_kind") == "GPU":
             import torch  # the gpu target's server image carries torch for DLPack math
 
             self.torch = torch
             self.device_id = int(args["model_instance_device_id"])
+        elif params.get("torch_on_cpu") == "true":
+            import torch  # the torch path on CPU torch: tested against the numpy path
+
+            self.torch = torch
+        if self.torch is None:
+            unsupported = sorted(k for k, v in s.dtypes.items() if v not in NUMPY_DTYPES)
+            if unsupported:
+                raise pb_utils.TritonModelException(
+                    f"flux: network inputs {unsupported} are {[s.dtypes[k] for k in unsupported]}, which numpy cannot hold; "
+                    "bf16 networks are served by the gpu target (torch), not the cpu target"
+                )
         self.copies = pb_utils.MetricFamily(
             name="flux_host_device_copies_total",
             description="Tensor copies between host and device memory made by the flux orchestrator",
@@ -326,18 +411,24 @@ class TritonPythonModel:
     def _arrays(self):
         return DeviceArrays(self.torch, self.device_id) if self.torch is not None else HostArrays()
 
+    def _check_networks(self):
+        """Every network needs a ready model (its own or a fallback): else UNAVAILABLE, before any work."""
+        for network in NETWORKS:
+            if not any(pb_utils.is_model_ready(model_name=m) for m in self.settings.models[network]):
+                names = ", ".join(f"'{m}'" for m in self.settings.models[network])
+                raise NetworkError(network, f"no model of it is ready ({names}: unloaded, loading or failed)", unavailable=True)
+
     # ---- parsing and validation ------------------------------------------------------------
 
     def _parse(self, request, index):
-        s = self.settings
+        """The request's prompts as Items, checked against the rules table (the CLI's order)."""
+        s, rules = self.settings, self.settings.rules
         prompt = pb_utils.get_input_tensor_by_name(request, "prompt")
-        if prompt is None:
-            raise RequestError("input 'prompt' is required (TYPE_STRING [1] per image)")
-        prompts = [p.decode("utf-8", errors="replace") if isinstance(p, bytes) else str(p) for p in prompt.as_numpy().reshape(-1)]
+        if prompt is None or prompt.as_numpy().size == 0:
+            raise RequestError("prompt_missing", "no prompt given (input 'prompt', TYPE_STRING [1] per image)")
+        raw = [p if isinstance(p, bytes) else str(p).encode() for p in prompt.as_numpy().reshape(-1)]
+        prompts = [check_prompt(i, p, rules) for i, p in enumerate(raw)]
         n = len(prompts)
-        for i, p in enumerate(prompts):
-            if not p.strip():
-                raise RequestError(f"prompt {i} is empty")
 
         def values(name, kind, default):
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -345,44 +436,56 @@ class TritonPythonModel:
                 return [default] * n
             array = tensor.as_numpy().reshape(-1)
             if array.size != n:
-                raise RequestError(f"input '{name}' has {array.size} values for {n} prompts (one per prompt)")
+                raise RequestError("one_value_per_prompt", f"input '{name}' has {array.size} values for {n} prompts (one per prompt)")
             return [kind(v) for v in array]
 
         heights = values("height", int, s.default_height)
         widths = values("width", int, s.default_width)
         if len(set(heights)) > 1 or len(set(widths)) > 1:
-            raise RequestError("every prompt of one request must ask for the same height and width (send different sizes as separate requests)")
+            raise RequestError("one_size_per_request", "every prompt of one request must ask for the same height and width (send different sizes as separate requests)")
         height, width = heights[0], widths[0]
-        for name, value, low, high in (("height", height, s.min_height, s.max_height), ("width", width, s.min_width, s.max_width)):
-            if value % SIZE_MULTIPLE:
-                raise RequestError(f"{name} {value} is not a multiple of {SIZE_MULTIPLE}")
+        multiple = rules["side_multiple"]
+        for name, value, low, high in (("height", height, rules["min_height"], rules["max_height"]), ("width", width, rules["min_width"], rules["max_width"])):
+            if value % multiple:
+                raise RequestError("size_multiple", f"{name} {value} is not a multiple of {multiple}")
             if not low <= value <= high:
-                raise RequestError(f"{name} {value} is outside what this deployment serves ({low}..{high})")
+                raise RequestError("size_range", f"{name} {value} is out of range {low}..={high}")
+        if height * width > rules["max_image_pixels"]:
+            raise RequestError("image_pixels", f"{width}x{height} is {height * width} pixels, more than the {rules['max_image_pixels']} one image may have")
         steps = values("steps", int, s.default_steps)
         guidance = values("guidance", float, s.default_guidance)
-        seeds = values("seed", int, 0)
         lengths = values("max_sequence_length", int, s.default_max_sequence_length)
         for i in range(n):
-            if not 1 <= steps[i] <= s.max_steps:
-                raise RequestError(f"steps {steps[i]} must be between 1 and {s.max_steps}")
-            if not math.isfinite(guidance[i]):
-                raise RequestError(f"guidance {guidance[i]} is not a finite number")
-            if not s.min_max_sequence_length <= lengths[i] <= s.max_max_sequence_length:
+            if not 1 <= steps[i] <= rules["max_steps"]:
+                raise RequestError("steps_range", f"steps {steps[i]} is out of range 1..={rules['max_steps']}")
+            if not (math.isfinite(guidance[i]) and rules["min_guidance"] <= guidance[i] <= rules["max_guidance"]):
+                raise RequestError("guidance_range", f"guidance {guidance[i]} is out of range {rules['min_guidance']}..={rules['max_guidance']}")
+            if not rules["min_sequence_length"] <= lengths[i] <= rules["max_sequence_length"]:
                 raise RequestError(
-                    f"max_sequence_length {lengths[i]} must be between {s.min_max_sequence_length} and {s.max_max_sequence_length}"
+                    "sequence_length_range",
+                    f"max sequence length {lengths[i]} is out of range {rules['min_sequence_length']}..={rules['max_sequence_length']}",
                 )
         noise = pb_utils.get_input_tensor_by_name(request, "noise")
-        expected = (n, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+        seed = pb_utils.get_input_tensor_by_name(request, "seed")
+        if noise is not None and seed is not None:
+            raise RequestError("seed_and_noise", "--seed and --noise (the inputs seed and noise) both choose the initial noise: give one")
         if noise is not None:
+            seeds = [-1] * n  # no seed: the image came from the given noise
             noise = noise.as_numpy()
+            expected = (n, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
             if tuple(noise.shape) != expected:
-                raise RequestError(f"input 'noise' has shape {list(noise.shape)}, expected {list(expected)} ([prompts, 16, height/8, width/8])")
+                raise RequestError("noise_shape", f"input 'noise' has shape {list(noise.shape)}, expected {list(expected)} ([prompts, 16, height/8, width/8])")
             if not np.all(np.isfinite(noise)):
-                raise RequestError("input 'noise' holds non-finite values")
+                raise RequestError("noise_finite", "input 'noise' holds non-finite values")
+        else:
+            # A random seed by default (returned), so that raw requests do not all give one image.
+            base = secrets.randbits(63)
+            seeds = values("seed", int, None)
+            seeds = [base + i if v is None else v for i, v in enumerate(seeds)]
         items = []
         for i in range(n):
             item = Item()
-            item.request, item.index, item.prompt = index, i, prompts[i]
+            item.request, item.source, item.index, item.prompt = index, request, i, prompts[i]
             item.height, item.width, item.steps, item.guidance = height, width, steps[i], guidance[i]
             item.seed, item.max_sequence_length = seeds[i], lengths[i]
             item.noise = None if noise is None else noise[i].astype(np.float32)
@@ -393,29 +496,44 @@ class TritonPythonModel:
 
     async def execute(self, requests):
         errors = [None] * len(requests)
-        bad_request = [False] * len(requests)  # answered as INVALID_ARG (HTTP 400), the rest as INTERNAL (500)
+        codes = [pb_utils.TritonError.INTERNAL] * len(requests)  # INVALID_ARG: 400, UNAVAILABLE: 503, else 500
         images = [None] * len(requests)
+        seeds = [None] * len(requests)
         groups = {}
         for r, request in enumerate(requests):
             try:
                 items = self._parse(request, r)
             except RequestError as e:
-                errors[r], bad_request[r] = str(e), True
+                errors[r], codes[r] = str(e), pb_utils.TritonError.INVALID_ARG
                 continue
             except Exception as e:  # a malformed tensor the checks above did not foresee
-                errors[r], bad_request[r] = f"bad request: {e}", True
+                errors[r], codes[r] = f"bad request: {e}", pb_utils.TritonError.INVALID_ARG
                 continue
             images[r] = [None] * len(items)
+            seeds[r] = [item.seed for item in items]
             for item in items:
                 groups.setdefault(item.group_key(), []).append(item)
         arrays = self._arrays()
+        try:
+            if groups:
+                self._check_networks()
+        except NetworkError as e:
+            for items in groups.values():
+                for item in items:
+                    errors[item.request], codes[item.request] = str(e), pb_utils.TritonError.UNAVAILABLE
+            groups = {}
         for key, items in groups.items():
             items = [i for i in items if errors[i.request] is None]
             try:
                 results = await self._run_split(arrays, items)
+            except Cancelled:
+                for item in items:
+                    errors[item.request], codes[item.request] = "cancelled by the client", pb_utils.TritonError.CANCELLED
+                continue
             except NetworkError as e:
                 for item in items:
                     errors[item.request] = str(e)
+                    codes[item.request] = pb_utils.TritonError.UNAVAILABLE if e.unavailable else pb_utils.TritonError.INTERNAL
                 continue
             except Exception as e:
                 for item in items:
@@ -428,11 +546,11 @@ class TritonPythonModel:
         responses = []
         for r in range(len(requests)):
             if errors[r] is not None:
-                code = pb_utils.TritonError.INVALID_ARG if bad_request[r] else pb_utils.TritonError.INTERNAL
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r], code)))
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r], codes[r])))
             else:
                 self.images.increment(len(images[r]))
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("image", np.stack(images[r]))]))
+                outputs = [pb_utils.Tensor("image", np.stack(images[r])), pb_utils.Tensor("seed", np.array(seeds[r], dtype=np.int64).reshape(-1, 1))]
+                responses.append(pb_utils.InferenceResponse(outputs))
         count = sum(len(i) for i in groups.values())
         self.logger.log_info(
             f"flux: {len(requests)} requests, {count} prompts in {len(groups)} groups on {arrays.device}; "
@@ -441,8 +559,10 @@ class TritonPythonModel:
         return responses
 
     async def _run_split(self, arrays, items):
-        """Runs items in chunks the networks accept; halves a chunk that runs out of memory."""
-        limit = self.settings.network_max_batch
+        """Runs items in chunks the networks accept and the memory budget allows (pixels per
+        batch); halves a chunk that runs out of memory."""
+        pixels = items[0].height * items[0].width if items else 1
+        limit = max(1, min(self.settings.network_max_batch, self.settings.max_batch_pixels // pixels))
         results = []
         for start in range(0, len(items), limit):
             results.extend(await self._run_retrying(arrays, items[start : start + limit]))
@@ -472,24 +592,33 @@ class TritonPythonModel:
             fitted[length] = tok
         return fitted[length]
 
-    async def _infer(self, network, inputs, outputs):
-        """One BLS call to the network's model, or to its fallbacks where it is not available."""
+    async def _infer(self, xp, items, network, inputs, outputs):
+        """One BLS call to the network's model, or to its fallbacks where it is not available,
+        with the clients' request ids, a timeout, and outputs where the arrays in use want them."""
         candidates = self.settings.models[network]
-        last = None
+        request_id = ",".join(sorted({i.source.request_id() for i in items if i.source.request_id()}))
+        last, unavailable = None, True
         for model in candidates:
             if len(candidates) > 1 and not pb_utils.is_model_ready(model_name=model):
                 last = f"model '{model}' is not ready"
                 continue
-            request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+            request = pb_utils.InferenceRequest(
+                model_name=model,
+                inputs=inputs,
+                requested_output_names=outputs,
+                request_id=request_id,
+                timeout=self.settings.network_timeout_us,
+                preferred_memory=xp.preferred_memory(),
+            )
             response = await request.async_exec()
             if response.has_error():
                 message = response.error().message()
                 if is_out_of_memory(message):
                     raise NetworkError(network, message, out_of_memory=True)
-                last = message
+                last, unavailable = message, unavailable and is_backend_gone(message)
                 continue
             return [pb_utils.get_output_tensor_by_name(response, name) for name in outputs]
-        raise NetworkError(network, last)
+        raise NetworkError(network, last, unavailable=unavailable)
 
     async def _run_chunk(self, xp, items):
         s = self.settings
@@ -502,8 +631,8 @@ class TritonPythonModel:
         t5_ids = self._tokenize(self.t5_tokenizer, prompts, length)
 
         (pooled,), (text,) = await asyncio.gather(
-            self._infer("clip", [xp.to_input("input_ids", clip_ids)], ["pooled_embeddings"]),
-            self._infer("t5", [xp.to_input("input_ids", t5_ids)], ["text_embeddings"]),
+            self._infer(xp, items, "clip", [xp.to_input("input_ids", clip_ids)], ["pooled_embeddings"]),
+            self._infer(xp, items, "t5", [xp.to_input("input_ids", t5_ids)], ["text_embeddings"]),
         )
         # Handed to the transformer as they came (no host round trip on the gpu target).
         pooled = xp.from_output(pooled)
@@ -516,10 +645,14 @@ class TritonPythonModel:
         txt_ids = xp.full((length, 3), 0.0, s.dtypes["txt_ids"])
         guidance = None
         if "guidance" in s.dtypes:
-            guidance = xp.upload(np.array([i.guidance for i in items], dtype=s.dtypes["guidance"]))
+            guidance = xp.vector([i.guidance for i in items], s.dtypes["guidance"])
 
         sigmas = self.scheduler.sigmas(first.steps, rows * cols)
+        clients = [i.source for i in items]
         for step in range(first.steps):
+            if all(c.is_cancelled() for c in clients):
+                self.logger.log_info(f"flux: every client of a batch of {b} cancelled; stopped before step {step + 1} of {first.steps}")
+                raise Cancelled()
             timestep = xp.full((b,), self.scheduler.model_timestep(sigmas[step]), s.dtypes["timestep"])
             inputs = [
                 xp.to_input("hidden_states", latents),
@@ -531,13 +664,13 @@ class TritonPythonModel:
             ]
             if guidance is not None:
                 inputs.append(xp.to_input("guidance", guidance))
-            (velocity,) = await self._infer("transformer", inputs, ["noise_pred"])
+            (velocity,) = await self._infer(xp, items, "transformer", inputs, ["noise_pred"])
             velocity = xp.float32(xp.from_output(velocity))
             dt = float(np.float32(sigmas[step + 1] - sigmas[step]))  # exact in float32: both sides compute in float32
             latents = xp.cast(xp.float32(latents) + velocity * dt, latent_dtype)
 
         latent = unpack(xp.float32(latents), rows, cols) / s.vae_scaling_factor + s.vae_shift_factor  # float32, as diffusers
-        (decoded,) = await self._infer("vae_decoder", [xp.to_input("latent", xp.cast(latent, s.dtypes["latent"]))], ["images"])
+        (decoded,) = await self._infer(xp, items, "vae_decoder", [xp.to_input("latent", xp.cast(latent, s.dtypes["latent"]))], ["images"])
         pixels = xp.download(xp.to_uint8_hwc(xp.from_output(decoded)))
         if pixels.shape[1:] != (height, width, 3):
             raise NetworkError("vae_decoder", f"returned images of shape {list(pixels.shape[1:3])}, expected [{height}, {width}]")

@@ -24,6 +24,9 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = 1
+        # Without the arena, a large request's buffers go back to the system when it is done
+        # (with it, the VAE decoder kept its peak, 10.7 GB after a 4 x 1024^2 batch: issue 14 D12).
+        options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:

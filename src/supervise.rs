@@ -1,0 +1,197 @@
+//! Keeping a served repository truthful and alive (`fluxbuild serve`): Triton itself keeps calling
+//! a Python-backend model READY after its backend stub process died (every request then fails),
+//! and `flux` READY while a network it needs is unloaded. Once a second the supervisor looks at
+//! the server's model states and its stub processes; when a network is missing or dead it unloads
+//! `flux` (so its readiness, and the server's strict readiness, say "not ready"), reloads the
+//! network, and loads `flux` again once every network is ready. Under explicit model control the
+//! networks are loaded first and `flux` after them.
+
+use crate::client::Client;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const ORCHESTRATOR: &str = "flux";
+
+pub struct Supervisor {
+    client: Client,
+    repo: PathBuf,
+    server_pid: u32,
+    /// Network -> its models, primary first (from the `flux` config's model_X / fallback_X).
+    networks: BTreeMap<String, Vec<String>>,
+    /// Models served by the Python backend (each has stub processes).
+    python: BTreeSet<String>,
+}
+
+/// What one check found and did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Repair {
+    /// Python-backend models READY without a live stub process.
+    pub dead: Vec<String>,
+    /// Networks with no READY model.
+    pub missing: Vec<String>,
+    /// Models (re)loaded.
+    pub loaded: Vec<String>,
+}
+
+impl Supervisor {
+    pub fn new(client: Client, repo: &Path, server_pid: u32) -> Result<Supervisor> {
+        let repo = repo
+            .canonicalize()
+            .with_context(|| format!("{}: not found", repo.display()))?;
+        let flux = std::fs::read_to_string(repo.join(ORCHESTRATOR).join("config.pbtxt"))
+            .with_context(|| format!("{}: no `{ORCHESTRATOR}` model", repo.display()))?;
+        let mut networks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, value) in string_parameters(&flux) {
+            if let Some(network) = key.strip_prefix("model_") {
+                networks.entry(network.to_string()).or_default().insert(0, value);
+            } else if let Some(network) = key.strip_prefix("fallback_") {
+                let entry = networks.entry(network.to_string()).or_default();
+                entry.extend(value.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+            }
+        }
+        if networks.is_empty() {
+            bail!("{}: the `{ORCHESTRATOR}` config names no networks", repo.display());
+        }
+        let mut python = BTreeSet::new();
+        for model in networks
+            .values()
+            .flatten()
+            .chain(std::iter::once(&ORCHESTRATOR.to_string()))
+        {
+            let config = std::fs::read_to_string(repo.join(model).join("config.pbtxt")).unwrap_or_default();
+            if config.contains("backend: \"python\"") {
+                python.insert(model.clone());
+            }
+        }
+        Ok(Supervisor {
+            client,
+            repo,
+            server_pid,
+            networks,
+            python,
+        })
+    }
+
+    /// Every network model, in load order (primaries first).
+    pub fn network_models(&self) -> Vec<String> {
+        self.networks.values().flatten().cloned().collect()
+    }
+
+    fn states(&self) -> Result<BTreeMap<String, String>> {
+        let index = self.client.post_json("/v2/repository/index", &serde_json::json!({}))?;
+        Ok(index
+            .as_array()
+            .context("the repository index is not a list")?
+            .iter()
+            .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["state"].as_str()?.to_string())))
+            .collect())
+    }
+
+    /// Models with a live (not zombie) backend stub among the server's children.
+    fn live_stubs(&self) -> BTreeSet<String> {
+        let mut live = BTreeSet::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return live;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.len() < 2 || fields[0] == "Z" || fields[1] != self.server_pid.to_string() {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            for arg in cmdline.split(|b| *b == 0).filter_map(|a| std::str::from_utf8(a).ok()) {
+                let path = Path::new(arg);
+                if path.file_name().is_some_and(|f| f == "model.py") && path.starts_with(&self.repo) {
+                    if let Some(model) = path.parent().and_then(Path::parent).and_then(Path::file_name) {
+                        live.insert(model.to_string_lossy().to_string());
+                    }
+                }
+            }
+        }
+        live
+    }
+
+    /// One look, and the repairs it calls for.
+    pub fn check(&self) -> Result<Repair> {
+        let states = self.states()?;
+        let live = self.live_stubs();
+        let ready = |m: &str| states.get(m).is_some_and(|s| s == "READY");
+        let mut repair = Repair::default();
+        for model in self
+            .network_models()
+            .iter()
+            .chain(std::iter::once(&ORCHESTRATOR.to_string()))
+        {
+            if ready(model) && self.python.contains(model) && !live.contains(model) {
+                repair.dead.push(model.clone());
+            }
+        }
+        for (network, models) in &self.networks {
+            if !models.iter().any(|m| ready(m) && !repair.dead.contains(m)) {
+                repair.missing.push(network.clone());
+            }
+        }
+        let flux_ok = ready(ORCHESTRATOR) && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
+        if repair.missing.is_empty() && repair.dead.is_empty() && flux_ok {
+            return Ok(repair);
+        }
+        if !repair.missing.is_empty() && ready(ORCHESTRATOR) {
+            // Not ready while a network is: the probes see it, the balancer sends no traffic.
+            let _ = self.client.repository(ORCHESTRATOR, "unload");
+        }
+        for model in &repair.dead {
+            // A dead stub never answers the unload; a load then starts a fresh one.
+            let _ = self.client.repository(model, "unload");
+        }
+        for network in &repair.missing {
+            let model = &self.networks[network][0];
+            if self.client.repository(model, "load").is_ok() {
+                repair.loaded.push(model.clone());
+            }
+        }
+        for model in repair.dead.iter().filter(|m| *m != ORCHESTRATOR) {
+            if !repair.loaded.contains(model) && self.client.repository(model, "load").is_ok() {
+                repair.loaded.push(model.clone());
+            }
+        }
+        let states = self.states()?;
+        let networks_ready = self
+            .networks
+            .values()
+            .all(|models| models.iter().any(|m| states.get(m).is_some_and(|s| s == "READY")));
+        let flux_ready =
+            states.get(ORCHESTRATOR).is_some_and(|s| s == "READY") && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
+        if networks_ready && !flux_ready && self.client.repository(ORCHESTRATOR, "load").is_ok() {
+            repair.loaded.push(ORCHESTRATOR.to_string());
+        }
+        Ok(repair)
+    }
+}
+
+/// `parameters { key: "K" value { string_value: "V" } }` pairs of a config.pbtxt as fluxbuild writes it.
+fn string_parameters(pbtxt: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut key = None;
+    for line in pbtxt.lines().map(str::trim) {
+        if let Some(k) = line.strip_prefix("key: ") {
+            key = Some(unquote(k));
+        } else if let Some(v) = line.strip_prefix("string_value: ") {
+            if let Some(k) = key.take() {
+                pairs.push((k, unquote(v)));
+            }
+        }
+    }
+    pairs
+}
+
+fn unquote(s: &str) -> String {
+    s.trim_matches('"').replace("\\\"", "\"").replace("\\\\", "\\")
+}
