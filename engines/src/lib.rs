@@ -6,6 +6,7 @@
 //!   ones whose key changed with the native builder API (`native`, trtx) or `trtexec`.
 
 pub mod build;
+pub mod capability;
 pub mod graph;
 pub mod interface;
 pub mod key;

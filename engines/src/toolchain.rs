@@ -25,6 +25,23 @@ impl Version {
     }
 }
 
+impl std::str::FromStr for Version {
+    type Err = anyhow::Error;
+    /// "10.13", "11.1.0" or "11" (a bare major means its .0 release).
+    fn from_str(text: &str) -> Result<Version> {
+        let parts: Vec<&str> = text.trim().trim_start_matches('v').split('.').collect();
+        let numbers: Option<Vec<u32>> = parts.iter().map(|p| p.parse().ok()).collect();
+        match numbers.as_deref() {
+            Some([major, rest @ ..]) if rest.len() <= 2 => Ok(Version {
+                major: *major,
+                minor: rest.first().copied().unwrap_or(0),
+                patch: rest.get(1).copied().unwrap_or(0),
+            }),
+            _ => bail!("TensorRT version {text:?}: expected MAJOR.MINOR such as 10.13 or 11.1"),
+        }
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
@@ -64,6 +81,40 @@ for example inside NVIDIA's TensorRT container (`docker run --gpus all nvcr.io/n
 which has the libraries in /usr/lib/x86_64-linux-gnu and trtexec in /usr/src/tensorrt/bin; or install TensorRT \
 from developer.nvidia.com/tensorrt and set TENSORRT_LIB_DIR to its lib folder (for --builder trtexec, put its \
 bin/trtexec on PATH).";
+
+/// The builder when the user picks none: the native builder API where the TensorRT found here
+/// matches the headers it was compiled against, else trtexec (which every TensorRT 10 and 11
+/// carries, and which TensorRT containers put in /usr/src/tensorrt/bin).
+pub fn default_builder() -> BuilderKind {
+    let found = find_tensorrt_libs().ok().map(|libs| libs.version);
+    choose_builder(found, native_headers())
+}
+
+/// `default_builder`'s rule: native only when TensorRT `found` has `headers`' major release and at
+/// least its minor one (the C++ API's vtables change between majors, grow between minors).
+pub fn choose_builder(found: Option<Version>, headers: Option<Version>) -> BuilderKind {
+    match (found, headers) {
+        (Some(f), Some(h)) if f.major == h.major && f.minor >= h.minor => BuilderKind::Native,
+        _ => BuilderKind::Trtexec,
+    }
+}
+
+/// The TensorRT headers the native builder was compiled against (none without it).
+fn native_headers() -> Option<Version> {
+    #[cfg(feature = "native-builder")]
+    return Some(crate::native::header_version());
+    #[cfg(not(feature = "native-builder"))]
+    None
+}
+
+/// The TensorRT a `--dry-run` writes trtexec lines for when none is given: trtexec's banner,
+/// else libnvinfer's version, else none.
+pub fn local_tensorrt() -> Option<Version> {
+    find_trtexec()
+        .ok()
+        .and_then(|t| trtexec_version(&t))
+        .or_else(|| find_tensorrt_libs().ok().map(|l| l.version))
+}
 
 /// Probes everything `builder` needs; one error lists every missing piece.
 pub fn probe(builder: BuilderKind) -> Result<Toolchain> {

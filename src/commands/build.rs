@@ -6,10 +6,11 @@
 
 use crate::manifest::{FileEntry, Manifest};
 use crate::output::Output;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
 use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
-use fluxbuild_engines::toolchain::{self, Toolchain};
+use fluxbuild_engines::toolchain::{self, Toolchain, Version};
+use fluxbuild_engines::trtexec;
 use fluxbuild_profiles::{Network, Preset};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -38,9 +39,16 @@ pub struct Args {
     /// Workspace memory pool limit in GiB (default: TensorRT's, the GPU's memory).
     #[arg(long, value_name = "GiB")]
     workspace: Option<f64>,
-    /// native (TensorRT builder API through trtx) or trtexec.
-    #[arg(long, default_value = "native")]
-    builder: BuilderKind,
+    /// native (TensorRT builder API through trtx) or trtexec; default: native where the TensorRT
+    /// found here matches its headers, else trtexec.
+    #[arg(long)]
+    builder: Option<BuilderKind>,
+    /// Print the trtexec command line of every network and stop: no TensorRT or GPU needed.
+    #[arg(long)]
+    dry_run: bool,
+    /// TensorRT release the --dry-run lines are for (default: the trtexec or libnvinfer found here).
+    #[arg(long, value_name = "X.Y", requires = "dry_run")]
+    tensorrt_version: Option<toolchain::Version>,
     /// Build only these networks (comma-separated: clip,t5,transformer,vae_decoder).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -57,10 +65,16 @@ struct Built {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
+    let builder = match (args.builder, args.dry_run) {
+        (Some(BuilderKind::Native), true) => bail!("--dry-run prints trtexec command lines: use --builder trtexec"),
+        (_, true) => BuilderKind::Trtexec,
+        (Some(builder), false) => builder,
+        (None, false) => toolchain::default_builder(),
+    };
     let request = BuildRequest {
         preset: Preset::load(&args.profile)?,
         settings: BuildSettings::new(
-            args.builder,
+            builder,
             args.precision,
             args.workspace,
             args.builder_optimization_level,
@@ -75,8 +89,11 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         timing_cache: args.timing_cache,
     };
     let graphs = build::read_graphs(&request)?;
+    if args.dry_run {
+        return dry_run(&request, &graphs, args.tensorrt_version, out);
+    }
     let toolchain = toolchain::probe(request.settings.builder)?;
-    build::check_builder(&request, &toolchain)?;
+    build::check_builder(&request, &toolchain, &graphs)?;
     let manifest_path = request.out.join("manifest.json");
     let mut records = previous_records(&manifest_path)?;
     // A record whose plan is gone (or was replaced by hand) describes nothing any more.
@@ -139,6 +156,23 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             toolchain.gpu.compute_capability,
             manifest_path.display()
         )
+    });
+    Ok(())
+}
+
+/// `--dry-run`: the trtexec line per network, for TensorRT `tensorrt` (else the one found here).
+fn dry_run(request: &BuildRequest, graphs: &[build::Graph], tensorrt: Option<Version>, out: &Output) -> Result<()> {
+    let Some(tensorrt) = tensorrt.or_else(toolchain::local_tensorrt) else {
+        bail!("--dry-run: no trtexec or libnvinfer here to take the TensorRT version from; give --tensorrt-version (10.13, 11.1, ...)");
+    };
+    let commands = trtexec::dry_run(request, graphs, tensorrt)?;
+    let value = serde_json::json!({ "tensorrt": tensorrt.to_string(), "engines": request.out, "commands": commands });
+    out.result(&value, || {
+        let lines: Vec<String> = commands
+            .iter()
+            .map(|c| format!("# {}\n{}", c.network, c.shell_line()))
+            .collect();
+        format!("# trtexec lines for TensorRT {tensorrt} (nothing was built)\n{}", lines.join("\n"))
     });
     Ok(())
 }
