@@ -93,8 +93,15 @@ fn schnell_fast_lines_number_their_profiles() {
                     .iter()
                     .position(|a| *a == format!("--profile={profile}"))
                     .unwrap_or_else(|| panic!("{network} ({tensorrt}): no --profile={profile} in {argv:?}"));
-                let triple: Vec<&str> = argv[at + 1..at + 4].iter().map(|a| a.split('=').next().unwrap()).collect();
-                assert_eq!(triple, ["--minShapes", "--optShapes", "--maxShapes"], "{network}: {argv:?}");
+                let triple: Vec<&str> = argv[at + 1..at + 4]
+                    .iter()
+                    .map(|a| a.split('=').next().unwrap())
+                    .collect();
+                assert_eq!(
+                    triple,
+                    ["--minShapes", "--optShapes", "--maxShapes"],
+                    "{network}: {argv:?}"
+                );
             }
             assert_eq!(argv.iter().filter(|a| a.starts_with("--minShapes=")).count(), 2);
             assert!(!argv.iter().any(|a| a == "--profile=2"));
@@ -107,8 +114,14 @@ fn schnell_fast_lines_number_their_profiles() {
 fn tensorrt_10_lines_are_strongly_typed_with_the_graphs_types() {
     for (network, argv) in dry_run("tiny-check", "10.13", &[]).unwrap() {
         assert!(argv.contains(&"--stronglyTyped".to_string()), "{network}: {argv:?}");
-        assert!(!argv.iter().any(|a| a.starts_with("--profile")), "one profile needs no index");
-        assert!(!argv.iter().any(|a| WEAK_FLAGS.contains(&a.as_str())), "{network}: {argv:?}");
+        assert!(
+            !argv.iter().any(|a| a.starts_with("--profile")),
+            "one profile needs no index"
+        );
+        assert!(
+            !argv.iter().any(|a| WEAK_FLAGS.contains(&a.as_str())),
+            "{network}: {argv:?}"
+        );
     }
     let weak = dry_run("tiny-check", "10.13", &["--precision", "fp16"]).unwrap();
     assert!(weak.iter().all(|(_, argv)| argv.contains(&"--fp16".to_string())));
@@ -116,10 +129,7 @@ fn tensorrt_10_lines_are_strongly_typed_with_the_graphs_types() {
 
 #[test]
 fn tensorrt_11_lines_carry_no_precision_flags() {
-    let settings = [
-        vec![],
-        vec!["--workspace", "2", "--builder-optimization-level", "4"],
-    ];
+    let settings = [vec![], vec!["--workspace", "2", "--builder-optimization-level", "4"]];
     for extra in settings {
         for (network, argv) in dry_run("schnell-fast", "11.1", &extra).unwrap() {
             let flags: Vec<&String> = argv.iter().filter(|a| WEAK_FLAGS.contains(&a.as_str())).collect();
@@ -130,7 +140,9 @@ fn tensorrt_11_lines_carry_no_precision_flags() {
                 assert!(argv.contains(&format!("--memPoolSize=workspace:{}B", 2u64 << 30)));
                 assert!(argv.contains(&"--builderOptimizationLevel=4".to_string()));
             }
-            assert!(!argv.iter().any(|a| a.starts_with("--workspace") || a == "--explicitBatch"));
+            assert!(!argv
+                .iter()
+                .any(|a| a.starts_with("--workspace") || a == "--explicitBatch"));
         }
     }
 }
@@ -149,7 +161,10 @@ fn tensorrt_11_refuses_weak_precisions_before_anything() {
 #[test]
 fn fp8_needs_fp8_graphs() {
     let error = dry_run("tiny-check", "10.13", &["--precision", "fp8"]).unwrap_err();
-    assert!(error.contains("none of the graphs") && error.contains("--precision fp8"), "{error}");
+    assert!(
+        error.contains("none of the graphs") && error.contains("--precision fp8"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -180,7 +195,15 @@ fn text_output_is_one_pasteable_line_per_network() {
 #[test]
 fn mistakes_are_refused_with_the_flag_named() {
     let engines = graphs().with_file_name("engines-mistakes");
-    let base = ["build", "--models", s(graphs()), "--profile", "tiny-check", "--out", s(&engines)];
+    let base = [
+        "build",
+        "--models",
+        s(graphs()),
+        "--profile",
+        "tiny-check",
+        "--out",
+        s(&engines),
+    ];
     let run = |extra: &[&str]| {
         let out = fluxbuild(&[&base[..], extra].concat());
         assert!(!out.status.success());
@@ -191,4 +214,35 @@ fn mistakes_are_refused_with_the_flag_named() {
     assert!(run(&["--dry-run", "--tensorrt-version", "ten"]).contains("ten"));
     assert!(run(&["--tensorrt-version", "10.13"]).contains("--dry-run"));
     assert!(!engines.exists());
+}
+
+/// Without --tensorrt-version the version comes from the trtexec on PATH (its banner).
+#[test]
+fn the_version_comes_from_the_trtexec_found() {
+    let bin = graphs().with_file_name("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let trtexec = bin.join("trtexec");
+    std::fs::write(
+        &trtexec,
+        "#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v110100] [b12] # trtexec --help'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&trtexec, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args(["build", "--models", s(graphs()), "--profile", "tiny-check", "--out"])
+        .arg(graphs().with_file_name("engines-found"))
+        .args(["--dry-run", "--json", "--only", "t5"])
+        .env("PATH", path)
+        .env_remove("TENSORRT_LIB_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tensorrt"], "11.1.0");
+    assert!(!report["commands"][0]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "--stronglyTyped"));
 }

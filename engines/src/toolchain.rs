@@ -80,7 +80,7 @@ const HOW_TO_GET: &str = "Engines are built on a GPU host with the NVIDIA driver
 for example inside NVIDIA's TensorRT container (`docker run --gpus all nvcr.io/nvidia/tensorrt:<yy.mm>-py3`), \
 which has the libraries in /usr/lib/x86_64-linux-gnu and trtexec in /usr/src/tensorrt/bin; or install TensorRT \
 from developer.nvidia.com/tensorrt and set TENSORRT_LIB_DIR to its lib folder (for --builder trtexec, put its \
-bin/trtexec on PATH).";
+bin/trtexec on PATH). `fluxbuild build --dry-run --tensorrt-version X.Y` prints the trtexec lines without either.";
 
 /// The builder when the user picks none: the native builder API where the TensorRT found here
 /// matches the headers it was compiled against, else trtexec (which every TensorRT 10 and 11

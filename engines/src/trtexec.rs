@@ -109,7 +109,9 @@ pub fn dry_run(request: &BuildRequest, graphs: &[Graph], tensorrt: Version) -> R
             };
             Ok(Invocation {
                 network: graph.network,
-                argv: std::iter::once("trtexec".to_string()).chain(command_line(&job)?).collect(),
+                argv: std::iter::once("trtexec".to_string())
+                    .chain(command_line(&job)?)
+                    .collect(),
             })
         })
         .collect()

@@ -73,12 +73,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     };
     let request = BuildRequest {
         preset: Preset::load(&args.profile)?,
-        settings: BuildSettings::new(
-            builder,
-            args.precision,
-            args.workspace,
-            args.builder_optimization_level,
-        )?,
+        settings: BuildSettings::new(builder, args.precision, args.workspace, args.builder_optimization_level)?,
         only: args
             .only
             .iter()
@@ -172,7 +167,10 @@ fn dry_run(request: &BuildRequest, graphs: &[build::Graph], tensorrt: Option<Ver
             .iter()
             .map(|c| format!("# {}\n{}", c.network, c.shell_line()))
             .collect();
-        format!("# trtexec lines for TensorRT {tensorrt} (nothing was built)\n{}", lines.join("\n"))
+        format!(
+            "# trtexec lines for TensorRT {tensorrt} (nothing was built)\n{}",
+            lines.join("\n")
+        )
     });
     Ok(())
 }
