@@ -121,8 +121,9 @@ fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
     };
     let Some(path) = &request.precision.calibration else {
         bail!(
-            "--precision {}=fp8 needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
-            fp8.name
+            "--precision {}={} needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
+            fp8.name,
+            fp8.precision
         );
     };
     let table = CalibrationTable::read(path)?;
