@@ -45,7 +45,9 @@ fn without_tensorrt_the_build_fails_first_and_writes_nothing() {
     let (m, out) = (models.to_str().unwrap(), dir.path().join("engines"));
     let o = fluxbuild(&build_args(m, out.to_str().unwrap(), &[]));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    match toolchain::probe(BuilderKind::Native) {
+    // No --builder: fluxbuild picks it from the TensorRT found (trtexec where none matches).
+    let builder = toolchain::default_builder();
+    match toolchain::probe(builder) {
         Err(probe) => {
             assert!(!o.status.success(), "built without TensorRT? {stderr}");
             assert!(
@@ -53,7 +55,10 @@ fn without_tensorrt_the_build_fails_first_and_writes_nothing() {
                 "{stderr}"
             );
             for needle in [
-                "cannot build TensorRT engines on this machine (native builder); nothing was written",
+                &format!(
+                    "cannot build TensorRT engines on this machine ({} builder); nothing was written",
+                    builder.name()
+                ),
                 "TENSORRT_LIB_DIR",
                 "nvcr.io/nvidia/tensorrt",
             ] {
