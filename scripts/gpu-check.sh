@@ -3,14 +3,14 @@
 # its engines (preset tiny-check) and compares every engine's outputs with ONNX Runtime's at
 # the min, opt and max shape of every optimization profile (scripts/gpu_check.py).
 #
-#   BUILDERS     builders to check (default "trtexec"; add native on TensorRT 11)
-#   PRECISIONS   "export:build" pairs (default "fp32:fp32 fp32:typed fp16:typed bf16:typed")
+#   BUILDERS     builders to check (default "trtexec"; add native where the TensorRT matches its headers)
+#   PRECISIONS   "export:build" pairs (default "fp32:fp32 fp32:typed fp16:typed bf16:typed"; on
+#                TensorRT 11, which builds strongly typed only, "fp32:typed fp16:typed bf16:typed")
 #   GPU_CHECK_OUT  work folder, emptied first (default out/gpu-check); report in it, report.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${GPU_CHECK_OUT:-out/gpu-check}
 BUILDERS=${BUILDERS:-trtexec}
-PRECISIONS=${PRECISIONS:-fp32:fp32 fp32:typed fp16:typed bf16:typed}
 PYTHON=${PYTHON:-python3}
 CARGO=${CARGO:-cargo}
 PIPELINE=tests/fixtures/pipeline/dev
@@ -21,6 +21,13 @@ $PYTHON -c 'import tensorrt, onnxruntime, torch, numpy' 2>/dev/null || {
 $CARGO build --release --bin fluxbuild
 FLUXBUILD=target/release/fluxbuild
 TRT_VERSION=$(scripts/tensorrt-version.sh)
+# TensorRT 11 has no weakly typed builds (fluxbuild refuses --precision fp32/fp16/bf16 there).
+if [ "${TRT_VERSION%%.*}" -ge 11 ]; then
+  PRECISIONS=${PRECISIONS:-fp32:typed fp16:typed bf16:typed}
+else
+  PRECISIONS=${PRECISIONS:-fp32:fp32 fp32:typed fp16:typed bf16:typed}
+fi
+echo "== TensorRT $TRT_VERSION: builders $BUILDERS, export:build precisions $PRECISIONS"
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 export_graphs() { # precision -> $OUT/graphs-precision (linted)

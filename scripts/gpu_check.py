@@ -22,7 +22,10 @@ TOLERANCE = {"fp32": 1e-5, "tf32": 1e-2, "fp16": 1e-2, "bf16": 8e-2, "fp8": 2.5e
 
 def arithmetic(export_precision, build_precision):
     """The narrowest arithmetic an engine may use: typed engines keep the graph's types (TF32
-    is on by default for fp32 layers), weakly typed ones may go down to the build precision."""
+    is on by default for fp32 layers), weakly typed ones may go down to the build precision;
+    FP8 graphs (fp8 over bf16, fp8-fp16 over fp16) are bounded by their FP8 layers."""
+    if export_precision.startswith("fp8"):
+        return "fp8"
     if build_precision == "typed":
         return "tf32" if export_precision == "fp32" else export_precision
     if build_precision == "fp32":

@@ -6,9 +6,11 @@
 #   OUT          output folder (default out/flux): graphs/, engines/, repository/
 #   PROFILE      optimization-profile preset or .toml (default static-1024)
 #   EXPORT_PRECISION  graph precision for `fluxbuild export` (default bf16)
-#   PRECISION    TensorRT precision mode for `fluxbuild build` (default typed: the graph's types)
-#   BUILDER      trtexec (default: works with any TensorRT 10/11) or native (TensorRT 11)
-#   TRT_VERSION  TensorRT release the lint checks against (default: the one trtexec reports)
+#   PRECISION    TensorRT precision mode for `fluxbuild build` (default typed: the graph's types;
+#                fp8 for EXPORT_PRECISION=fp8 graphs; fp32/fp16/bf16 are weak typing, TensorRT 10 only)
+#   BUILDER      trtexec (default: works with any TensorRT 10/11) or native (only where the TensorRT
+#                matches the headers fluxbuild's native builder was compiled against)
+#   TRT_VERSION  TensorRT release the lint checks against (default: the one trtexec reports; 10.x or 11.x)
 #   TIMING_CACHE TensorRT timing cache (default OUT/timing.cache with trtexec; "" for none)
 #   BUILD_FLAGS  extra `fluxbuild build` flags (e.g. "--workspace 40 --builder-optimization-level 4")
 set -euo pipefail
@@ -31,6 +33,10 @@ if [ -z "${TRT_VERSION:-}" ]; then
   TRT_VERSION=$(scripts/tensorrt-version.sh) || { echo "make engines: no TensorRT here (see above)" >&2; exit 1; }
 fi
 echo "== TensorRT $TRT_VERSION, builder $BUILDER, preset $PROFILE, graphs $EXPORT_PRECISION"
+if [ "${TRT_VERSION%%.*}" -ge 11 ] && [[ $PRECISION =~ ^(fp32|fp16|bf16)$ ]]; then
+  echo "make engines: TensorRT $TRT_VERSION builds strongly typed only: set EXPORT_PRECISION=$PRECISION and PRECISION=typed" >&2
+  exit 1
+fi
 
 $FLUXBUILD export --checkpoint "$CHECKPOINT" --out "$OUT/graphs" --force --precision "$EXPORT_PRECISION"
 $FLUXBUILD lint "$OUT/graphs" --trt-version "$TRT_VERSION"

@@ -90,8 +90,8 @@ pub struct ExportedSubmodel {
     pub saturated: Vec<(String, u64)>,
 }
 
-/// How `network`'s graph is built at `precision`. fp8 builds the fp16 graph at opset 19 (FP8
-/// Q/DQ), which `quantize_fp8` then rewrites.
+/// How `network`'s graph is built at `precision`. fp8 builds the graph of its base type (bf16;
+/// fp16 for fp8-fp16) at opset 19 (FP8 Q/DQ), which `quantize_fp8` then rewrites.
 pub fn graph_options(network: &str, precision: Precision, opset: i64) -> Result<GraphOptions> {
     let plan = NetworkPrecision::new(network, precision)?;
     let opset = if plan.fp8_linears {
@@ -123,13 +123,14 @@ struct Calibration {
 }
 
 fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
-    let Some(fp8) = request.submodels.iter().find(|s| s.precision == Precision::Fp8) else {
+    let Some(fp8) = request.submodels.iter().find(|s| s.precision.is_fp8()) else {
         return Ok(None);
     };
     let Some(path) = &request.precision.calibration else {
         bail!(
-            "--precision {}=fp8 needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
-            fp8.name
+            "--precision {}={} needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
+            fp8.name,
+            fp8.precision
         );
     };
     let table = CalibrationTable::read(path)?;
@@ -364,7 +365,7 @@ fn plan_all<'a>(
         let (analysis, mut graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
             .with_context(|| format!("{} ({})", source.name, source.path.display()))?;
         if problems.is_empty() {
-            let fp8 = match calibration.filter(|_| source.precision == Precision::Fp8) {
+            let fp8 = match calibration.filter(|_| source.precision.is_fp8()) {
                 Some(c) => Some(quantize_fp8(request, source, &mut graph, c)?),
                 None => None,
             };

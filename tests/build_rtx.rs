@@ -154,7 +154,7 @@ fn every_network_of_both_fixtures_builds_in_every_precision_and_preset() {
                     only: vec![],
                 };
                 let graphs = build::read_graphs(&request).unwrap();
-                build::check_builder(&request, &toolchain).unwrap();
+                build::check_builder(&request, &toolchain, &graphs).unwrap();
                 build::check_targets(&request, &graphs, &toolchain).unwrap();
                 let plans = build::plan(&request, graphs, &toolchain, &BTreeMap::new()).unwrap();
                 assert_eq!(plans.len(), 4, "{case}");

@@ -71,7 +71,7 @@ fn every_exported_graph_passes_for_every_precision() {
             exported.len() >= 3,
             "clip, t5 and vae_decoder export today: {exported:?}"
         );
-        for target in ["10.0", "10.15"] {
+        for target in ["10.0", "10.15", "11.0", "11.1"] {
             let o = fluxbuild(&["lint", out.to_str().unwrap(), "--json", "--trt-version", target]);
             let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             assert!(
@@ -93,6 +93,44 @@ fn every_exported_graph_passes_for_every_precision() {
                 .all(|g| g["nodes"].as_u64().unwrap() > 10));
         }
     }
+}
+
+/// TensorRT 11 hosts (what `make engines` and `make gpu-check` pass on): accepted, checked with
+/// the 10.15 table and said so; releases the lint knows nothing of are refused by name.
+#[test]
+fn tensorrt_11_is_checked_and_unknown_majors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_models(dir.path(), true);
+    let path = dir.path().to_str().unwrap();
+    for (target, shown) in [("11", "11.1"), ("11.0", "11.0"), ("11.1.3", "11.1")] {
+        let o = fluxbuild(&["lint", path, "--json", "--trt-version", target]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            (report["target"]["major"].as_u64(), report["target"]["minor"].as_u64()),
+            (Some(11), Some(shown[3..].parse().unwrap()))
+        );
+        assert!(String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("TensorRT {shown} is newer than the operator table (10.15)")));
+    }
+    for bad in ["9.3", "12.0"] {
+        let o = fluxbuild(&["lint", path, "--trt-version", bad]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && stderr.contains(&format!("TensorRT version {bad}"))
+                && stderr.contains("10.x and 11.x"),
+            "{stderr}"
+        );
+    }
+    // The checks still apply on 11: a graph TensorRT cannot parse fails there too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = GraphBuilder::new("g", 17, ElemType::F32);
+    let x = b.input("x", ElemType::F32, &[Dim::from(4usize)]);
+    let y = b.op_n("Unique", &[&x], &[], 1).remove(0);
+    b.output(&y, "y", ElemType::F32, &[Dim::from(4usize)]);
+    let findings = lint(&b.finish(), dir.path(), "11.1");
+    assert_eq!(findings.len(), 1, "{findings:?}");
 }
 
 #[test]
@@ -326,7 +364,7 @@ fn bad_targets_and_paths_are_clear() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no */model.onnx found"));
     let o = fluxbuild(&["lint", dir.path().to_str().unwrap(), "--trt-version", "8.6"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("only TensorRT 10.x parser support is encoded"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the lint knows TensorRT 10.x and 11.x parsers"));
     std::fs::create_dir(dir.path().join("clip")).unwrap();
     std::fs::write(dir.path().join("clip/model.onnx"), b"not a protobuf").unwrap();
     let o = fluxbuild(&["lint", dir.path().to_str().unwrap()]);

@@ -223,12 +223,16 @@ fn images(models: &Path) -> Vec<Vec<u8>> {
 #[test]
 fn fp8_pipeline_keeps_the_image_and_passes_the_tensorrt_lint() {
     let c = calibrated();
+    // The image check runs FP8 over the fp16 base: on this random-weight checkpoint bf16's own
+    // rounding of the time and guidance inputs (diffusers' behaviour in bf16) already costs the
+    // image ~20 dB (bench/accuracy.md, bf16 row), which would hide the quantization error
+    // measured here. The deployable default (bf16 base) is checked for Q/DQ and the lint below.
     let fp8 = c.dir.join("fp8-emulated");
     ok(
         export(
             "dev",
             &fp8,
-            &["--precision", "fp8", "--calibration", s(&c.table), "--emulate"],
+            &["--precision", "fp8-fp16", "--calibration", s(&c.table), "--emulate"],
         ),
         "fp8 export",
     );
@@ -250,34 +254,39 @@ fn fp8_pipeline_keeps_the_image_and_passes_the_tensorrt_lint() {
         assert!(db.is_finite(), "image {i}: fp8 image identical to fp32: not quantized?");
     }
 
-    // The deployable fp8 graph (no emulation) is what TensorRT gets: it must lint clean.
-    let native = c.dir.join("fp8");
-    ok(
-        export(
-            "dev",
-            &native,
-            &[
-                "--only",
-                "transformer",
-                "--precision",
-                "fp8",
-                "--calibration",
-                s(&c.table),
-            ],
-        ),
-        "fp8 export",
-    );
-    let out = ok(
-        fluxbuild(&["lint", s(&native.join("transformer/model.onnx")), "--json"]),
-        "lint",
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["passed"], true, "{report}");
-    let ops = std::fs::read(native.join("transformer/model.onnx")).unwrap();
-    assert!(
-        ops.windows(16).any(|w| w == b"DequantizeLinear"),
-        "no Q/DQ in the fp8 graph"
-    );
+    // The deployable fp8 graphs (no emulation) are what TensorRT gets: FP8 Q/DQ over the base
+    // type the manifest names, lint clean for TensorRT 10 and 11.
+    for (precision, base) in [("fp8", "bf16"), ("fp8-fp16", "f16")] {
+        let native = c.dir.join(precision);
+        let args = [
+            "--only",
+            "transformer",
+            "--precision",
+            precision,
+            "--calibration",
+            s(&c.table),
+        ];
+        ok(export("dev", &native, &args), "fp8 export");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(native.join("manifest.json")).unwrap()).unwrap();
+        let transformer = &manifest["submodels"]["transformer"];
+        assert_eq!(transformer["precision"], precision);
+        assert_eq!(transformer["precision_plan"]["float"], base, "{precision}");
+        for target in ["10.15", "11.1"] {
+            let graph = native.join("transformer/model.onnx");
+            let out = ok(
+                fluxbuild(&["lint", s(&graph), "--json", "--trt-version", target]),
+                "lint",
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["passed"], true, "{precision}, TensorRT {target}: {report}");
+        }
+        let ops = std::fs::read(native.join("transformer/model.onnx")).unwrap();
+        assert!(
+            ops.windows(16).any(|w| w == b"DequantizeLinear"),
+            "no Q/DQ in the {precision} graph"
+        );
+    }
 }
 
 #[test]

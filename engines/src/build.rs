@@ -121,7 +121,9 @@ pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
 }
 
 /// Refuses, before any work, settings this toolchain cannot build with.
-pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain) -> Result<()> {
+pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain, graphs: &[Graph]) -> Result<()> {
+    crate::settings::check_precision(request.settings.precision, toolchain.tensorrt)?;
+    crate::capability::check_fp8(graphs, request.settings.precision, toolchain.gpu.as_ref())?;
     if let Some(cache) = &request.timing_cache {
         let parent = cache
             .parent()
@@ -404,8 +406,9 @@ fn run_builder(
                 profiles: &plan.graph.shapes,
                 settings: &request.settings,
                 timing_cache: request.timing_cache.as_deref(),
+                tensorrt: toolchain.tensorrt,
             };
-            let args = crate::trtexec::command_line(&job);
+            let args = crate::trtexec::command_line(&job)?;
             let outcome = crate::trtexec::run(trtexec, &args, bar);
             let log = plan_path.with_file_name("build.log");
             let renamed = outcome.and_then(|text| {

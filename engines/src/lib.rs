@@ -8,6 +8,7 @@
 //!   TensorRT with `trtexec` (see `native` for why one binary cannot drive both natively).
 
 pub mod build;
+pub mod capability;
 pub mod graph;
 pub mod interface;
 pub mod key;

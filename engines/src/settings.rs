@@ -17,11 +17,18 @@ pub enum Precision {
     Fp16,
     /// Weakly typed, TensorRT may run layers in bfloat16.
     Bf16,
-    /// Weakly typed, FP8 where the graph quantizes (Q/DQ), float16 elsewhere.
+    /// An FP8-quantized graph (explicit Q/DQ) built strongly typed, as TensorRT's explicit
+    /// quantization asks: FP8 where the graph quantizes, the graph's 16-bit type elsewhere. Like
+    /// `typed`, plus a check that the GPU runs FP8 (compute capability 8.9 or newer).
     Fp8,
 }
 
 impl Precision {
+    /// Weakly typed modes: TensorRT picks layer precisions (gone in TensorRT 11).
+    pub fn weakly_typed(self) -> bool {
+        matches!(self, Precision::Fp32 | Precision::Fp16 | Precision::Bf16)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::Typed => "typed",
@@ -237,6 +244,21 @@ impl BuildSettings {
 /// "8.0, 8.6, 8.9".
 pub fn list(targets: &[ComputeCapability]) -> String {
     targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Refuses a precision mode the TensorRT release does not have: TensorRT 11 builds strongly
+/// typed networks only (trtexec 11 dropped --fp16, --bf16, --fp8, --int8 and --best).
+pub fn check_precision(precision: Precision, tensorrt: crate::toolchain::Version) -> Result<()> {
+    if tensorrt.major >= 11 && precision.weakly_typed() {
+        bail!(
+            "--precision {}: TensorRT {tensorrt} builds strongly typed networks only (no --fp16/--bf16/--fp8); \
+             export the graphs in the type you want (`fluxbuild export --precision {}`) and build with \
+             --precision typed (fp8 for FP8-quantized graphs)",
+            precision.name(),
+            precision.name()
+        );
+    }
+    Ok(())
 }
 
 impl std::str::FromStr for Precision {

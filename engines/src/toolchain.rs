@@ -25,6 +25,23 @@ impl Version {
     }
 }
 
+impl std::str::FromStr for Version {
+    type Err = anyhow::Error;
+    /// "10.13", "11.1.0" or "11" (a bare major means its .0 release).
+    fn from_str(text: &str) -> Result<Version> {
+        let parts: Vec<&str> = text.trim().trim_start_matches('v').split('.').collect();
+        let numbers: Option<Vec<u32>> = parts.iter().map(|p| p.parse().ok()).collect();
+        match numbers.as_deref() {
+            Some([major, rest @ ..]) if rest.len() <= 2 => Ok(Version {
+                major: *major,
+                minor: rest.first().copied().unwrap_or(0),
+                patch: rest.get(1).copied().unwrap_or(0),
+            }),
+            _ => bail!("TensorRT version {text:?}: expected MAJOR.MINOR such as 10.13 or 11.1"),
+        }
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
@@ -65,7 +82,16 @@ const HOW_TO_GET: &str = "Engines are built on a GPU host with the NVIDIA driver
 for example inside NVIDIA's TensorRT container (`docker run --gpus all nvcr.io/nvidia/tensorrt:<yy.mm>-py3`), \
 which has the libraries in /usr/lib/x86_64-linux-gnu and trtexec in /usr/src/tensorrt/bin; or install TensorRT \
 from developer.nvidia.com/tensorrt and set TENSORRT_LIB_DIR to its lib folder (for --builder trtexec, put its \
-bin/trtexec on PATH).";
+bin/trtexec on PATH). `fluxbuild build --dry-run --tensorrt-version X.Y` prints the trtexec lines without either.";
+
+/// The TensorRT a `--dry-run` writes trtexec lines for when none is given: trtexec's banner,
+/// else libnvinfer's version, else none.
+pub fn local_tensorrt() -> Option<Version> {
+    find_trtexec()
+        .ok()
+        .and_then(|t| trtexec_version(&t))
+        .or_else(|| find_tensorrt_libs().ok().map(|l| l.version))
+}
 
 /// Probes everything `builder` needs; one error lists every missing piece.
 pub fn probe(builder: BuilderKind) -> Result<Toolchain> {

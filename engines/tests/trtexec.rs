@@ -1,9 +1,14 @@
 //! The trtexec command line carries exactly the build settings and profile shapes.
 
 use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision};
+use fluxbuild_engines::toolchain::Version;
 use fluxbuild_engines::trtexec::{command_line, TrtexecJob};
 use fluxbuild_profiles::{ModelDims, Network, Preset};
 use std::path::Path;
+
+fn v(text: &str) -> Version {
+    text.parse().unwrap()
+}
 
 fn settings(precision: Precision, workspace: Option<f64>, level: Option<u8>) -> BuildSettings {
     BuildSettings::new(BuilderKind::Trtexec, precision, workspace, level).unwrap()
@@ -24,12 +29,13 @@ fn static_transformer_with_every_setting() {
         profiles: &profiles,
         settings: &s,
         timing_cache: Some(Path::new("/cache/flux.timing")),
+        tensorrt: v("10.13"),
     };
     let shapes = |b: usize| {
         format!("hidden_states:{b}x4096x64,encoder_hidden_states:{b}x512x4096,pooled_projections:{b}x768,timestep:{b},img_ids:4096x3,txt_ids:512x3,guidance:{b}")
     };
     assert_eq!(
-        command_line(&job),
+        command_line(&job).unwrap(),
         vec![
             "--onnx=/m/transformer/model.onnx".to_string(),
             "--saveEngine=/e/transformer/model.plan.tmp-7".into(),
@@ -45,8 +51,9 @@ fn static_transformer_with_every_setting() {
     );
 }
 
+/// trtexec 10.0 to 11.1 refuse repeated shape triples unless `--profile=N` precedes each one.
 #[test]
-fn two_profiles_give_two_shape_triples_in_order() {
+fn two_profiles_give_two_numbered_shape_triples_in_order() {
     let preset = Preset::load("schnell-fast").unwrap();
     let profiles = preset.shapes(Network::VaeDecoder, &ModelDims::FLUX);
     let s = settings(Precision::Fp16, None, None);
@@ -56,15 +63,18 @@ fn two_profiles_give_two_shape_triples_in_order() {
         profiles: &profiles,
         settings: &s,
         timing_cache: None,
+        tensorrt: v("10.8"),
     };
     assert_eq!(
-        command_line(&job),
+        command_line(&job).unwrap(),
         [
             "--onnx=v.onnx",
             "--saveEngine=v.plan",
+            "--profile=0",
             "--minShapes=latent:1x16x128x128",
             "--optShapes=latent:1x16x128x128",
             "--maxShapes=latent:1x16x128x128",
+            "--profile=1",
             "--minShapes=latent:2x16x128x128",
             "--optShapes=latent:2x16x128x128",
             "--maxShapes=latent:4x16x128x128",
@@ -74,25 +84,65 @@ fn two_profiles_give_two_shape_triples_in_order() {
     );
 }
 
-#[test]
-fn precision_flags() {
+fn precision_flags(precision: Precision, tensorrt: &str) -> anyhow::Result<Vec<String>> {
     let preset = Preset::load("static-1024").unwrap();
     let profiles = preset.shapes(Network::Clip, &ModelDims::FLUX);
-    let flags = |p| {
-        let s = settings(p, None, None);
-        let job = TrtexecJob {
-            onnx: Path::new("c.onnx"),
-            engine: Path::new("c.plan"),
-            profiles: &profiles,
-            settings: &s,
-            timing_cache: None,
-        };
-        command_line(&job)[5..].to_vec()
+    let s = settings(precision, None, None);
+    let job = TrtexecJob {
+        onnx: Path::new("c.onnx"),
+        engine: Path::new("c.plan"),
+        profiles: &profiles,
+        settings: &s,
+        timing_cache: None,
+        tensorrt: v(tensorrt),
     };
+    Ok(command_line(&job)?[5..].to_vec())
+}
+
+#[test]
+fn precision_flags_of_tensorrt_10() {
+    let flags = |p| precision_flags(p, "10.13").unwrap();
     assert_eq!(flags(Precision::Typed), ["--stronglyTyped", "--skipInference"]);
     assert_eq!(flags(Precision::Fp32), ["--noTF32", "--skipInference"]);
+    assert_eq!(flags(Precision::Fp16), ["--fp16", "--skipInference"]);
     assert_eq!(flags(Precision::Bf16), ["--bf16", "--skipInference"]);
-    assert_eq!(flags(Precision::Fp8), ["--fp16", "--fp8", "--skipInference"]);
+    // Explicit quantization is strongly typed: no --fp16/--fp8 beside it.
+    assert_eq!(flags(Precision::Fp8), ["--stronglyTyped", "--skipInference"]);
+}
+
+/// TensorRT 11 is strongly typed only: trtexec 11 has no --fp16/--bf16/--fp8 (they would be
+/// "Unknown option") and --stronglyTyped is a deprecated no-op.
+#[test]
+fn tensorrt_11_takes_no_precision_flags_and_refuses_weak_precisions() {
+    for version in ["11.0", "11.1"] {
+        assert_eq!(precision_flags(Precision::Typed, version).unwrap(), ["--skipInference"]);
+        assert_eq!(precision_flags(Precision::Fp8, version).unwrap(), ["--skipInference"]);
+        for weak in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
+            let error = precision_flags(weak, version).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("--precision {}", weak.name())) && error.contains("strongly typed"),
+                "{error}"
+            );
+            assert!(error.contains("--precision typed"), "says what to do instead: {error}");
+        }
+    }
+}
+
+#[test]
+fn tensorrt_versions_parse() {
+    assert_eq!(
+        v("10.13"),
+        Version {
+            major: 10,
+            minor: 13,
+            patch: 0
+        }
+    );
+    assert_eq!(v("11").minor, 0);
+    assert_eq!(v("v11.1.2").patch, 2);
+    for bad in ["", "ten", "10.x", "10.1.2.3"] {
+        assert!(bad.parse::<Version>().is_err(), "{bad:?}");
+    }
 }
 
 #[test]

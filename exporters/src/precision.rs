@@ -1,4 +1,6 @@
 //! Precision choices, globally or per network: `fp16`, `transformer=fp8,t5=bf16`, `bf16,t5=fp32`.
+//! FP8 quantizes the transformer's linear layers over a 16-bit base type: bf16 (`fp8`, as
+//! demoDiffusion and TensorRT Model Optimizer build FLUX) or fp16 (`fp8-fp16`).
 
 use crate::onnx::ElemType;
 use anyhow::{bail, Result};
@@ -11,7 +13,11 @@ pub enum Precision {
     Fp32,
     Fp16,
     Bf16,
+    /// FP8 linear layers, bf16 elsewhere.
     Fp8,
+    /// FP8 linear layers, fp16 elsewhere.
+    #[serde(rename = "fp8-fp16")]
+    Fp8Fp16,
 }
 
 impl Precision {
@@ -21,7 +27,8 @@ impl Precision {
             "fp16" | "float16" => Precision::Fp16,
             "bf16" | "bfloat16" => Precision::Bf16,
             "fp8" | "float8" => Precision::Fp8,
-            other => bail!("unknown precision `{other}` (expected fp32, fp16, bf16 or fp8)"),
+            "fp8-fp16" => Precision::Fp8Fp16,
+            other => bail!("unknown precision `{other}` (expected fp32, fp16, bf16, fp8 or fp8-fp16)"),
         })
     }
 
@@ -31,6 +38,20 @@ impl Precision {
             Precision::Fp16 => "fp16",
             Precision::Bf16 => "bf16",
             Precision::Fp8 => "fp8",
+            Precision::Fp8Fp16 => "fp8-fp16",
+        }
+    }
+
+    pub fn is_fp8(self) -> bool {
+        matches!(self, Precision::Fp8 | Precision::Fp8Fp16)
+    }
+
+    /// The precision of everything but FP8's quantized linear layers (itself when not FP8).
+    pub fn base(self) -> Precision {
+        match self {
+            Precision::Fp8 => Precision::Bf16,
+            Precision::Fp8Fp16 => Precision::Fp16,
+            p => p,
         }
     }
 }
@@ -87,15 +108,15 @@ impl PrecisionPlan {
     }
 
     /// The precision `network` gets: its own entry, else the default adapted to what is known
-    /// to work for it (a global `fp8` quantizes the transformer only; a global `fp16` or `fp8`
-    /// leaves the VAE decoder in fp32), else fp32.
+    /// to work for it (a global fp8 quantizes the transformer only, the others get its base
+    /// type; a global fp16 or fp8-fp16 leaves the VAE decoder in fp32), else fp32.
     pub fn with_defaults(&self, network: &str) -> Precision {
         if let Some(p) = self.per_network.get(network) {
             return *p;
         }
         match (network, self.default.unwrap_or(Precision::Fp32)) {
-            ("vae_decoder", Precision::Fp16 | Precision::Fp8) => Precision::Fp32,
-            (n, Precision::Fp8) if n != "transformer" => Precision::Fp16,
+            ("vae_decoder", Precision::Fp16 | Precision::Fp8Fp16) => Precision::Fp32,
+            (n, p) if p.is_fp8() && n != "transformer" => p.base(),
             (_, p) => p,
         }
     }
@@ -124,26 +145,26 @@ pub struct NetworkPrecision {
 
 impl NetworkPrecision {
     pub fn new(network: &str, precision: Precision) -> Result<NetworkPrecision> {
-        let float = match precision {
-            Precision::Fp32 => ElemType::F32,
+        let float = match precision.base() {
             Precision::Bf16 => ElemType::BF16,
-            Precision::Fp16 | Precision::Fp8 => ElemType::F16,
+            Precision::Fp16 => ElemType::F16,
+            _ => ElemType::F32,
         };
         let mut plan = NetworkPrecision {
             precision,
             float,
             wide: float,
-            fp8_linears: precision == Precision::Fp8,
+            fp8_linears: precision.is_fp8(),
             notes: vec![],
         };
         match (network, precision) {
-            ("transformer", Precision::Fp8) => plan.notes.push(
+            ("transformer", p) if p.is_fp8() => plan.notes.push(format!(
                 "linear layers in FP8 E4M3 (weights from their amax, activations from calibration); embedders, \
-                 final projection, norms and attention in fp16"
-                    .into(),
-            ),
-            (_, Precision::Fp8) => {
-                bail!("--precision {network}=fp8: FP8 quantization is implemented for the transformer only")
+                 final projection, norms and attention in {}",
+                p.base()
+            )),
+            (_, p) if p.is_fp8() => {
+                bail!("--precision {network}={p}: FP8 quantization is implemented for the transformer only")
             }
             ("t5", Precision::Fp16) => {
                 plan.wide = ElemType::F32;
@@ -175,14 +196,25 @@ mod tests {
         let nets = ["clip", "t5", "transformer", "vae_decoder"];
         let fp8 = PrecisionPlan::parse("fp8", &nets).unwrap();
         let got: Vec<Precision> = nets.iter().map(|n| fp8.with_defaults(n)).collect();
+        // fp8's base is bf16: bf16 has fp32's range, so T5 and the VAE need no wider parts.
         assert_eq!(
             got,
-            vec![Precision::Fp16, Precision::Fp16, Precision::Fp8, Precision::Fp32]
+            vec![Precision::Bf16, Precision::Bf16, Precision::Fp8, Precision::Bf16]
         );
         let t5 = fp8.resolve("t5").unwrap();
-        assert_eq!((t5.float, t5.wide), (ElemType::F16, ElemType::F32));
-        assert_eq!(fp8.resolve("transformer").unwrap().float, ElemType::F16);
+        assert_eq!((t5.float, t5.wide), (ElemType::BF16, ElemType::BF16));
+        assert_eq!(fp8.resolve("transformer").unwrap().float, ElemType::BF16);
         assert!(fp8.resolve("transformer").unwrap().fp8_linears);
+        let fp8_fp16 = PrecisionPlan::parse("fp8-fp16", &nets).unwrap();
+        let got: Vec<Precision> = nets.iter().map(|n| fp8_fp16.with_defaults(n)).collect();
+        assert_eq!(
+            got,
+            vec![Precision::Fp16, Precision::Fp16, Precision::Fp8Fp16, Precision::Fp32]
+        );
+        let t5 = fp8_fp16.resolve("t5").unwrap();
+        assert_eq!((t5.float, t5.wide), (ElemType::F16, ElemType::F32));
+        let transformer = fp8_fp16.resolve("transformer").unwrap();
+        assert!(transformer.fp8_linears && transformer.float == ElemType::F16);
         let explicit = PrecisionPlan::parse("fp16,vae_decoder=fp16", &nets).unwrap();
         assert_eq!(explicit.with_defaults("vae_decoder"), Precision::Fp16);
         assert_eq!(

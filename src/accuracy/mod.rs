@@ -53,7 +53,7 @@ pub const CONFIGS: [Config; 4] = [
     },
     Config {
         name: "fp8 (emulated fp16 + Q/DQ)",
-        precision: Precision::Fp8,
+        precision: Precision::Fp8Fp16,
         emulate: true,
     },
 ];
@@ -208,7 +208,7 @@ fn measure_checkpoint(
     for config in CONFIGS {
         progress.set_message(format!("{name} {}", config.name));
         let precision = PrecisionSettings {
-            calibration: (config.precision == Precision::Fp8).then(|| calibration.clone()),
+            calibration: config.precision.is_fp8().then(|| calibration.clone()),
             emulate: config.emulate,
             ..PrecisionSettings::default()
         };
@@ -385,12 +385,12 @@ impl Probe {
 
 /// The transformer embeds 1000·x after rounding x to its float type and multiplying there, as
 /// diffusers does (`timestep.to(dtype) * 1000`): the value (divided by 1000 again) an fp32
-/// graph must be fed to embed the same number. fp8 graphs do this part in fp16.
+/// graph must be fed to embed the same number. fp8 graphs do this part in their base type.
 pub fn rounded_conditioning(x: f32, precision: Precision) -> f32 {
-    let round = |v: f32| match precision {
-        Precision::Fp32 => v,
+    let round = |v: f32| match precision.base() {
         Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
-        Precision::Fp16 | Precision::Fp8 => half::f16::from_f32(v).to_f32(),
+        Precision::Fp16 => half::f16::from_f32(v).to_f32(),
+        _ => v,
     };
     round(round(x) * 1000.0) / 1000.0
 }

@@ -8,11 +8,12 @@
 
 use crate::manifest::{FileEntry, Manifest};
 use crate::output::Output;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
 use fluxbuild_engines::rtx;
 use fluxbuild_engines::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
-use fluxbuild_engines::toolchain::{self, Toolchain};
+use fluxbuild_engines::toolchain::{self, Toolchain, Version};
+use fluxbuild_engines::trtexec;
 use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_profiles::{Network, Preset};
 use serde::Serialize;
@@ -58,6 +59,12 @@ pub struct Args {
     /// Default: native for tensorrt-rtx, trtexec for tensorrt.
     #[arg(long)]
     builder: Option<BuilderKind>,
+    /// Print the trtexec command line of every network and stop: no TensorRT or GPU needed.
+    #[arg(long)]
+    dry_run: bool,
+    /// TensorRT release the --dry-run lines are for (default: the trtexec or libnvinfer found here).
+    #[arg(long, value_name = "X.Y", requires = "dry_run")]
+    tensorrt_version: Option<toolchain::Version>,
     /// Build only these networks (comma-separated: clip,t5,transformer,vae_decoder).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -74,19 +81,20 @@ struct Built {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
+    let builder = match (args.builder, args.dry_run, args.runtime) {
+        (_, true, Runtime::TensorrtRtx) => {
+            bail!("--dry-run prints trtexec command lines for standard TensorRT: use --runtime tensorrt")
+        }
+        (Some(BuilderKind::Native), true, _) => bail!("--dry-run prints trtexec command lines: use --builder trtexec"),
+        (Some(builder), _, _) => builder,
+        (None, _, Runtime::Tensorrt) => BuilderKind::Trtexec,
+        (None, _, Runtime::TensorrtRtx) => BuilderKind::Native,
+    };
     let mut request = BuildRequest {
         preset: Preset::load(&args.profile)?,
-        settings: BuildSettings::new(
-            args.builder.unwrap_or(match args.runtime {
-                Runtime::Tensorrt => BuilderKind::Trtexec,
-                Runtime::TensorrtRtx => BuilderKind::Native,
-            }),
-            args.precision,
-            args.workspace,
-            args.builder_optimization_level,
-        )?
-        .with_runtime(args.runtime, args.compute_capability)?
-        .with_strip_weights(args.strip_weights)?,
+        settings: BuildSettings::new(builder, args.precision, args.workspace, args.builder_optimization_level)?
+            .with_runtime(args.runtime, args.compute_capability)?
+            .with_strip_weights(args.strip_weights)?,
         only: args
             .only
             .iter()
@@ -97,11 +105,14 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         timing_cache: args.timing_cache,
     };
     let graphs = build::read_graphs(&request)?;
+    if args.dry_run {
+        return dry_run(&request, &graphs, args.tensorrt_version, out);
+    }
     let toolchain = match request.settings.runtime {
         Runtime::Tensorrt => toolchain::probe(request.settings.builder)?,
         Runtime::TensorrtRtx => rtx::probe()?,
     };
-    build::check_builder(&request, &toolchain)?;
+    build::check_builder(&request, &toolchain, &graphs)?;
     build::check_targets(&request, &graphs, &toolchain)?;
     let manifest_path = request.out.join("manifest.json");
     let mut records = previous_records(&manifest_path)?;
@@ -176,6 +187,26 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             ),
         };
         format!("{}\n{host}; manifest {}", lines.join("\n"), manifest_path.display())
+    });
+    Ok(())
+}
+
+/// `--dry-run`: the trtexec line per network, for TensorRT `tensorrt` (else the one found here).
+fn dry_run(request: &BuildRequest, graphs: &[build::Graph], tensorrt: Option<Version>, out: &Output) -> Result<()> {
+    let Some(tensorrt) = tensorrt.or_else(toolchain::local_tensorrt) else {
+        bail!("--dry-run: no trtexec or libnvinfer here to take the TensorRT version from; give --tensorrt-version (10.13, 11.1, ...)");
+    };
+    let commands = trtexec::dry_run(request, graphs, tensorrt)?;
+    let value = serde_json::json!({ "tensorrt": tensorrt.to_string(), "engines": request.out, "commands": commands });
+    out.result(&value, || {
+        let lines: Vec<String> = commands
+            .iter()
+            .map(|c| format!("# {}\n{}", c.network, c.shell_line()))
+            .collect();
+        format!(
+            "# trtexec lines for TensorRT {tensorrt} (nothing was built)\n{}",
+            lines.join("\n")
+        )
     });
     Ok(())
 }

@@ -54,9 +54,11 @@ pub struct Args {
     /// Only these submodels (comma-separated: clip,t5,transformer,vae_decoder).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Precision, globally or per network: `fp32`, `fp16`, `bf16`, `fp8`, `transformer=fp8,t5=bf16`.
-    /// A global fp8 quantizes the transformer and leaves CLIP and T5 fp16; a global fp16 or fp8
-    /// keeps the VAE decoder fp32; T5 in fp16 keeps its residual stream and FFN output in fp32.
+    /// Precision, globally or per network: `fp32`, `fp16`, `bf16`, `fp8`, `fp8-fp16`,
+    /// `transformer=fp8,t5=bf16`. fp8 quantizes the transformer's linear layers over a bf16 base
+    /// (fp8-fp16: an fp16 base); a global fp8 gives the other networks the base type; a global
+    /// fp16 or fp8-fp16 keeps the VAE decoder fp32; T5 in fp16 keeps its residual stream and FFN
+    /// output in fp32.
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Activation scales for fp8 submodels (written by `fluxbuild calibrate`).

@@ -1,4 +1,4 @@
-//! `fluxbuild lint DIR|FILE [--trt-version 10.x]`: checks exported graphs against TensorRT's
+//! `fluxbuild lint DIR|FILE [--trt-version 10.x|11.x]`: checks exported graphs against TensorRT's
 //! ONNX parser support without TensorRT. Exits non-zero when any graph fails.
 
 use crate::output::Output;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// An export folder (checks every DIR/*/model.onnx) or one .onnx file.
     path: PathBuf,
-    /// TensorRT release to check for (10.0 .. 10.15; later 10.x releases are checked as 10.15).
+    /// TensorRT release to check for (10.0 .. 10.15, 11.x; later releases are checked against the 10.15 table).
     #[arg(long, default_value_t = TABLE_VERSION.to_string())]
     trt_version: String,
 }
@@ -28,7 +28,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let target: TrtVersion = args.trt_version.parse()?;
     if target > TABLE_VERSION {
         out.warn(&format!(
-            "TensorRT {target} is newer than the operator table ({TABLE_VERSION}): checked as {TABLE_VERSION}"
+            "TensorRT {target} is newer than the operator table ({TABLE_VERSION}): operators checked as in \
+             {TABLE_VERSION} (later parsers added operators and removed none fluxbuild emits)"
         ));
     }
     let graphs = graph_paths(&args.path)?

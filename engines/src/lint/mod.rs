@@ -1,5 +1,5 @@
 //! Will TensorRT's ONNX parser take this graph? A check that runs without TensorRT: every node
-//! against the operator table of the targeted TensorRT 10 release (operator, data types,
+//! against the operator table of the targeted TensorRT 10 or 11 release (operator, data types,
 //! checkable restrictions), plus opset, IR version and the types of inputs, outputs and
 //! initializers. External data is never read.
 

@@ -1,13 +1,17 @@
 //! TensorRT 10's ONNX-parser support table (data in `onnx_tensorrt_10.15.txt`) and the
-//! model-level limits (opset, IR version) of each 10.x release.
+//! model-level limits (opset, IR version) of each 10.x release. TensorRT 11.0 and 11.1 are
+//! checked against the same table: their parser changelogs only add operators (Swish, the
+//! TRT_Attention/TRT_MoE/TRT_KVCacheUpdate custom ops) and remove none that fluxbuild emits.
 
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 const TABLE: &str = include_str!("onnx_tensorrt_10.15.txt");
-/// The TensorRT release the table describes; newer 10.x releases are checked against it.
+/// The TensorRT release the table describes; newer releases are checked against it.
 pub const TABLE_VERSION: TrtVersion = TrtVersion { major: 10, minor: 15 };
+/// The newest release of each major version the lint knows (what a bare major means).
+const NEWEST: [TrtVersion; 2] = [TABLE_VERSION, TrtVersion { major: 11, minor: 1 }];
 
 /// A TensorRT release, major.minor (patch releases do not change the parser's coverage).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -18,7 +22,7 @@ pub struct TrtVersion {
 
 impl std::str::FromStr for TrtVersion {
     type Err = anyhow::Error;
-    /// "10", "10.8", "10.13.2" (a bare major means its newest release in the table).
+    /// "10", "10.8", "10.13.2", "11.1" (a bare major means its newest release known here).
     fn from_str(s: &str) -> Result<TrtVersion> {
         let mut parts = s.trim().trim_start_matches('v').split('.');
         let number = |p: Option<&str>| {
@@ -28,10 +32,10 @@ impl std::str::FromStr for TrtVersion {
             })
         };
         let major = number(parts.next()).ok_or_else(|| anyhow!("empty TensorRT version"))??;
-        if major != 10 {
-            bail!("TensorRT version {s}: only TensorRT 10.x parser support is encoded (the table is for 10.0 .. {TABLE_VERSION})");
-        }
-        let minor = number(parts.next()).transpose()?.unwrap_or(TABLE_VERSION.minor);
+        let Some(newest) = NEWEST.iter().find(|n| n.major == major) else {
+            bail!("TensorRT version {s}: the lint knows TensorRT 10.x and 11.x parsers (table {TABLE_VERSION})");
+        };
+        let minor = number(parts.next()).transpose()?.unwrap_or(newest.minor);
         Ok(TrtVersion { major, minor })
     }
 }
@@ -164,7 +168,11 @@ mod tests {
         assert_eq!(max_ir_version(v(11)), 11);
         assert_eq!("10".parse::<TrtVersion>().unwrap(), TABLE_VERSION);
         assert_eq!("10.13.2".parse::<TrtVersion>().unwrap(), v(13));
-        assert!("11.0".parse::<TrtVersion>().is_err());
+        let eleven = "11".parse::<TrtVersion>().unwrap();
+        assert_eq!((eleven.major, eleven.minor), (11, 1));
+        assert_eq!((max_opset(eleven), max_ir_version(eleven)), (24, 11));
+        assert!("9.3".parse::<TrtVersion>().is_err());
+        assert!("12.0".parse::<TrtVersion>().is_err());
         assert!("ten".parse::<TrtVersion>().is_err());
     }
 }

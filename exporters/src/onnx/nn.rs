@@ -53,13 +53,20 @@ pub fn layer_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, dim: usi
     b.layer_norm(x, &scale, &bias, eps)
 }
 
-/// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) · weight`, computed in f32.
+/// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) · weight`. The normalization runs in
+/// f32 whatever the graph's float type (as transformers' T5LayerNorm does: a mean of squares in
+/// bf16 keeps 8 bits of the variance, in fp16 it overflows), then the weight scales in the float type.
 pub fn rms_norm<'a>(b: &mut GraphBuilder<'a>, weight: Param<'a>, x: &V, eps: f32) -> V {
-    let x2 = b.mul(x, x);
-    let mean = b.reduce_mean(&x2, &[-1], true);
-    let var = b.add_scalar(&mean, eps);
-    let rms = b.unary("Sqrt", &var);
-    let normed = b.div(x, &rms);
+    let float = b.float;
+    let x = b.convert(x, float, ElemType::F32);
+    let normed = b.with_float(ElemType::F32, |b| {
+        let x2 = b.mul(&x, &x);
+        let mean = b.reduce_mean(&x2, &[-1], true);
+        let var = b.add_scalar(&mean, eps);
+        let rms = b.unary("Sqrt", &var);
+        b.div(&x, &rms)
+    });
+    let normed = b.convert(&normed, ElemType::F32, float);
     let weight = weight.add(b);
     b.mul(&normed, &weight)
 }

@@ -191,15 +191,12 @@ fn apply_rope(b: &mut GraphBuilder<'_>, x: &V, ctx: &Ctx) -> V {
     b.reshape(&rotated, &[0, 0, 0, -1])
 }
 
-/// softmax(q·kᵀ/√d)·v over all heads; q, k, v [B, L, H, d] → [B, L, H·d].
+/// softmax(q·kᵀ/√d)·v over all heads; q, k, v [B, L, H, d] → [B, L, H·d]. q is scaled by 1/√d
+/// before the product, so 16-bit scores stay in range (nn::attention).
 fn attention(b: &mut GraphBuilder<'_>, q: &V, k: &V, v: &V, ctx: &Ctx) -> V {
-    let q = b.transpose(q, &[0, 2, 1, 3]);
-    let k_t = b.transpose(k, &[0, 2, 3, 1]);
-    let v = b.transpose(v, &[0, 2, 1, 3]);
-    let scores = b.matmul(&q, &k_t);
-    let scores = b.mul_scalar(&scores, (1.0 / (ctx.head_dim as f64).sqrt()) as f32);
-    let probs = b.softmax(&scores, -1);
-    let out = b.matmul(&probs, &v);
+    let [q, k, v] = [q, k, v].map(|x| b.transpose(x, &[0, 2, 1, 3]));
+    let scale = (1.0 / (ctx.head_dim as f64).sqrt()) as f32;
+    let out = nn::attention(b, &q, &k, &v, scale, None);
     let out = b.transpose(&out, &[0, 2, 1, 3]);
     b.reshape(&out, &[0, 0, -1])
 }
