@@ -137,7 +137,7 @@ struct Values {
 
 impl Values {
     fn next(&mut self) -> u64 {
-        self.words.next()
+        self.words.next_u64()
     }
 
     fn bf16(bits: u16) -> u16 {

@@ -19,7 +19,7 @@ impl SplitMix64 {
         SplitMix64 { state: seed }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -34,7 +34,7 @@ pub fn gaussian(seed: u64, count: usize) -> Vec<f32> {
     let mut words = SplitMix64::new(seed);
     let mut values = Vec::with_capacity(count + 1);
     while values.len() < count {
-        let (a, b) = (words.next(), words.next());
+        let (a, b) = (words.next_u64(), words.next_u64());
         let u1 = ((a >> 11) + 1) as f64 * TWO_POW_MINUS_53; // (0, 1]: ln never sees 0
         let u2 = (b >> 11) as f64 * TWO_POW_MINUS_53; // [0, 1)
         let r = (-2.0 * u1.ln()).sqrt();

@@ -161,9 +161,9 @@ impl Exporter for ClipExporter {
 /// token_embedding[ids] + position_embedding[0..L].
 fn embeddings<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &ClipConfig) -> V {
     let (vocab, d, len) = (cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings);
-    let table = w.get("token_embedding.weight", &[vocab, d]).add(b);
+    let table = w.get("token_embedding.weight", &[vocab, d]).add_to(b);
     let tokens = b.gather(&table, ids, 0);
-    let positions = w.get("position_embedding.weight", &[len, d]).add(b);
+    let positions = w.get("position_embedding.weight", &[len, d]).add_to(b);
     b.add(&tokens, &positions)
 }
 

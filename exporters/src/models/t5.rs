@@ -162,7 +162,7 @@ pub fn build_graph<'a>(
     w.ignore(|n| n == EMBED_TOKENS && cfg.embedding == SHARED);
     let mut b = GraphBuilder::new("t5", options.opset, precision.compute);
     let ids = b.input("input_ids", ElemType::I64, &[Dim::from("B"), Dim::from("L")]);
-    let table = w.get(&cfg.embedding, &[cfg.vocab_size, cfg.d_model]).add(&mut b);
+    let table = w.get(&cfg.embedding, &[cfg.vocab_size, cfg.d_model]).add_to(&mut b);
     let x = b.gather(&table, &ids, 0);
     let mut x = b.convert(&x, precision.compute, precision.residual);
     let bias = b.scoped("position_bias", |b| {
@@ -246,7 +246,7 @@ fn position_bias<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, ids: &V, cfg: &T
     );
     let table = w
         .get("weight", &[cfg.relative_attention_num_buckets, cfg.num_heads])
-        .add(b);
+        .add_to(b);
     let bias = b.gather(&table, &buckets, 0);
     let bias = b.transpose(&bias, &[2, 0, 1]);
     b.unsqueeze(&bias, &[0])

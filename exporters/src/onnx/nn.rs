@@ -31,7 +31,7 @@ pub fn linear_param<'a>(b: &mut GraphBuilder<'a>, x: &V, weight: Param<'a>, bias
     let y = b.matmul(x, &w);
     match bias {
         Some(bias) => {
-            let bias = bias.add(b);
+            let bias = bias.add_to(b);
             b.add(&y, &bias)
         }
         None => y,
@@ -48,8 +48,8 @@ pub fn layer_norm_plain(b: &mut GraphBuilder<'_>, x: &V, dim: usize, eps: f32) -
 
 /// LayerNorm with learned `weight` and `bias` [dim] under `w`.
 pub fn layer_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, dim: usize, eps: f32) -> V {
-    let scale = w.get("weight", &[dim]).add(b);
-    let bias = w.get("bias", &[dim]).add(b);
+    let scale = w.get("weight", &[dim]).add_to(b);
+    let bias = w.get("bias", &[dim]).add_to(b);
     b.layer_norm(x, &scale, &bias, eps)
 }
 
@@ -67,14 +67,14 @@ pub fn rms_norm<'a>(b: &mut GraphBuilder<'a>, weight: Param<'a>, x: &V, eps: f32
         b.div(&x, &rms)
     });
     let normed = b.convert(&normed, ElemType::F32, float);
-    let weight = weight.add(b);
+    let weight = weight.add_to(b);
     b.mul(&normed, &weight)
 }
 
 /// `Conv2d(c_in, c_out, kernel, padding=kernel/2)` with `weight` [c_out, c_in, k, k] and `bias` [c_out].
 pub fn conv2d<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, c_in: usize, c_out: usize, kernel: usize) -> V {
-    let weight = w.get("weight", &[c_out, c_in, kernel, kernel]).add(b);
-    let bias = w.get("bias", &[c_out]).add(b);
+    let weight = w.get("weight", &[c_out, c_in, kernel, kernel]).add_to(b);
+    let bias = w.get("bias", &[c_out]).add_to(b);
     let pad = (kernel / 2) as i64;
     b.conv(x, &weight, Some(&bias), [pad; 4], 1)
 }
@@ -95,8 +95,8 @@ pub fn group_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, channels
     let normed = b.convert(&normed, norm_float, float);
     let shape = b.shape_of(x, 0, i64::MAX);
     let normed = b.reshape_to(&normed, &shape);
-    let scale = w.get("weight", &[channels]).reshaped(&[channels, 1, 1]).add(b);
-    let shift = w.get("bias", &[channels]).reshaped(&[channels, 1, 1]).add(b);
+    let scale = w.get("weight", &[channels]).reshaped(&[channels, 1, 1]).add_to(b);
+    let shift = w.get("bias", &[channels]).reshaped(&[channels, 1, 1]).add_to(b);
     let scaled = b.mul(&normed, &scale);
     b.add(&scaled, &shift)
 }

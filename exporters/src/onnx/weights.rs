@@ -236,7 +236,7 @@ impl<'a> Param<'a> {
     }
 
     /// Adds the param to the graph in its own layout.
-    pub fn add(self, b: &mut GraphBuilder<'a>) -> V {
+    pub fn add_to(self, b: &mut GraphBuilder<'a>) -> V {
         let elem = b.float;
         self.add_as(b, elem)
     }

@@ -50,10 +50,12 @@ pub fn build<'a>(p: FluxParams<'a>, c: &FluxConfig, float: ElemType, opset: i64)
         f32,
         &[batch.clone(), c.pooled_projection_dim.into()],
     );
-    let timestep = b.input("timestep", f32, &[batch.clone()]);
+    let timestep = b.input("timestep", f32, std::slice::from_ref(&batch));
     let img_ids = b.input("img_ids", f32, &[li.clone(), 3.into()]);
     let txt_ids = b.input("txt_ids", f32, &[lt, 3.into()]);
-    let guidance = c.guidance_embeds.then(|| b.input("guidance", f32, &[batch.clone()]));
+    let guidance = c
+        .guidance_embeds
+        .then(|| b.input("guidance", f32, std::slice::from_ref(&batch)));
 
     let FluxParams {
         embedders,
