@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole flow on the bundled tiny FLUX.1-dev checkpoint (random weights, real tokenizers):
-# inspect -> export -> lint -> local image -> Triton repository -> real Triton server -> image.
+# inspect -> export -> lint -> TensorRT-RTX engines (built on CPU, no GPU) -> local image ->
+# Triton repository -> real Triton server -> image.
 # `make demo` builds fluxbuild and sets everything up first. The server listens on 127.0.0.1 only
 # and is stopped when the script ends, also on failure or Ctrl-C.
 # Knobs: FLUXBUILD (binary), CHECKPOINT, OUT (default out/demo), PROMPT, PORT (HTTP; gRPC and
@@ -47,6 +48,9 @@ step "export: fp32 ONNX graphs, tokenizers, scheduler config, manifest.json"
 
 step "lint the graphs against TensorRT 10's ONNX parser support"
 "$fluxbuild" lint "$out/models"
+
+step "build TensorRT-RTX engines (ahead of time, no GPU; they run on RTX / Ampere-or-newer GPUs, not here)"
+"$fluxbuild" build --runtime tensorrt-rtx --models "$out/models" --profile tiny-check --out "$out/engines"
 
 step "generate locally with ONNX Runtime"
 "$fluxbuild" generate --models "$out/models" --prompt "$prompt" --seed "$seed" "${size[@]}" --out "$out/local.png"
