@@ -8,7 +8,7 @@ mod layouts;
 mod triton_support;
 
 use std::path::Path;
-use triton_support::{fluxbuild_ok, package_cpu, path, start};
+use triton_support::{assert_served_equals_local, fluxbuild_ok, package_cpu, path, start};
 
 /// Packages `models`, serves it, and checks one image through Triton against local generate.
 fn served_equals_local(models: &Path, dir: &Path) {
@@ -27,28 +27,7 @@ fn served_equals_local(models: &Path, dir: &Path) {
         "--steps",
         "3",
     ];
-    let (local, served) = (dir.join("local.png"), dir.join("served.png"));
-    fluxbuild_ok(
-        &[
-            &["generate", "--models", path(models)],
-            &args[..],
-            &["--out", path(&local)],
-        ]
-        .concat(),
-    );
-    fluxbuild_ok(
-        &[
-            &["generate", "--server", &server.url()],
-            &args[..],
-            &["--out", path(&served)],
-        ]
-        .concat(),
-    );
-    assert_eq!(
-        std::fs::read(&served).unwrap(),
-        std::fs::read(&local).unwrap(),
-        "the image through Triton differs from local generate"
-    );
+    assert_served_equals_local(&server, models, &args, dir, "layout");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use fluxbuild::generate::{generate, ExportedModels, Request, RequestOptions};
 use fluxbuild::serve::Server;
 use std::path::Path;
 use std::time::Instant;
-use triton_support::{export, fluxbuild, fluxbuild_ok, package_cpu, path, psnr, start};
+use triton_support::{assert_served_equals_local, export, fluxbuild, fluxbuild_ok, package_cpu, path, psnr, start};
 
 /// The package's default size and steps (`package_cpu`).
 const SIZE: usize = 64;
@@ -173,28 +173,7 @@ fn one_prompt_matches_local_generate(server: &Server, models: &Path, dir: &Path)
         "--steps",
         "3",
     ];
-    let (local_noise, served_noise) = (dir.join("local-noise.png"), dir.join("served-noise.png"));
-    fluxbuild_ok(
-        &[
-            &["generate", "--models", path(models)],
-            &noise_args[..],
-            &["--out", path(&local_noise)],
-        ]
-        .concat(),
-    );
-    fluxbuild_ok(
-        &[
-            &["generate", "--server", &server.url()],
-            &noise_args[..],
-            &["--out", path(&served_noise)],
-        ]
-        .concat(),
-    );
-    assert_eq!(
-        std::fs::read(&served_noise).unwrap(),
-        std::fs::read(&local_noise).unwrap(),
-        "--noise FILE through Triton"
-    );
+    assert_served_equals_local(server, models, &noise_args, dir, "noise");
 
     // The seed reaches the noise: another seed, another image.
     let other = dir.join("other.png");

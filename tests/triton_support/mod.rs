@@ -71,6 +71,29 @@ pub fn package_cpu(models: &Path, repo: &Path, extra: &[&str]) {
     fluxbuild_ok(&args);
 }
 
+/// `fluxbuild generate` with `args` locally from `models` and through `server` (PNGs `NAME-local.png`
+/// and `NAME-served.png` in `dir`): the served PNG must be the local one, byte for byte.
+pub fn assert_served_equals_local(server: &Server, models: &Path, args: &[&str], dir: &Path, name: &str) {
+    let (local, served) = (
+        dir.join(format!("{name}-local.png")),
+        dir.join(format!("{name}-served.png")),
+    );
+    fluxbuild_ok(&[&["generate", "--models", path(models)], args, &["--out", path(&local)]].concat());
+    fluxbuild_ok(
+        &[
+            &["generate", "--server", &server.url()],
+            args,
+            &["--out", path(&served)],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        std::fs::read(&served).unwrap(),
+        std::fs::read(&local).unwrap(),
+        "{name}: the image through Triton differs from local generate"
+    );
+}
+
 /// A Triton server on free loopback ports, ready when `flux` is.
 pub fn start(repo: &Path, explicit_model_control: bool) -> Server {
     let install = Installation::find(None).expect("the Triton venv (run `make triton-venv`)");
