@@ -108,16 +108,5 @@ pub fn start(repo: &Path, explicit_model_control: bool) -> Server {
 
 /// PSNR in dB of two 8-bit images (infinite when identical).
 pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
+    fluxbuild::accuracy::psnr(a, b).unwrap_or(f64::INFINITY)
 }
