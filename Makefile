@@ -51,7 +51,7 @@ serve: triton-venv
 	$(CARGO) run --release -- serve --repo $(REPO) --http-port $(PORT) --grpc-port $$(($(PORT)+1)) --metrics-port $$(($(PORT)+2))
 
 test-triton: setup triton-venv
-	$(CARGO) test --test triton_serving --test triton_configs
+	$(CARGO) test --test triton_serving --test triton_configs --test triton_scheduling
 
 # On a GPU build host with TensorRT (NVIDIA's TensorRT container): FLUX pipeline -> graphs ->
 # lint -> TensorRT engines -> Triton repository (gpu target), under OUT (default out/flux).

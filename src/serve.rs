@@ -4,6 +4,8 @@
 //! `tritonserver` on PATH (the NVIDIA container, `/opt/tritonserver/backends`).
 
 use crate::client::Client;
+use crate::deploy::pbtxt::{Message, Value};
+use crate::generate::request::Limits as RequestLimits;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::net::TcpListener;
@@ -97,6 +99,77 @@ impl Installation {
             ld_library_path: vec![Path::new(site).join("nvidia_pytriton.libs"), PathBuf::from(libdir)],
         })
     }
+}
+
+impl Installation {
+    /// Whether this tritonserver accepts `flag` (its `--help` lists it): 2.51 (the PyPI build)
+    /// has no `--http-max-input-size`; the NVIDIA containers of 24.12 and later have it.
+    pub fn supports(&self, flag: &str) -> bool {
+        Command::new(&self.server)
+            .arg("--help")
+            .env(
+                "LD_LIBRARY_PATH",
+                prepend_paths(&self.ld_library_path, "LD_LIBRARY_PATH"),
+            )
+            .output()
+            .map(|o| {
+                let text = [o.stdout, o.stderr].concat();
+                String::from_utf8_lossy(&text).contains(&format!("{flag} "))
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// `extra` before the current value of the environment variable `var` (a PATH-like list).
+fn prepend_paths(extra: &[PathBuf], var: &str) -> std::ffi::OsString {
+    let mut parts: Vec<PathBuf> = extra.to_vec();
+    parts.extend(std::env::var_os(var).iter().flat_map(std::env::split_paths));
+    std::env::join_paths(parts).expect("valid paths")
+}
+
+/// Bytes of JSON per value of a plain-JSON tensor at most: a float32 printed as the shortest
+/// float64 that reads back (`-1.1754943508222875e-38`) plus its comma.
+const JSON_BYTES_PER_FLOAT: u64 = 24;
+/// Bytes of JSON per prompt byte at most (a control or non-ASCII byte escaped as `\u00XX`).
+const JSON_BYTES_PER_PROMPT_BYTE: u64 = 6;
+/// The request header and the small inputs (steps, seed, ...) with room to spare.
+const REQUEST_OVERHEAD_BYTES: u64 = 64 << 10;
+
+/// The largest HTTP body a legitimate request may need: `prompts` prompts of the longest allowed
+/// length and the optional noise tensor of the largest allowed image, written as plain JSON (the
+/// larger encoding; binary tensors take less). The server's front end refuses anything larger
+/// before reading it (`--http-max-input-size`), so a 10 MB prompt never reaches `flux`.
+pub fn max_request_bytes(limits: &RequestLimits, prompts: usize) -> u64 {
+    let pixels = limits.max_image_pixels.min(limits.max_height * limits.max_width) as u64;
+    let noise_values = 16 * pixels / 64; // [16, height/8, width/8] per prompt
+    let per_prompt = limits.max_prompt_bytes as u64 * JSON_BYTES_PER_PROMPT_BYTE + noise_values * JSON_BYTES_PER_FLOAT;
+    prompts as u64 * per_prompt + REQUEST_OVERHEAD_BYTES
+}
+
+/// `max_request_bytes` of a repository's `flux` model, from its config.pbtxt (`max_batch_size`
+/// prompts per request, the rules table `request_rules`).
+pub fn repository_max_request_bytes(repo: &Path) -> Result<u64> {
+    let path = repo.join("flux/config.pbtxt");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let config = Message::parse(&text).with_context(|| format!("{}: not protobuf text format", path.display()))?;
+    let prompts: usize = config
+        .scalar("max_batch_size")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{}: no max_batch_size", path.display()))?;
+    let rules = config
+        .all("parameters")
+        .into_iter()
+        .find_map(|p| match p {
+            Value::Message(m) if m.scalar("key") == Some("request_rules") => match m.all("value").first() {
+                Some(Value::Message(v)) => v.scalar("string_value"),
+                _ => None,
+            },
+            _ => None,
+        })
+        .with_context(|| format!("{}: no parameter request_rules", path.display()))?;
+    let limits: RequestLimits = serde_json::from_str(rules)
+        .with_context(|| format!("{}: request_rules is not the rules table", path.display()))?;
+    Ok(max_request_bytes(&limits, prompts.max(1)))
 }
 
 #[derive(Clone, Debug)]
@@ -200,15 +273,10 @@ impl Server {
             cmd.args(options.load_models.iter().map(|m| format!("--load-model={m}")));
         }
         cmd.args(&options.extra_args);
-        let join = |extra: &[PathBuf], var: &str| {
-            let mut parts: Vec<PathBuf> = extra.to_vec();
-            if let Some(old) = std::env::var_os(var) {
-                parts.extend(std::env::split_paths(&old));
-            }
-            std::env::join_paths(parts).expect("valid paths")
-        };
-        cmd.env("PATH", join(&install.path, "PATH"))
-            .env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
+        cmd.env("PATH", prepend_paths(&install.path, "PATH")).env(
+            "LD_LIBRARY_PATH",
+            prepend_paths(&install.ld_library_path, "LD_LIBRARY_PATH"),
+        );
         cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         if options.detached {
             own_session(&mut cmd);
@@ -360,5 +428,76 @@ fn stop_with_parent(cmd: &mut Command) {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest request the limits allow, as plain JSON with every value at its longest.
+    fn largest_plain_json(limits: &RequestLimits, prompts: usize) -> usize {
+        let side = (limits.max_image_pixels as f64).sqrt() as usize / 16 * 16;
+        let (height, width) = (limits.max_height.min(side), limits.max_width.min(side));
+        let noise = vec!["-1.1754943508222875e-38"; 16 * (height / 8) * (width / 8)].join(",");
+        let prompt = "\\u0001".repeat(limits.max_prompt_bytes);
+        let tensor = |name: &str, datatype: &str, shape: &str, data: &str| {
+            format!(r#"{{"name":"{name}","shape":{shape},"datatype":"{datatype}","data":[{data}]}}"#)
+        };
+        let each = |value: &str| vec![value; prompts].join(",");
+        let inputs = [
+            tensor(
+                "prompt",
+                "BYTES",
+                &format!("[{prompts},1]"),
+                &each(&format!("\"{prompt}\"")),
+            ),
+            tensor("height", "INT32", &format!("[{prompts},1]"), &each(&height.to_string())),
+            tensor("width", "INT32", &format!("[{prompts},1]"), &each(&width.to_string())),
+            tensor(
+                "steps",
+                "INT32",
+                &format!("[{prompts},1]"),
+                &each(&limits.max_steps.to_string()),
+            ),
+            tensor(
+                "guidance",
+                "FP32",
+                &format!("[{prompts},1]"),
+                &each("-1.1754943508222875e-38"),
+            ),
+            tensor("max_sequence_length", "INT32", &format!("[{prompts},1]"), &each("512")),
+            tensor(
+                "noise",
+                "FP32",
+                &format!("[{prompts},16,{},{}]", height / 8, width / 8),
+                &each(&noise),
+            ),
+        ];
+        format!(
+            r#"{{"id":"a-request-id-of-some-length","inputs":[{}]}}"#,
+            inputs.join(",")
+        )
+        .len()
+    }
+
+    #[test]
+    fn the_largest_legitimate_request_fits_and_a_10_mb_prompt_does_not() {
+        let deployed = RequestLimits::pipeline(); // 1024x1024 and more: bounded by the memory budget
+        let test_repo = RequestLimits {
+            max_height: 128,
+            max_width: 128,
+            ..RequestLimits::pipeline()
+        };
+        for (limits, prompts) in [(&deployed, 4), (&test_repo, 4), (&test_repo, 1)] {
+            let bound = max_request_bytes(limits, prompts);
+            let largest = largest_plain_json(limits, prompts) as u64;
+            assert!(largest <= bound, "{largest} > {bound} for {prompts} prompts");
+            assert!(
+                bound < largest + largest / 4 + (64 << 10),
+                "{bound} is far above {largest}"
+            );
+        }
+        assert!(max_request_bytes(&test_repo, 4) < 10 << 20);
     }
 }

@@ -98,6 +98,9 @@ def check_chart(repo_models):
     check(pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
           f"node selector is the plans' GPU: {pod['nodeSelector']}")
     check(arg(c["args"], "--strict-readiness") == "true", "tritonserver runs with --strict-readiness=true")
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    check(arg(c["args"], "--http-max-input-size") == str(chart_values["maxRequestBytes"]),
+          "tritonserver refuses request bodies beyond the chart's maxRequestBytes")
     check(arg(c["args"], "--model-repository") == "/models", "pvc: repository mounted at /models")
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     claim = next(v for v in pod["volumes"] if v["name"] == "model-repository")
@@ -283,6 +286,7 @@ def check_kserve(repo_models):
           "the runtime supports the model format")
     c = runtime["spec"]["containers"][0]
     check(arg(c["args"], "--strict-readiness") == "true", "KServe runtime: --strict-readiness=true")
+    check(int(arg(c["args"], "--http-max-input-size") or 0) > 0, "KServe runtime: --http-max-input-size set")
     check(arg(c["args"], "--model-repository") == "/mnt/models", "KServe runtime reads KServe's /mnt/models")
     check(arg(c["args"], "--http-port") == str(c["ports"][0]["containerPort"]), "KServe runtime listens on its port")
     check(sorted(probe_models(c["readinessProbe"])) == sorted(repo_models), "KServe readiness probes all five models")

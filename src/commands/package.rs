@@ -108,7 +108,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let packaged = package(&options, &|total| out.bar(total, BYTES_BAR)).context("fluxbuild package")?;
     out.result(&packaged, || {
         format!(
-            "wrote {} ({:?} target): models {}; {} files, {} bytes; serves {}..{} x {}..{} px, up to {} prompts per network call",
+            "wrote {} ({:?} target): models {}; {} files, {} bytes; serves {}..{} x {}..{} px, up to {} prompts per network call; \
+             requests up to {} bytes (tritonserver --http-max-input-size={})",
             packaged.repository.display(),
             packaged.target,
             packaged.models.join(", "),
@@ -118,7 +119,9 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             packaged.limits.max_height,
             packaged.limits.min_width,
             packaged.limits.max_width,
-            packaged.limits.network_max_batch
+            packaged.limits.network_max_batch,
+            packaged.max_request_bytes,
+            packaged.max_request_bytes
         )
     });
     Ok(())

@@ -3,7 +3,7 @@
 //! with `--detach`, return once it is ready and leave it running (stop it with `kill $(cat PID_FILE)`).
 
 use crate::output::Output;
-use crate::serve::{Installation, Server, ServerOptions};
+use crate::serve::{repository_max_request_bytes, Installation, Server, ServerOptions};
 use crate::supervise::Supervisor;
 use anyhow::{bail, Context, Result};
 use fluxbuild_exporters::util::write_atomic;
@@ -51,6 +51,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             .or_else(|| args.http_port.checked_add(offset))
             .context("--http-port leaves no room for the gRPC and metrics ports")
     };
+    let extra_args = request_size_args(&install, &args.repo, out)?;
     let options = ServerOptions {
         repository: args.repo.clone(),
         http_port: args.http_port,
@@ -61,7 +62,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         load_models: vec!["*".into()],
         ready_model: Some("flux".into()),
         ready_timeout: Duration::from_secs(args.timeout),
-        extra_args: vec![],
+        extra_args,
         log: args.log.clone(),
         detached: args.detach,
     };
@@ -154,4 +155,20 @@ fn supervise(server: &mut Server, repo: &std::path::Path, out: &Output) -> Resul
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `--http-max-input-size` from the repository's request limits, where the server has it; else a
+/// warning (tritonserver 2.51 reads any body, and `flux` refuses what breaks the rules).
+fn request_size_args(install: &Installation, repo: &std::path::Path, out: &Output) -> Result<Vec<String>> {
+    let bytes = repository_max_request_bytes(repo)?;
+    let flag = "--http-max-input-size";
+    if install.supports(flag) {
+        return Ok(vec![format!("{flag}={bytes}")]);
+    }
+    out.warn(&format!(
+        "{} has no {flag}: request bodies beyond the {bytes} bytes the request limits allow reach `flux` \
+         (which refuses them) instead of being refused by the front end",
+        install.server.display()
+    ));
+    Ok(vec![])
 }

@@ -109,6 +109,9 @@ pub struct Packaged {
     pub files: usize,
     pub bytes: u64,
     pub limits: Limits,
+    /// The largest request body the limits allow (plain JSON, noise included): the server's
+    /// `--http-max-input-size` (`fluxbuild serve` sets it).
+    pub max_request_bytes: u64,
 }
 
 pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressBar) -> Result<Packaged> {
@@ -348,6 +351,7 @@ fn write_repository(
         files: count,
         bytes,
         limits: limits.clone(),
+        max_request_bytes: crate::serve::repository_max_request_bytes(out)?,
     })
 }
 

@@ -23,11 +23,15 @@ answered UNAVAILABLE (HTTP 503), as are network calls that meet a dead backend s
 """
 
 import asyncio
+import fcntl
 import json
 import math
 import os
 import re
 import secrets
+import struct
+import tempfile
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -48,7 +52,7 @@ class RequestError(Exception):
 
 
 class Cancelled(Exception):
-    """Every client of a batch gave up: the denoising loop stops."""
+    """Every client of a batch gave up: the denoising loop stops (the message says where)."""
 
 
 class NetworkError(Exception):
@@ -161,6 +165,136 @@ class FlowMatchEuler:
 
     def model_timestep(self, sigma):
         return np.float32(np.float32(sigma) * np.float32(self.train_timesteps)) / np.float32(1000.0)
+
+
+# ---- step scheduling across the flux instances -------------------------------------------------
+
+
+class StepScheduler:
+    """Shortest remaining work first, one denoising step at a time, across the `flux` instances.
+
+    Each instance is its own process that runs one job (a chunk of prompts) at a time; on a
+    machine with few cores (or one GPU) concurrent jobs slow each other down, so a 4-step request
+    next to a 60-step one would take much longer than alone. Every job registers in a table shared
+    by the instances (a small file in /dev/shm, guarded by flock: a dead process releases its
+    lock, and its entry is ignored); before each network phase a job waits until no live job has
+    fewer steps left. Jobs with equally many steps left run together (the networks batch them).
+    A job waiting longer than STARVATION_S goes first whatever its steps (no starvation).
+
+    The table's first record counts the steps started by all jobs: a job logs how many steps of
+    other jobs started while it was registered (0 when it always had the fewest steps left)."""
+
+    RECORD = struct.Struct("<qqqq")  # pid, job token, steps left, registration time (ns)
+    SLOTS = 256
+    POLL_S = 0.004
+    CANCEL_POLL_S = 0.02
+    STARVATION_S = 60.0
+
+    def __init__(self, model_name):
+        # One table per server (the stubs' parent is the tritonserver process) and model.
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        self.path = os.path.join(folder, f"fluxbuild-steps-{os.getppid()}-{model_name}")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        size = self.RECORD.size * (self.SLOTS + 1)
+        with self._locked():
+            if os.fstat(self.fd).st_size < size:
+                os.ftruncate(self.fd, size)
+        self.pid = os.getpid()
+        self.slot = None
+        self.token = 0
+
+    def close(self):
+        os.close(self.fd)
+        try:
+            os.unlink(self.path)  # the instances finalize together; a later one recreates it
+        except OSError:
+            pass
+
+    def _locked(self):
+        fd = self.fd
+
+        class Lock:
+            def __enter__(self):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+
+            def __exit__(self, *exc):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+        return Lock()
+
+    def _read(self):
+        data = os.pread(self.fd, self.RECORD.size * (self.SLOTS + 1), 0)
+        return [self.RECORD.unpack_from(data, i * self.RECORD.size) for i in range(self.SLOTS + 1)]
+
+    def _write(self, index, record):
+        os.pwrite(self.fd, self.RECORD.pack(*record), index * self.RECORD.size)
+
+    @staticmethod
+    def _alive(pid):
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    def register(self, steps):
+        """Enters a job with `steps` left; returns the global step count at entry."""
+        with self._locked():
+            records = self._read()
+            free = [i for i in range(1, self.SLOTS + 1) if records[i][0] == 0 or not self._alive(records[i][0])]
+            if not free:
+                raise RuntimeError(f"{self.path}: more than {self.SLOTS} flux jobs at once")
+            self.slot = free[0]
+            self.token += 1
+            self._write(self.slot, (self.pid, self.token, steps, time.monotonic_ns()))
+            return records[0][0]
+
+    def unregister(self):
+        """Leaves the table; returns the global step count at exit."""
+        with self._locked():
+            self._write(self.slot, (0, 0, 0, 0))
+            self.slot = None
+            return self._read()[0][0]
+
+    def _key(self, record, now):
+        pid, _, left, since = record
+        starving = now - since > self.STARVATION_S * 1e9
+        return (0 if starving else 1, left, since)
+
+    def _may_run(self, records, left):
+        now = time.monotonic_ns()
+        mine = self._key((self.pid, self.token, left, records[self.slot][3]), now)[:2]
+        for i in range(1, self.SLOTS + 1):
+            record = records[i]
+            if i == self.slot or record[0] == 0:
+                continue
+            if self._key(record, now)[:2] < mine and self._alive(record[0]):
+                return False
+        return True
+
+    async def turn(self, left, counts_as_step, cancelled):
+        """Waits until this job (with `left` steps to go) has the fewest steps left, then takes its
+        turn (counted as a step when `counts_as_step`). Returns the seconds waited, or None once
+        `cancelled()` says so while waiting."""
+        started = time.monotonic()
+        next_cancel_check = started + self.CANCEL_POLL_S
+        while True:
+            with self._locked():
+                records = self._read()
+                since = records[self.slot][3]
+                self._write(self.slot, (self.pid, self.token, left, since))
+                if self._may_run(records, left):
+                    if counts_as_step:
+                        self._write(0, (records[0][0] + 1, 0, 0, 0))
+                    return time.monotonic() - started
+            now = time.monotonic()
+            if now >= next_cancel_check:
+                next_cancel_check = now + self.CANCEL_POLL_S
+                if cancelled():
+                    return None
+            await asyncio.sleep(self.POLL_S)
 
 
 # ---- arrays: numpy on the host, torch on the device ------------------------------------------
@@ -328,6 +462,52 @@ class Item:
         return (self.height, self.width, self.steps, self.max_sequence_length)
 
 
+class JobProgress:
+    """What one job of the step scheduler did: steps taken, seconds waited for shorter jobs."""
+
+    __slots__ = ("steps", "waited")
+
+    def __init__(self):
+        self.steps = 0
+        self.waited = 0.0
+
+
+class Reply:
+    """One request's answer, sent through its response sender as soon as it is complete."""
+
+    def __init__(self, request):
+        self.sender = request.get_response_sender()
+        self.images = []
+        self.seeds = []
+        self.left = 0
+        self.done = False
+
+    def expect(self, items):
+        self.images = [None] * len(items)
+        self.seeds = [item.seed for item in items]
+        self.left = len(items)
+
+    def fail(self, message, code):
+        """Answers with an error (INVALID_ARG: 400, UNAVAILABLE: 503, CANCELLED, else 500), once."""
+        if not self.done:
+            self.done = True
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+            self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def image(self, item, image):
+        """Records one prompt's image; answers when it was the last. Returns whether it answered."""
+        if self.done:
+            return False
+        self.images[item.index] = image
+        self.left -= 1
+        if self.left:
+            return False
+        self.done = True
+        outputs = [pb_utils.Tensor("image", np.stack(self.images)), pb_utils.Tensor("seed", np.array(self.seeds, dtype=np.int64).reshape(-1, 1))]
+        self.sender.send(pb_utils.InferenceResponse(outputs), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return True
+
+
 class Settings:
     def __init__(self, params):
         def get(key):
@@ -397,6 +577,10 @@ class TritonPythonModel:
         )
         self.images = self.images_family.Metric(labels={})
         self.logger = pb_utils.Logger
+        self.step_scheduler = StepScheduler(args["model_name"])
+
+    def finalize(self):
+        self.step_scheduler.close()
 
     @staticmethod
     def _tokenizer(path, pad_token):
@@ -495,22 +679,30 @@ class TritonPythonModel:
     # ---- execution -------------------------------------------------------------------------
 
     async def execute(self, requests):
-        errors = [None] * len(requests)
-        codes = [pb_utils.TritonError.INTERNAL] * len(requests)  # INVALID_ARG: 400, UNAVAILABLE: 503, else 500
-        images = [None] * len(requests)
-        seeds = [None] * len(requests)
+        """Each request is answered as soon as its own outcome is known (a response sender per
+        request, also for this non-decoupled model): a refusal at once, before any network work,
+        an image once its group is done. Groups run fewest steps first; across instances the step
+        scheduler runs the job with the fewest steps left."""
+        replies = [Reply(request) for request in requests]
+        try:
+            await self._answer(requests, replies)
+        finally:
+            for reply in replies:  # an unforeseen failure still answers every request
+                reply.fail("flux orchestrator failed before answering", pb_utils.TritonError.INTERNAL)
+        return None
+
+    async def _answer(self, requests, replies):
         groups = {}
         for r, request in enumerate(requests):
             try:
                 items = self._parse(request, r)
             except RequestError as e:
-                errors[r], codes[r] = str(e), pb_utils.TritonError.INVALID_ARG
+                replies[r].fail(str(e), pb_utils.TritonError.INVALID_ARG)
                 continue
             except Exception as e:  # a malformed tensor the checks above did not foresee
-                errors[r], codes[r] = f"bad request: {e}", pb_utils.TritonError.INVALID_ARG
+                replies[r].fail(f"bad request: {e}", pb_utils.TritonError.INVALID_ARG)
                 continue
-            images[r] = [None] * len(items)
-            seeds[r] = [item.seed for item in items]
+            replies[r].expect(items)
             for item in items:
                 groups.setdefault(item.group_key(), []).append(item)
         arrays = self._arrays()
@@ -518,45 +710,39 @@ class TritonPythonModel:
             if groups:
                 self._check_networks()
         except NetworkError as e:
-            for items in groups.values():
-                for item in items:
-                    errors[item.request], codes[item.request] = str(e), pb_utils.TritonError.UNAVAILABLE
+            for reply in replies:
+                reply.fail(str(e), pb_utils.TritonError.UNAVAILABLE)
             groups = {}
-        for key, items in groups.items():
-            items = [i for i in items if errors[i.request] is None]
+        count = sum(len(i) for i in groups.values())
+        # Fewest steps (then fewest pixels) first: short work is not held up by long work.
+        for key in sorted(groups, key=lambda k: (k[2], k[0] * k[1], k[3])):
+            items = [i for i in groups[key] if not replies[i.request].done]
+            if not items:
+                continue
             try:
                 results = await self._run_split(arrays, items)
-            except Cancelled:
+            except Cancelled as e:
                 for item in items:
-                    errors[item.request], codes[item.request] = "cancelled by the client", pb_utils.TritonError.CANCELLED
+                    replies[item.request].fail(f"cancelled by the client{e}", pb_utils.TritonError.CANCELLED)
                 continue
             except NetworkError as e:
+                code = pb_utils.TritonError.UNAVAILABLE if e.unavailable else pb_utils.TritonError.INTERNAL
                 for item in items:
-                    errors[item.request] = str(e)
-                    codes[item.request] = pb_utils.TritonError.UNAVAILABLE if e.unavailable else pb_utils.TritonError.INTERNAL
+                    replies[item.request].fail(str(e), code)
                 continue
             except Exception as e:
                 for item in items:
-                    errors[item.request] = f"flux orchestrator failed: {type(e).__name__}: {e}"
+                    replies[item.request].fail(f"flux orchestrator failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
                 continue
             for item, image in zip(items, results):
-                images[item.request][item.index] = image
+                if replies[item.request].image(item, image):
+                    self.images.increment(len(replies[item.request].images))
         self.copies_h2d.increment(arrays.h2d)
         self.copies_d2h.increment(arrays.d2h)
-        responses = []
-        for r in range(len(requests)):
-            if errors[r] is not None:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r], codes[r])))
-            else:
-                self.images.increment(len(images[r]))
-                outputs = [pb_utils.Tensor("image", np.stack(images[r])), pb_utils.Tensor("seed", np.array(seeds[r], dtype=np.int64).reshape(-1, 1))]
-                responses.append(pb_utils.InferenceResponse(outputs))
-        count = sum(len(i) for i in groups.values())
         self.logger.log_info(
             f"flux: {len(requests)} requests, {count} prompts in {len(groups)} groups on {arrays.device}; "
             f"host<->device copies: {arrays.h2d} host->device, {arrays.d2h} device->host"
         )
-        return responses
 
     async def _run_split(self, arrays, items):
         """Runs items in chunks the networks accept and the memory budget allows (pixels per
@@ -621,6 +807,37 @@ class TritonPythonModel:
         raise NetworkError(network, last, unavailable=unavailable)
 
     async def _run_chunk(self, xp, items):
+        """One chunk as one job of the step scheduler (logged: time, waits, other jobs' steps)."""
+        first = items[0]
+        started = time.monotonic()
+        job = JobProgress()
+        steps_before = self.step_scheduler.register(first.steps)
+        try:
+            return await self._run_job(xp, items, job)
+        finally:
+            others = self.step_scheduler.unregister() - steps_before - job.steps
+            self.logger.log_info(
+                f"flux: job of {len(items)} prompts, {first.steps} steps: ran {job.steps} steps in "
+                f"{(time.monotonic() - started) * 1e3:.0f} ms, waited {job.waited * 1e3:.0f} ms for jobs with fewer steps left; "
+                f"{others} steps of other jobs started meanwhile"
+            )
+
+    async def _turn(self, job, items, left, counts_as_step):
+        """Waits for the step scheduler's turn; raises Cancelled once every client gave up."""
+        clients = [i.source for i in items]
+
+        def cancelled():
+            return all(c.is_cancelled() for c in clients)
+
+        waited = None if cancelled() else await self.step_scheduler.turn(left, counts_as_step, cancelled)
+        if waited is None:
+            steps = items[0].steps
+            self.logger.log_info(f"flux: every client of a batch of {len(items)} cancelled; stopped after {job.steps} of {steps} steps")
+            raise Cancelled(f" (stopped after {job.steps} of {steps} steps)")
+        job.waited += waited
+        job.steps += int(counts_as_step)
+
+    async def _run_job(self, xp, items, job):
         s = self.settings
         first = items[0]
         b, height, width = len(items), first.height, first.width
@@ -630,6 +847,7 @@ class TritonPythonModel:
         clip_ids = self._tokenize(self.clip_tokenizer, prompts, s.clip_length)
         t5_ids = self._tokenize(self.t5_tokenizer, prompts, length)
 
+        await self._turn(job, items, first.steps, counts_as_step=False)
         (pooled,), (text,) = await asyncio.gather(
             self._infer(xp, items, "clip", [xp.to_input("input_ids", clip_ids)], ["pooled_embeddings"]),
             self._infer(xp, items, "t5", [xp.to_input("input_ids", t5_ids)], ["text_embeddings"]),
@@ -648,11 +866,8 @@ class TritonPythonModel:
             guidance = xp.vector([i.guidance for i in items], s.dtypes["guidance"])
 
         sigmas = self.scheduler.sigmas(first.steps, rows * cols)
-        clients = [i.source for i in items]
         for step in range(first.steps):
-            if all(c.is_cancelled() for c in clients):
-                self.logger.log_info(f"flux: every client of a batch of {b} cancelled; stopped before step {step + 1} of {first.steps}")
-                raise Cancelled()
+            await self._turn(job, items, first.steps - step, counts_as_step=True)
             timestep = xp.full((b,), self.scheduler.model_timestep(sigmas[step]), s.dtypes["timestep"])
             inputs = [
                 xp.to_input("hidden_states", latents),
@@ -670,6 +885,7 @@ class TritonPythonModel:
             latents = xp.cast(xp.float32(latents) + velocity * dt, latent_dtype)
 
         latent = unpack(xp.float32(latents), rows, cols) / s.vae_scaling_factor + s.vae_shift_factor  # float32, as diffusers
+        await self._turn(job, items, 0, counts_as_step=False)
         (decoded,) = await self._infer(xp, items, "vae_decoder", [xp.to_input("latent", xp.cast(latent, s.dtypes["latent"]))], ["images"])
         pixels = xp.download(xp.to_uint8_hwc(xp.from_output(decoded)))
         if pixels.shape[1:] != (height, width, 3):

@@ -1,0 +1,127 @@
+//! Scheduling in the `flux` orchestrator against a real Triton server (cpu target, tiny fixture):
+//! a short request that arrives while a long one runs is not held up by it (the step scheduler
+//! runs the job with the fewest steps left: the long job starts no step while the short one is
+//! registered), and a cancelled gRPC request stops its loop and says after how many steps.
+//! Timings are in `make bench-scheduling`; these tests check orders and counts, which do not
+//! depend on the machine's speed. Needs the Triton venv: `make triton-venv`.
+
+mod common;
+mod triton_support;
+
+use fluxbuild::client::{Client, Tensor};
+use fluxbuild::serve::{Installation, Server, ServerOptions};
+use std::time::{Duration, Instant};
+use triton_support::{export, package_cpu, path};
+
+const LONG_STEPS: i32 = 50;
+const SHORT_STEPS: i32 = 2;
+
+fn generate(client: &Client, prompt: &str, steps: i32) -> Instant {
+    let inputs = [
+        Tensor::bytes("prompt", &[1, 1], &[prompt.as_bytes()]),
+        Tensor::i32("steps", &[1, 1], &[steps]),
+        Tensor::i64("seed", &[1, 1], &[1]),
+    ];
+    client.infer("flux", &inputs, &["image"]).unwrap();
+    Instant::now()
+}
+
+fn transformer_calls(client: &Client) -> u64 {
+    let stats = client.get_json("/v2/models/transformer/stats").unwrap();
+    stats["model_stats"][0]["inference_stats"]["success"]["count"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_for_calls(client: &Client, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while transformer_calls(client) < at_least {
+        assert!(Instant::now() < deadline, "the transformer never ran {at_least} steps");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The server log's line about the job of `steps` steps (the orchestrator logs one per job).
+fn job_line(server: &Server, steps: i32) -> String {
+    let needle = format!("flux: job of 1 prompts, {steps} steps:");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(line) = server.log_text().lines().rev().find(|l| l.contains(&needle)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line {needle:?}:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn short_requests_overtake_long_ones_and_cancelled_ones_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("dev", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    let install = Installation::find(None).expect("the Triton venv (run `make triton-venv`)");
+    let mut options = ServerOptions::new(&repo).unwrap();
+    options.ready_timeout = Duration::from_secs(180);
+    let server = Server::start(&install, &options).unwrap();
+    let client = server.client();
+    generate(&client, "warm up", SHORT_STEPS);
+
+    a_short_request_runs_while_the_long_one_waits(&server, &client);
+    a_cancelled_request_stops_and_says_after_how_many_steps(&server, options.grpc_port);
+}
+
+fn a_short_request_runs_while_the_long_one_waits(server: &Server, client: &Client) {
+    let before = transformer_calls(client);
+    let url = server.url();
+    let long = std::thread::spawn(move || generate(&Client::new(&url).unwrap(), "a long one", LONG_STEPS));
+    wait_for_calls(client, before + 2); // the long loop is running
+    let short_done = generate(client, "a short one", SHORT_STEPS);
+    let long_done = long.join().unwrap();
+    assert!(short_done < long_done, "the short request finished after the long one");
+
+    let short = job_line(server, SHORT_STEPS);
+    let long = job_line(server, LONG_STEPS);
+    eprintln!("{short}\n{long}");
+    assert!(
+        short.contains("; 0 steps of other jobs started meanwhile"),
+        "the long job ran steps while the short one was running: {short}"
+    );
+    assert!(
+        long.contains(&format!("; {SHORT_STEPS} steps of other jobs started meanwhile")),
+        "the short job did not run inside the long one: {long}"
+    );
+}
+
+fn a_cancelled_request_stops_and_says_after_how_many_steps(server: &Server, grpc_port: u16) {
+    let script = common::repo().join("tests/triton_grpc_cancel.py");
+    let python = Installation::find(None).unwrap().path[0].join("python3");
+    let output = std::process::Command::new(python)
+        .args([
+            path(&script),
+            &server.url(),
+            &format!("127.0.0.1:{grpc_port}"),
+            &LONG_STEPS.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ran = counts["ran"].as_u64().unwrap();
+    let at_cancel = counts["at_cancel"].as_u64().unwrap();
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("cancelled; stopped after"))
+        .unwrap_or_else(|| panic!("no cancellation in the server log:\n{log}"));
+    eprintln!("cancelled with {at_cancel} steps done; {ran} ran in all; {line}");
+    assert!(
+        line.contains(&format!("stopped after {ran} of {LONG_STEPS} steps")),
+        "the log's step count is not the transformer's ({ran}): {line}"
+    );
+    assert!(ran < LONG_STEPS as u64, "the cancelled request ran all its steps");
+}
