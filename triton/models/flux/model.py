@@ -175,40 +175,60 @@ class StepScheduler:
 
     Each instance is its own process that runs one job (a chunk of prompts) at a time; on a
     machine with few cores (or one GPU) concurrent jobs slow each other down, so a 4-step request
-    next to a 60-step one would take much longer than alone. Every job registers in a table shared
-    by the instances (a small file in /dev/shm, guarded by flock: a dead process releases its
-    lock, and its entry is ignored); before each network phase a job waits until no live job has
-    fewer steps left. Jobs with equally many steps left run together (the networks batch them).
-    A job waiting longer than STARVATION_S goes first whatever its steps (no starvation).
+    next to a 60-step one would take much longer than alone. Each instance holds a slot in a table
+    shared by the instances (a small file in /dev/shm, guarded by flock; a dead process's slot is
+    ignored and reused), where its job, if any, says how many steps it has left. Before each network
+    phase a job waits until no live job has fewer steps left; jobs with equally many steps left run
+    together (the networks batch them). A job registered longer than STARVATION_S goes first
+    whatever its steps (no starvation). The last instance to finalize removes the file.
 
     The table's first record counts the steps started by all jobs: a job logs how many steps of
-    other jobs started while it was registered (0 when it always had the fewest steps left)."""
+    other jobs started while it ran (0 when it always had the fewest steps left)."""
 
-    RECORD = struct.Struct("<qqqq")  # pid, job token, steps left, registration time (ns)
+    RECORD = struct.Struct("<qqqq")  # pid, job token, steps left (-1: no job), registration time (ns)
     SLOTS = 256
+    IDLE = -1
     POLL_S = 0.004
     CANCEL_POLL_S = 0.02
     STARVATION_S = 60.0
 
-    def __init__(self, model_name):
+    def __init__(self, model_name, shortest_first=True):
+        # `shortest_first` False: every job runs its steps at once, as without this scheduler (the
+        # config parameter step_order "concurrent", for comparisons); the table still counts steps.
+        self.shortest_first = shortest_first
         # One table per server (the stubs' parent is the tritonserver process) and model.
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         self.path = os.path.join(folder, f"fluxbuild-steps-{os.getppid()}-{model_name}")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        size = self.RECORD.size * (self.SLOTS + 1)
-        with self._locked():
-            if os.fstat(self.fd).st_size < size:
-                os.ftruncate(self.fd, size)
         self.pid = os.getpid()
-        self.slot = None
         self.token = 0
+        size = self.RECORD.size * (self.SLOTS + 1)
+        while True:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                # The file may have been removed by the last instance of a model being unloaded
+                # between our open and lock: then open the new one.
+                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                    if os.fstat(self.fd).st_size < size:
+                        os.ftruncate(self.fd, size)
+                    records = self._read()
+                    free = [i for i in range(1, self.SLOTS + 1) if records[i][0] == 0 or not self._alive(records[i][0])]
+                    if not free:
+                        raise pb_utils.TritonModelException(f"{self.path}: more than {self.SLOTS} flux instances")
+                    self.slot = free[0]
+                    self._write(self.slot, (self.pid, 0, self.IDLE, 0))
+                    return
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
 
     def close(self):
+        with self._locked():
+            self._write(self.slot, (0, 0, 0, 0))
+            records = self._read()
+            if not any(r[0] and self._alive(r[0]) for r in records[1:]):
+                os.unlink(self.path)
         os.close(self.fd)
-        try:
-            os.unlink(self.path)  # the instances finalize together; a later one recreates it
-        except OSError:
-            pass
 
     def _locked(self):
         fd = self.fd
@@ -240,37 +260,33 @@ class StepScheduler:
             return True
 
     def register(self, steps):
-        """Enters a job with `steps` left; returns the global step count at entry."""
+        """Starts this instance's job with `steps` left; returns the global step count at the start."""
         with self._locked():
-            records = self._read()
-            free = [i for i in range(1, self.SLOTS + 1) if records[i][0] == 0 or not self._alive(records[i][0])]
-            if not free:
-                raise RuntimeError(f"{self.path}: more than {self.SLOTS} flux jobs at once")
-            self.slot = free[0]
             self.token += 1
             self._write(self.slot, (self.pid, self.token, steps, time.monotonic_ns()))
-            return records[0][0]
+            return self._read()[0][0]
 
     def unregister(self):
-        """Leaves the table; returns the global step count at exit."""
+        """Ends the job; returns the global step count at the end."""
         with self._locked():
-            self._write(self.slot, (0, 0, 0, 0))
-            self.slot = None
+            self._write(self.slot, (self.pid, 0, self.IDLE, 0))
             return self._read()[0][0]
 
     def _key(self, record, now):
-        pid, _, left, since = record
+        _, _, left, since = record
         starving = now - since > self.STARVATION_S * 1e9
-        return (0 if starving else 1, left, since)
+        return (0 if starving else 1, left)
 
     def _may_run(self, records, left):
+        if not self.shortest_first:
+            return True
         now = time.monotonic_ns()
-        mine = self._key((self.pid, self.token, left, records[self.slot][3]), now)[:2]
+        mine = self._key((self.pid, self.token, left, records[self.slot][3]), now)
         for i in range(1, self.SLOTS + 1):
             record = records[i]
-            if i == self.slot or record[0] == 0:
+            if i == self.slot or record[0] == 0 or record[2] == self.IDLE:
                 continue
-            if self._key(record, now)[:2] < mine and self._alive(record[0]):
+            if self._key(record, now) < mine and self._alive(record[0]):
                 return False
         return True
 
@@ -577,7 +593,7 @@ class TritonPythonModel:
         )
         self.images = self.images_family.Metric(labels={})
         self.logger = pb_utils.Logger
-        self.step_scheduler = StepScheduler(args["model_name"])
+        self.step_scheduler = StepScheduler(args["model_name"], shortest_first=params.get("step_order", "shortest_first") == "shortest_first")
 
     def finalize(self):
         self.step_scheduler.close()
