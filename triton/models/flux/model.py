@@ -1,9 +1,13 @@
 """FLUX.1 text-to-image orchestrator: a Triton Python-backend model that drives the four networks
 through BLS (business logic scripting), written into the repository by `fluxbuild package`.
 
-Per dynamic batch: validate each request on its own -> group the prompts that share size, steps and
-T5 length -> per group (split at the networks' largest batch): tokenize -> CLIP and T5 at the same
-time (async BLS) -> FlowMatch Euler denoising loop on the transformer -> VAE decoder -> 8-bit RGB.
+Per dynamic batch: validate each request on its own (a refusal is answered at once, through the
+request's response sender) -> group the prompts that share size, steps and T5 length -> per group,
+fewest steps first (split at the networks' largest batch): tokenize -> CLIP and T5 at the same time
+(async BLS) -> FlowMatch Euler denoising loop on the transformer -> VAE decoder -> 8-bit RGB; each
+request answered as soon as its images are done. Across the instances, the step scheduler runs the
+job with the fewest steps left first (`StepScheduler`), and a job whose clients all cancelled stops
+before its next step.
 The math follows diffusers' FluxPipeline to the float precision of each operation (see
 `FlowMatchEuler`), and the initial noise is "fluxbuild noise v1" (docs/noise.md), so a seed gives
 the image `fluxbuild generate` gives locally.
