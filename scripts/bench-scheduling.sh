@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Scheduling, cancellation and admission figures (benchmark, not a test): the tiny FLUX.1-dev
+# Scheduling, cancellation and admission figures (benchmark, not a test; the step scheduler beside
+# step_order "concurrent", cancellation over gRPC, bad and 10 MB requests under load): the tiny FLUX.1-dev
 # fixture exported, packaged for the cpu target (64x64, up to 100 steps), served by `fluxbuild
 # serve` (supervised) on 127.0.0.1:$PORT, measured by scripts/bench-scheduling.py with NVIDIA's
 # tritonclient; writes bench/scheduling.md. The server is stopped when the script ends.
