@@ -1,7 +1,8 @@
 //! Scheduling in the `flux` orchestrator against a real Triton server (cpu target, tiny fixture):
-//! a short request that arrives while a long one runs is not held up by it (the step scheduler
-//! runs the job with the fewest steps left: the long job starts no step while the short one is
-//! registered), and a cancelled gRPC request stops its loop and says after how many steps.
+//! a bad request that shares a dynamic batch with a long valid one is refused before the long
+//! loop ends; a short request that arrives while a long one runs is not held up by it (the step
+//! scheduler runs the job with the fewest steps left: the long job starts no step while the short
+//! one runs); a cancelled gRPC request stops its loop and says after how many steps.
 //! Timings are in `make bench-scheduling`; these tests check orders and counts, which do not
 //! depend on the machine's speed. Needs the Triton venv: `make triton-venv`.
 
@@ -16,13 +17,18 @@ use triton_support::{export, package_cpu, path};
 const LONG_STEPS: i32 = 50;
 const SHORT_STEPS: i32 = 2;
 
-fn generate(client: &Client, prompt: &str, steps: i32) -> Instant {
-    let inputs = [
+/// The inputs of one request (every request sends the same set: Triton batches only those).
+fn inputs(prompt: &str, steps: i32, guidance: f32) -> [Tensor; 4] {
+    [
         Tensor::bytes("prompt", &[1, 1], &[prompt.as_bytes()]),
         Tensor::i32("steps", &[1, 1], &[steps]),
         Tensor::i64("seed", &[1, 1], &[1]),
-    ];
-    client.infer("flux", &inputs, &["image"]).unwrap();
+        Tensor::f32("guidance", &[1, 1], &[guidance]),
+    ]
+}
+
+fn generate(client: &Client, prompt: &str, steps: i32) -> Instant {
+    client.infer("flux", &inputs(prompt, steps, 3.5), &["image"]).unwrap();
     Instant::now()
 }
 
@@ -63,7 +69,8 @@ fn short_requests_overtake_long_ones_and_cancelled_ones_stop() {
     let dir = tempfile::tempdir().unwrap();
     let models = export("dev", &dir.path().join("models"));
     let repo = dir.path().join("repo");
-    package_cpu(&models, &repo, &[]);
+    // A long batching window: requests sent together reach one execution of `flux`.
+    package_cpu(&models, &repo, &["--queue-delay-us", "300000"]);
     let install = Installation::find(None).expect("the Triton venv (run `make triton-venv`)");
     let mut options = ServerOptions::new(&repo).unwrap();
     options.ready_timeout = Duration::from_secs(180);
@@ -71,8 +78,51 @@ fn short_requests_overtake_long_ones_and_cancelled_ones_stop() {
     let client = server.client();
     generate(&client, "warm up", SHORT_STEPS);
 
+    a_refusal_does_not_wait_for_its_batch(&server, &client);
     a_short_request_runs_while_the_long_one_waits(&server, &client);
     a_cancelled_request_stops_and_says_after_how_many_steps(&server, options.grpc_port);
+}
+
+fn flux_batches_of_two(client: &Client) -> u64 {
+    let stats = client.get_json("/v2/models/flux/stats").unwrap();
+    stats["model_stats"][0]["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["batch_size"].as_u64() == Some(2))
+        .map(|b| b["compute_infer"]["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// A bad request that arrives in one dynamic batch with a long valid one is answered at once
+/// (its own response sender), not when the batch's images are done.
+fn a_refusal_does_not_wait_for_its_batch(server: &Server, client: &Client) {
+    let batches = flux_batches_of_two(client);
+    let calls = transformer_calls(client);
+    let url = server.url();
+    let long = std::thread::spawn(move || generate(&Client::new(&url).unwrap(), "a long one", LONG_STEPS));
+    std::thread::sleep(Duration::from_millis(50)); // inside the batching window
+    let error = client
+        .infer("flux", &inputs("a bad one", SHORT_STEPS, 3e38), &["image"])
+        .unwrap_err()
+        .to_string();
+    let steps_at_refusal = transformer_calls(client) - calls;
+    long.join().unwrap();
+    assert!(error.contains("[rule guidance_range]"), "{error}");
+    // The execution is counted when it returns, just after its responses went out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while flux_batches_of_two(client) == batches {
+        assert!(
+            Instant::now() < deadline,
+            "the two requests did not come to flux as one batch: {}",
+            client.get_json("/v2/models/flux/stats").unwrap()["model_stats"][0]["batch_stats"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        steps_at_refusal < LONG_STEPS as u64,
+        "the refusal waited for the long request's image ({steps_at_refusal} steps)"
+    );
 }
 
 fn a_short_request_runs_while_the_long_one_waits(server: &Server, client: &Client) {
