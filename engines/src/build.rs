@@ -151,7 +151,7 @@ pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain, graphs: &[Gr
              --builder trtexec (fluxbuild's native builder is compiled against the TensorRT-RTX headers)"
         ),
         #[cfg(feature = "native-builder")]
-        (Runtime::TensorrtRtx, _) => crate::native::check(&request.settings, request.timing_cache.as_deref()),
+        (Runtime::TensorrtRtx, _) => crate::native::check(&request.settings, request.timing_cache.as_deref(), graphs),
         #[cfg(not(feature = "native-builder"))]
         (Runtime::TensorrtRtx, _) => {
             bail!("this fluxbuild was built without the native builder (feature native-builder), which TensorRT-RTX needs")

@@ -10,6 +10,7 @@
 //! versioned vtables, so one binary cannot drive both libraries natively. Standard TensorRT (10.x
 //! and 11.x on GPU hosts) is driven through `trtexec` (src/trtexec.rs), which ships with it.
 
+use crate::build::Graph;
 use crate::settings::{BuildSettings, ComputeCapability, Precision};
 use crate::toolchain::{TensorRtLibs, Version};
 use anyhow::{anyhow, bail, Context, Result};
@@ -34,7 +35,7 @@ pub fn header_version() -> Version {
 }
 
 /// Refuses, before any work, what the TensorRT-RTX builder cannot do.
-pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()> {
+pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>, graphs: &[Graph]) -> Result<()> {
     if timing_cache.is_some() {
         bail!("--timing-cache: TensorRT-RTX builds without timing (its kernels are chosen on the GPU at run time); leave it out");
     }
@@ -43,6 +44,21 @@ pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()
             "--precision {}: TensorRT-RTX networks are always strongly typed; export the graph in the precision you want \
              (`fluxbuild export --precision ...`) and build with --precision typed",
             settings.precision.name()
+        );
+    }
+    let fp8: Vec<String> = graphs
+        .iter()
+        .filter(|g| crate::capability::has_fp8(&g.model))
+        .map(|g| g.network.to_string())
+        .collect();
+    let targets = settings.rtx_targets();
+    if settings.strip_weights && !fp8.is_empty() && targets.len() != 1 {
+        bail!(
+            "--strip-weights with FP8 graphs ({}): TensorRT-RTX 1.7 compiles weightless FP8 plans for one GPU at a time \
+             (its Myelin compiler stops at \"kernel_gen.cpp:1249: CHECK(sm_vers_.size() == 1)\"), and this build targets {}; \
+             pass one --compute-capability (8.9 or 12.0), once per GPU",
+            fp8.join(", "),
+            crate::settings::list(&targets)
         );
     }
     Ok(())
