@@ -363,3 +363,25 @@ fn weightless_plans_build_without_a_gpu_and_leave_the_matmul_weights_out() {
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("use it with --runtime tensorrt-rtx"));
 }
+
+#[test]
+fn weightless_fp8_plans_are_built_for_one_gpu_at_a_time() {
+    let work = exports();
+    let models = work.join("dev-fp8");
+    let out = work.join("stripped-fp8");
+    let o = build_rtx(&models, &out, &["--strip-weights", "--compute-capability", "8.9,12.0"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("--strip-weights with FP8 graphs") && stderr.contains("pass one --compute-capability"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused build wrote {}", out.display());
+    ok(
+        build_rtx(&models, &out, &["--strip-weights", "--compute-capability", "8.9"]),
+        "weightless fp8 plans for 8.9",
+    );
+    for network in ["clip", "t5", "transformer", "vae_decoder"] {
+        assert!(out.join(network).join("model.plan").is_file(), "no {network} plan");
+    }
+}
