@@ -316,14 +316,14 @@ pub fn memory_warning(plan: &EnginePlan, settings: &BuildSettings) -> Option<Str
     let available = available_memory()?;
     let weights = plan.weight_bytes;
     // TensorRT-RTX 1.7 peaks at about 3x the weights for a full plan (its copy, the serialized plan,
-    // the mapped file) and at 0.35 GB + 0.33x for a weightless one (fitted to slices, bench/engines.md).
+    // the mapped file) and at 0.35 GB + 0.34x for a weightless one (fitted to slices, bench/engines.md).
     let (need, held) = match (settings.runtime, settings.strip_weights) {
         (Runtime::Tensorrt, _) => (weights, "the weights"),
         (Runtime::TensorrtRtx, false) => (
             3 * weights,
             "about 3x the weights (a tenth of that with --strip-weights)",
         ),
-        (Runtime::TensorrtRtx, true) => (weights / 3 + (350 << 20), "about a third of the weights"),
+        (Runtime::TensorrtRtx, true) => (weights * 34 / 100 + (350 << 20), "about a third of the weights"),
     };
     (plan.reuse.is_none() && need > available).then(|| {
         format!(
