@@ -93,8 +93,8 @@ bench-serve: setup triton-venv perf-analyzer
 	$(CARGO) build --release --bin fluxbuild
 	FLUXBUILD=$(CURDIR)/target/release/fluxbuild PERF_ANALYZER=$(PERF_ANALYZER) bash scripts/bench-serve.sh
 
-# Engine build benchmark (not a test): the full-size synthetic transformer -> TensorRT-RTX plan,
-# no GPU; writes bench/engines.md (MAX_COUNT=N builds a slice; see the script).
+# Engine build benchmark (not a test): the full-size synthetic transformer -> TensorRT-RTX plans
+# (weightless and full), no GPU; writes bench/engines.md (BLOCKS=2+4 builds a slice; see the script).
 .PHONY: bench-engines
 bench-engines:
 	bash scripts/bench-engines.sh

@@ -278,34 +278,79 @@ fn without_tensorrt_rtx_the_error_names_the_wheel() {
     assert!(!out.exists());
 }
 
-#[test]
-fn weightless_plans_need_a_gpu_for_tensorrt_rtx_to_compile_them() {
-    let work = exports();
-    let out = work.join("stripped");
-    let models = work.join("dev-bf16");
-    let o = build_rtx(&models, &out, &["--strip-weights", "--only", "transformer"]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    match fluxbuild_engines::toolchain::probe_gpu() {
-        Err(_) => {
-            assert!(!o.status.success());
-            assert!(
-                stderr.contains("--strip-weights: TensorRT-RTX 1.7 compiles weightless plans with CUDA"),
-                "{stderr}"
-            );
-            assert!(!out.exists());
-        }
-        Ok(gpu) => {
-            assert!(o.status.success(), "on {}: {stderr}", gpu.name);
-            let plan = std::fs::metadata(out.join("transformer/model.plan")).unwrap().len();
-            let weights = std::fs::metadata(models.join("transformer/model.onnx.data"))
-                .unwrap()
-                .len();
-            assert!(
-                plan < weights,
-                "a weightless plan of {plan} bytes for {weights} bytes of weights"
-            );
+/// The first 64 bytes of each of the graph's 2-D initializers (the Linear weights, every one a
+/// MatMul operand), from its external data.
+fn matmul_weight_heads(models: &Path) -> std::collections::BTreeSet<Vec<u8>> {
+    let folder = models.join("transformer");
+    let model = fluxbuild_engines::graph::read_model(&folder.join("model.onnx")).unwrap();
+    let data = std::fs::read(folder.join("model.onnx.data")).unwrap();
+    model
+        .graph
+        .initializer
+        .iter()
+        .filter(|t| t.dims.len() == 2)
+        .map(|t| {
+            let offset = t
+                .external_data
+                .iter()
+                .find(|e| e.key == "offset")
+                .map_or(0, |e| e.value.parse().unwrap());
+            data[offset..offset + 64].to_vec()
+        })
+        .collect()
+}
+
+/// How many of `heads` occur somewhere in `plan`.
+fn found_in(plan: &[u8], heads: &std::collections::BTreeSet<Vec<u8>>) -> usize {
+    let mut by_prefix: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
+    for head in heads {
+        by_prefix.entry(&head[..8]).or_default().push(head);
+    }
+    let mut found = std::collections::BTreeSet::new();
+    for (at, window) in plan.windows(8).enumerate() {
+        for head in by_prefix.get(window).into_iter().flatten() {
+            if plan[at..].starts_with(head) {
+                found.insert(*head);
+            }
         }
     }
+    found.len()
+}
+
+#[test]
+fn weightless_plans_build_without_a_gpu_and_leave_the_matmul_weights_out() {
+    let work = exports();
+    let models = work.join("dev-bf16");
+    let (full, out) = (work.join("full"), work.join("stripped"));
+    ok(build_rtx(&models, &full, &["--only", "transformer"]), "the full plan");
+    ok(
+        build_rtx(&models, &out, &["--strip-weights", "--only", "transformer"]),
+        "the weightless plan",
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let settings = &manifest["submodels"]["transformer"]["settings"];
+    assert_eq!(settings["strip_weights"], true, "{manifest}");
+    // The full plan holds the MatMul weights verbatim (bf16, as exported); the weightless one
+    // holds none of them: they are refitted at deploy time.
+    let heads = matmul_weight_heads(&models);
+    let plan = |dir: &Path| std::fs::read(dir.join("transformer/model.plan")).unwrap();
+    let (in_full, in_stripped) = (found_in(&plan(&full), &heads), found_in(&plan(&out), &heads));
+    eprintln!(
+        "MatMul weights: {} in the graph, {in_full} in the full plan, {in_stripped} in the weightless one",
+        heads.len()
+    );
+    assert_eq!(
+        in_full,
+        heads.len(),
+        "the full plan lacks MatMul weights: the check below would prove nothing"
+    );
+    assert_eq!(
+        in_stripped,
+        0,
+        "the weightless plan holds {in_stripped} of {} MatMul weights",
+        heads.len()
+    );
     let o = fluxbuild(&[
         "build",
         "--models",
@@ -317,4 +362,26 @@ fn weightless_plans_need_a_gpu_for_tensorrt_rtx_to_compile_them() {
         "--strip-weights",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("use it with --runtime tensorrt-rtx"));
+}
+
+#[test]
+fn weightless_fp8_plans_are_built_for_one_gpu_at_a_time() {
+    let work = exports();
+    let models = work.join("dev-fp8");
+    let out = work.join("stripped-fp8");
+    let o = build_rtx(&models, &out, &["--strip-weights", "--compute-capability", "8.9,12.0"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("--strip-weights with FP8 graphs") && stderr.contains("pass one --compute-capability"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused build wrote {}", out.display());
+    ok(
+        build_rtx(&models, &out, &["--strip-weights", "--compute-capability", "8.9"]),
+        "weightless fp8 plans for 8.9",
+    );
+    for network in ["clip", "t5", "transformer", "vae_decoder"] {
+        assert!(out.join(network).join("model.plan").is_file(), "no {network} plan");
+    }
 }

@@ -151,7 +151,7 @@ pub fn check_builder(request: &BuildRequest, toolchain: &Toolchain, graphs: &[Gr
              --builder trtexec (fluxbuild's native builder is compiled against the TensorRT-RTX headers)"
         ),
         #[cfg(feature = "native-builder")]
-        (Runtime::TensorrtRtx, _) => crate::native::check(&request.settings, request.timing_cache.as_deref()),
+        (Runtime::TensorrtRtx, _) => crate::native::check(&request.settings, request.timing_cache.as_deref(), graphs),
         #[cfg(not(feature = "native-builder"))]
         (Runtime::TensorrtRtx, _) => {
             bail!("this fluxbuild was built without the native builder (feature native-builder), which TensorRT-RTX needs")
@@ -311,20 +311,27 @@ pub fn check_disk(request: &BuildRequest, plans: &[EnginePlan]) -> Result<()> {
     Ok(())
 }
 
-/// A warning when a build will hold more weights in host memory than is available.
-pub fn memory_warning(plan: &EnginePlan, runtime: Runtime) -> Option<String> {
+/// A warning when a build will need more host memory than is available.
+pub fn memory_warning(plan: &EnginePlan, settings: &BuildSettings) -> Option<String> {
     let available = available_memory()?;
-    // TensorRT-RTX 1.7 peaks at 2.6-3x the weights (parsed weights, the builder's copy, the
-    // serialized plan; bench/engines.md).
-    let (copies, held) = match runtime {
-        Runtime::Tensorrt => (1, "the"),
-        Runtime::TensorrtRtx => (3, "about 3x the"),
+    let weights = plan.weight_bytes;
+    // TensorRT-RTX 1.7 peaks at about 3x the weights for a full plan (its copy, the serialized plan,
+    // the mapped file) and at 0.35 GB + 0.34x for a weightless one (fitted to slices, bench/engines.md).
+    let (need, held) = match (settings.runtime, settings.strip_weights) {
+        (Runtime::Tensorrt, _) => (weights, "the weights"),
+        (Runtime::TensorrtRtx, false) => (
+            3 * weights,
+            "about 3x the weights (a tenth of that with --strip-weights)",
+        ),
+        (Runtime::TensorrtRtx, true) => (weights * 34 / 100 + (350 << 20), "about a third of the weights"),
     };
-    (plan.reuse.is_none() && copies * plan.weight_bytes > available).then(|| {
+    (plan.reuse.is_none() && need > available).then(|| {
         format!(
-            "{}: {runtime} holds {held} {:.1} GB of weights in host memory while building; {:.1} GB is available",
+            "{}: {} holds {held} in host memory while building ({:.1} GB for {:.1} GB of weights); {:.1} GB is available",
             plan.graph.network,
-            plan.weight_bytes as f64 / 1e9,
+            settings.runtime,
+            need as f64 / 1e9,
+            weights as f64 / 1e9,
             available as f64 / 1e9
         )
     })

@@ -1,14 +1,16 @@
 //! Builds TensorRT-RTX engines in-process through trtx (TensorRT-RTX 1.7 headers, the crate's
 //! default; libtensorrt_rtx / libtensorrt_onnxparser_rtx are dlopened from the paths the probe
 //! found). TensorRT-RTX builds ahead of time without a GPU: createInferBuilder, a strongly typed
-//! network from the ONNX parser, the preset's optimization profiles, the target compute
-//! capabilities, buildSerializedNetwork. Progress comes from TensorRT's IProgressMonitor.
+//! network from the ONNX parser over the memory-mapped weights (native/mapped_parse.rs), the
+//! preset's optimization profiles, the target compute capabilities, buildSerializedNetwork.
+//! Progress comes from TensorRT's IProgressMonitor.
 //!
 //! Why TensorRT-RTX only: trtx picks one header set at compile time (RTX 1.7 by default,
 //! standard TensorRT 11.4 with its `enterprise` feature), and the C++ API is inline calls through
 //! versioned vtables, so one binary cannot drive both libraries natively. Standard TensorRT (10.x
 //! and 11.x on GPU hosts) is driven through `trtexec` (src/trtexec.rs), which ships with it.
 
+use crate::build::Graph;
 use crate::settings::{BuildSettings, ComputeCapability, Precision};
 use crate::toolchain::{TensorRtLibs, Version};
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use trtx::builder::{BuilderFlag, MemoryPoolType};
 use trtx::interfaces::MonitorProgress;
 use trtx::trtx_sys::Dims64;
-use trtx::{Builder, LogHandler, Logger, OnnxParser, OptProfileSelector, Severity};
+use trtx::{Builder, LogHandler, Logger, OptProfileSelector, Severity};
+
+mod mapped_parse;
 
 /// The TensorRT-RTX version of the headers trtx was compiled against.
 pub fn header_version() -> Version {
@@ -31,7 +35,7 @@ pub fn header_version() -> Version {
 }
 
 /// Refuses, before any work, what the TensorRT-RTX builder cannot do.
-pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()> {
+pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>, graphs: &[Graph]) -> Result<()> {
     if timing_cache.is_some() {
         bail!("--timing-cache: TensorRT-RTX builds without timing (its kernels are chosen on the GPU at run time); leave it out");
     }
@@ -42,14 +46,20 @@ pub fn check(settings: &BuildSettings, timing_cache: Option<&Path>) -> Result<()
             settings.precision.name()
         );
     }
-    if settings.strip_weights {
-        if let Err(e) = crate::toolchain::probe_gpu() {
-            bail!(
-                "--strip-weights: TensorRT-RTX 1.7 compiles weightless plans with CUDA (its Myelin compiler fails \
-                 without a GPU: \"graph_jit.cpp: CHECK(status == CUDA_SUCCESS)\"), and this machine has none ({e:#}); \
-                 build full plans here, or weightless ones on a machine with an NVIDIA GPU"
-            );
-        }
+    let fp8: Vec<String> = graphs
+        .iter()
+        .filter(|g| crate::capability::has_fp8(&g.model))
+        .map(|g| g.network.to_string())
+        .collect();
+    let targets = settings.rtx_targets();
+    if settings.strip_weights && !fp8.is_empty() && targets.len() != 1 {
+        bail!(
+            "--strip-weights with FP8 graphs ({}): TensorRT-RTX 1.7 compiles weightless FP8 plans for one GPU at a time \
+             (its Myelin compiler stops at \"kernel_gen.cpp:1249: CHECK(sm_vers_.size() == 1)\"), and this build targets {}; \
+             pass one --compute-capability (8.9 or 12.0), once per GPU",
+            fp8.join(", "),
+            crate::settings::list(&targets)
+        );
     }
     Ok(())
 }
@@ -75,8 +85,9 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
         errors: Arc::default(),
         bar: bar.clone(),
     };
+    let parser_log = log.clone();
     let errors = log.errors.clone();
-    let with_log = move |what: &str, e: trtx::Error| {
+    let with_log = move |what: &str, e: &dyn std::fmt::Display| {
         let logged = errors.lock().expect("log lock");
         // The parser's verdict names the node: "[6] Invalid Node - decoder.mid/Reshape_153".
         let node = logged
@@ -99,26 +110,14 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
         )
     };
     let logger = Logger::new(log).map_err(|e| anyhow!("TensorRT logger: {e}"))?;
-    let mut builder = Builder::new(&logger).map_err(|e| with_log("creating the TensorRT-RTX builder", e))?;
+    let mut builder = Builder::new(&logger).map_err(|e| with_log("creating the TensorRT-RTX builder", &e))?;
     // No creation flags: TensorRT-RTX networks are strongly typed by definition.
     let network = builder
         .create_network(0)
-        .map_err(|e| with_log("creating the network", e))?;
-    let mut parser = OnnxParser::new(network, &logger).map_err(|e| with_log("creating the ONNX parser", e))?;
-    bar.set_message("parsing ONNX");
-    let parse_started = std::time::Instant::now();
-    let onnx = job
-        .onnx
-        .to_str()
-        .ok_or_else(|| anyhow!("{}: path is not UTF-8", job.onnx.display()))?;
-    parser
-        .parse_from_file(onnx, Severity::Warning as i32)
-        .map_err(|e| with_log(&format!("parsing {onnx}"), e))?;
-    let parse_seconds = parse_started.elapsed().as_secs_f64();
-
+        .map_err(|e| with_log("creating the network", &e))?;
     let mut config = builder
         .create_config()
-        .map_err(|e| with_log("creating the builder config", e))?;
+        .map_err(|e| with_log("creating the builder config", &e))?;
     if let Some(bytes) = job.settings.workspace_bytes {
         config.set_memory_pool_limit(MemoryPoolType::kWORKSPACE, bytes as usize);
     }
@@ -129,26 +128,34 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
         config.clear_flag(BuilderFlag::kTF32);
     }
     if job.settings.strip_weights {
-        // Refittable weights stay out of the plan (kREFIT_IDENTICAL is implied); the same weights
-        // are refitted at deploy time.
+        // The weights of MatMul/Gemm/Conv become parser placeholders, left out of the plan and
+        // refitted at deploy time (see mapped_parse::MappedParser::parse_with_placeholders).
         config.set_flag(BuilderFlag::kSTRIP_PLAN);
+        config.set_flag(BuilderFlag::kREFIT_INDIVIDUAL);
     }
+    bar.set_message("parsing ONNX");
+    let parse_started = std::time::Instant::now();
+    let weightless = job.settings.strip_weights.then_some(&config);
+    let mut parser =
+        mapped_parse::MappedParser::parse(job.onnx, network, &libs.onnxparser, Box::new(parser_log), weightless)
+            .map_err(|e| with_log("parsing the ONNX graph", &format!("{e:#}")))?;
+    let parse_seconds = parse_started.elapsed().as_secs_f64();
     let targets = &job.settings.compute_capabilities;
     if !targets.is_empty() {
         config
             .set_nb_compute_capabilities(targets.len() as i32)
-            .map_err(|e| with_log("setting the compute capabilities", e))?;
+            .map_err(|e| with_log("setting the compute capabilities", &e))?;
         for (index, target) in targets.iter().enumerate() {
             config
                 .set_compute_capability(sm(*target)?, index as i32)
-                .map_err(|e| with_log(&format!("compute capability {target}"), e))?;
+                .map_err(|e| with_log(&format!("compute capability {target}"), &e))?;
         }
     }
     let mut profiles = Vec::new();
     for (index, shapes) in job.profiles.iter().enumerate() {
         let mut profile = builder
             .creata_optimization_profile()
-            .map_err(|e| with_log("creating an optimization profile", e))?;
+            .map_err(|e| with_log("creating an optimization profile", &e))?;
         for input in &shapes.inputs {
             for (selector, dims) in [
                 (OptProfileSelector::kMIN, &input.min),
@@ -157,12 +164,12 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
             ] {
                 profile
                     .set_dimensions(&input.name, selector, &Dims64::from_slice(dims))
-                    .map_err(|e| with_log(&format!("profile {index}: {} {selector:?} {dims:?}", input.name), e))?;
+                    .map_err(|e| with_log(&format!("profile {index}: {} {selector:?} {dims:?}", input.name), &e))?;
             }
         }
         config
             .add_optimization_profile(&mut profile)
-            .map_err(|e| with_log(&format!("adding profile {index}"), e))?;
+            .map_err(|e| with_log(&format!("adding profile {index}"), &e))?;
         profiles.push(profile);
     }
     config
@@ -170,12 +177,12 @@ pub fn build(libs: &TensorRtLibs, job: &NativeJob<'_>, bar: &ProgressBar) -> Res
             bar: bar.clone(),
             phases: Mutex::default(),
         }))
-        .map_err(|e| with_log("progress monitor", e))?;
+        .map_err(|e| with_log("progress monitor", &e))?;
 
     bar.set_message("building");
     let plan = builder
         .build_serialized_network(parser.network_mut(), &mut config)
-        .map_err(|e| with_log("building the engine", e))?;
+        .map_err(|e| with_log("building the engine", &e))?;
     let mut file = AtomicFile::create(job.plan)?;
     file.write_all(plan.as_ref())
         .with_context(|| format!("{}: write failed", job.plan.display()))?;
@@ -198,6 +205,7 @@ fn sm(target: ComputeCapability) -> Result<trtx::builder::ComputeCapability> {
 }
 
 /// TensorRT's log: errors are kept for the error message, warnings shown above the bar.
+#[derive(Clone)]
 struct TensorRtLog {
     errors: Errors,
     bar: ProgressBar,

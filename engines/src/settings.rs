@@ -154,8 +154,8 @@ pub struct BuildSettings {
     /// Target GPUs (TensorRT-RTX only; empty: TensorRT-RTX's default set, `RTX_DEFAULT`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compute_capabilities: Vec<ComputeCapability>,
-    /// A weightless plan (kSTRIP_PLAN + kREFIT_IDENTICAL): small, refitted from the graph's
-    /// weights when it is deployed (TensorRT-RTX only here).
+    /// A weightless plan (kSTRIP_PLAN + kREFIT_INDIVIDUAL over the parser's placeholder weights):
+    /// small, refitted from the graph's weights when it is deployed (TensorRT-RTX only here).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_weights: bool,
     pub builder: BuilderKind,

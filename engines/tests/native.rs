@@ -24,12 +24,12 @@ fn the_headers_are_tensorrt_rtx_1_7() {
 
 #[test]
 fn strong_typing_only_and_no_timing_cache() {
-    assert!(check(&settings(Precision::Typed), None).is_ok());
-    assert!(check(&settings(Precision::Fp32), None).is_ok());
-    let e = err(check(&settings(Precision::Typed), Some(Path::new("t.cache"))));
+    assert!(check(&settings(Precision::Typed), None, &[]).is_ok());
+    assert!(check(&settings(Precision::Fp32), None, &[]).is_ok());
+    let e = err(check(&settings(Precision::Typed), Some(Path::new("t.cache")), &[]));
     assert!(e.contains("--timing-cache"), "{e}");
     for weak in [Precision::Fp16, Precision::Bf16, Precision::Fp8] {
-        let e = err(check(&settings(weak), None));
+        let e = err(check(&settings(weak), None, &[]));
         assert!(
             e.contains("always strongly typed") && e.contains("--precision typed"),
             "{e}"

@@ -128,7 +128,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         let record = match &plan.reuse {
             Some(record) => record.clone(),
             None => {
-                if let Some(warning) = build::memory_warning(plan, request.settings.runtime) {
+                if let Some(warning) = build::memory_warning(plan, &request.settings) {
                     out.warn(&warning);
                 }
                 staged.discard(&plan.plan)?;
