@@ -19,6 +19,8 @@ pub struct Installation {
     /// Prepended to PATH (the Python backend stub finds the venv's python3 there).
     pub path: Vec<PathBuf>,
     pub ld_library_path: Vec<PathBuf>,
+    /// Prepended to PYTHONPATH (the Python backend stubs import from there, e.g. a torch install).
+    pub python_path: Vec<PathBuf>,
 }
 
 /// The default venv: `$FLUXBUILD_TRITON_VENV`, else `.cache/triton-venv` here or in the source tree.
@@ -46,6 +48,7 @@ impl Installation {
                 backends: system.join("backends"),
                 path: vec![],
                 ld_library_path: vec![],
+                python_path: vec![],
             });
         }
         bail!(
@@ -95,6 +98,7 @@ impl Installation {
             backends: triton.join("backends"),
             path: vec![venv.join("bin")],
             ld_library_path: vec![Path::new(site).join("nvidia_pytriton.libs"), PathBuf::from(libdir)],
+            python_path: vec![],
         })
     }
 }
@@ -209,6 +213,9 @@ impl Server {
         };
         cmd.env("PATH", join(&install.path, "PATH"))
             .env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
+        if !install.python_path.is_empty() {
+            cmd.env("PYTHONPATH", join(&install.python_path, "PYTHONPATH"));
+        }
         cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         if options.detached {
             own_session(&mut cmd);

@@ -17,6 +17,8 @@ use std::path::PathBuf;
 
 pub const ORCHESTRATOR: &str = "flux";
 const ORCHESTRATOR_PY: &str = include_str!("../../triton/models/flux/model.py");
+/// The orchestrator's tensor code (numpy or torch), imported by model.py from its version folder.
+const ORCHESTRATOR_ARRAYS_PY: &str = include_str!("../../triton/models/flux/flux_arrays.py");
 const ONNX_NETWORK_PY: &str = include_str!("../../triton/models/onnx_network/model.py");
 
 /// One model folder: its config and its files (relative to the model folder).
@@ -318,6 +320,10 @@ pub fn orchestrator(
         (
             PathBuf::from("1/model.py"),
             Source::Bytes(ORCHESTRATOR_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/flux_arrays.py"),
+            Source::Bytes(ORCHESTRATOR_ARRAYS_PY.as_bytes().to_vec()),
         ),
         (
             PathBuf::from("1/tokenizer/tokenizer.json"),
