@@ -19,7 +19,8 @@ pub struct Installation {
     /// Prepended to PATH (the Python backend stub finds the venv's python3 there).
     pub path: Vec<PathBuf>,
     pub ld_library_path: Vec<PathBuf>,
-    /// Prepended to PYTHONPATH (the Python backend stubs import from there, e.g. a torch install).
+    /// Extra import folders for the Python models (e.g. a torch install), passed as
+    /// FLUXBUILD_PYTHON_PATH: the backend stub's interpreter is isolated and ignores PYTHONPATH.
     pub python_path: Vec<PathBuf>,
 }
 
@@ -214,7 +215,10 @@ impl Server {
         cmd.env("PATH", join(&install.path, "PATH"))
             .env("LD_LIBRARY_PATH", join(&install.ld_library_path, "LD_LIBRARY_PATH"));
         if !install.python_path.is_empty() {
-            cmd.env("PYTHONPATH", join(&install.python_path, "PYTHONPATH"));
+            cmd.env(
+                "FLUXBUILD_PYTHON_PATH",
+                join(&install.python_path, "FLUXBUILD_PYTHON_PATH"),
+            );
         }
         cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         if options.detached {

@@ -1,7 +1,7 @@
 //! The orchestrator's torch code path (the gpu target's: torch tensors exchanged with Triton by
 //! DLPack) served on CPU torch next to its numpy path (the cpu target's), both by the real Triton
 //! server: the same requests give byte-identical PNGs. Torch comes from PyPI into its own folder
-//! (`make torch-site`), put on the Python backend stubs' PYTHONPATH for the torch server only.
+//! (`make torch-site`), put on the Python backend stubs' import path for the torch server only (as FLUXBUILD_PYTHON_PATH).
 
 mod triton_support;
 
@@ -31,20 +31,33 @@ fn use_torch_on_cpu(repo: &Path) {
     std::fs::write(&config, text).unwrap();
 }
 
-/// `fluxbuild generate --server` with `args` through both servers: the PNGs must be equal.
+/// `fluxbuild generate --server` with `args` through both servers: the PNGs (one per prompt) must
+/// be equal.
 fn assert_same_png(numpy: &Server, torch: &Server, args: &[&str], dir: &Path, name: &str) {
-    let mut files = vec![];
+    let mut outputs = vec![];
     for (server, path_name) in [(numpy, "numpy"), (torch, "torch")] {
-        let file = dir.join(format!("{name}-{path_name}.png"));
-        fluxbuild_ok(&[&["generate", "--server", &server.url()], args, &["--out", path(&file)]].concat());
-        files.push(std::fs::read(&file).unwrap());
+        let folder = dir.join(format!("{name}-{path_name}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let out = folder.join("image.png");
+        fluxbuild_ok(&[&["generate", "--server", &server.url()], args, &["--out", path(&out)]].concat());
+        let mut files: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        files.sort();
+        outputs.push(files);
     }
-    assert!(!files[0].is_empty());
+    let prompts = args.iter().filter(|a| **a == "--prompt").count();
+    assert_eq!(
+        outputs[0].len(),
+        prompts,
+        "{name}: {:?}",
+        outputs[0].iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     assert!(
-        files[0] == files[1],
-        "{name}: the torch path's PNG differs from the numpy path's ({} vs {} bytes)",
-        files[1].len(),
-        files[0].len()
+        outputs[0] == outputs[1],
+        "{name}: the torch path's PNGs differ from the numpy path's"
     );
 }
 
@@ -83,15 +96,36 @@ fn compare(variant: &str, precision: &str, dir: &Path) {
         ("one", &["--prompt", "a red fox in the snow", "--seed", "7"]),
         (
             "batch",
-            &["--prompt", "a lighthouse", "--prompt", "two cats", "--seed", "1234567890123", "--steps", "3"],
+            &[
+                "--prompt",
+                "a lighthouse",
+                "--prompt",
+                "two cats",
+                "--seed",
+                "1234567890123",
+                "--steps",
+                "3",
+            ],
         ),
         (
             "wide",
-            &["--prompt", "a city at night", "--seed", "42", "--width", "96", "--guidance", "2.5"],
+            &[
+                "--prompt",
+                "a city at night",
+                "--seed",
+                "42",
+                "--width",
+                "96",
+                "--guidance",
+                "2.5",
+            ],
         ),
     ];
     for (name, args) in cases {
         assert_same_png(&numpy, &torch, args, dir, &format!("{variant}-{precision}-{name}"));
+    }
+    for server in [&numpy, &torch] {
+        seeds_are_read_back(server, dir);
     }
     // Every copy counted on CPU torch too: none (no device).
     let log = torch.log_text();
@@ -101,6 +135,32 @@ fn compare(variant: &str, precision: &str, dir: &Path) {
         .find(|l| l.contains("host<->device copies"))
         .expect("the orchestrator logs its copies");
     assert!(copies.contains("0 host->device, 0 device->host"), "{copies}");
+}
+
+/// `generate --server --json` reports the seeds `flux` returned: the clock's when none was given,
+/// seed + i per prompt otherwise (the client refuses an answer with other seeds).
+fn seeds_are_read_back(server: &Server, dir: &Path) {
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = dir.join("seeded.png");
+        let text = fluxbuild_ok(
+            &[
+                &["generate", "--json", "--server", &server.url()],
+                args,
+                &["--out", path(&out)],
+            ]
+            .concat(),
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not one JSON document ({e}): {text}"))
+    };
+    let clock = run(&["--prompt", "a boat"]);
+    let sent = clock["seeds"][0].as_i64().expect("a clock seed");
+    assert_eq!(clock["server_seeds"], serde_json::json!([sent]), "{clock}");
+    let given = run(&["--prompt", "a boat", "--prompt", "a tree", "--seed", "9007199254740993"]);
+    assert_eq!(
+        given["server_seeds"],
+        serde_json::json!([9007199254740993_i64, 9007199254740994_i64]),
+        "{given}"
+    );
 }
 
 #[test]

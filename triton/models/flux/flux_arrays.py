@@ -8,8 +8,22 @@ images. Shipped next to model.py in the model version folder (the Python backend
 on sys.path).
 """
 
+import os
+import sys
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def import_torch():
+    """torch from the server's environment, or from the folders in FLUXBUILD_PYTHON_PATH (the
+    backend stub's interpreter is isolated: it ignores PYTHONPATH; `fluxbuild serve` passes these)."""
+    for folder in reversed(os.environ.get("FLUXBUILD_PYTHON_PATH", "").split(os.pathsep)):
+        if folder and folder not in sys.path:
+            sys.path.insert(0, folder)
+    import torch
+
+    return torch
 
 
 def for_instance(target, args, torch_on_cpu, dtypes):
@@ -17,13 +31,11 @@ def for_instance(target, args, torch_on_cpu, dtypes):
     instance: torch on its GPU for a gpu-target GPU instance, torch on CPU when asked, else numpy,
     which must then be able to hold every network input type (`dtypes`: input name -> type name)."""
     if target == "gpu" and args.get("model_instance_kind") == "GPU":
-        import torch  # the gpu target's server image carries torch for DLPack math
-
+        torch = import_torch()  # the gpu target's server image carries torch for DLPack math
         device_id = int(args["model_instance_device_id"])
         return lambda: DeviceArrays(torch, device_id)
     if torch_on_cpu:
-        import torch  # the gpu target's code path on CPU torch
-
+        torch = import_torch()  # the gpu target's code path on CPU torch
         pb_utils.Logger.log_info(f"flux: tensors in torch {torch.__version__} on CPU (the gpu target's code path)")
         return lambda: DeviceArrays(torch, None)
     unsupported = sorted(k for k, v in dtypes.items() if v not in NUMPY_DTYPES)
@@ -135,11 +147,11 @@ class DeviceArrays:
         return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(array))
 
     def upload(self, array):
-        self.h2d += 1
+        self.h2d += int(self.device_id is not None)  # CPU torch: no device, no copy
         return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def download(self, array):
-        self.d2h += 1
+        self.d2h += int(self.device_id is not None)
         return array.cpu().numpy()
 
     def full(self, shape, value, dtype):
