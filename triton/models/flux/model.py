@@ -30,6 +30,7 @@ import re
 import secrets
 
 import flux_arrays
+import flux_fallback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from flux_arrays import pack, unpack
@@ -171,7 +172,7 @@ class FlowMatchEuler:
 class Item:
     """One prompt of a request, with its settings."""
 
-    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise")
+    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise", "models")
 
     def group_key(self):
         return (self.height, self.width, self.steps, self.max_sequence_length)
@@ -215,6 +216,7 @@ class TritonPythonModel:
         self.t5_tokenizer = self._tokenizer(os.path.join(here, "tokenizer_2", "tokenizer.json"), s.t5_pad_token)
         with open(os.path.join(here, "scheduler", "scheduler_config.json")) as f:
             self.scheduler = FlowMatchEuler(json.load(f))
+        self.precision_sets = flux_fallback.PrecisionSets(s.models)
         self.new_arrays = flux_arrays.for_instance(s.target, args, params.get("torch_on_cpu") == "true", s.dtypes)
         self.copies = pb_utils.MetricFamily(
             name="flux_host_device_copies_total",
@@ -401,14 +403,27 @@ class TritonPythonModel:
         return results
 
     async def _run_retrying(self, arrays, items):
-        try:
-            return await self._run_chunk(arrays, items)
-        except NetworkError as e:
-            if not e.out_of_memory or len(items) == 1:
-                raise
-            half = len(items) // 2
-            self.logger.log_warn(f"flux: {e}; retrying the batch of {len(items)} as {half} + {len(items) - half}")
-            return await self._run_retrying(arrays, items[:half]) + await self._run_retrying(arrays, items[half:])
+        """The chunk on the first precision set whose models are all ready; out of memory: the
+        chunk halved, and a single prompt on the next set (flux_fallback.py)."""
+        sets = self.precision_sets.ready(lambda m: pb_utils.is_model_ready(model_name=m))
+        if not sets:
+            raise NetworkError("flux", "no precision set has all its models ready", unavailable=True)
+        for k, models in sets:
+            if k > 0:
+                self.logger.log_warn(f"flux: {len(items)} prompts on fallback precision set {k}: {models}")
+            for item in items:
+                item.models = models
+            try:
+                return await self._run_chunk(arrays, items)
+            except NetworkError as e:
+                if not e.out_of_memory:
+                    raise
+                if len(items) > 1:
+                    half = len(items) // 2
+                    self.logger.log_warn(f"flux: {e}; retrying the batch of {len(items)} as {half} + {len(items) - half}")
+                    return await self._run_retrying(arrays, items[:half]) + await self._run_retrying(arrays, items[half:])
+                last = e
+        raise last
 
     def _tokenize(self, tokenizer, prompts, length):
         """Token ids [B, length] as FluxPipeline's tokenizers give them: special tokens added,
@@ -425,32 +440,23 @@ class TritonPythonModel:
         return fitted[length]
 
     async def _infer(self, xp, items, network, inputs, outputs):
-        """One BLS call to the network's model, or to its fallbacks where it is not available,
-        with the clients' request ids, a timeout, and outputs where the arrays in use want them."""
-        candidates = self.settings.models[network]
+        """One BLS call to the network's model in the chunk's precision set, with the clients'
+        request ids, a timeout, and outputs where the arrays in use want them."""
+        model = items[0].models[network]  # the chunk's precision set: never mixed within an image
         request_id = ",".join(sorted({i.source.request_id() for i in items if i.source.request_id()}))
-        last, unavailable = None, True
-        for model in candidates:
-            if len(candidates) > 1 and not pb_utils.is_model_ready(model_name=model):
-                last = f"model '{model}' is not ready"
-                continue
-            request = pb_utils.InferenceRequest(
-                model_name=model,
-                inputs=inputs,
-                requested_output_names=outputs,
-                request_id=request_id,
-                timeout=self.settings.network_timeout_us,
-                preferred_memory=xp.preferred_memory(),
-            )
-            response = await request.async_exec()
-            if response.has_error():
-                message = response.error().message()
-                if is_out_of_memory(message):
-                    raise NetworkError(network, message, out_of_memory=True)
-                last, unavailable = message, unavailable and is_backend_gone(message)
-                continue
-            return [pb_utils.get_output_tensor_by_name(response, name) for name in outputs]
-        raise NetworkError(network, last, unavailable=unavailable)
+        request = pb_utils.InferenceRequest(
+            model_name=model,
+            inputs=inputs,
+            requested_output_names=outputs,
+            request_id=request_id,
+            timeout=self.settings.network_timeout_us,
+            preferred_memory=xp.preferred_memory(),
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            message = response.error().message()
+            raise NetworkError(network, message, out_of_memory=is_out_of_memory(message), unavailable=is_backend_gone(message))
+        return [pb_utils.get_output_tensor_by_name(response, name) for name in outputs]
 
     async def _run_chunk(self, xp, items):
         s = self.settings
