@@ -19,7 +19,7 @@ $(ORT_DYLIB_PATH):
 $(FLUXBUILD_TENSORRT_RTX_DIR)/libtensorrt_rtx.so.$(TRT_RTX_VERSION):
 	TRT_RTX_VERSION=$(TRT_RTX_VERSION) TRT_RTX_DIR=$(FLUXBUILD_TENSORRT_RTX_DIR) bash scripts/fetch-tensorrt-rtx.sh
 
-test: setup triton-venv deploy-venv
+test: setup triton-venv torch-site deploy-venv
 	$(CARGO) test --workspace
 
 # The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
@@ -43,6 +43,15 @@ TRITON_VENV := $(CURDIR)/.cache/triton-venv
 triton-venv: $(TRITON_VENV)/.complete
 $(TRITON_VENV)/.complete: scripts/triton-venv.sh
 	bash scripts/triton-venv.sh $(TRITON_VENV)
+
+# PyPI torch for the Triton venv's Python, in a folder of its own (5.8 GB): the orchestrator's torch
+# code path (the gpu target's) served on CPU torch in `cargo test --test triton_torch`.
+TORCH_SITE := $(CURDIR)/.cache/torch-site
+export FLUXBUILD_TORCH_SITE := $(TORCH_SITE)
+.PHONY: torch-site
+torch-site: $(TORCH_SITE)/.complete
+$(TORCH_SITE)/.complete: scripts/torch-site.sh | triton-venv
+	bash scripts/torch-site.sh $(TRITON_VENV) $(TORCH_SITE)
 
 # make serve REPO=out/repo [PORT=8000]
 REPO ?= out/repo

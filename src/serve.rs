@@ -21,6 +21,9 @@ pub struct Installation {
     /// Prepended to PATH (the Python backend stub finds the venv's python3 there).
     pub path: Vec<PathBuf>,
     pub ld_library_path: Vec<PathBuf>,
+    /// Extra import folders for the Python models (e.g. a torch install), passed as
+    /// FLUXBUILD_PYTHON_PATH: the backend stub's interpreter is isolated and ignores PYTHONPATH.
+    pub python_path: Vec<PathBuf>,
 }
 
 /// The default venv: `$FLUXBUILD_TRITON_VENV`, else `.cache/triton-venv` here or in the source tree.
@@ -48,6 +51,7 @@ impl Installation {
                 backends: system.join("backends"),
                 path: vec![],
                 ld_library_path: vec![],
+                python_path: vec![],
             });
         }
         bail!(
@@ -97,6 +101,7 @@ impl Installation {
             backends: triton.join("backends"),
             path: vec![venv.join("bin")],
             ld_library_path: vec![Path::new(site).join("nvidia_pytriton.libs"), PathBuf::from(libdir)],
+            python_path: vec![],
         })
     }
 }
@@ -277,6 +282,12 @@ impl Server {
             "LD_LIBRARY_PATH",
             prepend_paths(&install.ld_library_path, "LD_LIBRARY_PATH"),
         );
+        if !install.python_path.is_empty() {
+            cmd.env(
+                "FLUXBUILD_PYTHON_PATH",
+                prepend_paths(&install.python_path, "FLUXBUILD_PYTHON_PATH"),
+            );
+        }
         cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         if options.detached {
             own_session(&mut cmd);

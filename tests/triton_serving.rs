@@ -238,9 +238,14 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     // Eight single-prompt requests at once: the dynamic batcher groups them.
     let before = batch_stats(&client, "flux");
     let started = Instant::now();
-    let eight = client
+    let (eight, seeds) = client
         .generate_many(&remote(&client, &PROMPTS, 100), 8, max_batch)
         .unwrap();
+    assert_eq!(
+        seeds,
+        (100..100 + PROMPTS.len() as i64).collect::<Vec<_>>(),
+        "seeds as flux returned them"
+    );
     let eight_s = started.elapsed().as_secs_f64();
     let after = batch_stats(&client, "flux");
     let identical = count_identical(&eight, &want, "8 concurrent requests");
@@ -515,6 +520,12 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
         images[0].pixels == want,
         "served by transformer_alt1: PSNR {:.1} dB against local generation",
         psnr(&images[0].pixels, &want)
+    );
+    // The whole image on the fallback precision set (transformer_alt1 with the primary others), said so.
+    let log = server.log_text();
+    assert!(
+        log.contains("on fallback precision set 1: {'clip': 'clip', 't5': 't5', 'transformer': 'transformer_alt1', 'vae_decoder': 'vae_decoder'}"),
+        "{log}"
     );
 }
 

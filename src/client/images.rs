@@ -78,6 +78,12 @@ impl Client {
 
     /// One request to `flux` with all of `request.prompts`.
     pub fn generate(&self, request: &Request) -> Result<Vec<RgbImage>> {
+        Ok(self.generate_seeded(request)?.0)
+    }
+
+    /// `generate`, with the seeds `flux` returned (output `seed`, one per image; -1 where the
+    /// image came from given noise), checked against the ones sent.
+    pub fn generate_seeded(&self, request: &Request) -> Result<(Vec<RgbImage>, Vec<i64>)> {
         let n = request.batch();
         let shape = [n as i64, 1];
         let prompts: Vec<&[u8]> = request.prompts.iter().map(|p| p.as_bytes()).collect();
@@ -107,7 +113,14 @@ impl Client {
                 ));
             }
         }
-        let outputs = self.infer(MODEL, &inputs, &["image"])?;
+        let outputs = self.infer(MODEL, &inputs, &["image", "seed"])?;
+        let seeds = returned_seeds(&outputs, n)?;
+        let sent: Vec<i64> = request
+            .seeds()
+            .map_or(vec![-1; n], |s| s.into_iter().map(|s| s as i64).collect());
+        if seeds != sent {
+            bail!("flux answered seeds {seeds:?} for a request with seeds {sent:?} (-1: given noise)");
+        }
         let image = outputs
             .into_iter()
             .find(|t| t.name == "image")
@@ -124,7 +137,7 @@ impl Client {
                 image.data.len()
             );
         }
-        Ok(image
+        let images = image
             .data
             .chunks_exact(request.height * request.width * 3)
             .map(|pixels| RgbImage {
@@ -132,12 +145,19 @@ impl Client {
                 height: request.height,
                 pixels: pixels.to_vec(),
             })
-            .collect())
+            .collect();
+        Ok((images, seeds))
     }
 
     /// All prompts, as requests of at most `max_batch` prompts, `concurrency` in flight at once;
-    /// images in prompt order (prompt i keeps seed + i, or its noise, however the requests are cut).
-    pub fn generate_many(&self, request: &Request, concurrency: usize, max_batch: usize) -> Result<Vec<RgbImage>> {
+    /// images and the seeds the server returned, in prompt order (prompt i keeps seed + i, or its
+    /// noise, however the requests are cut).
+    pub fn generate_many(
+        &self,
+        request: &Request,
+        concurrency: usize,
+        max_batch: usize,
+    ) -> Result<(Vec<RgbImage>, Vec<i64>)> {
         let n = request.batch();
         let per_request = n.div_ceil(concurrency.max(1)).clamp(1, max_batch.max(1));
         let parts: Vec<(usize, Request)> = (0..n)
@@ -152,7 +172,7 @@ impl Client {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((start, part)) = parts.get(i) else { break };
                     let result = self
-                        .generate(part)
+                        .generate_seeded(part)
                         .with_context(|| format!("prompts {start}..{}", start + part.batch()));
                     results.lock().expect("no panics").push((*start, result));
                 });
@@ -160,10 +180,32 @@ impl Client {
         });
         let mut results = results.into_inner().expect("no panics");
         results.sort_by_key(|(start, _)| *start);
-        let mut images = Vec::with_capacity(n);
+        let (mut images, mut seeds) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (_, result) in results {
-            images.extend(result?);
+            let (part_images, part_seeds) = result?;
+            images.extend(part_images);
+            seeds.extend(part_seeds);
         }
-        Ok(images)
+        Ok((images, seeds))
     }
+}
+
+/// The output `seed`: INT64 [n, 1], the seed each image was made from.
+fn returned_seeds(outputs: &[Tensor], n: usize) -> Result<Vec<i64>> {
+    let seed = outputs
+        .iter()
+        .find(|t| t.name == "seed")
+        .context("flux answered without the output `seed`")?;
+    if seed.datatype != "INT64" || seed.shape != [n as i64, 1] || seed.data.len() != n * 8 {
+        bail!(
+            "flux answered seed {} {:?}, expected INT64 [{n}, 1]",
+            seed.datatype,
+            seed.shape
+        );
+    }
+    Ok(seed
+        .data
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect())
 }

@@ -24,7 +24,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     warn_about_defaults(&args, &request, variant, guidance_embeds, out);
 
     let started = Instant::now();
-    let images = client.generate_many(&request, args.concurrency, deployment.max_batch)?;
+    let (images, served_seeds) = client.generate_many(&request, args.concurrency, deployment.max_batch)?;
     let seconds = started.elapsed().as_secs_f64();
     let guidance = guidance_embeds.then_some(request.guidance);
     write_images(&paths, &request, variant, guidance, &images)?;
@@ -32,8 +32,19 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     report["server"] = serde_json::json!(client.url());
     report["concurrency"] = serde_json::json!(args.concurrency);
     report["seconds"] = serde_json::json!(seconds);
+    // As `flux` returned them (checked against the ones sent): what reproduces the images.
+    let served_seeds: Vec<Option<i64>> = served_seeds.into_iter().map(|s| (s >= 0).then_some(s)).collect();
+    report["server_seeds"] = serde_json::json!(served_seeds);
+    let confirmed = match served_seeds.first() {
+        Some(Some(seed)) => format!(" (the server used seed {seed})"),
+        _ => String::new(),
+    };
     out.result(&report, || {
-        summary(&request, &paths, &format!("from {} in {seconds:.2} s", client.url()))
+        summary(
+            &request,
+            &paths,
+            &format!("from {} in {seconds:.2} s{confirmed}", client.url()),
+        )
     });
     Ok(())
 }

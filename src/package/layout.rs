@@ -17,6 +17,10 @@ use std::path::PathBuf;
 
 pub const ORCHESTRATOR: &str = "flux";
 const ORCHESTRATOR_PY: &str = include_str!("../../triton/models/flux/model.py");
+/// The orchestrator's modules, imported by model.py from its version folder: tensor code (numpy or
+/// torch) and the precision sets of the fallback rule.
+const ORCHESTRATOR_ARRAYS_PY: &str = include_str!("../../triton/models/flux/flux_arrays.py");
+const ORCHESTRATOR_FALLBACK_PY: &str = include_str!("../../triton/models/flux/flux_fallback.py");
 const ONNX_NETWORK_PY: &str = include_str!("../../triton/models/onnx_network/model.py");
 
 /// One model folder: its config and its files (relative to the model folder).
@@ -318,6 +322,14 @@ pub fn orchestrator(
         (
             PathBuf::from("1/model.py"),
             Source::Bytes(ORCHESTRATOR_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/flux_arrays.py"),
+            Source::Bytes(ORCHESTRATOR_ARRAYS_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/flux_fallback.py"),
+            Source::Bytes(ORCHESTRATOR_FALLBACK_PY.as_bytes().to_vec()),
         ),
         (
             PathBuf::from("1/tokenizer/tokenizer.json"),

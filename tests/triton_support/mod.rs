@@ -97,11 +97,16 @@ pub fn assert_served_equals_local(server: &Server, models: &Path, args: &[&str],
 /// A Triton server on free loopback ports, ready when `flux` is.
 pub fn start(repo: &Path, explicit_model_control: bool) -> Server {
     let install = Installation::find(None).expect("the Triton venv (run `make triton-venv`)");
+    start_on(&install, repo, explicit_model_control)
+}
+
+/// `start` with a given installation (e.g. one with torch on the stubs' PYTHONPATH).
+pub fn start_on(install: &Installation, repo: &Path, explicit_model_control: bool) -> Server {
     let mut options = ServerOptions::new(repo).unwrap();
     options.explicit_model_control = explicit_model_control;
     options.ready_timeout = Duration::from_secs(180);
     let started = Instant::now();
-    let server = Server::start(&install, &options).unwrap();
+    let server = Server::start(install, &options).unwrap();
     eprintln!("Triton ready in {:.1} s", started.elapsed().as_secs_f64());
     server
 }

@@ -15,7 +15,7 @@ the image `fluxbuild generate` gives locally.
 On the gpu target the tensors stay on the device between networks: BLS outputs are handed on by
 DLPack without a host copy, the Euler update runs in torch on the device, and only the final uint8
 image comes back to the host. Each host<->device copy is counted (log line and the metric
-`flux_host_device_copies_total`).
+`flux_host_device_copies_total`). The tensor code of both targets is flux_arrays.py, next to this file.
 
 Settings come from this model's config.pbtxt `parameters` (written by `fluxbuild package`); the
 request rules are the table `request_rules` (generate::request::Limits in the Rust code, which
@@ -37,8 +37,11 @@ import struct
 import tempfile
 import time
 
+import flux_arrays
+import flux_fallback
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from flux_arrays import pack, unpack
 from tokenizers import Tokenizer
 
 NETWORKS = ("clip", "t5", "transformer", "vae_decoder")
@@ -317,166 +320,13 @@ class StepScheduler:
             await asyncio.sleep(self.POLL_S)
 
 
-# ---- arrays: numpy on the host, torch on the device ------------------------------------------
-
-
-# Network I/O types by name (numpy has no bfloat16: bf16 networks need the torch path).
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
-
-
-class HostArrays:
-    """cpu target: every tensor is a numpy array in host memory; nothing to copy."""
-
-    device = "cpu"
-
-    def __init__(self):
-        self.h2d = 0
-        self.d2h = 0
-
-    @staticmethod
-    def dtype(name):
-        return NUMPY_DTYPES[name]
-
-    def preferred_memory(self):
-        return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-
-    def from_output(self, tensor):
-        return tensor.as_numpy()
-
-    def to_input(self, name, array):
-        return pb_utils.Tensor(name, np.ascontiguousarray(array))
-
-    def upload(self, array):
-        return array
-
-    def download(self, array):
-        return array
-
-    def full(self, shape, value, dtype):
-        return np.full(shape, value, dtype=self.dtype(dtype))
-
-    def image_ids(self, rows, cols, dtype):
-        dtype = self.dtype(dtype)
-        ids = np.zeros((rows, cols, 3), dtype=dtype)
-        ids[..., 1] = np.arange(rows, dtype=dtype)[:, None]
-        ids[..., 2] = np.arange(cols, dtype=dtype)[None, :]
-        return ids.reshape(rows * cols, 3)
-
-    def cast(self, array, dtype):
-        return array.astype(self.dtype(dtype), copy=False)
-
-    def vector(self, values, dtype):
-        return np.array(values, dtype=self.dtype(dtype))
-
-    def float32(self, array):
-        return array.astype(np.float32, copy=False)
-
-    def concat(self, arrays):
-        return np.concatenate(arrays, axis=0)
-
-    def to_uint8_hwc(self, decoded):
-        images = np.clip(decoded.astype(np.float32) * np.float32(0.5) + np.float32(0.5), 0.0, 1.0)
-        images = np.transpose(images, (0, 2, 3, 1))
-        return np.round(images * np.float32(255.0)).astype(np.uint8)
-
-
-class DeviceArrays:
-    """gpu target: torch tensors on the model instance's GPU, exchanged with Triton by DLPack
-    (bf16 included: torch dtypes throughout, never numpy's). `device_id` None runs the same code
-    on CPU torch (how the tests check it against HostArrays, byte for byte)."""
-
-    def __init__(self, torch, device_id):
-        self.torch = torch
-        self.device = "cpu" if device_id is None else f"cuda:{device_id}"
-        self.device_id = device_id
-        self.h2d = 0
-        self.d2h = 0
-        self.dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
-
-    def dtype(self, name):
-        return self.dtypes[name]
-
-    def preferred_memory(self):
-        if self.device_id is None:
-            return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
-        return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, self.device_id)
-
-    def from_output(self, tensor):
-        # By DLPack in every case (as_numpy() cannot hold bf16); a host tensor is copied up once.
-        array = self.torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
-        if self.device_id is not None and tensor.is_cpu():
-            self.h2d += 1
-            array = array.to(self.device)
-        return array
-
-    def to_input(self, name, array):
-        if isinstance(array, np.ndarray):
-            self.h2d += int(self.device_id is not None)  # Triton copies it to the GPU for the network
-            return pb_utils.Tensor(name, np.ascontiguousarray(array))
-        array = array.contiguous()
-        if self.device_id is not None:
-            # The network reads the tensor on its own stream: the work that wrote it must be done.
-            self.torch.cuda.current_stream(self.device).synchronize()
-        return pb_utils.Tensor.from_dlpack(name, self.torch.utils.dlpack.to_dlpack(array))
-
-    def upload(self, array):
-        self.h2d += 1
-        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-
-    def download(self, array):
-        self.d2h += 1
-        return array.cpu().numpy()
-
-    def full(self, shape, value, dtype):
-        return self.torch.full(shape, float(value), dtype=self.dtype(dtype), device=self.device)
-
-    def image_ids(self, rows, cols, dtype):
-        t = self.torch
-        ids = t.zeros((rows, cols, 3), dtype=self.dtype(dtype), device=self.device)
-        ids[..., 1] = t.arange(rows, device=self.device)[:, None]
-        ids[..., 2] = t.arange(cols, device=self.device)[None, :]
-        return ids.reshape(rows * cols, 3)
-
-    def cast(self, array, dtype):
-        return array.to(self.dtype(dtype))
-
-    def vector(self, values, dtype):
-        # Through float32 as numpy does (np.array(float32 values, dtype)), then to the network's type.
-        return self.torch.tensor(np.array(values, dtype=np.float32), device=self.device).to(self.dtype(dtype))
-
-    def float32(self, array):
-        return array.float()
-
-    def concat(self, arrays):
-        return self.torch.cat(arrays, dim=0)
-
-    def to_uint8_hwc(self, decoded):
-        images = (decoded.float() * 0.5 + 0.5).clamp(0.0, 1.0).permute(0, 2, 3, 1)
-        return (images * 255.0).round().to(self.torch.uint8)
-
-
-def pack(latents, rows, cols):
-    """[B,16,h,w] -> [B,(h/2)(w/2),64], channel c*4 + dy*2 + dx (FluxPipeline._pack_latents)."""
-    b = latents.shape[0]
-    x = latents.reshape(b, LATENT_CHANNELS, rows, 2, cols, 2)
-    x = x.transpose(0, 2, 4, 1, 3, 5) if isinstance(x, np.ndarray) else x.permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, rows * cols, LATENT_CHANNELS * 4)
-
-
-def unpack(packed, rows, cols):
-    b = packed.shape[0]
-    x = packed.reshape(b, rows, cols, LATENT_CHANNELS, 2, 2)
-    x = x.transpose(0, 3, 1, 4, 2, 5) if isinstance(x, np.ndarray) else x.permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, LATENT_CHANNELS, rows * 2, cols * 2)
-
-
 # ---- requests ----------------------------------------------------------------------------------
 
 
 class Item:
     """One prompt of a request, with its settings."""
 
-    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise")
+    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise", "models")
 
     def group_key(self):
         return (self.height, self.width, self.steps, self.max_sequence_length)
@@ -566,24 +416,8 @@ class TritonPythonModel:
         self.t5_tokenizer = self._tokenizer(os.path.join(here, "tokenizer_2", "tokenizer.json"), s.t5_pad_token)
         with open(os.path.join(here, "scheduler", "scheduler_config.json")) as f:
             self.scheduler = FlowMatchEuler(json.load(f))
-        self.torch = None
-        self.device_id = None
-        if s.target == "gpu" and args.get("model_instance_kind") == "GPU":
-            import torch  # the gpu target's server image carries torch for DLPack math
-
-            self.torch = torch
-            self.device_id = int(args["model_instance_device_id"])
-        elif params.get("torch_on_cpu") == "true":
-            import torch  # the torch path on CPU torch: tested against the numpy path
-
-            self.torch = torch
-        if self.torch is None:
-            unsupported = sorted(k for k, v in s.dtypes.items() if v not in NUMPY_DTYPES)
-            if unsupported:
-                raise pb_utils.TritonModelException(
-                    f"flux: network inputs {unsupported} are {[s.dtypes[k] for k in unsupported]}, which numpy cannot hold; "
-                    "bf16 networks are served by the gpu target (torch), not the cpu target"
-                )
+        self.precision_sets = flux_fallback.PrecisionSets(s.models)
+        self.new_arrays = flux_arrays.for_instance(s.target, args, params.get("torch_on_cpu") == "true", s.dtypes)
         self.copies = pb_utils.MetricFamily(
             name="flux_host_device_copies_total",
             description="Tensor copies between host and device memory made by the flux orchestrator",
@@ -613,7 +447,7 @@ class TritonPythonModel:
         return tokenizer, pad_id, pad_token, {}
 
     def _arrays(self):
-        return DeviceArrays(self.torch, self.device_id) if self.torch is not None else HostArrays()
+        return self.new_arrays()
 
     def _check_networks(self):
         """Every network needs a ready model (its own or a fallback): else UNAVAILABLE, before any work."""
@@ -775,14 +609,27 @@ class TritonPythonModel:
         return results
 
     async def _run_retrying(self, arrays, items):
-        try:
-            return await self._run_chunk(arrays, items)
-        except NetworkError as e:
-            if not e.out_of_memory or len(items) == 1:
-                raise
-            half = len(items) // 2
-            self.logger.log_warn(f"flux: {e}; retrying the batch of {len(items)} as {half} + {len(items) - half}")
-            return await self._run_retrying(arrays, items[:half]) + await self._run_retrying(arrays, items[half:])
+        """The chunk on the first precision set whose models are all ready; out of memory: the
+        chunk halved, and a single prompt on the next set (flux_fallback.py)."""
+        sets = self.precision_sets.ready(lambda m: pb_utils.is_model_ready(model_name=m))
+        if not sets:
+            raise NetworkError("flux", "no precision set has all its models ready", unavailable=True)
+        for k, models in sets:
+            if k > 0:
+                self.logger.log_warn(f"flux: {len(items)} prompts on fallback precision set {k}: {models}")
+            for item in items:
+                item.models = models
+            try:
+                return await self._run_chunk(arrays, items)
+            except NetworkError as e:
+                if not e.out_of_memory:
+                    raise
+                if len(items) > 1:
+                    half = len(items) // 2
+                    self.logger.log_warn(f"flux: {e}; retrying the batch of {len(items)} as {half} + {len(items) - half}")
+                    return await self._run_retrying(arrays, items[:half]) + await self._run_retrying(arrays, items[half:])
+                last = e
+        raise last
 
     def _tokenize(self, tokenizer, prompts, length):
         """Token ids [B, length] as FluxPipeline's tokenizers give them: special tokens added,
@@ -799,32 +646,23 @@ class TritonPythonModel:
         return fitted[length]
 
     async def _infer(self, xp, items, network, inputs, outputs):
-        """One BLS call to the network's model, or to its fallbacks where it is not available,
-        with the clients' request ids, a timeout, and outputs where the arrays in use want them."""
-        candidates = self.settings.models[network]
+        """One BLS call to the network's model in the chunk's precision set, with the clients'
+        request ids, a timeout, and outputs where the arrays in use want them."""
+        model = items[0].models[network]  # the chunk's precision set: never mixed within an image
         request_id = ",".join(sorted({i.source.request_id() for i in items if i.source.request_id()}))
-        last, unavailable = None, True
-        for model in candidates:
-            if len(candidates) > 1 and not pb_utils.is_model_ready(model_name=model):
-                last = f"model '{model}' is not ready"
-                continue
-            request = pb_utils.InferenceRequest(
-                model_name=model,
-                inputs=inputs,
-                requested_output_names=outputs,
-                request_id=request_id,
-                timeout=self.settings.network_timeout_us,
-                preferred_memory=xp.preferred_memory(),
-            )
-            response = await request.async_exec()
-            if response.has_error():
-                message = response.error().message()
-                if is_out_of_memory(message):
-                    raise NetworkError(network, message, out_of_memory=True)
-                last, unavailable = message, unavailable and is_backend_gone(message)
-                continue
-            return [pb_utils.get_output_tensor_by_name(response, name) for name in outputs]
-        raise NetworkError(network, last, unavailable=unavailable)
+        request = pb_utils.InferenceRequest(
+            model_name=model,
+            inputs=inputs,
+            requested_output_names=outputs,
+            request_id=request_id,
+            timeout=self.settings.network_timeout_us,
+            preferred_memory=xp.preferred_memory(),
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            message = response.error().message()
+            raise NetworkError(network, message, out_of_memory=is_out_of_memory(message), unavailable=is_backend_gone(message))
+        return [pb_utils.get_output_tensor_by_name(response, name) for name in outputs]
 
     async def _run_chunk(self, xp, items):
         """One chunk as one job of the step scheduler (logged: time, waits, other jobs' steps)."""
