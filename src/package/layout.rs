@@ -98,6 +98,10 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
     });
     config.parameters.push(("onnx_file".into(), "model.onnx".into()));
     config.parameters.push(("intra_op_threads".into(), "0".into()));
+    // The VAE decoder decodes one image per ONNX Runtime run (its activations are the memory peak:
+    // docs/serving.md); the other networks run a dynamic batch whole.
+    let max_run_batch = if network.name == "vae_decoder" { "1" } else { "0" };
+    config.parameters.push(("max_run_batch".into(), max_run_batch.into()));
     let mut files = vec![
         (
             PathBuf::from("1/model.py"),
