@@ -204,7 +204,7 @@ fn request_rules(options: &Options, limits: &Limits) -> Result<RequestLimits> {
         min_sequence_length: size(limits.min_sequence_length)?,
         max_sequence_length: size(limits.max_sequence_length)?,
         max_prompt_bytes: options.serving.max_prompt_bytes,
-        max_image_pixels: options.serving.max_batch_pixels(),
+        max_image_pixels: options.serving.max_image_pixels(),
         ..RequestLimits::pipeline()
     })
 }
@@ -298,7 +298,12 @@ pub fn orchestrator(
             "request_rules",
             serde_json::to_string(&request_rules(options, limits)?)?,
         ),
-        ("max_batch_pixels", serving.max_batch_pixels().to_string()),
+        (
+            "max_batch_pixels",
+            serving
+                .max_batch_pixels(usize::try_from(limits.max_height * limits.max_width).context("image size")?)
+                .to_string(),
+        ),
         ("network_timeout_ms", serving.network_timeout_ms.to_string()),
         ("clip_length", limits.clip_length.to_string()),
         ("clip_pad_token", CLIP_PAD_TOKEN.into()),
