@@ -121,6 +121,13 @@ bench-scheduling: setup triton-venv
 	bash scripts/bench-scheduling.sh
 
 
+# Memory benchmark (not a test): the largest request a cpu repository allows, served by a real Triton
+# server (RSS of each backend before / peak / after), and the VAE decoder's bytes per pixel (the memory
+# model of docs/serving.md); BASELINE=<fluxbuild of an earlier commit> is measured alongside. Writes bench/memory.md.
+.PHONY: bench-memory
+bench-memory: setup triton-venv
+	bash scripts/bench-memory.sh
+
 # Benchmarks (not tests): runs every bench-* target above, then writes bench/README.md,
 # one table of ratios against same-run references.
 .PHONY: bench

@@ -407,6 +407,58 @@ fn build_label(manifest: &serde_json::Value) -> String {
     manifest["settings"]["build"]["optimization_level"].to_string()
 }
 
+/// The optimization level of each network's engine, in build order.
+fn engine_levels(engines: &Path) -> Vec<String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(engines.join("manifest.json")).unwrap()).unwrap();
+    ["clip", "t5", "transformer", "vae_decoder"]
+        .iter()
+        .map(|n| manifest["submodels"][n]["settings"]["optimization_level"].to_string())
+        .collect()
+}
+
+/// `build(level, crash point)`: `fluxbuild build` writing engines at that optimization level.
+type Build<'a> = dyn Fn(&str, Option<&str>) -> Output + 'a;
+
+/// Kills `build` at every commit step (levels 1 and 2 alternating) and checks that the engines
+/// folder is complete each time, the networks before the kill from the killed run and the rest
+/// from the previous one (engines are committed one by one), and that the next run completes it
+/// and leaves no staging. Returns the kills made.
+fn kill_build_at_every_point(engines: &Path, build: &Build) -> usize {
+    ok(build("1", None));
+    assert_eq!(complete_state(engines, build_label), "1");
+    // Each crash point, and how many engines of the killed run were committed before it.
+    let points = [
+        ("staging-created", 0),
+        ("build-staged-clip", 0),
+        ("build-staged-t5", 1),
+        ("build-staged-transformer", 2),
+        ("build-staged-vae_decoder", 3),
+        ("before-swap", 0),
+        ("after-swap", 1),
+        ("committed", 1),
+    ];
+    for (i, (point, committed)) in points.into_iter().enumerate() {
+        let (old, level) = if i % 2 == 0 { ("1", "2") } else { ("2", "1") };
+        let output = build(level, Some(point));
+        assert_eq!(
+            output.status.signal(),
+            Some(9),
+            "{point}: not killed there: {}",
+            stderr(&output)
+        );
+        complete_state(engines, build_label);
+        let expected: Vec<String> = (0..4)
+            .map(|k| if k < committed { level } else { old }.to_string())
+            .collect();
+        assert_eq!(engine_levels(engines), expected, "{point}");
+        ok(build(level, None));
+        assert_eq!(complete_state(engines, build_label), level, "{point}: the next run");
+        assert!(leftovers(engines).is_empty(), "{point}: {:?}", leftovers(engines));
+    }
+    points.len()
+}
+
 #[test]
 fn build_killed_at_every_commit_step_leaves_a_complete_engines_folder() {
     let dir = tempfile::tempdir().unwrap();
@@ -427,45 +479,88 @@ fn build_killed_at_every_commit_step_leaves_a_complete_engines_folder() {
         }
         command.output().unwrap()
     };
-    ok(build("1", None));
-    assert_eq!(complete_state(&engines, build_label), "1");
-    // Each crash point, and how many engines of the killed run were committed before it.
-    let points = [
-        ("staging-created", 0),
-        ("build-staged-clip", 0),
-        ("build-staged-t5", 1),
-        ("build-staged-transformer", 2),
-        ("build-staged-vae_decoder", 3),
-        ("before-swap", 0),
-        ("after-swap", 1),
-        ("committed", 1),
-    ];
-    let levels = || -> Vec<String> {
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(engines.join("manifest.json")).unwrap()).unwrap();
-        ["clip", "t5", "transformer", "vae_decoder"]
-            .iter()
-            .map(|n| manifest["submodels"][n]["settings"]["optimization_level"].to_string())
-            .collect()
+    assert_eq!(kill_build_at_every_point(&engines, &build), 8);
+}
+
+/// The same with the real TensorRT-RTX builder (ahead of time, no GPU: real plans), plus kill -9
+/// from outside at moments spread over a build, wherever TensorRT happens to be then.
+#[test]
+fn tensorrt_rtx_build_killed_at_every_step_and_mid_build_leaves_a_complete_engines_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let graphs = dir.path().join("graphs");
+    ok(export(&graphs, "fp32", &[], &[]));
+    let engines = dir.path().join("engines");
+    let rtx_dir = std::env::var_os("FLUXBUILD_TENSORRT_RTX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/tensorrt-rtx"));
+    let command = |level: &str, crash: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fluxbuild"));
+        command.args([
+            "build",
+            "--runtime",
+            "tensorrt-rtx",
+            "--models",
+            graphs.to_str().unwrap(),
+        ]);
+        command.args(["--profile", "tiny-check", "--out", engines.to_str().unwrap()]);
+        command.args(["--builder-optimization-level", level]);
+        command.env("FLUXBUILD_TENSORRT_RTX_DIR", &rtx_dir);
+        if let Some(point) = crash {
+            command.env("FLUXBUILD_CRASH_AT", point);
+        }
+        command
     };
-    for (i, (point, committed)) in points.into_iter().enumerate() {
-        let (old, level) = if i % 2 == 0 { ("1", "2") } else { ("2", "1") };
-        let output = build(level, Some(point));
-        assert_eq!(
-            output.status.signal(),
-            Some(9),
-            "{point}: not killed there: {}",
-            stderr(&output)
-        );
-        // Engines are committed one by one: every state is complete (each plan its manifest lists,
-        // with its sha256), the engines before the kill from the new run, the rest from the old.
+    let build = |level: &str, crash: Option<&str>| command(level, crash).output().unwrap();
+    let started = std::time::Instant::now();
+    let kills = kill_build_at_every_point(&engines, &build);
+    assert_eq!(kills, 8);
+    let plan = engines.join("clip/model.plan");
+    assert!(
+        std::fs::metadata(&plan).unwrap().len() > 1000,
+        "{}: a real plan",
+        plan.display()
+    );
+
+    // A whole build's time (the loop above ended at level 1: nothing is reusable at 2), then
+    // kills spread over it.
+    assert_eq!(engine_levels(&engines), ["1", "1", "1", "1"]);
+    let whole = std::time::Instant::now();
+    ok(build("2", None));
+    let whole = whole.elapsed();
+    eprintln!(
+        "TensorRT-RTX: 8 kills at commit steps in {:.0} s; a whole build {:.1} s",
+        started.elapsed().as_secs_f64(),
+        whole.as_secs_f64()
+    );
+    let mut before = engine_levels(&engines);
+    let mut mid_build = 0;
+    // Each at a level no engine has yet, so that every run builds all four (none is reused).
+    for (fraction, level) in [(0.1, "0"), (0.3, "3"), (0.5, "4"), (0.7, "5"), (0.9, "1")] {
+        let mut child = command(level, None)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole.mul_f64(fraction));
+        mid_build += usize::from(child.try_wait().unwrap().is_none());
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Complete, and the networks in build order: those before the kill from the killed run,
+        // the rest as they were.
         complete_state(&engines, build_label);
-        let expected: Vec<String> = (0..4)
-            .map(|k| if k < committed { level } else { old }.to_string())
-            .collect();
-        assert_eq!(levels(), expected, "{point}");
-        ok(build(level, None));
-        assert_eq!(complete_state(&engines, build_label), level, "{point}: the next run");
-        assert!(leftovers(&engines).is_empty(), "{point}: {:?}", leftovers(&engines));
+        let now = engine_levels(&engines);
+        let updated = now.iter().take_while(|l| l.as_str() == level).count();
+        assert!(
+            now[updated..] == before[updated..],
+            "kill at {fraction} of a build: {before:?} -> {now:?}"
+        );
+        before = now;
     }
+    // Levels build at different speeds (and the machine's load varies): the late kills may find it done.
+    assert!(mid_build >= 3, "only {mid_build} of 5 kills found the build running");
+    eprintln!("{mid_build} of 5 timed kills hit a running build");
+    ok(build("2", None));
+    assert_eq!(complete_state(&engines, build_label), "2");
+    assert_eq!(engine_levels(&engines), ["2", "2", "2", "2"]);
+    assert!(leftovers(&engines).is_empty(), "{:?}", leftovers(&engines));
 }

@@ -223,3 +223,53 @@ fn a_deployments_defaults_and_limits_apply_and_parts_keep_their_noise() {
         assert!(err.contains(want), "expected {want:?} in {err:?}");
     }
 }
+
+/// The memory model sets the largest image: the last square side within it is accepted, the next
+/// (16 more) is refused with its rule, before any buffer exists; and a batch of images of the
+/// largest size fits the budget with one image in the VAE decoder at a time.
+#[test]
+fn the_memory_model_refuses_an_image_above_the_budget() {
+    use fluxbuild::generate::request::{
+        max_batch_pixels, max_image_pixels, Limits, BATCH_BYTES_PER_PIXEL, MEMORY_BUDGET_BYTES, VAE_BYTES_PER_PIXEL,
+    };
+    let mut limits = Limits::pipeline();
+    assert_eq!(limits.max_image_pixels, max_image_pixels(MEMORY_BUDGET_BYTES));
+    let largest = (limits.max_image_pixels as f64).sqrt() as usize / 16 * 16;
+    let side = |side: usize| RequestOptions {
+        height: Some(side),
+        width: Some(side),
+        ..options()
+    };
+    side(largest).resolve_within(&Variant::Dev.defaults(), &limits).unwrap();
+    let above = format!(
+        "{:#}",
+        side(largest + 16)
+            .resolve_within(&Variant::Dev.defaults(), &limits)
+            .unwrap_err()
+    );
+    assert!(above.ends_with("[rule image_pixels]"), "{above}");
+    assert!(
+        above.contains(&format!("more than the {}", limits.max_image_pixels)),
+        "{above}"
+    );
+    // The old default admitted 4096x4096 (a 32.5 GiB buffer): refused now, locally too.
+    assert!(refused(side(4096)).ends_with("[rule image_pixels]"));
+    // A smaller budget (a deployment's) refuses what the default accepts.
+    limits.max_image_pixels = max_image_pixels(1 << 30);
+    let small = format!(
+        "{:#}",
+        side(1024)
+            .resolve_within(&Variant::Dev.defaults(), &limits)
+            .unwrap_err()
+    );
+    assert!(small.ends_with("[rule image_pixels]"), "{small}");
+
+    // A batch: one image in the decoder, every image's batch memory; within the budget.
+    let image = 1024 * 1024;
+    let batch = max_batch_pixels(MEMORY_BUDGET_BYTES, image);
+    assert!(batch >= 4 * image, "4 x 1024² fit 8 GiB in one batch ({batch} pixels)");
+    assert!(VAE_BYTES_PER_PIXEL * image + BATCH_BYTES_PER_PIXEL * batch <= MEMORY_BUDGET_BYTES);
+    // An image as large as the budget allows leaves room for itself only.
+    let alone = max_image_pixels(1 << 30);
+    assert!((alone..2 * alone).contains(&max_batch_pixels(1 << 30, alone)));
+}

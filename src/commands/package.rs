@@ -54,8 +54,8 @@ pub struct Args {
     /// Bytes per prompt; longer prompts are refused before tokenizing (T5 reads 512 tokens at most).
     #[arg(long, default_value_t = Serving::default().max_prompt_bytes)]
     max_prompt_bytes: usize,
-    /// Memory one batch of images may take, in MiB: at PEAK_BYTES_PER_PIXEL (3200, docs/serving.md)
-    /// this sets the largest image (refused beyond) and the pixels per network batch (split beyond).
+    /// Memory one request may take, in MiB: the memory model (docs/serving.md) sets from it the
+    /// largest image (refused beyond) and the pixels per network batch (split beyond).
     #[arg(long, default_value_t = Serving::default().memory_budget_mib)]
     memory_budget_mib: u64,
     /// `flux` instances: requests with other sizes or steps run beside each other, not behind.

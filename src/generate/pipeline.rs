@@ -1,17 +1,18 @@
 //! The generation stage: exported graphs + a request -> images, as FluxPipeline computes them.
 //! Text encoders -> denoising loop -> VAE, each graph loaded once per run and dropped as soon as
 //! its work is done, so at most one graph is in memory at a time (the transformer alone is the
-//! largest). All prompts of a request run as one batch through every graph.
+//! largest). All prompts of a request run as one batch through every graph but the VAE decoder,
+//! which decodes one image at a time (its activations are the memory peak).
 
 use super::image::{batch_to_rgb, RgbImage};
-use super::latents::{image_ids, pack, text_ids, unpack};
+use super::latents::{image_ids, pack, text_ids, unpack, VAE_SCALE};
 use super::models::ExportedModels;
 use super::request::Request;
 use super::scheduler::euler_step;
 use super::tokenize::PromptTokenizer;
 use crate::runtime::{Input, Model};
 use anyhow::{bail, Context, Result};
-use ndarray::{Array1, Array2, Array3, Array4, ArrayD, Ix2, Ix3, Ix4};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, Axis, Ix2, Ix3, Ix4};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -139,12 +140,7 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
     })?;
 
     let z = decoder_latent(models, request, &latents);
-    let decoded = with_graph(models, "vae_decoder", &mut times, on, |vae, _| {
-        let mut out = vae.run(vec![("latent", Input::F32(z.into_dyn()))])?;
-        take(&mut out, vae, "images", &[batch, 3, request.height, request.width])?
-            .into_dimensionality::<Ix4>()
-            .map_err(Into::into)
-    })?;
+    let decoded = with_graph(models, "vae_decoder", &mut times, on, |vae, _| decode_sliced(vae, &z))?;
     let images = batch_to_rgb(&decoded);
     let mu = scheduler
         .use_dynamic_shifting
@@ -172,6 +168,26 @@ pub fn decoder_latent(models: &ExportedModels, request: &Request, latents: &Arra
         models.vae_shift_factor.value as f32,
     );
     unpack(latents, h, w).mapv(|x| x / scale + shift)
+}
+
+/// The VAE decoder's images [B, 3, H, W] for latents [B, 16, H/8, W/8], one image per run: the
+/// decoder's full-resolution activations (the pipeline's memory peak, docs/serving.md) are then
+/// those of one image whatever the batch. Each image's computation does not depend on the others,
+/// so the result is the batched run's, byte for byte (tests/generate_pipeline.rs checks it).
+pub fn decode_sliced(vae: &mut Model, latents: &Array4<f32>) -> Result<Array4<f32>> {
+    let [batch, _, h, w] = *latents.shape() else {
+        unreachable!("four axes")
+    };
+    let (height, width) = (h * VAE_SCALE, w * VAE_SCALE);
+    let mut images = Array4::zeros((batch, 3, height, width));
+    for (i, latent) in latents.axis_chunks_iter(Axis(0), 1).enumerate() {
+        let mut out = vae.run(vec![("latent", Input::F32(latent.to_owned().into_dyn()))])?;
+        let image = take(&mut out, vae, "images", &[1, 3, height, width]).with_context(|| format!("image {i}"))?;
+        images
+            .slice_mut(s![i..i + 1, .., .., ..])
+            .assign(&image.into_dimensionality::<Ix4>()?);
+    }
+    Ok(images)
 }
 
 /// Loads one graph, runs `work` on it, records the seconds, and drops it.

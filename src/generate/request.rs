@@ -21,12 +21,27 @@ pub const DEFAULT_SIDE: usize = 1024;
 pub const MAX_PROMPT_BYTES: usize = 4096;
 /// FluxPipeline's guidance is a scale around 1..10; larger values only give black images.
 pub const MAX_GUIDANCE: f32 = 100.0;
-/// Memory model (docs/serving.md): peak bytes per output pixel of one image, dominated by the VAE
-/// decoder's full-resolution activations (fp32, 128 channels, a few alive at once). Issue 14's
-/// measurement on the cpu target: 4 prompts at 1024x1024 peaked at 13.2 GB = 3.15 KB per pixel.
-pub const PEAK_BYTES_PER_PIXEL: usize = 3200;
-/// The memory one image may take by default (local generation and `package`'s default budget).
+/// Memory model (docs/serving.md, measured by `make bench-memory` into bench/memory.md): the VAE
+/// decoder's peak activation memory per output pixel of one image (fp32, 128 to 512 channels at up
+/// to full resolution). It decodes one image at a time, so a batch pays this for one image only.
+pub const VAE_BYTES_PER_PIXEL: usize = 3700;
+/// What each image of a batch holds besides, per pixel: its latents, its decoded fp32 image as it
+/// passes between the processes (a few copies) and its 8-bit result.
+pub const BATCH_BYTES_PER_PIXEL: usize = 200;
+/// The memory one request may take by default (local generation and `package`'s default budget).
 pub const MEMORY_BUDGET_BYTES: usize = 8 << 30;
+
+/// The pixels one image may have within `budget` bytes (alone in its batch).
+pub fn max_image_pixels(budget: usize) -> usize {
+    budget / (VAE_BYTES_PER_PIXEL + BATCH_BYTES_PER_PIXEL)
+}
+
+/// The pixels a batch of images of `image_pixels` each may hold within `budget` bytes: one image
+/// at a time in the VAE decoder, every image's batch memory at once (at least one image).
+pub fn max_batch_pixels(budget: usize, image_pixels: usize) -> usize {
+    let decoder = VAE_BYTES_PER_PIXEL * image_pixels;
+    (budget.saturating_sub(decoder) / BATCH_BYTES_PER_PIXEL).max(image_pixels)
+}
 
 /// What a request gets for each setting it leaves out.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +95,7 @@ pub struct Limits {
     pub max_guidance: f32,
     /// Bytes per prompt (UTF-8).
     pub max_prompt_bytes: usize,
-    /// height x width of one image: the memory budget / PEAK_BYTES_PER_PIXEL.
+    /// height x width of one image: `max_image_pixels(memory budget)`.
     pub max_image_pixels: usize,
     /// Who sets these limits, for messages (empty for the pipeline's own).
     #[serde(skip)]
@@ -146,7 +161,7 @@ impl Limits {
             min_guidance: 0.0,
             max_guidance: MAX_GUIDANCE,
             max_prompt_bytes: MAX_PROMPT_BYTES,
-            max_image_pixels: MEMORY_BUDGET_BYTES / PEAK_BYTES_PER_PIXEL,
+            max_image_pixels: max_image_pixels(MEMORY_BUDGET_BYTES),
             set_by: String::new(),
         }
     }
@@ -293,8 +308,11 @@ impl Request {
             return Err(refuse(
                 "image_pixels",
                 format!(
-                    "{}x{} is {pixels} pixels, more than the {} one image may have (memory model: {PEAK_BYTES_PER_PIXEL} bytes per pixel)",
-                    self.width, self.height, limits.max_image_pixels
+                    "{}x{} is {pixels} pixels, more than the {} one image may have (memory model: {} bytes per pixel)",
+                    self.width,
+                    self.height,
+                    limits.max_image_pixels,
+                    VAE_BYTES_PER_PIXEL + BATCH_BYTES_PER_PIXEL
                 ),
             ));
         }

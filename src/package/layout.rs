@@ -102,6 +102,10 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
     });
     config.parameters.push(("onnx_file".into(), "model.onnx".into()));
     config.parameters.push(("intra_op_threads".into(), "0".into()));
+    // The VAE decoder decodes one image per ONNX Runtime run (its activations are the memory peak:
+    // docs/serving.md); the other networks run a dynamic batch whole.
+    let max_run_batch = if network.name == "vae_decoder" { "1" } else { "0" };
+    config.parameters.push(("max_run_batch".into(), max_run_batch.into()));
     let mut files = vec![
         (
             PathBuf::from("1/model.py"),
@@ -204,7 +208,7 @@ fn request_rules(options: &Options, limits: &Limits) -> Result<RequestLimits> {
         min_sequence_length: size(limits.min_sequence_length)?,
         max_sequence_length: size(limits.max_sequence_length)?,
         max_prompt_bytes: options.serving.max_prompt_bytes,
-        max_image_pixels: options.serving.max_batch_pixels(),
+        max_image_pixels: options.serving.max_image_pixels(),
         ..RequestLimits::pipeline()
     })
 }
@@ -298,7 +302,12 @@ pub fn orchestrator(
             "request_rules",
             serde_json::to_string(&request_rules(options, limits)?)?,
         ),
-        ("max_batch_pixels", serving.max_batch_pixels().to_string()),
+        (
+            "max_batch_pixels",
+            serving
+                .max_batch_pixels(usize::try_from(limits.max_height * limits.max_width).context("image size")?)
+                .to_string(),
+        ),
         ("network_timeout_ms", serving.network_timeout_ms.to_string()),
         ("clip_length", limits.clip_length.to_string()),
         ("clip_pad_token", CLIP_PAD_TOKEN.into()),

@@ -10,7 +10,7 @@ pub mod engines;
 pub mod layout;
 pub mod source;
 
-use crate::generate::request::{MAX_PROMPT_BYTES, MAX_SEQUENCE_LENGTH, MEMORY_BUDGET_BYTES, PEAK_BYTES_PER_PIXEL};
+use crate::generate::request::{self, MAX_PROMPT_BYTES, MAX_SEQUENCE_LENGTH, MEMORY_BUDGET_BYTES};
 use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
 use anyhow::{bail, Context, Result};
 use engines::EnginesManifest;
@@ -67,7 +67,7 @@ pub struct Options {
 pub struct Serving {
     /// Bytes per prompt (refused beyond, before tokenizing).
     pub max_prompt_bytes: usize,
-    /// Memory one batch of images may take (the memory model: PEAK_BYTES_PER_PIXEL per pixel);
+    /// Memory one request may take (the memory model, `generate::request::max_image_pixels`):
     /// sets the pixels of one image (refused beyond) and of one network batch (split beyond).
     pub memory_budget_mib: u64,
     /// `flux` instances: requests of different sizes or steps run side by side, not behind
@@ -95,9 +95,19 @@ impl Default for Serving {
 }
 
 impl Serving {
-    /// Pixels per network batch (and per image) the memory budget allows.
-    pub fn max_batch_pixels(&self) -> usize {
-        ((self.memory_budget_mib as usize) << 20) / PEAK_BYTES_PER_PIXEL
+    fn budget(&self) -> usize {
+        (self.memory_budget_mib as usize) << 20
+    }
+
+    /// Pixels of one image the memory budget allows.
+    pub fn max_image_pixels(&self) -> usize {
+        request::max_image_pixels(self.budget())
+    }
+
+    /// Pixels per network batch the memory budget allows when its images have up to
+    /// `largest_image` pixels each.
+    pub fn max_batch_pixels(&self, largest_image: usize) -> usize {
+        request::max_batch_pixels(self.budget(), largest_image.min(self.max_image_pixels()))
     }
 }
 

@@ -5,8 +5,16 @@ the same interface from TensorRT plans instead.
 
 Requests of one dynamic batch whose tensors agree in every dimension but the first run as one
 ONNX Runtime call; every request gets its own response (an error names the network).
+
+Memory (docs/serving.md): `max_run_batch` (config parameter; 0 = no limit) caps the samples of one
+ONNX Runtime run: the VAE decoder runs one image at a time, so its full-resolution activations are
+those of one image whatever the batch (each sample's result does not depend on the others: the
+outputs are the batched run's, byte for byte). ONNX Runtime's arena is off and the C heap is
+trimmed after each batch, so a large request's memory goes back to the system when it is done.
 """
 
+import ctypes
+import ctypes.util
 import json
 import os
 
@@ -34,6 +42,9 @@ class TritonPythonModel:
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.batched = config.get("max_batch_size", 0) > 0
+        self.max_run_batch = int(params.get("max_run_batch", "0"))
+        libc = ctypes.util.find_library("c")
+        self.malloc_trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
         graph_inputs = {i.name for i in self.session.get_inputs()}
         missing = [n for n in self.inputs if n not in graph_inputs]
         if missing:
@@ -48,7 +59,19 @@ class TritonPythonModel:
         return feeds
 
     def _run(self, feeds, outputs):
-        return dict(zip(outputs, self.session.run(outputs, feeds)))
+        n = next(iter(feeds.values())).shape[0] if feeds else 0
+        step = self.max_run_batch
+        if not self.batched or step <= 0 or n <= step:
+            return dict(zip(outputs, self.session.run(outputs, feeds)))
+        # Slices of at most `max_run_batch` samples, written into the outputs in order.
+        merged = {}
+        for start in range(0, n, step):
+            part = self.session.run(outputs, {k: v[start : start + step] for k, v in feeds.items()})
+            for name, value in zip(outputs, part):
+                if name not in merged:
+                    merged[name] = np.empty((n,) + value.shape[1:], dtype=value.dtype)
+                merged[name][start : start + value.shape[0]] = value
+        return merged
 
     def execute(self, requests):
         parsed = []
@@ -78,4 +101,8 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in out.items()]))
             except Exception as e:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")))
+        del parsed, results
+        if self.malloc_trim is not None:
+            # glibc keeps freed heap pages (small and mid-sized buffers) for reuse: give them back.
+            self.malloc_trim(0)
         return responses
