@@ -118,11 +118,13 @@ def psnr(a, b):
 
 work = os.environ["WORK"]
 rows = [l.split() for l in os.environ["ROWS"].splitlines()]
-results = {}
+results, references = {}, {}
 for variant, name, side, count, wall, user, sys in rows:
     calibration = json.load(open(f"{work}/{variant}/calibration-{name}.json"))
-    dbs = [psnr(read_png(f"{work}/{variant}/fp8-{name}-{i}.png"), read_png(f"{work}/{variant}/fp32-{i}.png"))
-           for i in range(2)]
+    if variant not in references:
+        references[variant] = [read_png(f"{work}/{variant}/fp32-{i}.png") for i in range(2)]
+    dbs = [psnr(read_png(f"{work}/{variant}/fp8-{name}-{i}.png"), reference)
+           for i, reference in enumerate(references[variant])]
     results[(variant, name)] = dict(side=int(side), steps=calibration["settings"]["steps"], prompts=int(count),
                                     wall=float(wall), cpu=float(user) + float(sys), psnr=dbs,
                                     amax=calibration["amax"])
