@@ -68,7 +68,8 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 WORK=$work ROWS=$(printf '%s\n' "${rows[@]}") LOAD="$load_before before / $load_after after" EVAL_SIDE=$EVAL_SIDE \
-    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) REPORT=$REPORT "$PYTHON" - <<'PY'
+    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) REPORT=$REPORT PYTHONPATH=scripts "$PYTHON" - <<'PY'
+import bench_report
 import datetime, json, os, struct, zlib
 import numpy as np
 
@@ -166,11 +167,5 @@ for (variant, name), r in results.items():
                             ratio=round(r["wall"] / old["wall"], 3), target="PSNR within 0.5 dB of old", met=bool(delta >= -0.5)))
 lines += ["", "`Δ vs old`: the worse prompt's PSNR minus the old default's worse prompt. `max amax ratio`: the",
           "layer whose calibrated input range moved most against the old default's (1.000: identical)."]
-report = os.environ["REPORT"]
-open(report + ".tmp", "w").write("\n".join(lines) + "\n")
-os.replace(report + ".tmp", report)
-json_path = report.removesuffix(".md") + ".json"
-json.dump(dict(date=date, report=report, rows=summary), open(json_path + ".tmp", "w"), indent=1)
-os.replace(json_path + ".tmp", json_path)
-print("\n".join(lines))
+bench_report.write(os.environ["REPORT"], lines, date, summary)
 PY

@@ -58,7 +58,8 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 OLD=$OLD NEW=$NEW ROWS=$(printf '%s\n' "${rows[@]}") LOAD="$load_before before / $load_after after" TEXT_TOKENS=$TEXT_TOKENS \
-    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) REPORT=$REPORT python3 - <<'PY'
+    COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) REPORT=$REPORT PYTHONPATH=scripts python3 - <<'PY'
+import bench_report
 import datetime, json, os
 text = int(os.environ["TEXT_TOKENS"])
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
@@ -101,11 +102,5 @@ if old_side in per_step and new_side in per_step:
     summary.append(dict(benchmark="full-size dev calibration on this CPU, new defaults (from the slice)",
                         measured=f"{new:.1f} h", reference=f"old defaults {old:.1f} h", ratio=round(new / old, 3),
                         target="", met=None))
-report = os.environ["REPORT"]
-open(report + ".tmp", "w").write("\n".join(lines) + "\n")
-os.replace(report + ".tmp", report)
-json_path = report.removesuffix(".md") + ".json"
-json.dump(dict(date=date, report=report, rows=summary), open(json_path + ".tmp", "w"), indent=1)
-os.replace(json_path + ".tmp", json_path)
-print("\n".join(lines))
+bench_report.write(os.environ["REPORT"], lines, date, summary)
 PY
