@@ -114,6 +114,15 @@ bench-engines:
 bench-slice: triton-venv
 	bash scripts/bench-slice.sh
 
+# FP8 calibration settings (not a test): cost and FP8 image PSNR of the old and the cheaper calibrate
+# defaults on the tiny fixture pipelines (bench/calibration.md); what one full-size transformer step
+# costs on this CPU, from the 1+2-block slice (bench/step-cost.md).
+.PHONY: bench-calibration bench-step-cost
+bench-calibration: $(ORT_DYLIB_PATH) triton-venv
+	bash scripts/bench-calibration.sh
+bench-step-cost: triton-venv
+	bash scripts/bench-step-cost.sh
+
 # Scheduling, cancellation and admission of a served deployment (not a test): bench/scheduling.md.
 .PHONY: bench-scheduling
 bench-scheduling: setup triton-venv

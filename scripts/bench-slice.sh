@@ -101,7 +101,8 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 SAME_FP32=$same_fp32 ROWS=$(printf '%s\n' "${rows[@]}") ORT=$(printf '%s\n' "${ort[@]}") SIZE=$size \
     LOAD="$load_before before / $load_after after" COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
-    TOKENS="$IMAGE_TOKENS+$TEXT_TOKENS" REPORT=$REPORT python3 - <<'PY'
+    TOKENS="$IMAGE_TOKENS+$TEXT_TOKENS" REPORT=$REPORT PYTHONPATH=scripts python3 - <<'PY'
+import bench_report
 import json, os, subprocess, datetime
 exports = {}
 for line in os.environ["ROWS"].splitlines():
@@ -165,11 +166,5 @@ lines += ["", "`current,no-prepacking`: the current graph with the session optio
           "(ONNX Runtime then packs the MatMul weights on every run instead of once at session start).",
           "`clip`, `vae_decoder`: the full-size CLIP-L and VAE decoder, fp32, current build (CLIP at 77 tokens,",
           "the decoder at 256×256)."]
-report = os.environ["REPORT"]
-open(report + ".tmp", "w").write("\n".join(lines) + "\n")
-os.replace(report + ".tmp", report)
-json_path = report.removesuffix(".md") + ".json"
-json.dump(dict(date=date, report=report, rows=summary), open(json_path + ".tmp", "w"), indent=1)
-os.replace(json_path + ".tmp", json_path)
-print("\n".join(lines))
+bench_report.write(os.environ["REPORT"], lines, date, summary)
 PY

@@ -347,3 +347,25 @@ fn calibration_problems_are_refused_with_the_file_named() {
         "{err}"
     );
 }
+
+/// Left to its defaults, calibrate runs the affordable settings the README promises (512², 8 steps
+/// for dev, the first 4 bundled prompts) and the table records them.
+#[test]
+fn calibration_defaults_are_the_affordable_ones() {
+    // Its own export: the shared one must show no calibration scratch folder to the other tests.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("precision_calibrate_defaults");
+    let _ = std::fs::remove_dir_all(&dir);
+    let fp32 = dir.join("fp32");
+    ok(export("dev", &fp32, &[]), "fp32 export");
+    let path = dir.join("calibration.json");
+    ok(
+        fluxbuild(&["calibrate", "--models", s(&fp32), "--out", s(&path)]),
+        "calibrate with its defaults",
+    );
+    let settings = CalibrationTable::read(&path).unwrap().settings;
+    assert_eq!((&settings["height"], &settings["width"]), (&512.into(), &512.into()));
+    assert_eq!(settings["steps"], 8);
+    assert_eq!(settings["prompts"]["count"], 4);
+    let source = settings["prompts"]["source"].as_str().unwrap();
+    assert!(source.contains("bundled") && source.contains("first 4"), "{source}");
+}

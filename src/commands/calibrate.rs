@@ -1,7 +1,7 @@
 //! `fluxbuild calibrate`: the activation ranges FP8 export needs, measured by running the fp32
 //! graphs over calibration prompts and denoising steps.
 
-use crate::calibrate::{calibrate, CalibrationRequest, Prompts};
+use crate::calibrate::{calibrate, CalibrationRequest, Prompts, DEFAULT_PROMPTS};
 use crate::output::{Output, STEPS_BAR};
 use anyhow::Result;
 use fluxbuild_exporters::util::sha256_file;
@@ -13,16 +13,17 @@ pub struct Args {
     /// Folder written by `fluxbuild export --precision fp32` (all four submodels).
     #[arg(long, value_name = "DIR")]
     models: PathBuf,
-    /// Calibration prompts, one a line (# comments) [default: the bundled profiles/calibration-prompts.txt].
+    /// Calibration prompts, one a line (# comments), all used [default: the first 4 of the bundled
+    /// profiles/calibration-prompts.txt].
     #[arg(long, value_name = "FILE")]
     prompts: Option<PathBuf>,
-    /// Denoising steps per prompt [default: 28 for dev, 4 for schnell].
+    /// Denoising steps per prompt [default: 8 for dev, 4 for schnell].
     #[arg(long)]
     steps: Option<usize>,
-    /// Image height in pixels, a multiple of 16 [default: 1024].
+    /// Image height in pixels, a multiple of 16 [default: 512].
     #[arg(long)]
     height: Option<usize>,
-    /// Image width in pixels, a multiple of 16 [default: 1024].
+    /// Image width in pixels, a multiple of 16 [default: 512].
     #[arg(long)]
     width: Option<usize>,
     /// Seed of the initial noise; prompt i uses seed + i.
@@ -39,7 +40,7 @@ pub struct Args {
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let prompts = match &args.prompts {
         Some(path) => Prompts::read(path)?,
-        None => Prompts::bundled(),
+        None => Prompts::bundled().first(DEFAULT_PROMPTS),
     };
     let request = CalibrationRequest {
         models: args.models,
