@@ -30,7 +30,8 @@ pub struct SubmodelSource {
     pub path: PathBuf,
     /// `--config` override (else the checkpoint's own config.json is used).
     pub config: Option<PathBuf>,
-    pub precision: Precision,
+    /// The precision resolved for this network, once: export, the manifest and fp8 all read it.
+    pub plan: NetworkPrecision,
 }
 
 #[derive(Clone, Debug)]
@@ -92,18 +93,17 @@ pub struct ExportedSubmodel {
 
 /// How `network`'s graph is built at `precision`. fp8 builds the graph of its base type (bf16;
 /// fp16 for fp8-fp16) at opset 19 (FP8 Q/DQ), which `quantize_fp8` then rewrites.
-pub fn graph_options(network: &str, precision: Precision, opset: i64) -> Result<GraphOptions> {
-    let plan = NetworkPrecision::new(network, precision)?;
+pub fn graph_options(plan: &NetworkPrecision, opset: i64) -> GraphOptions {
     let opset = if plan.fp8_linears {
         opset.max(qdq::FP8_OPSET)
     } else {
         opset
     };
-    Ok(GraphOptions {
+    GraphOptions {
         float: plan.float,
         wide: plan.wide,
         opset,
-    })
+    }
 }
 
 struct Planned<'a> {
@@ -123,14 +123,14 @@ struct Calibration {
 }
 
 fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
-    let Some(fp8) = request.submodels.iter().find(|s| s.precision.is_fp8()) else {
+    let Some(fp8) = request.submodels.iter().find(|s| s.plan.precision.is_fp8()) else {
         return Ok(None);
     };
     let Some(path) = &request.precision.calibration else {
         bail!(
             "--precision {}={} needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
             fp8.name,
-            fp8.precision
+            fp8.plan.precision
         );
     };
     let table = CalibrationTable::read(path)?;
@@ -255,7 +255,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     let mut manifest = Manifest::new("export", inputs, files);
     manifest.settings = serde_json::json!({
         "opset": request.opset,
-        "precision": planned.iter().map(|p| (p.source.name, p.source.precision)).collect::<BTreeMap<_, _>>(),
+        "precision": planned.iter().map(|p| (p.source.name, p.source.plan.precision)).collect::<BTreeMap<_, _>>(),
         "fp8": calibration.as_ref().map(|c| serde_json::json!({
             "calibration": c.path,
             "calibration_sha256": c.sha256,
@@ -356,8 +356,8 @@ fn plan_all<'a>(
             continue;
         }
         let exporter = exporter_for(source.name);
-        let emulate = request.precision.emulate && source.precision != Precision::Fp32;
-        let options = graph_options(source.name, source.precision, request.opset)?;
+        let emulate = request.precision.emulate && source.plan.precision != Precision::Fp32;
+        let options = graph_options(&source.plan, request.opset);
         let config = match &source.config {
             Some(path) => read_json(Some(path))?,
             None => ckpt.config()?,
@@ -365,7 +365,7 @@ fn plan_all<'a>(
         let (analysis, mut graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
             .with_context(|| format!("{} ({})", source.name, source.path.display()))?;
         if problems.is_empty() {
-            let fp8 = match calibration.filter(|_| source.precision.is_fp8()) {
+            let fp8 = match calibration.filter(|_| source.plan.precision.is_fp8()) {
                 Some(c) => Some(quantize_fp8(request, source, &mut graph, c)?),
                 None => None,
             };
@@ -406,18 +406,17 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
         layout: p.analysis.layout.clone(),
         variant: p.analysis.variant.clone(),
         config: p.analysis.config.clone(),
-        precision: p.source.precision,
-        precision_plan: NetworkPrecision::new(p.source.name, p.source.precision)
-            .ok()
-            .map(|mut plan| {
-                if p.emulated {
-                    plan.notes.push(format!(
-                        "emulated in an fp32 graph: {:?} weights, every {:?} op output rounded",
-                        plan.float, plan.float
-                    ));
-                }
-                plan
-            }),
+        precision: p.source.plan.precision,
+        precision_plan: Some({
+            let mut plan = p.source.plan.clone();
+            if p.emulated {
+                plan.notes.push(format!(
+                    "emulated in an fp32 graph: {:?} weights, every {:?} op output rounded",
+                    plan.float, plan.float
+                ));
+            }
+            plan
+        }),
         quantization: p.fp8.clone(),
         opset: p.graph.opset,
         parameters: p.ckpt.param_count(),

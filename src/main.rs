@@ -25,7 +25,7 @@ enum Command {
     /// Export submodels to ONNX graphs (checkpoint -> graphs).
     Export(commands::export::Args),
     /// Generate images from a text prompt with the exported graphs (ONNX Runtime) or a Triton server.
-    Generate(commands::generate::Args),
+    Generate(commands::generate_shared::Args),
     /// Write a Triton model repository from exported graphs or engines.
     Package(commands::package::Args),
     /// Write perf_analyzer's input-data file for a repository's `flux` model.
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a, &out),
         Command::Export(a) => commands::export::run(a, &out),
+        Command::Generate(a) if a.server.is_some() => commands::generate_remote::run(a, &out),
         Command::Generate(a) => commands::generate::run(a, &out),
         Command::Package(a) => commands::package::run(a, &out),
         Command::PerfData(a) => commands::perf_data::run(a, &out),

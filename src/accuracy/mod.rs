@@ -304,13 +304,15 @@ fn export_pipeline(
     let submodels = SUBMODELS
         .iter()
         .filter(|n| networks.contains(n))
-        .map(|&name| SubmodelSource {
-            name,
-            path: checkpoint.into(),
-            config: None,
-            precision: plan.with_defaults(name),
+        .map(|&name| {
+            Ok(SubmodelSource {
+                name,
+                path: checkpoint.into(),
+                config: None,
+                plan: plan.resolve(name)?,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let request = ExportRequest {
         submodels,
         files: crate::pipeline_files::PipelineFileSources {

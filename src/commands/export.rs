@@ -98,7 +98,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         for (tensor, count) in entry.map(|e| e.saturated).unwrap_or_default() {
             out.warn(&format!(
                 "{}: {count} value(s) of {tensor} exceed the {} range and were saturated",
-                s.name, s.precision
+                s.name, s.plan.precision
             ));
         }
     }
@@ -121,7 +121,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
                 "\n  {:<12} {} ({})",
                 s.name,
                 request.out.join(s.name).join("model.onnx").display(),
-                s.precision
+                s.plan.precision
             ));
         }
         text
@@ -158,12 +158,11 @@ fn request(args: &Args) -> Result<ExportRequest> {
                 flag_for(name)
             );
         };
-        precision.resolve(name)?;
         submodels.push(SubmodelSource {
             name,
             path,
             config: None,
-            precision: precision.with_defaults(name),
+            plan: precision.resolve(name)?,
         });
     }
     check_single_file_checkpoint(args, &submodels)?;

@@ -2,7 +2,7 @@
 //! deployment serves (its defaults fill what the flags leave out), sent to a Triton server's `flux`
 //! model; the images are written as local generation writes them.
 
-use super::generate::{describe, request_options, summary, warn_about_defaults, write_images, Args};
+use super::generate_shared::{describe, request_options, summary, warn_about_defaults, write_images, Args};
 use crate::client::Client;
 use crate::generate::image::output_paths;
 use crate::generate::Variant;

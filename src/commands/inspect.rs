@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use fluxbuild_exporters::checkpoint::{diagnose, read_json, Checkpoint, ScaledFp8};
 use fluxbuild_exporters::models::{self, Exporter, EXPORTERS};
 use fluxbuild_exporters::onnx::{Problem, DEFAULT_OPSET};
-use fluxbuild_exporters::precision::Precision;
+use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,7 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
         Some(c) => read_json(Some(c))?,
         None => ckpt.config()?,
     };
-    let options = graph_options(exporter.name(), Precision::Fp32, DEFAULT_OPSET)?;
+    let options = graph_options(&NetworkPrecision::new(exporter.name(), Precision::Fp32)?, DEFAULT_OPSET);
     let planned = match diagnose::mismatch(&ckpt, exporter.name()) {
         Some(what) => Err(anyhow::anyhow!(what)),
         None => models::plan(exporter, &ckpt, config.as_ref(), &options),

@@ -7,6 +7,7 @@ pub mod clean;
 pub mod export;
 pub mod generate;
 pub mod generate_remote;
+pub mod generate_shared;
 pub mod inspect;
 pub mod lint;
 pub mod package;
