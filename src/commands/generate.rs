@@ -10,7 +10,10 @@ use serde_json::json;
 use std::time::Instant;
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
-    let dir = args.models.as_ref().context("--models DIR is required without --server")?;
+    let dir = args
+        .models
+        .as_ref()
+        .context("--models DIR is required without --server")?;
     let started = Instant::now();
     let models = ExportedModels::open(dir)?;
     crate::generate::models::check_runs_on_cpu(dir)?;

@@ -69,13 +69,7 @@ pub fn request_options(args: &Args) -> RequestOptions {
 }
 
 /// Says which settings were not the user's: a guidance the transformer ignores, a clock seed.
-pub fn warn_about_defaults(
-    args: &Args,
-    request: &Request,
-    variant: Variant,
-    guidance_embeds: bool,
-    out: &Output,
-) {
+pub fn warn_about_defaults(args: &Args, request: &Request, variant: Variant, guidance_embeds: bool, out: &Output) {
     if args.guidance.is_some() && !guidance_embeds {
         out.warn(&format!(
             "--guidance is ignored: the {} transformer takes no guidance",
@@ -119,12 +113,7 @@ pub fn write_images(
 }
 
 /// The report's common part: what was asked and which files were written.
-pub fn describe(
-    request: &Request,
-    variant: Variant,
-    guidance: Option<f32>,
-    paths: &[PathBuf],
-) -> serde_json::Value {
+pub fn describe(request: &Request, variant: Variant, guidance: Option<f32>, paths: &[PathBuf]) -> serde_json::Value {
     let noise = match &request.noise {
         InitialNoise::Seed(seed) => json!({ "generator": "fluxbuild noise v1", "seed": seed }),
         InitialNoise::Tensor { source, .. } => json!({ "file": source }),
