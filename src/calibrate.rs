@@ -7,12 +7,12 @@
 
 use crate::export::ExportedSubmodel;
 use crate::generate::{generate, Event, ExportedModels, RequestOptions};
-use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::files::{hex, sha256_file};
+use fluxbuild_contract::manifest::Manifest;
 use fluxbuild_exporters::precision::Precision;
 use fluxbuild_exporters::quantize::amax::write_calibration_model;
 use fluxbuild_exporters::quantize::calibration::{CalibratedModel, CalibrationTable, FORMAT};
-use fluxbuild_exporters::util::{hex, sha256_file};
 use indicatif::ProgressBar;
 use serde_json::json;
 use sha2::{Digest, Sha256};

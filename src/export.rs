@@ -4,13 +4,13 @@
 //! Everything is validated before anything is written; outputs and the manifest go to a staging
 //! folder beside `out`, swapped in whole only when all submodels succeeded (`output_dir`).
 
-use crate::manifest::{FileEntry, Manifest};
 use crate::pipeline_files::{self, Origin, PipelineFile, PipelineFileSources};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::manifest::{FileEntry, Manifest};
+use fluxbuild_contract::output_dir::{self, crash_point, Existing, Staged};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
 use fluxbuild_exporters::onnx::{problems_error, write_model, Graph};
-use fluxbuild_exporters::output_dir::{self, crash_point, Existing, Staged};
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
 use fluxbuild_exporters::quantize::calibration::CalibrationTable;
 use fluxbuild_exporters::quantize::{qdq, Fp8Policy, Fp8Summary, WeightScaling};
@@ -85,8 +85,8 @@ pub struct ExportedSubmodel {
     pub parameters: u64,
     pub nodes: usize,
     pub initializers: usize,
-    pub inputs: Vec<crate::manifest::TensorSpec>,
-    pub outputs: Vec<crate::manifest::TensorSpec>,
+    pub inputs: Vec<fluxbuild_contract::manifest::TensorSpec>,
+    pub outputs: Vec<fluxbuild_contract::manifest::TensorSpec>,
     /// Tensors whose values were saturated converting to a narrower type, with counts.
     pub saturated: Vec<(String, u64)>,
 }
@@ -144,7 +144,7 @@ fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
     }
     Ok(Some(Calibration {
         path: path.clone(),
-        sha256: fluxbuild_exporters::util::sha256_file(path)?,
+        sha256: fluxbuild_contract::files::sha256_file(path)?,
         table,
     }))
 }
@@ -422,8 +422,18 @@ fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) 
         parameters: p.ckpt.param_count(),
         nodes: written.nodes,
         initializers: written.initializers,
-        inputs: p.graph.inputs.iter().map(crate::manifest::TensorSpec::from).collect(),
-        outputs: p.graph.outputs.iter().map(crate::manifest::TensorSpec::from).collect(),
+        inputs: p
+            .graph
+            .inputs
+            .iter()
+            .map(fluxbuild_contract::manifest::TensorSpec::from)
+            .collect(),
+        outputs: p
+            .graph
+            .outputs
+            .iter()
+            .map(fluxbuild_contract::manifest::TensorSpec::from)
+            .collect(),
         saturated: written.saturated.clone(),
     }
 }

@@ -9,7 +9,6 @@ pub mod commands;
 pub mod deploy;
 pub mod export;
 pub mod generate;
-pub mod manifest;
 pub mod output;
 pub mod package;
 pub mod pipeline_files;

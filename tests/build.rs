@@ -5,9 +5,9 @@
 #[path = "../engines/tests/support/mod.rs"]
 mod support;
 
-use fluxbuild::commands::build::{engines_manifest, previous_records, write_engines_manifest};
 use fluxbuild_engines::build::{self, BuildRequest};
 use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision, Runtime};
+use fluxbuild_engines::stage::{engines_manifest, previous_records, write_engines_manifest};
 use fluxbuild_engines::toolchain::{self, Gpu, Toolchain, Version};
 use fluxbuild_profiles::Preset;
 use std::collections::BTreeMap;
@@ -253,7 +253,7 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
             precision: "fp16".into(),
             plan: p.plan.clone(),
             plan_bytes: 64,
-            plan_sha256: fluxbuild_exporters::util::sha256_file(&path).unwrap(),
+            plan_sha256: fluxbuild_contract::files::sha256_file(&path).unwrap(),
             onnx: p.graph.onnx.clone(),
             graph_files: p.files.clone(),
             graph_hashes_from: p.hashes_from.into(),
@@ -276,7 +276,7 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
     let manifest = engines_manifest(&request, &tc, &records).unwrap();
     write_engines_manifest(&manifest, &records, &out.join("manifest.json")).unwrap();
     // `fluxbuild package --target gpu` reads it.
-    let packaged = fluxbuild::package::engines::EnginesManifest::read(&out).unwrap();
+    let packaged = fluxbuild_contract::engines::EnginesManifest::read(&out).unwrap();
     assert_eq!(
         packaged.engines.iter().map(|e| e.network.as_str()).collect::<Vec<_>>(),
         ["clip", "t5", "transformer", "vae_decoder"]
@@ -315,7 +315,7 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
     for input in &manifest.inputs {
         assert_eq!(
             input.sha256,
-            fluxbuild_exporters::util::sha256_file(&input.path).unwrap(),
+            fluxbuild_contract::files::sha256_file(&input.path).unwrap(),
             "{}",
             input.path.display()
         );

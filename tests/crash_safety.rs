@@ -7,7 +7,7 @@
 
 mod common;
 use fluxbuild::export::list_files;
-use fluxbuild_exporters::util::sha256_file;
+use fluxbuild_contract::files::sha256_file;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -7,12 +7,12 @@
 mod generate_common;
 
 use fluxbuild::generate::{generate, Event, ExportedModels, RequestOptions};
+use fluxbuild_contract::files::sha256_file;
 use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use fluxbuild_exporters::onnx::ElemType;
 use fluxbuild_exporters::quantize::calibration::CalibrationTable;
 use fluxbuild_exporters::quantize::{qdq, Fp8Policy, WeightScaling};
-use fluxbuild_exporters::util::sha256_file;
 use generate_common::psnr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,7 +9,7 @@ use crate::key::{cache_key, FileDigest, KeyInputs};
 use crate::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
 use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
-use fluxbuild_exporters::util::{sha256_file, write_atomic};
+use fluxbuild_contract::files::{sha256_file, write_atomic};
 use fluxbuild_profiles::{Network, OptProfile, Preset, ProfileShapes, Variant};
 use indicatif::{ProgressBar, ProgressStyle};
 use onnx_protobuf as pb;
@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+#[derive(Clone)]
 pub struct BuildRequest {
     pub models: PathBuf,
     pub out: PathBuf,
@@ -494,35 +495,6 @@ impl ExportFiles {
         let meta = std::fs::metadata(path).ok()?;
         (meta.len() == *bytes && meta.modified().ok()? <= self.written).then_some(sha)
     }
-}
-
-/// The `engines` list `fluxbuild package` reads (src/package/engines.rs): per engine its
-/// network, precision label, plan file and every profile's shapes by input name.
-pub fn package_view(records: &BTreeMap<String, EngineRecord>) -> serde_json::Value {
-    let engines: Vec<serde_json::Value> = records
-        .iter()
-        .map(|(network, r)| {
-            let profiles: Vec<serde_json::Value> = r
-                .shapes
-                .iter()
-                .map(|p| {
-                    let inputs: serde_json::Map<String, serde_json::Value> = p
-                        .inputs
-                        .iter()
-                        .map(|i| {
-                            (
-                                i.name.clone(),
-                                serde_json::json!({ "min": i.min, "opt": i.opt, "max": i.max }),
-                            )
-                        })
-                        .collect();
-                    serde_json::json!({ "inputs": inputs })
-                })
-                .collect();
-            serde_json::json!({ "network": network, "precision": r.precision, "file": r.plan, "profiles": profiles })
-        })
-        .collect();
-    serde_json::Value::Array(engines)
 }
 
 /// sha256 of `model.onnx` (always computed: it is small) and of its external data files

@@ -3,7 +3,7 @@
 //! profile shapes, the runtime (TensorRT or TensorRT-RTX), its version and the GPUs it targets.
 
 use crate::settings::{BuildSettings, Runtime};
-use fluxbuild_exporters::util::hex;
+use fluxbuild_contract::files::hex;
 use fluxbuild_profiles::{Network, ProfileShapes};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

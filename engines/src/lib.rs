@@ -17,5 +17,6 @@ pub mod lint;
 pub mod native;
 pub mod rtx;
 pub mod settings;
+pub mod stage;
 pub mod toolchain;
 pub mod trtexec;

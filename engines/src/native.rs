@@ -14,7 +14,7 @@ use crate::build::Graph;
 use crate::settings::{BuildSettings, ComputeCapability, Precision};
 use crate::toolchain::{TensorRtLibs, Version};
 use anyhow::{anyhow, bail, Context, Result};
-use fluxbuild_exporters::util::AtomicFile;
+use fluxbuild_contract::files::AtomicFile;
 use fluxbuild_profiles::ProfileShapes;
 use indicatif::ProgressBar;
 use std::io::Write;

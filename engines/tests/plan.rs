@@ -3,11 +3,11 @@
 
 mod support;
 
+use fluxbuild_contract::files::sha256_file;
 use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
 use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision, Runtime};
 use fluxbuild_engines::toolchain::{Gpu, Toolchain, Version};
 use fluxbuild_exporters::onnx::write_model;
-use fluxbuild_exporters::util::sha256_file;
 use fluxbuild_profiles::{Network, Preset};
 use std::collections::BTreeMap;
 use std::path::Path;

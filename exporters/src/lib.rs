@@ -3,7 +3,5 @@
 pub mod checkpoint;
 pub mod models;
 pub mod onnx;
-pub mod output_dir;
 pub mod precision;
 pub mod quantize;
-pub mod util;

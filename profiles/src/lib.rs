@@ -5,11 +5,10 @@
 //! input of a network, following the graph interfaces (`Li = (H/16)(W/16)`, latent `H/8 x W/8`,
 //! CLIP always 77 tokens).
 
-mod network;
 mod preset;
 mod shapes;
 
-pub use network::{Network, Variant};
+pub use fluxbuild_contract::{Network, Variant};
 pub use preset::{OptProfile, Preset, Range};
 pub use shapes::{InputShape, ModelDims, ProfileShapes};
 

@@ -1,9 +1,9 @@
 //! Parsing and validating presets. Every error names the preset, the optimization profile and
 //! the field, and says what was expected.
 
-use crate::network::{Network, Variant};
 use crate::{IMAGE_MULTIPLE, T5_MAX_TOKENS};
 use anyhow::{anyhow, bail, Context, Result};
+use fluxbuild_contract::{Network, Variant};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;

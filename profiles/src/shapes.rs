@@ -5,9 +5,9 @@
 //! `img_ids` [Li,3], `txt_ids` [Lt,3], `guidance` [B] (dev only); clip `input_ids` [B,77];
 //! t5 `input_ids` [B,L]; vae_decoder `latent` [B,16,H/8,W/8]. Li = (H/16)(W/16).
 
-use crate::network::{Network, Variant};
 use crate::preset::{OptProfile, Preset, Range};
 use crate::CLIP_TOKENS;
+use fluxbuild_contract::{Network, Variant};
 use serde::{Deserialize, Serialize};
 
 /// The fixed sizes of a model's inputs (full-size FLUX.1 by default; read from the exported

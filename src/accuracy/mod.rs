@@ -15,9 +15,9 @@ use crate::calibrate::{calibrate, CalibrationRequest, Prompts};
 use crate::export::{export, ExportRequest, PrecisionSettings, SubmodelSource, SUBMODELS};
 use crate::generate::pipeline::decoder_latent;
 use crate::generate::{generate, Event, ExportedModels, Generation, Request, RequestOptions};
-use crate::manifest::Manifest;
 use crate::runtime::{Input, Model};
 use anyhow::{Context, Result};
+use fluxbuild_contract::manifest::Manifest;
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision, PrecisionPlan};
 use indicatif::ProgressBar;
@@ -320,7 +320,7 @@ fn export_pipeline(
             ..Default::default()
         },
         out: out.into(),
-        existing: fluxbuild_exporters::output_dir::Existing::Replace,
+        existing: fluxbuild_contract::output_dir::Existing::Replace,
         opset: DEFAULT_OPSET,
         precision: precision.clone(),
     };

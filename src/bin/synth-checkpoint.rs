@@ -9,7 +9,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use fluxbuild::generate::noise::SplitMix64;
-use fluxbuild_exporters::util::AtomicFile;
+use fluxbuild_contract::files::AtomicFile;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 

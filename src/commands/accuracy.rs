@@ -5,7 +5,7 @@ use crate::accuracy::{markdown, measure, Settings, PROMPTS};
 use crate::calibrate::Prompts;
 use crate::output::{Output, STEPS_BAR};
 use anyhow::{Context, Result};
-use fluxbuild_exporters::util::write_atomic;
+use fluxbuild_contract::files::write_atomic;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

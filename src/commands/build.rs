@@ -1,23 +1,16 @@
 //! `fluxbuild build --models DIR --profile NAME --out ENGINES`: graphs -> TensorRT plans.
 //!
 //! Nothing is written until the graphs are checked and the toolchain (TensorRT or trtexec, a
-//! GPU) is found. After every engine the folder is committed whole (`output_dir`): the plan and
-//! the manifest are written into a staging copy of the engines folder (earlier plans hard-linked)
-//! that is swapped in, so a later failure keeps what was built and a crash leaves the previous
-//! or the new folder, complete.
+//! GPU) is found; then `fluxbuild_engines::stage` builds and commits the folder engine by engine.
 
-use crate::manifest::{FileEntry, Manifest};
 use crate::output::Output;
-use anyhow::{bail, Context, Result};
-use fluxbuild_engines::build::{self, BuildRequest, EngineRecord};
-use fluxbuild_engines::rtx;
+use anyhow::{bail, Result};
+use fluxbuild_engines::build::{self, BuildRequest};
 use fluxbuild_engines::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
-use fluxbuild_engines::toolchain::{self, Toolchain, Version};
+use fluxbuild_engines::toolchain::{self, Version};
 use fluxbuild_engines::trtexec;
-use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
+use fluxbuild_engines::{rtx, stage};
 use fluxbuild_profiles::{Network, Preset};
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -70,16 +63,6 @@ pub struct Args {
     only: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct Built {
-    network: Network,
-    reused: bool,
-    plan: PathBuf,
-    plan_bytes: u64,
-    key: String,
-    build_seconds: f64,
-}
-
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let builder = match (args.builder, args.dry_run, args.runtime) {
         (_, true, Runtime::TensorrtRtx) => {
@@ -90,7 +73,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         (None, _, Runtime::Tensorrt) => BuilderKind::Trtexec,
         (None, _, Runtime::TensorrtRtx) => BuilderKind::Native,
     };
-    let mut request = BuildRequest {
+    let request = BuildRequest {
         preset: Preset::load(&args.profile)?,
         settings: BuildSettings::new(builder, args.precision, args.workspace, args.builder_optimization_level)?
             .with_runtime(args.runtime, args.compute_capability)?
@@ -115,46 +98,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     build::check_builder(&request, &toolchain, &graphs)?;
     build::check_targets(&request, &graphs, &toolchain)?;
     let manifest_path = request.out.join("manifest.json");
-    let mut records = previous_records(&manifest_path)?;
-    // A record whose plan is gone (or was replaced by hand) describes nothing any more.
-    records.retain(|_, r| std::fs::metadata(request.out.join(&r.plan)).is_ok_and(|m| m.len() == r.plan_bytes));
-    let plans = build::plan(&request, graphs, &toolchain, &records)?;
-    build::check_disk(&request, &plans)?;
-
-    let mut built = Vec::new();
-    for plan in &plans {
-        // A staging copy of the engines folder; the engine cache is what an existing folder is for.
-        let staged = Staged::begin(&request.out, &[request.models.clone()], Existing::Update, "engines")?;
-        let record = match &plan.reuse {
-            Some(record) => record.clone(),
-            None => {
-                if let Some(warning) = build::memory_warning(plan, &request.settings) {
-                    out.warn(&warning);
-                }
-                staged.discard(&plan.plan)?;
-                let engines = std::mem::replace(&mut request.out, staged.path().to_path_buf());
-                let record = build::build_one(&request, &toolchain, plan);
-                request.out = engines;
-                record?
-            }
-        };
-        built.push(Built {
-            network: plan.graph.network,
-            reused: plan.reuse.is_some(),
-            plan: request.out.join(&record.plan),
-            plan_bytes: record.plan_bytes,
-            key: record.key.clone(),
-            build_seconds: record.build_seconds,
-        });
-        records.insert(plan.graph.network.name().to_string(), record);
-        write_engines_manifest(
-            &engines_manifest(&request, &toolchain, &records)?,
-            &records,
-            &staged.path().join("manifest.json"),
-        )?;
-        crash_point(&format!("build-staged-{}", plan.graph.network.name()));
-        staged.commit()?;
-    }
+    let built = stage::build_engines(&request, &toolchain, graphs, &|warning| out.warn(warning))?;
     let value = serde_json::json!({ "engines": request.out, "toolchain": toolchain, "built": built });
     out.result(&value, || {
         let lines: Vec<String> = built
@@ -209,71 +153,4 @@ fn dry_run(request: &BuildRequest, graphs: &[build::Graph], tensorrt: Option<Ver
         )
     });
     Ok(())
-}
-
-/// Records of an earlier engines manifest in the same folder (none if absent).
-pub fn previous_records(path: &std::path::Path) -> Result<BTreeMap<String, EngineRecord>> {
-    if !path.exists() {
-        return Ok(BTreeMap::new());
-    }
-    let manifest = Manifest::read(path)?;
-    anyhow::ensure!(
-        manifest.kind == "engines",
-        "{}: a {} manifest, not an engines folder",
-        path.display(),
-        manifest.kind
-    );
-    serde_json::from_value(manifest.submodels).with_context(|| format!("{}: unreadable engine records", path.display()))
-}
-
-/// Writes the manifest plus the `engines` list that `fluxbuild package` reads.
-pub fn write_engines_manifest(
-    manifest: &Manifest,
-    records: &BTreeMap<String, EngineRecord>,
-    path: &std::path::Path,
-) -> Result<()> {
-    let mut value = serde_json::to_value(manifest)?;
-    value["engines"] = build::package_view(records);
-    fluxbuild_exporters::util::write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())
-}
-
-/// The engines manifest: graph files as inputs, plans as files, one record per engine (kept
-/// from earlier runs for networks this run did not touch).
-pub fn engines_manifest(
-    request: &BuildRequest,
-    toolchain: &Toolchain,
-    records: &BTreeMap<String, EngineRecord>,
-) -> Result<Manifest> {
-    let inputs = records
-        .values()
-        .flat_map(|r| {
-            let folder = r.onnx.parent().map(PathBuf::from).unwrap_or_default();
-            r.graph_files.iter().map(move |f| FileEntry {
-                path: folder.join(&f.name),
-                bytes: f.bytes,
-                sha256: f.sha256.clone(),
-            })
-        })
-        .collect();
-    let files = records
-        .values()
-        .map(|r| FileEntry {
-            path: r.plan.clone(),
-            bytes: r.plan_bytes,
-            sha256: r.plan_sha256.clone(),
-        })
-        .collect();
-    let mut manifest = Manifest::new("engines", inputs, files);
-    manifest.settings = serde_json::json!({
-        "models": std::path::absolute(&request.models).unwrap_or_else(|_| request.models.clone()),
-        "preset": request.preset.name,
-        "build": request.settings,
-        "timing_cache": request.timing_cache,
-        "runtime": request.settings.runtime,
-        "tensorrt": toolchain.tensorrt.to_string(),
-        "compute_capability": list(&build::targets(&request.settings, toolchain)),
-        "gpu": toolchain.gpu,
-    });
-    manifest.submodels = serde_json::to_value(records)?;
-    Ok(manifest)
 }

@@ -4,7 +4,7 @@
 use crate::calibrate::{calibrate, CalibrationRequest, Prompts, DEFAULT_PROMPTS};
 use crate::output::{Output, STEPS_BAR};
 use anyhow::Result;
-use fluxbuild_exporters::util::sha256_file;
+use fluxbuild_contract::files::sha256_file;
 use serde_json::json;
 use std::path::PathBuf;
 

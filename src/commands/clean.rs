@@ -4,7 +4,7 @@
 
 use crate::output::Output;
 use anyhow::Result;
-use fluxbuild_exporters::output_dir;
+use fluxbuild_contract::output_dir;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

@@ -4,9 +4,9 @@ use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, 
 use crate::output::{Output, BYTES_BAR};
 use crate::pipeline_files::{pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
+use fluxbuild_contract::output_dir::Existing;
 use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
-use fluxbuild_exporters::output_dir::Existing;
 use fluxbuild_exporters::precision::PrecisionPlan;
 use fluxbuild_exporters::quantize::WeightScaling;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 use crate::deploy::perf_data::{input_data, Field, MODEL};
 use crate::output::Output;
 use anyhow::{Context, Result};
-use fluxbuild_exporters::util::write_atomic;
+use fluxbuild_contract::files::write_atomic;
 use serde_json::json;
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@ use crate::output::Output;
 use crate::serve::{repository_max_request_bytes, Installation, Server, ServerOptions};
 use crate::supervise::Supervisor;
 use anyhow::{bail, Context, Result};
-use fluxbuild_exporters::util::write_atomic;
+use fluxbuild_contract::files::write_atomic;
 use std::path::PathBuf;
 use std::time::Duration;
 

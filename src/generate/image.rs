@@ -2,7 +2,7 @@
 //! then `(x·255).round()` with NumPy's round-half-to-even) -> PNG files, written atomically.
 
 use anyhow::{bail, Context, Result};
-use fluxbuild_exporters::util::AtomicFile;
+use fluxbuild_contract::files::AtomicFile;
 use ndarray::{ArrayView3, Axis};
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,8 @@
 
 use super::scheduler::SchedulerConfig;
 use super::Variant;
-use crate::manifest::Manifest;
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::manifest::Manifest;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,12 +6,12 @@ use super::config::{
     DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, Tensor, Warmup, WarmupData,
     WarmupInput,
 };
-use super::engines::Engine;
 use super::source::{data_type, fixed, numpy_dtype, Exported, Network};
 use super::{Options, Target};
 use crate::generate::request::Limits as RequestLimits;
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::engines::Engine;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

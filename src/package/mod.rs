@@ -6,16 +6,15 @@
 //! destination and swapped in whole when complete (`output_dir`).
 
 pub mod config;
-pub mod engines;
 pub mod layout;
 pub mod source;
 
 use crate::generate::request::{self, MAX_PROMPT_BYTES, MAX_SEQUENCE_LENGTH, MEMORY_BUDGET_BYTES};
 use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
 use anyhow::{bail, Context, Result};
-use engines::EnginesManifest;
-use fluxbuild_exporters::output_dir::{crash_point, Existing, Staged};
-use fluxbuild_exporters::util::{sha256_file, write_atomic};
+use fluxbuild_contract::engines::EnginesManifest;
+use fluxbuild_contract::files::{sha256_file, write_atomic};
+use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
 use layout::{Limits, ModelDir, Source};
 use serde_json::json;
 use source::{fixed, Exported, NETWORKS};

@@ -2,6 +2,7 @@
 //! Weights are not held here: an initializer says how to stream its bytes from the checkpoint.
 
 use crate::checkpoint::TensorRef;
+use fluxbuild_contract::manifest::TensorSpec;
 use std::ops::Range;
 
 /// ONNX element types fluxbuild emits.
@@ -167,4 +168,26 @@ pub struct Graph<'a> {
     pub initializers: Vec<Initializer<'a>>,
     /// Free-form metadata stored in the model (derived config, precision).
     pub metadata: Vec<(String, String)>,
+}
+
+impl From<&ValueInfo> for TensorSpec {
+    fn from(v: &ValueInfo) -> TensorSpec {
+        let dims = v
+            .dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => serde_json::json!(n),
+                Dim::Sym(s) => serde_json::json!(s),
+            })
+            .collect();
+        let dtype = serde_json::to_value(v.elem)
+            .ok()
+            .and_then(|d| d.as_str().map(String::from))
+            .unwrap_or_default();
+        TensorSpec {
+            name: v.name.clone(),
+            dtype,
+            dims,
+        }
+    }
 }

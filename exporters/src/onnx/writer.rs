@@ -8,8 +8,8 @@
 use super::encode::{encode_plan, ConversionStats, Encoded};
 use super::ir::{Attr, Dim, Graph, InitData, Initializer, Node, ValueInfo};
 use super::pagebuf::{PageBuf, PAGE};
-use crate::util::{hex, sha256_file, AtomicFile};
 use anyhow::{Context, Result};
+use fluxbuild_contract::files::{hex, sha256_file, AtomicFile};
 use onnx_protobuf as pb;
 use protobuf::{EnumOrUnknown, Message, MessageField};
 use sha2::{Digest, Sha256};

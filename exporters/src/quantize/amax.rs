@@ -91,7 +91,7 @@ pub fn write_calibration_model(model_dir: &Path, scratch: &Path) -> Result<Calib
     } else {
         scratch.join("model.onnx")
     };
-    crate::util::write_atomic(&path, &model.write_to_bytes()?)?;
+    fluxbuild_contract::files::write_atomic(&path, &model.write_to_bytes()?)?;
     Ok(CalibrationModel {
         path,
         outputs,

@@ -2,8 +2,8 @@
 //! the fp32 graph ran over calibration prompts, keyed by the layer's weight name (the
 //! checkpoint name, which is also the graph's initializer name).
 
-use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::files::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;

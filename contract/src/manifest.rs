@@ -1,9 +1,8 @@
 //! Manifests: every artifact fluxbuild writes says what it was made from (sha256 of inputs),
 //! what it is (sha256 of outputs) and with which settings.
 
+use crate::files::{sha256_file, write_atomic};
 use anyhow::{Context, Result};
-use fluxbuild_exporters::onnx::ir::{Dim, ValueInfo};
-use fluxbuild_exporters::util::{sha256_file, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -54,28 +53,6 @@ pub struct TensorSpec {
     pub dtype: String,
     /// Fixed sizes as numbers, dynamic ones by their symbol.
     pub dims: Vec<serde_json::Value>,
-}
-
-impl From<&ValueInfo> for TensorSpec {
-    fn from(v: &ValueInfo) -> TensorSpec {
-        let dims = v
-            .dims
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => serde_json::json!(n),
-                Dim::Sym(s) => serde_json::json!(s),
-            })
-            .collect();
-        let dtype = serde_json::to_value(v.elem)
-            .ok()
-            .and_then(|d| d.as_str().map(String::from))
-            .unwrap_or_default();
-        TensorSpec {
-            name: v.name.clone(),
-            dtype,
-            dims,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

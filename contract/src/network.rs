@@ -33,11 +33,11 @@ impl Network {
         }
     }
 
-    /// Which profile fields shape this network's inputs.
-    pub(crate) fn uses_image(self) -> bool {
+    /// Whether the image size (`uses_image`) or the T5 text length (`uses_text`) shapes this network's inputs.
+    pub fn uses_image(self) -> bool {
         matches!(self, Network::Transformer | Network::VaeDecoder)
     }
-    pub(crate) fn uses_text(self) -> bool {
+    pub fn uses_text(self) -> bool {
         matches!(self, Network::T5 | Network::Transformer)
     }
 }

@@ -1,11 +1,12 @@
-//! `ENGINES/manifest.json` as the gpu layout reads it. Fields relied on (others are ignored):
+//! The `engines` list of `ENGINES/manifest.json`: what `fluxbuild build` writes and
+//! `fluxbuild package` reads, through these same types. Fields relied on (others are ignored):
 //!
 //! ```json
 //! { "engines": [ { "network": "transformer", "precision": "fp8", "file": "transformer.fp8.plan",
 //!                  "profiles": [ { "inputs": { "hidden_states": { "min": [1,256,64],
 //!                                  "opt": [1,4096,64], "max": [4,4096,64] }, ... } } ] }, ... ] }
 //! ```
-//! - `network`: clip, t5, transformer or vae_decoder; `file`: the plan, relative to ENGINES;
+//! - `network`: a [`Network`] name; `file`: the plan, relative to ENGINES;
 //! - `precision`: a label (names the fallback model `<network>_<precision>`);
 //! - `profiles[i].inputs[name].{min,opt,max}`: the optimization profile's shapes, batch first
 //!   for every input the graph batches; every profile names every dynamic input.
@@ -13,17 +14,18 @@
 //! The first engine of a network is its primary model; the later ones are fallbacks the
 //! orchestrator uses, in order, when the primary is not ready (e.g. fp16 when fp8 failed to load).
 
+use crate::Network;
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnginesManifest {
     pub engines: Vec<Engine>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Engine {
     pub network: String,
     #[serde(default)]
@@ -32,12 +34,12 @@ pub struct Engine {
     pub profiles: Vec<Profile>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Profile {
     pub inputs: BTreeMap<String, Shapes>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Shapes {
     pub min: Vec<i64>,
     pub opt: Vec<i64>,
@@ -63,11 +65,8 @@ impl EnginesManifest {
                 engine.file.display()
             );
             let at = |what: String| format!("{label}: {what}");
-            if !super::source::NETWORKS.contains(&engine.network.as_str()) {
-                bail!(at(format!(
-                    "unknown network (expected one of {:?})",
-                    super::source::NETWORKS
-                )));
+            if let Err(e) = Network::parse(&engine.network) {
+                bail!(at(e.to_string()));
             }
             engine.file = dir.join(&engine.file);
             if !engine.file.is_file() {

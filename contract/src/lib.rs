@@ -1,0 +1,12 @@
+//! The contract between the fluxbuild stages (checkpoint -> graphs -> engines -> repository ->
+//! orchestrator): the networks and variants, the manifest every stage writes and the next one
+//! reads, and the file plumbing (atomic writes, sha256, crash-safe output folders) they share.
+//! Every crate of the workspace may depend on this one; it depends on none of them.
+
+pub mod engines;
+pub mod files;
+pub mod manifest;
+mod network;
+pub mod output_dir;
+
+pub use network::{Network, Variant};

@@ -1,0 +1,189 @@
+//! The engines stage as one call: planned graphs -> TensorRT plans plus `ENGINES/manifest.json`.
+//!
+//! After every engine the folder is committed whole (`output_dir`): the plan and the manifest
+//! are written into a staging copy of the engines folder (earlier plans hard-linked) that is
+//! swapped in, so a later failure keeps what was built and a crash leaves the previous or the
+//! new folder, complete.
+
+use crate::build::{self, BuildRequest, EngineRecord, Graph};
+use crate::settings::list;
+use crate::toolchain::Toolchain;
+use anyhow::{Context, Result};
+use fluxbuild_contract::engines::{Engine, EnginesManifest, Profile, Shapes};
+use fluxbuild_contract::files::write_atomic;
+use fluxbuild_contract::manifest::{FileEntry, Manifest};
+use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
+use fluxbuild_contract::Network;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest kind of an engines folder.
+pub const KIND: &str = "engines";
+
+/// What one network's engine came to in this run.
+#[derive(Serialize)]
+pub struct Built {
+    pub network: Network,
+    pub reused: bool,
+    pub plan: PathBuf,
+    pub plan_bytes: u64,
+    pub key: String,
+    pub build_seconds: f64,
+}
+
+/// Builds (or reuses, when the key matches) the engine of every graph into `request.out`,
+/// committing the folder after each. `warn` receives the memory warnings of large builds.
+pub fn build_engines(
+    request: &BuildRequest,
+    toolchain: &Toolchain,
+    graphs: Vec<Graph>,
+    warn: &dyn Fn(&str),
+) -> Result<Vec<Built>> {
+    let mut records = previous_records(&request.out.join("manifest.json"))?;
+    // A record whose plan is gone (or was replaced by hand) describes nothing any more.
+    records.retain(|_, r| std::fs::metadata(request.out.join(&r.plan)).is_ok_and(|m| m.len() == r.plan_bytes));
+    let plans = build::plan(request, graphs, toolchain, &records)?;
+    build::check_disk(request, &plans)?;
+
+    let mut built = Vec::new();
+    for plan in &plans {
+        // A staging copy of the engines folder; the engine cache is what an existing folder is for.
+        let staged = Staged::begin(
+            &request.out,
+            std::slice::from_ref(&request.models),
+            Existing::Update,
+            KIND,
+        )?;
+        let record = match &plan.reuse {
+            Some(record) => record.clone(),
+            None => {
+                if let Some(warning) = build::memory_warning(plan, &request.settings) {
+                    warn(&warning);
+                }
+                staged.discard(&plan.plan)?;
+                let into_staging = BuildRequest {
+                    out: staged.path().to_path_buf(),
+                    ..request.clone()
+                };
+                build::build_one(&into_staging, toolchain, plan)?
+            }
+        };
+        built.push(Built {
+            network: plan.graph.network,
+            reused: plan.reuse.is_some(),
+            plan: request.out.join(&record.plan),
+            plan_bytes: record.plan_bytes,
+            key: record.key.clone(),
+            build_seconds: record.build_seconds,
+        });
+        records.insert(plan.graph.network.name().to_string(), record);
+        write_engines_manifest(
+            &engines_manifest(request, toolchain, &records)?,
+            &records,
+            &staged.path().join("manifest.json"),
+        )?;
+        crash_point(&format!("build-staged-{}", plan.graph.network.name()));
+        staged.commit()?;
+    }
+    Ok(built)
+}
+
+/// Records of an earlier engines manifest in the same folder (none if absent).
+pub fn previous_records(path: &Path) -> Result<BTreeMap<String, EngineRecord>> {
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let manifest = Manifest::read(path)?;
+    anyhow::ensure!(
+        manifest.kind == KIND,
+        "{}: a {} manifest, not an engines folder",
+        path.display(),
+        manifest.kind
+    );
+    serde_json::from_value(manifest.submodels).with_context(|| format!("{}: unreadable engine records", path.display()))
+}
+
+/// Writes the manifest plus the `engines` list that `fluxbuild package` reads.
+pub fn write_engines_manifest(
+    manifest: &Manifest,
+    records: &BTreeMap<String, EngineRecord>,
+    path: &Path,
+) -> Result<()> {
+    let mut value = serde_json::to_value(manifest)?;
+    value["engines"] = serde_json::to_value(package_view(records).engines)?;
+    write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())
+}
+
+/// The engines manifest: graph files as inputs, plans as files, one record per engine (kept
+/// from earlier runs for networks this run did not touch).
+pub fn engines_manifest(
+    request: &BuildRequest,
+    toolchain: &Toolchain,
+    records: &BTreeMap<String, EngineRecord>,
+) -> Result<Manifest> {
+    let inputs = records
+        .values()
+        .flat_map(|r| {
+            let folder = r.onnx.parent().map(PathBuf::from).unwrap_or_default();
+            r.graph_files.iter().map(move |f| FileEntry {
+                path: folder.join(&f.name),
+                bytes: f.bytes,
+                sha256: f.sha256.clone(),
+            })
+        })
+        .collect();
+    let files = records
+        .values()
+        .map(|r| FileEntry {
+            path: r.plan.clone(),
+            bytes: r.plan_bytes,
+            sha256: r.plan_sha256.clone(),
+        })
+        .collect();
+    let mut manifest = Manifest::new(KIND, inputs, files);
+    manifest.settings = serde_json::json!({
+        "models": std::path::absolute(&request.models).unwrap_or_else(|_| request.models.clone()),
+        "preset": request.preset.name,
+        "build": request.settings,
+        "timing_cache": request.timing_cache,
+        "runtime": request.settings.runtime,
+        "tensorrt": toolchain.tensorrt.to_string(),
+        "compute_capability": list(&build::targets(&request.settings, toolchain)),
+        "gpu": toolchain.gpu,
+    });
+    manifest.submodels = serde_json::to_value(records)?;
+    Ok(manifest)
+}
+
+/// The `engines` list `fluxbuild package` reads: per engine its network, precision label, plan
+/// file and every profile's shapes by input name.
+pub fn package_view(records: &BTreeMap<String, EngineRecord>) -> EnginesManifest {
+    let engines = records
+        .iter()
+        .map(|(network, r)| Engine {
+            network: network.clone(),
+            precision: Some(r.precision.clone()),
+            file: r.plan.clone(),
+            profiles: r
+                .shapes
+                .iter()
+                .map(|p| Profile {
+                    inputs: p
+                        .inputs
+                        .iter()
+                        .map(|i| {
+                            let shapes = Shapes {
+                                min: i.min.clone(),
+                                opt: i.opt.clone(),
+                                max: i.max.clone(),
+                            };
+                            (i.name.clone(), shapes)
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    EnginesManifest { engines }
+}
