@@ -70,7 +70,7 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$work ROWS=$(printf '%s\n' "${rows[@]}") LOAD="$load_before before / $load_after after" EVAL_SIDE=$EVAL_SIDE \
     COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) REPORT=$REPORT PYTHONPATH=scripts "$PYTHON" - <<'PY'
 import bench_report
-import datetime, json, os, struct, zlib
+import json, os, struct, zlib
 import numpy as np
 
 def read_png(path):
@@ -129,7 +129,7 @@ for variant, name, side, count, wall, user, sys in rows:
     results[(variant, name)] = dict(side=int(side), steps=calibration["settings"]["steps"], prompts=int(count),
                                     wall=float(wall), cpu=float(user) + float(sys), psnr=dbs,
                                     amax=calibration["amax"])
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+date = bench_report.now()
 side = os.environ["EVAL_SIDE"]
 lines = [
     "# FP8 calibration settings: cost and image quality (tiny fixture pipelines)",

@@ -103,7 +103,7 @@ SAME_FP32=$same_fp32 ROWS=$(printf '%s\n' "${rows[@]}") ORT=$(printf '%s\n' "${o
     LOAD="$load_before before / $load_after after" COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
     TOKENS="$IMAGE_TOKENS+$TEXT_TOKENS" REPORT=$REPORT PYTHONPATH=scripts python3 - <<'PY'
 import bench_report
-import json, os, subprocess, datetime
+import json, os, subprocess
 exports = {}
 for line in os.environ["ROWS"].splitlines():
     which, precision, wall, kb, user, sys = line.split()
@@ -113,8 +113,8 @@ for line in os.environ["ORT"].splitlines():
     which, result = line.split(" ", 1)
     ort[which] = json.loads(result)
 whiches = [w for w in ("baseline", "current") if (w, "bf16") in exports]
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1048576
+date = bench_report.now()
+mem = bench_report.memory_gib()
 lines = [
     "# Slice benchmark: FLUX.1-dev transformer, 1 double + 2 single blocks at full width",
     "",

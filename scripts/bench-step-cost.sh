@@ -60,10 +60,10 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 OLD=$OLD NEW=$NEW ROWS=$(printf '%s\n' "${rows[@]}") LOAD="$load_before before / $load_after after" TEXT_TOKENS=$TEXT_TOKENS \
     COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) REPORT=$REPORT PYTHONPATH=scripts python3 - <<'PY'
 import bench_report
-import datetime, json, os
+import json, os
 text = int(os.environ["TEXT_TOKENS"])
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1048576
+date = bench_report.now()
+mem = bench_report.memory_gib()
 BLOCKS = 57 / 3  # full model / slice
 
 def tflop(tokens):  # per step, full model: linear layers + attention (bench/NOTES.md)

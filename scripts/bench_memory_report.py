@@ -1,16 +1,17 @@
 """bench/memory.md and bench/memory.json from what scripts/bench-memory.sh measured (in $WORK)."""
 
-import datetime
 import json
 import os
+
+import bench_report
 
 work, report = os.environ["WORK"], os.environ["REPORT"]
 whiches = os.environ["WHICHES"].split()
 vae = json.load(open(os.path.join(work, "vae.json")))
 served = {w: json.load(open(os.path.join(work, f"served-{w}.json"))) for w in whiches}
 gib = lambda b: f"{b / 2**30:.2f} GiB"
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")) / 1048576
+date = bench_report.now()
+mem = bench_report.memory_gib()
 
 lines = [
     "# Memory benchmark: the largest allowed request and the VAE decoder's memory model",
@@ -87,9 +88,4 @@ rows.append(
         met=c["total_pss"]["peak"] <= 8 << 30,
     )
 )
-open(report + ".tmp", "w").write("\n".join(lines) + "\n")
-os.replace(report + ".tmp", report)
-json_path = report.removesuffix(".md") + ".json"
-json.dump(dict(date=date, report=report, vae=vae, served=served, rows=rows), open(json_path + ".tmp", "w"), indent=1)
-os.replace(json_path + ".tmp", json_path)
-print("\n".join(lines))
+bench_report.write(report, lines, date, rows, vae=vae, served=served)
