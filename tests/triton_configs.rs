@@ -79,23 +79,11 @@ fn every_gpu_config_is_accepted_by_the_servers_parser() {
     let models = triton_support::export("dev", &dir.path().join("export"));
     engines(&dir.path().join("engines"));
     let repo = dir.path().join("repo");
+    // gpu: the largest image comes from the engines' profiles, not from max_height/max_width.
     let options = Options {
-        models: models.clone(),
-        out: repo.clone(),
-        target: Target::Gpu,
-        engines: Some(dir.path().join("engines")),
-        max_batch: 4,
-        queue_delay_us: 10_000,
-        height: 1024,
-        width: 1024,
         max_height: 0,
         max_width: 0,
-        steps: None,
-        max_steps: 100,
-        max_sequence_length: None,
-        alternatives: vec![],
-        force: false,
-        serving: Default::default(),
+        ..options(&models, &repo, Target::Gpu, Some(&dir.path().join("engines")))
     };
     let packaged = package(&options, &|_| indicatif::ProgressBar::hidden()).unwrap();
     assert_eq!(
