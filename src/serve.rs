@@ -4,7 +4,7 @@
 //! `tritonserver` on PATH (the NVIDIA container, `/opt/tritonserver/backends`).
 
 use crate::client::Client;
-use crate::deploy::pbtxt::{Message, Value};
+use crate::deploy::pbtxt::Message;
 use crate::generate::request::Limits as RequestLimits;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
@@ -162,15 +162,9 @@ pub fn repository_max_request_bytes(repo: &Path) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("{}: no max_batch_size", path.display()))?;
     let rules = config
-        .all("parameters")
+        .string_parameters()
         .into_iter()
-        .find_map(|p| match p {
-            Value::Message(m) if m.scalar("key") == Some("request_rules") => match m.all("value").first() {
-                Some(Value::Message(v)) => v.scalar("string_value"),
-                _ => None,
-            },
-            _ => None,
-        })
+        .find_map(|(key, value)| (key == "request_rules").then_some(value))
         .with_context(|| format!("{}: no parameter request_rules", path.display()))?;
     let limits: RequestLimits = serde_json::from_str(rules)
         .with_context(|| format!("{}: request_rules is not the rules table", path.display()))?;

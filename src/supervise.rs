@@ -7,6 +7,7 @@
 //! networks are loaded first and `flux` after them.
 
 use crate::client::Client;
+use crate::deploy::pbtxt::Message;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,9 +43,14 @@ impl Supervisor {
         let flux = std::fs::read_to_string(repo.join(ORCHESTRATOR).join("config.pbtxt"))
             .with_context(|| format!("{}: no `{ORCHESTRATOR}` model", repo.display()))?;
         let mut networks: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (key, value) in string_parameters(&flux) {
+        let flux =
+            Message::parse(&flux).with_context(|| format!("{}: `{ORCHESTRATOR}` config.pbtxt", repo.display()))?;
+        for (key, value) in flux.string_parameters() {
             if let Some(network) = key.strip_prefix("model_") {
-                networks.entry(network.to_string()).or_default().insert(0, value);
+                networks
+                    .entry(network.to_string())
+                    .or_default()
+                    .insert(0, value.to_string());
             } else if let Some(network) = key.strip_prefix("fallback_") {
                 let entry = networks.entry(network.to_string()).or_default();
                 entry.extend(value.split(',').filter(|m| !m.is_empty()).map(str::to_string));
@@ -174,24 +180,4 @@ impl Supervisor {
         }
         Ok(repair)
     }
-}
-
-/// `parameters { key: "K" value { string_value: "V" } }` pairs of a config.pbtxt as fluxbuild writes it.
-fn string_parameters(pbtxt: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    let mut key = None;
-    for line in pbtxt.lines().map(str::trim) {
-        if let Some(k) = line.strip_prefix("key: ") {
-            key = Some(unquote(k));
-        } else if let Some(v) = line.strip_prefix("string_value: ") {
-            if let Some(k) = key.take() {
-                pairs.push((k, unquote(v)));
-            }
-        }
-    }
-    pairs
-}
-
-fn unquote(s: &str) -> String {
-    s.trim_matches('"').replace("\\\"", "\"").replace("\\\\", "\\")
 }

@@ -45,6 +45,20 @@ impl Message {
         })
     }
 
+    /// The `parameters { key: "K" value { string_value: "V" } }` pairs, in order.
+    pub fn string_parameters(&self) -> Vec<(&str, &str)> {
+        self.all("parameters")
+            .into_iter()
+            .filter_map(|p| match p {
+                Value::Message(m) => match m.all("value").first() {
+                    Some(Value::Message(v)) => Some((m.scalar("key")?, v.scalar("string_value")?)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The scalars of `key` (`dims: [ 1, -1 ]` or repeated `dims: 1`).
     pub fn scalars(&self, key: &str) -> Vec<&str> {
         self.all(key)
