@@ -6,7 +6,10 @@
 # first and exits 2, saying why, when nothing can fit; a mode that cannot fit is reported as not run.
 #
 #   BLOCKS=D+S      fewer blocks (D double + S single: a slice, e.g. 2+4; default: the full 19+38)
-#   MODES="weightless full"   PRECISION=bf16  PROFILE=static-1024
+#   MODES="weightless full"   PRECISION=bf16|fp8  PROFILE=static-1024
+#   COMPUTE_CAPABILITY=8.9 (one target; default: TensorRT-RTX's set, which fp8 plans cannot take at once)
+#   fp8 exports with a synthetic calibration table (scripts/bench_synth_calibration.py: the real one needs
+#   an fp32 run of the full-size graph in ONNX Runtime, 47.6 GB): real build figures, meaningless numerics.
 #   BIN_PROFILE=release|debug (how fluxbuild is compiled)
 #   BENCH_DATA=/work/bench-data (the shared synthetic checkpoint, kept; generated under
 #   /work/coord/bench.lock if absent)   BENCH_DIR=bench/tmp (export and plan, deleted after)
@@ -89,10 +92,19 @@ engines="$BENCH_DIR/engines"
 cleanup() { rm -rf "$out_dir" "$engines"; }
 trap cleanup EXIT
 cleanup
+export_extra=()
+if [[ $PRECISION == fp8* ]]; then
+    hash_file="$checkpoint/transformer/sha256"
+    [[ -s $hash_file && $hash_file -nt $input ]] || sha256sum "$input" | cut -d' ' -f1 > "$hash_file"
+    python3 scripts/bench_synth_calibration.py "$TENSOR_NAMES/flux1_dev_transformer.tsv" "$(cat "$hash_file")" \
+        "$BENCH_DIR/calibration.json"
+    export_extra=(--calibration "$BENCH_DIR/calibration.json")
+fi
+targets=(); [[ -n "${COMPUTE_CAPABILITY:-}" ]] && targets=(--compute-capability "$COMPUTE_CAPABILITY")
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "bench-engines: fluxbuild export --transformer ... --precision $PRECISION" >&2
 timed "$BENCH_DIR/t_export" $bin/fluxbuild export --transformer "$checkpoint/transformer" --only transformer \
-    --precision "$PRECISION" --out "$out_dir" > "$BENCH_DIR/export.log" 2>&1 \
+    --precision "$PRECISION" "${export_extra[@]}" --out "$out_dir" > "$BENCH_DIR/export.log" 2>&1 \
     || { cat "$BENCH_DIR/export.log" >&2; fail "the export failed"; }
 rows=()
 for mode in $MODES; do
@@ -104,7 +116,7 @@ for mode in $MODES; do
     echo "bench-engines: fluxbuild build --runtime tensorrt-rtx --profile $PROFILE ${extra[*]}" >&2
     rm -rf "$engines"
     python3 scripts/peak_memory.py --out "$BENCH_DIR/mem_$mode" -- $bin/fluxbuild build --runtime tensorrt-rtx \
-        --models "$out_dir" --only transformer --profile "$PROFILE" --out "$engines" "${extra[@]}" \
+        --models "$out_dir" --only transformer --profile "$PROFILE" --out "$engines" "${extra[@]}" "${targets[@]}" \
         > "$BENCH_DIR/build.log" 2>&1 || { cat "$BENCH_DIR/build.log" >&2; fail "the $mode build failed"; }
     rows+=("$(python3 - "$engines/manifest.json" "$BENCH_DIR/mem_$mode" "$mode" <<'PY'
 import json, sys
@@ -136,7 +148,9 @@ $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || 
 $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, no GPU (TensorRT-RTX's CPU-only ahead-of-time build), load average
 $load_before before / $load_after after (other work shares this machine: wall clock under that load); fluxbuild compiled $BIN_PROFILE.
 Input: synthetic random BF16 checkpoint${BLOCKS:+ with $BLOCKS double+single blocks (a slice at full width; the model has 19+38)}, $(gb $size).
-Graph: $(gb $weights) (model.onnx + model.onnx.data). Plans for compute capability 8.0, 8.6, 8.9, 12.0, 12.1.
+Graph: $(gb $weights) (model.onnx + model.onnx.data). Plans for compute capability ${COMPUTE_CAPABILITY:-8.0, 8.6, 8.9, 12.0, 12.1}.$([[ $PRECISION == fp8* ]] && echo "
+FP8 scales from a synthetic calibration table (every linear layer's amax 4.0; scripts/bench_synth_calibration.py):
+the build figures are real, the plan's numerics are not.")
 Peak RSS is the kernel's high-water mark; heap (RssAnon) and file (RssFile: the memory-mapped
 weights, pages the kernel drops and rereads under pressure) are their own peaks, sampled every 50 ms.
 
