@@ -282,7 +282,7 @@ fn without_tensorrt_rtx_the_error_names_the_wheel() {
 /// MatMul operand), from its external data.
 fn matmul_weight_heads(models: &Path) -> std::collections::BTreeSet<Vec<u8>> {
     let folder = models.join("transformer");
-    let model = fluxbuild_engines::graph::read_model(&folder.join("model.onnx")).unwrap();
+    let model = fluxbuild_onnx::read_model(&folder.join("model.onnx")).unwrap();
     let data = std::fs::read(folder.join("model.onnx.data")).unwrap();
     model
         .graph

@@ -236,7 +236,7 @@ fn graph_level_limits() {
     write_model(&g, &dir.path().join("e"), &mut |_, _| {}).unwrap();
     // Rewrite the initializer's type to DOUBLE (the builder has no f64 type on purpose).
     let path = dir.path().join("e/model.onnx");
-    let mut model = fluxbuild_engines::graph::read_model(&path).unwrap();
+    let mut model = fluxbuild_onnx::read_model(&path).unwrap();
     let init = model
         .graph
         .as_mut()

@@ -5,7 +5,7 @@
 //! ONNX Runtime's CPU build has no bf16 kernels for these graphs and fuses a scalar Mul into
 //! MatMul either side of it, so the numbers cannot tell; the graph structure is checked instead.
 
-use fluxbuild_engines::graph::read_model;
+use fluxbuild_onnx::read_model;
 use onnx_protobuf as pb;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -56,7 +56,7 @@ fn write(dir: &Path, float: ElemType, fp8: Option<&BTreeMap<String, f32>>, emula
 
 /// The bytes of every initializer: in the data file (without its page padding) or inline.
 fn initializer_bytes(model: &Path) -> u64 {
-    let proto = fluxbuild_engines::graph::read_model(model).unwrap();
+    let proto = fluxbuild_onnx::read_model(model).unwrap();
     proto
         .graph
         .initializer

@@ -3,16 +3,15 @@
 //! reused), check free disk, then build what changed, one network at a time, each plan
 //! written under a temporary name and renamed.
 
-use crate::graph::{external_files, read_model};
 use crate::interface;
 use crate::key::{cache_key, FileDigest, KeyInputs};
 use crate::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Precision, Runtime};
 use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{sha256_file, write_atomic};
+use fluxbuild_onnx::{external_files, pb, read_model};
 use fluxbuild_profiles::{Network, OptProfile, Preset, ProfileShapes, Variant};
 use indicatif::{ProgressBar, ProgressStyle};
-use onnx_protobuf as pb;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ use crate::build::Graph;
 use crate::settings::Precision;
 use crate::toolchain::Gpu;
 use anyhow::{bail, Result};
-use onnx_protobuf as pb;
+use fluxbuild_onnx::pb;
 
 /// The oldest compute capability with FP8 tensor cores (Ada Lovelace, sm_89).
 pub const FP8_MIN_COMPUTE_CAPABILITY: (u32, u32) = (8, 9);

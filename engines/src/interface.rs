@@ -1,30 +1,29 @@
 //! Checking an exported graph against the interface the profile shapes assume, before any
 //! build: TensorRT would otherwise fail late (or build an engine that rejects some sizes).
 
-use crate::graph::{self, Dim, TensorInfo};
 use anyhow::{bail, Result};
+use fluxbuild_onnx::{declared_inputs, pb, Declared, Dim};
 use fluxbuild_profiles::{ModelDims, Network, Preset, ProfileShapes, Variant};
-use onnx_protobuf as pb;
 use std::path::Path;
 
 /// Fixed sizes (joint/pooled/channels) and the guidance input, read from the graphs at hand.
 pub fn model_dims(transformer: Option<&pb::ModelProto>, vae: Option<&pb::ModelProto>) -> ModelDims {
     let mut dims = ModelDims::FLUX;
-    let fixed = |inputs: &[TensorInfo], name: &str, axis: usize| -> Option<i64> {
+    let fixed = |inputs: &[Declared], name: &str, axis: usize| -> Option<i64> {
         match inputs.iter().find(|i| i.name == name)?.dims.get(axis)? {
             Dim::Fixed(n) => Some(*n),
             _ => None,
         }
     };
     if let Some(model) = transformer {
-        let inputs = graph::inputs(model);
+        let inputs = declared_inputs(model);
         dims.packed_channels = fixed(&inputs, "hidden_states", 2).unwrap_or(dims.packed_channels);
         dims.joint_dim = fixed(&inputs, "encoder_hidden_states", 2).unwrap_or(dims.joint_dim);
         dims.pooled_dim = fixed(&inputs, "pooled_projections", 1).unwrap_or(dims.pooled_dim);
         dims.guidance = Some(inputs.iter().any(|i| i.name == "guidance"));
     }
     if let Some(model) = vae {
-        dims.latent_channels = fixed(&graph::inputs(model), "latent", 1).unwrap_or(dims.latent_channels);
+        dims.latent_channels = fixed(&declared_inputs(model), "latent", 1).unwrap_or(dims.latent_channels);
     }
     dims
 }
@@ -47,7 +46,7 @@ pub fn check_variant(preset: &Preset, dims: &ModelDims) -> Result<()> {
 /// Every input the shapes name exists with that rank, no other input exists, and the graph's
 /// fixed dimensions equal what every profile asks for.
 pub fn check(network: Network, path: &Path, model: &pb::ModelProto, profiles: &[ProfileShapes]) -> Result<()> {
-    let inputs = graph::inputs(model);
+    let inputs = declared_inputs(model);
     let Some(first) = profiles.first() else {
         bail!("{network}: the preset has no optimization profile")
     };

@@ -9,7 +9,6 @@
 
 pub mod build;
 pub mod capability;
-pub mod graph;
 pub mod interface;
 pub mod key;
 pub mod lint;

@@ -5,8 +5,8 @@ use fluxbuild_engines::build::Graph;
 use fluxbuild_engines::capability::{check_fp8, has_fp8, parse_compute_capability};
 use fluxbuild_engines::settings::Precision;
 use fluxbuild_engines::toolchain::Gpu;
+use fluxbuild_onnx::pb;
 use fluxbuild_profiles::Network;
-use onnx_protobuf as pb;
 
 /// A graph whose only initializer has ONNX type `data_type` (17: FLOAT8E4M3FN, 10: FLOAT16).
 fn graph(network: Network, data_type: i32) -> Graph {

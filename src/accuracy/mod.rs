@@ -334,7 +334,7 @@ fn weights_bytes(dir: &Path) -> Result<WeightsSize> {
     let file = std::fs::metadata(&path)
         .with_context(|| format!("{}: cannot stat", path.display()))?
         .len();
-    let model = fluxbuild_engines::graph::read_model(&dir.join("transformer/model.onnx"))?;
+    let model = fluxbuild_onnx::read_model(&dir.join("transformer/model.onnx"))?;
     let tensors = model
         .graph
         .initializer

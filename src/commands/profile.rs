@@ -3,7 +3,8 @@
 
 use crate::output::Output;
 use anyhow::Result;
-use fluxbuild_engines::{graph::read_model, interface};
+use fluxbuild_engines::interface;
+use fluxbuild_onnx::read_model;
 use fluxbuild_profiles::{InputShape, ModelDims, Network, OptProfile, Preset, ProfileShapes};
 use serde::Serialize;
 use std::collections::BTreeMap;

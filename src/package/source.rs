@@ -9,7 +9,7 @@
 
 use crate::generate::ExportedModels;
 use anyhow::{bail, Result};
-use fluxbuild_exporters::onnx::{read_interface, Dim, ElemType, Interface, ValueInfo};
+use fluxbuild_onnx::{read_interface, Dim, ElemType, Interface, ValueInfo};
 use std::path::{Path, PathBuf};
 
 pub const NETWORKS: [&str; 4] = crate::generate::models::GRAPHS;

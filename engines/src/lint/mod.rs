@@ -9,9 +9,8 @@ mod types;
 
 pub use table::{TrtVersion, TABLE_VERSION};
 
-use crate::graph::{default_opset, elem_name, read_model};
 use anyhow::Result;
-use onnx_protobuf as pb;
+use fluxbuild_onnx::{declared, default_opset, elem_name, pb, read_model};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use types::Facts;
@@ -110,7 +109,7 @@ fn model_findings(model: &pb::ModelProto, opset: Option<i64>, target: TrtVersion
 }
 
 fn io_finding(v: &pb::ValueInfoProto, kind: &str, findings: &mut Vec<Finding>) {
-    let elem = crate::graph::tensor_info(v).elem;
+    let elem = declared(v).elem;
     if !IO_TYPES.contains(&elem) {
         findings.push(Finding {
             node: v.name.clone(),

@@ -3,7 +3,7 @@
 //! outputs, build-time constants. Each returns the reasons a node breaks them.
 
 use super::types::Facts;
-use onnx_protobuf as pb;
+use fluxbuild_onnx::pb;
 
 pub fn check(node: &pb::NodeProto, facts: &Facts) -> Vec<String> {
     let mut why = Vec::new();

@@ -3,7 +3,7 @@
 //! simple rule carries them through a node. Unknown stays unknown: checks that need a type
 //! or rank are skipped for such values, never guessed.
 
-use onnx_protobuf as pb;
+use fluxbuild_onnx::pb;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,7 +85,7 @@ impl Facts {
             inline: BTreeMap::new(),
         };
         for v in graph.input.iter().chain(&graph.value_info).chain(&graph.output) {
-            let info = crate::graph::tensor_info(v);
+            let info = fluxbuild_onnx::declared(v);
             facts.values.insert(
                 info.name,
                 ValueFacts {

@@ -13,9 +13,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use cxx::UniquePtr;
+use fluxbuild_onnx::{parse_model, pb};
 use memmap2::Mmap;
-use onnx_protobuf as pb;
-use protobuf::Message;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
@@ -46,8 +45,7 @@ impl<'builder> MappedParser<'builder> {
         weightless: Option<&BuilderConfig<'_>>,
     ) -> Result<Self> {
         let graph = std::fs::read(onnx).with_context(|| format!("{}: cannot read", onnx.display()))?;
-        let model = pb::ModelProto::parse_from_bytes(&graph)
-            .with_context(|| format!("{}: not an ONNX model (protobuf parse failed)", onnx.display()))?;
+        let model = parse_model(onnx, &graph)?;
         let folder = onnx.parent().unwrap_or(Path::new("."));
         let (weights, initializers) = map_external_data(&model, folder)?;
         drop(model);

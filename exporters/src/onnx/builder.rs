@@ -236,6 +236,14 @@ impl<'a> GraphBuilder<'a> {
             self.cast(x, to)
         }
     }
+    /// `x` (float32) in the graph's float type.
+    pub fn to_float(&mut self, x: &V) -> V {
+        self.convert(x, ElemType::F32, self.float)
+    }
+    /// `x` (in the graph's float type) as float32.
+    pub fn to_f32(&mut self, x: &V) -> V {
+        self.convert(x, self.float, ElemType::F32)
+    }
     /// Runs `f` with `float` as the graph's float type, for the parts of a mixed-precision graph
     /// that must run wider (weights and constants made inside `f` take that type).
     pub fn with_float<R>(&mut self, float: ElemType, f: impl FnOnce(&mut Self) -> R) -> R {

@@ -1,18 +1,17 @@
 //! The ONNX plumbing under every exporter: an in-memory graph (`ir`), a builder with typed
-//! operator helpers, checkpoint-backed weights, shared layers, and the streaming writer.
+//! operator helpers, checkpoint-backed weights, shared layers, and the streaming writer. The
+//! protobuf itself and the typed vocabulary live one layer down, in `fluxbuild_onnx`.
 
 pub mod builder;
 pub mod encode;
 pub mod ir;
 pub mod nn;
 pub mod pagebuf;
-pub mod reader;
 pub mod weights;
 pub mod writer;
 
 pub use builder::{GraphBuilder, V};
 pub use ir::{Attr, Dim, ElemType, Graph, ValueInfo};
-pub use reader::{read_interface, Interface};
 pub use weights::{problems_error, Param, Problem, Weights};
 pub use writer::{write_model, WrittenModel};
 

@@ -38,14 +38,6 @@ pub fn linear_param<'a>(b: &mut GraphBuilder<'a>, x: &V, weight: Param<'a>, bias
     }
 }
 
-/// LayerNorm over the last axis with unit scale and zero shift (FLUX's elementwise_affine=False).
-pub fn layer_norm_plain(b: &mut GraphBuilder<'_>, x: &V, dim: usize, eps: f32) -> V {
-    let float = b.float;
-    let ones = b.const_float(float, &[dim], &vec![1.0; dim]);
-    let zeros = b.const_float(float, &[dim], &vec![0.0; dim]);
-    b.layer_norm(x, &ones, &zeros, eps)
-}
-
 /// LayerNorm with learned `weight` and `bias` [dim] under `w`.
 pub fn layer_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, dim: usize, eps: f32) -> V {
     let scale = w.get("weight", &[dim]).add_to(b);
@@ -57,8 +49,7 @@ pub fn layer_norm<'a>(b: &mut GraphBuilder<'a>, w: &Weights<'a>, x: &V, dim: usi
 /// f32 whatever the graph's float type (as transformers' T5LayerNorm does: a mean of squares in
 /// bf16 keeps 8 bits of the variance, in fp16 it overflows), then the weight scales in the float type.
 pub fn rms_norm<'a>(b: &mut GraphBuilder<'a>, weight: Param<'a>, x: &V, eps: f32) -> V {
-    let float = b.float;
-    let x = b.convert(x, float, ElemType::F32);
+    let x = b.to_f32(x);
     let normed = b.with_float(ElemType::F32, |b| {
         let x2 = b.mul(&x, &x);
         let mean = b.reduce_mean(&x2, &[-1], true);
@@ -66,7 +57,7 @@ pub fn rms_norm<'a>(b: &mut GraphBuilder<'a>, weight: Param<'a>, x: &V, eps: f32
         let rms = b.unary("Sqrt", &var);
         b.div(&x, &rms)
     });
-    let normed = b.convert(&normed, ElemType::F32, float);
+    let normed = b.to_float(&normed);
     let weight = weight.add_to(b);
     b.mul(&normed, &weight)
 }

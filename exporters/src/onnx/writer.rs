@@ -6,12 +6,11 @@
 //! temporary names and renamed only when everything succeeded: no half-written model is left.
 
 use super::encode::{encode_plan, ConversionStats, Encoded};
-use super::ir::{Attr, Dim, Graph, InitData, Initializer, Node, ValueInfo};
+use super::ir::{Graph, InitData, Initializer};
 use super::pagebuf::{PageBuf, PAGE};
 use anyhow::{Context, Result};
 use fluxbuild_contract::files::{hex, sha256_file, AtomicFile};
-use onnx_protobuf as pb;
-use protobuf::{EnumOrUnknown, Message, MessageField};
+use fluxbuild_onnx::{encode, external_tensor, inline_tensor, model_proto, pb, Outline};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,8 +87,15 @@ pub fn write_model(graph: &Graph<'_>, dir: &Path, progress: Progress<'_>) -> Res
     })?;
     let (data_file, data_sha256, data_bytes) = data.finish();
 
-    let model = to_proto(graph, tensors);
-    let bytes = model.write_to_bytes().context("serializing ONNX protobuf")?;
+    let outline = Outline {
+        name: &graph.name,
+        opset: graph.opset,
+        inputs: &graph.inputs,
+        outputs: &graph.outputs,
+        nodes: &graph.nodes,
+        metadata: &graph.metadata,
+    };
+    let bytes = encode(&model_proto(&outline, tensors)).context("serializing ONNX protobuf")?;
     let mut model_file = AtomicFile::create(&model_path)?;
     model_file.write_all(&bytes)?;
     data_file.commit()?;
@@ -137,26 +143,12 @@ fn write_initializer(
     data: &mut DataFile,
     data_name: &str,
 ) -> Result<pb::TensorProto> {
-    let mut tensor = pb::TensorProto::new();
-    tensor.name = init.name.clone();
-    tensor.dims = init.dims.iter().map(|&d| d as i64).collect();
-    tensor.data_type = init.elem.onnx_code();
-    if bytes.len() <= INLINE_LIMIT {
-        tensor.raw_data = bytes.to_vec();
+    let tensor = if bytes.len() <= INLINE_LIMIT {
+        inline_tensor(&init.name, init.elem, &init.dims, bytes.to_vec())
     } else {
         let offset = data.append(bytes)?;
-        tensor.data_location = EnumOrUnknown::new(pb::tensor_proto::DataLocation::EXTERNAL);
-        for (key, value) in [
-            ("location", data_name.to_string()),
-            ("offset", offset.to_string()),
-            ("length", bytes.len().to_string()),
-        ] {
-            let mut entry = pb::StringStringEntryProto::new();
-            entry.key = key.to_string();
-            entry.value = value;
-            tensor.external_data.push(entry);
-        }
-    }
+        external_tensor(&init.name, init.elem, &init.dims, data_name, offset, bytes.len())
+    };
     Ok(tensor)
 }
 
@@ -249,103 +241,6 @@ fn in_source_order<'g, 'a>(graph: &'g Graph<'a>) -> Vec<&'g Initializer<'a>> {
             .map(|p| (p.tensor.file.path.clone(), p.tensor.info.start)),
     });
     order
-}
-
-/// ONNX IR version matching an opset (the oldest IR that carries it, for the widest reach).
-pub fn ir_version_for(opset: i64) -> i64 {
-    match opset {
-        ..=16 => 8,
-        17..=18 => 8,
-        19..=20 => 9,
-        21..=22 => 10,
-        _ => 11,
-    }
-}
-
-fn to_proto(graph: &Graph<'_>, initializers: Vec<pb::TensorProto>) -> pb::ModelProto {
-    let mut g = pb::GraphProto::new();
-    g.name = graph.name.clone();
-    g.input = graph.inputs.iter().map(value_info).collect();
-    g.output = graph.outputs.iter().map(value_info).collect();
-    g.node = graph.nodes.iter().map(node).collect();
-    g.initializer = initializers;
-
-    let mut model = pb::ModelProto::new();
-    model.ir_version = ir_version_for(graph.opset);
-    model.producer_name = "fluxbuild".into();
-    model.producer_version = env!("CARGO_PKG_VERSION").into();
-    let mut opset = pb::OperatorSetIdProto::new();
-    opset.domain = String::new();
-    opset.version = graph.opset;
-    model.opset_import.push(opset);
-    for (key, value) in &graph.metadata {
-        let mut entry = pb::StringStringEntryProto::new();
-        entry.key = key.clone();
-        entry.value = value.clone();
-        model.metadata_props.push(entry);
-    }
-    model.graph = MessageField::some(g);
-    model
-}
-
-pub(crate) fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
-    let mut shape = pb::TensorShapeProto::new();
-    for d in &v.dims {
-        let mut dim = pb::tensor_shape_proto::Dimension::new();
-        dim.value = Some(match d {
-            Dim::Fixed(n) => pb::tensor_shape_proto::dimension::Value::DimValue(*n),
-            Dim::Sym(s) => pb::tensor_shape_proto::dimension::Value::DimParam(s.clone()),
-        });
-        shape.dim.push(dim);
-    }
-    let mut tensor = pb::type_proto::Tensor::new();
-    tensor.elem_type = v.elem.onnx_code();
-    tensor.shape = MessageField::some(shape);
-    let mut ty = pb::TypeProto::new();
-    ty.value = Some(pb::type_proto::Value::TensorType(tensor));
-    let mut info = pb::ValueInfoProto::new();
-    info.name = v.name.clone();
-    info.type_ = MessageField::some(ty);
-    info
-}
-
-pub(crate) fn node(n: &Node) -> pb::NodeProto {
-    use pb::attribute_proto::AttributeType as T;
-    let mut p = pb::NodeProto::new();
-    p.op_type = n.op.clone();
-    p.domain = n.domain.clone();
-    p.name = n.name.clone();
-    p.input = n.inputs.clone();
-    p.output = n.outputs.clone();
-    for (name, attr) in &n.attrs {
-        let mut a = pb::AttributeProto::new();
-        a.name = name.clone();
-        let ty = match attr {
-            Attr::Int(i) => {
-                a.i = *i;
-                T::INT
-            }
-            Attr::Ints(v) => {
-                a.ints = v.clone();
-                T::INTS
-            }
-            Attr::Float(f) => {
-                a.f = *f;
-                T::FLOAT
-            }
-            Attr::Floats(v) => {
-                a.floats = v.clone();
-                T::FLOATS
-            }
-            Attr::Str(s) => {
-                a.s = s.as_bytes().to_vec();
-                T::STRING
-            }
-        };
-        a.type_ = EnumOrUnknown::new(ty);
-        p.attribute.push(a);
-    }
-    p
 }
 
 #[cfg(test)]

@@ -3,56 +3,50 @@
 //! `model.onnx` (weights stay in the original `model.onnx.data`, linked), so calibration runs
 //! exactly the graph that was exported.
 
-use crate::onnx::ir::{Attr, Node, ValueInfo};
-use crate::onnx::writer::{node, value_info};
-use crate::onnx::ElemType;
+use crate::onnx::ir::{Attr, ElemType, Node, ValueInfo};
 use anyhow::{bail, Context, Result};
-use onnx_protobuf as pb;
-use protobuf::Message;
+use fluxbuild_onnx::{add_nodes, add_outputs, initializers, nodes, pb, read_model, write_model_proto};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Adds the amax outputs; returns weight name -> output name (layers sharing an input share it).
-pub fn add_amax_outputs(model: &mut pb::ModelProto) -> Result<BTreeMap<String, String>> {
-    let graph = model.graph.as_mut().context("the model has no graph")?;
-    let matrices: HashSet<String> = graph
-        .initializer
-        .iter()
-        .filter(|t| t.dims.len() == 2 && matches!(t.data_type, 1 | 10 | 16))
-        .map(|t| t.name.clone())
+fn add_amax_outputs(model: &mut pb::ModelProto) -> Result<BTreeMap<String, String>> {
+    let matrices: HashSet<&str> = initializers(model)
+        .filter(|t| t.dims.len() == 2 && matches!(t.elem, Some(ElemType::F32 | ElemType::F16 | ElemType::BF16)))
+        .map(|t| t.name)
         .collect();
     let mut outputs: HashMap<String, String> = HashMap::new();
     let mut by_weight = BTreeMap::new();
     let mut added = Vec::new();
-    for node in graph
-        .node
-        .iter()
-        .filter(|n| n.op_type == "MatMul" && n.input.len() == 2 && matrices.contains(&n.input[1]))
+    for node in
+        nodes(model).filter(|n| n.op == "MatMul" && n.inputs.len() == 2 && matrices.contains(n.inputs[1].as_str()))
     {
-        let x = &node.input[0];
+        let x = &node.inputs[0];
         let output = outputs.entry(x.clone()).or_insert_with(|| {
             let out = format!("amax:{x}");
             let (abs, max) = (format!("{out}/abs"), format!("{out}/max"));
-            added.push(proto_node("Abs", &[x], &abs, &[]));
-            added.push(proto_node("ReduceMax", &[&abs], &max, &[("keepdims", 0)]));
-            added.push(proto_node("Cast", &[&max], &out, &[("to", 1)]));
+            added.push(amax_node("Abs", &[x], &abs, &[]));
+            added.push(amax_node("ReduceMax", &[&abs], &max, &[("keepdims", 0)]));
+            added.push(amax_node("Cast", &[&max], &out, &[("to", 1)]));
             out
         });
-        by_weight.insert(node.input[1].clone(), output.clone());
+        by_weight.insert(node.inputs[1].clone(), output.clone());
     }
     if by_weight.is_empty() {
         bail!("the graph has no linear layers (MatMul with a weight matrix) to calibrate");
     }
-    graph.node.extend(added);
     let mut names: Vec<&String> = outputs.values().collect();
     names.sort();
-    for name in names {
-        graph.output.push(value_info(&ValueInfo {
+    let scalars: Vec<ValueInfo> = names
+        .into_iter()
+        .map(|name| ValueInfo {
             name: name.clone(),
             elem: ElemType::F32,
             dims: vec![],
-        }));
-    }
+        })
+        .collect();
+    add_nodes(model, &added)?;
+    add_outputs(model, &scalars)?;
     Ok(by_weight)
 }
 
@@ -78,9 +72,7 @@ impl Drop for CalibrationModel {
 /// hidden name, removed when the returned value is dropped.
 pub fn write_calibration_model(model_dir: &Path, scratch: &Path) -> Result<CalibrationModel> {
     let source = model_dir.join("model.onnx");
-    let bytes = std::fs::read(&source).with_context(|| format!("{}: cannot read", source.display()))?;
-    let mut model =
-        pb::ModelProto::parse_from_bytes(&bytes).with_context(|| format!("{}: not an ONNX model", source.display()))?;
+    let mut model = read_model(&source)?;
     let outputs = add_amax_outputs(&mut model).with_context(|| source.display().to_string())?;
     std::fs::create_dir_all(scratch).with_context(|| format!("{}: cannot create", scratch.display()))?;
     let link = scratch.join("model.onnx.data");
@@ -91,7 +83,7 @@ pub fn write_calibration_model(model_dir: &Path, scratch: &Path) -> Result<Calib
     } else {
         scratch.join("model.onnx")
     };
-    fluxbuild_contract::files::write_atomic(&path, &model.write_to_bytes()?)?;
+    write_model_proto(&path, &model)?;
     Ok(CalibrationModel {
         path,
         outputs,
@@ -99,13 +91,13 @@ pub fn write_calibration_model(model_dir: &Path, scratch: &Path) -> Result<Calib
     })
 }
 
-fn proto_node(op: &str, inputs: &[&String], output: &str, ints: &[(&str, i64)]) -> pb::NodeProto {
-    node(&Node {
+fn amax_node(op: &str, inputs: &[&String], output: &str, ints: &[(&str, i64)]) -> Node {
+    Node {
         op: op.into(),
         domain: String::new(),
         name: format!("{output}/{op}"),
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
         outputs: vec![output.into()],
         attrs: ints.iter().map(|(k, v)| (k.to_string(), Attr::Int(*v))).collect(),
-    })
+    }
 }

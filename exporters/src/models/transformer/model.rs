@@ -79,9 +79,9 @@ pub fn build<'a>(p: FluxParams<'a>, c: &FluxConfig, float: ElemType, opset: i64)
         c,
     );
     let (cos, sin) = b.scoped("pos_embed", |b| rope_tables(b, &txt_ids, &img_ids, &c.axes_dims_rope));
-    let hidden = to_float(&mut b, &hidden_states);
+    let hidden = b.to_float(&hidden_states);
     let mut img = b.scoped("img_in", |b| img_in.forward(b, &hidden));
-    let encoder = to_float(&mut b, &encoder_hidden_states);
+    let encoder = b.to_float(&encoder_hidden_states);
     let mut txt = b.scoped("txt_in", |b| txt_in.forward(b, &encoder));
     let ctx = Ctx {
         vec: b.silu(&temb),
@@ -104,7 +104,7 @@ pub fn build<'a>(p: FluxParams<'a>, c: &FluxConfig, float: ElemType, opset: i64)
     }
     let (_, img) = split_tokens(&mut b, &x, &ctx);
     let out = b.scoped("final_layer", |b| final_layer_forward(b, final_layer, &img, &ctx));
-    let out = to_f32(&mut b, &out);
+    let out = b.to_f32(&out);
     b.output(&out, "noise_pred", f32, &[batch, li, c.out_channels.into()]);
     b.finish()
 }
@@ -132,7 +132,7 @@ fn time_text_embed<'a>(
         }
         None => time,
     };
-    let pooled = to_float(b, pooled);
+    let pooled = b.to_float(pooled);
     let vector = b.scoped("vector_in", |b| mlp_silu(b, vector_in, &pooled));
     b.add(&time, &vector)
 }
@@ -141,9 +141,9 @@ fn time_text_embed<'a>(
 /// [cos(s·f), sin(s·f)], f_j = exp(−ln(10⁴)·j/(dim/2)), in f32, cast to the float type.
 fn sinusoid(b: &mut GraphBuilder<'_>, x: &V, dim: usize) -> V {
     // diffusers scales in the model's dtype (`timestep.to(dtype) * 1000`), then embeds in f32.
-    let x = to_float(b, x);
+    let x = b.to_float(x);
     let scaled = b.mul_scalar(&x, TIME_FACTOR);
-    let s = to_f32(b, &scaled);
+    let s = b.to_f32(&scaled);
     let half = dim / 2;
     // The exponent rounded to f32 as torch forms it, then exp correctly rounded.
     let exponent_scale = -(MAX_PERIOD.ln() as f32);
@@ -156,7 +156,7 @@ fn sinusoid(b: &mut GraphBuilder<'_>, x: &V, dim: usize) -> V {
     let cos = b.unary("Cos", &args);
     let sin = b.unary("Sin", &args);
     let e = b.concat(&[&cos, &sin], 1);
-    to_float(b, &e)
+    b.to_float(&e)
 }
 
 /// FluxPosEmbed: the ids of [txt; img] ([L, 3]); axis a rotates its d_a/2 pairs by
@@ -215,8 +215,8 @@ struct Qkv {
 fn heads_qkv<'a>(b: &mut GraphBuilder<'a>, qkv: &[V], q_norm: Param<'a>, k_norm: Param<'a>, ctx: &Ctx) -> Qkv {
     let heads = [0, 0, ctx.heads as i64, ctx.head_dim as i64];
     let [q, k, v] = [0, 1, 2].map(|i| b.reshape(&qkv[i], &heads));
-    let (q, k) = (to_f32(b, &q), to_f32(b, &k));
-    in_f32(b, |b| Qkv {
+    let (q, k) = (b.to_f32(&q), b.to_f32(&k));
+    b.with_float(ElemType::F32, |b| Qkv {
         q: nn::rms_norm(b, q_norm, &q, EPS),
         k: nn::rms_norm(b, k_norm, &k, EPS),
         v,
@@ -228,8 +228,8 @@ fn rotate(b: &mut GraphBuilder<'_>, qkv: Qkv, ctx: &Ctx) -> Qkv {
     let q = apply_rope(b, &qkv.q, ctx);
     let k = apply_rope(b, &qkv.k, ctx);
     Qkv {
-        q: to_float(b, &q),
-        k: to_float(b, &k),
+        q: b.to_float(&q),
+        k: b.to_float(&k),
         v: qkv.v,
     }
 }
@@ -386,29 +386,4 @@ fn clip_fp16(b: &mut GraphBuilder<'_>, x: &V) -> V {
     }
     let (lo, hi) = (b.scalar(-65504.0), b.scalar(65504.0));
     b.op("Clip", &[x, &lo, &hi], &[])
-}
-
-fn to_float(b: &mut GraphBuilder<'_>, x: &V) -> V {
-    if b.float == ElemType::F32 {
-        x.clone()
-    } else {
-        let float = b.float;
-        b.cast(x, float)
-    }
-}
-
-fn to_f32(b: &mut GraphBuilder<'_>, x: &V) -> V {
-    if b.float == ElemType::F32 {
-        x.clone()
-    } else {
-        b.cast(x, ElemType::F32)
-    }
-}
-
-/// Builds with float32 as the float type (weights added inside are stored as f32 too).
-fn in_f32<'a, R>(b: &mut GraphBuilder<'a>, f: impl FnOnce(&mut GraphBuilder<'a>) -> R) -> R {
-    let float = std::mem::replace(&mut b.float, ElemType::F32);
-    let out = f(b);
-    b.float = float;
-    out
 }
