@@ -227,7 +227,7 @@ struct ModelSeed {
 /// model.onnx and model.onnx.data.
 fn graph_digest(seed: &ModelSeed, ckpt: &Checkpoint, out: &Path) -> Option<(String, String)> {
     let (_, graph, problems) = plan(
-        exporter(seed.network).unwrap(),
+        exporter(fluxbuild_contract::Network::parse(seed.network).unwrap()),
         ckpt,
         seed.config.as_ref(),
         &GraphOptions::default(),
@@ -241,7 +241,7 @@ fn graph_digest(seed: &ModelSeed, ckpt: &Checkpoint, out: &Path) -> Option<(Stri
 }
 
 fn load(network: &str, path: &Path) -> anyhow::Result<Checkpoint> {
-    let exporter = exporter(network).unwrap();
+    let exporter = exporter(fluxbuild_contract::Network::parse(network).unwrap());
     Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())
 }
 

@@ -197,7 +197,7 @@ fn sliced_vae_decode_equals_the_batched_run_bit_for_bit() {
     use fluxbuild::runtime::{Input, Model};
     let dir = tempfile::tempdir().unwrap();
     let models = ExportedModels::open(&export("dev", dir.path())).unwrap();
-    let mut vae = Model::load(&models.graph("vae_decoder")).unwrap();
+    let mut vae = Model::load(&models.graph(fluxbuild_contract::Network::VaeDecoder)).unwrap();
     let latents = seeded_noise(11, [3, 16, 6, 10]);
     let mut batched = vae
         .run(vec![("latent", Input::F32(latents.clone().into_dyn()))])

@@ -15,7 +15,7 @@ fn corpus(name: &str) -> PathBuf {
 }
 
 fn load(network: &str, path: &Path) -> anyhow::Result<Checkpoint> {
-    let exporter = exporter(network).unwrap();
+    let exporter = exporter(fluxbuild_contract::Network::parse(network).unwrap());
     Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())
 }
 
@@ -266,7 +266,7 @@ fn every_clip_linear_bias_is_required() {
         clip_without(&tensor, &path);
         let ckpt = load("clip", &path).unwrap();
         let (_, _, problems) = plan(
-            exporter("clip").unwrap(),
+            exporter(fluxbuild_contract::Network::Clip),
             &ckpt,
             config.as_ref(),
             &GraphOptions::default(),

@@ -107,7 +107,7 @@ fn calibrated() -> &'static Calibrated {
 
 /// The weight names of the linear layers the default FP8 policy quantizes in the dev transformer.
 fn quantized_linears() -> Vec<String> {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(fluxbuild_contract::Network::Transformer);
     let ckpt = Checkpoint::load(&pipeline("dev"), transformer.subfolder(), transformer.key_prefixes()).unwrap();
     let config = ckpt.config().unwrap();
     let options = GraphOptions {
@@ -117,7 +117,7 @@ fn quantized_linears() -> Vec<String> {
     };
     let (_, graph, problems) = plan(transformer, &ckpt, config.as_ref(), &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
+    let policy = Fp8Policy::for_network(fluxbuild_contract::Network::Transformer, WeightScaling::PerTensor, &[]);
     qdq::linear_weights(&graph)
         .into_iter()
         .filter(|w| !policy.keeps(w))

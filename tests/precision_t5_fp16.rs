@@ -56,7 +56,7 @@ fn scaled_t5(dir: &Path) -> f32 {
 
 /// The encoder output, of the graph run by ORT as it is and emulated.
 fn run_t5(ckpt_dir: &Path, out: &Path, float: ElemType, wide: ElemType, ids: &ArrayD<i64>) -> (Vec<f32>, Vec<f32>) {
-    let exporter = models::exporter("t5").unwrap();
+    let exporter = models::exporter(fluxbuild_contract::Network::T5);
     let ckpt = Checkpoint::load(
         &ckpt_dir.join("model.safetensors"),
         exporter.subfolder(),

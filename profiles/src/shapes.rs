@@ -7,7 +7,7 @@
 
 use crate::preset::{OptProfile, Preset, Range};
 use crate::CLIP_TOKENS;
-use fluxbuild_contract::{Network, Variant};
+use fluxbuild_contract::{Network, PresetVariant};
 use serde::{Deserialize, Serialize};
 
 /// The fixed sizes of a model's inputs (full-size FLUX.1 by default; read from the exported
@@ -106,9 +106,9 @@ impl Preset {
     pub fn shapes(&self, network: Network, dims: &ModelDims) -> Vec<ProfileShapes> {
         let guidance = match dims.guidance {
             Some(g) => g,
-            None => self.variant != Variant::Schnell,
+            None => self.variant != PresetVariant::Schnell,
         };
-        let dev_only = dims.guidance.is_none() && self.variant == Variant::Any;
+        let dev_only = dims.guidance.is_none() && self.variant == PresetVariant::Any;
         self.profiles(network)
             .iter()
             .map(|profile| {

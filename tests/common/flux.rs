@@ -20,7 +20,7 @@ pub fn diffusers_config(case: &str) -> serde_json::Value {
 }
 
 pub fn open(source: &Path) -> anyhow::Result<Checkpoint> {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(fluxbuild_contract::Network::Transformer);
     Checkpoint::load(source, transformer.subfolder(), transformer.key_prefixes())
 }
 
@@ -28,7 +28,7 @@ pub fn open(source: &Path) -> anyhow::Result<Checkpoint> {
 pub fn problems(source: &Path, config: Option<&serde_json::Value>) -> anyhow::Result<(Analysis, Vec<Problem>)> {
     let ckpt = open(source)?;
     let (analysis, _, problems) = plan(
-        exporter("transformer").unwrap(),
+        exporter(fluxbuild_contract::Network::Transformer),
         &ckpt,
         config,
         &GraphOptions::default(),
@@ -43,7 +43,7 @@ pub fn export(source: &Path, config: Option<&serde_json::Value>, float: ElemType
         float,
         ..GraphOptions::default()
     };
-    let (analysis, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, config, &options).unwrap();
+    let (analysis, graph, problems) = plan(exporter(fluxbuild_contract::Network::Transformer), &ckpt, config, &options).unwrap();
     assert!(problems.is_empty(), "{}: {problems:?}", source.display());
     write_model(&graph, out, &mut |_, _| {}).unwrap();
     analysis
