@@ -154,7 +154,11 @@ fn quantize_fp8(
     graph: &mut Graph<'_>,
     calibration: &Calibration,
 ) -> Result<Fp8Summary> {
-    let policy = Fp8Policy::for_network(source.network, request.precision.fp8_weights, &request.precision.fp8_keep);
+    let policy = Fp8Policy::for_network(
+        source.network,
+        request.precision.fp8_weights,
+        &request.precision.fp8_keep,
+    );
     let mut summary = qdq::quantize_linears(graph, &policy, &calibration.table.amax)
         .with_context(|| format!("{} with calibration {}", source.network, calibration.path.display()))?;
     summary.calibration_sha256 = Some(calibration.sha256.clone());
@@ -297,7 +301,10 @@ fn resolve_pipeline_files(request: &ExportRequest, planned: &[Planned<'_>]) -> R
             Network::Transformer => {
                 // The image-conditioned variants (fill, kontext, ...) are dev-based: dev's schedule.
                 let variant = p.analysis.variant.as_deref().and_then(|v| Variant::parse(v).ok());
-                files.push(pipeline_files::scheduler(&request.files, variant.unwrap_or(Variant::Dev))?);
+                files.push(pipeline_files::scheduler(
+                    &request.files,
+                    variant.unwrap_or(Variant::Dev),
+                )?);
             }
             Network::VaeDecoder => {}
         }

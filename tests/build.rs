@@ -285,7 +285,12 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
     assert_eq!(transformer.precision.as_deref(), Some("fp16"));
     assert_eq!(transformer.max_batch("hidden_states").unwrap(), 2);
     assert_eq!(transformer.range("hidden_states", 1).unwrap(), (4, 64));
-    assert_eq!(packaged.of(fluxbuild_contract::Network::VaeDecoder)[0].range("latent", 3).unwrap(), (4, 16));
+    assert_eq!(
+        packaged.of(fluxbuild_contract::Network::VaeDecoder)[0]
+            .range("latent", 3)
+            .unwrap(),
+        (4, 16)
+    );
     assert_eq!(manifest.kind, "engines");
     let files: Vec<String> = manifest.files.iter().map(|f| f.path.display().to_string()).collect();
     assert_eq!(

@@ -80,7 +80,13 @@ fn no_rust_file_outside_the_contract_spells_a_network_or_variant_name() {
     let names = names();
     let found: Vec<String> = files
         .iter()
-        .flat_map(|f| spelled(f.strip_prefix(root).unwrap(), &std::fs::read_to_string(f).unwrap(), &names))
+        .flat_map(|f| {
+            spelled(
+                f.strip_prefix(root).unwrap(),
+                &std::fs::read_to_string(f).unwrap(),
+                &names,
+            )
+        })
         .collect();
     assert!(
         found.is_empty(),
@@ -96,8 +102,5 @@ fn the_check_sees_literals_in_code_and_not_in_comments() {
     let file = Path::new("x.rs");
     let text = "let a = \"clip\"; // \"t5\"\n/// \"vae\"\nlet url = \"http://x\"; let b = \"dev\";\n\
                 let c = \"vae\"; // not a network name: ComfyUI's folder\nlet d = \"clip_l\";";
-    assert_eq!(
-        spelled(file, text, &names),
-        ["x.rs:1: \"clip\"", "x.rs:3: \"dev\""]
-    );
+    assert_eq!(spelled(file, text, &names), ["x.rs:1: \"clip\"", "x.rs:3: \"dev\""]);
 }

@@ -241,7 +241,9 @@ fn the_memory_model_refuses_an_image_above_the_budget() {
         width: Some(side),
         ..options()
     };
-    side(largest).resolve_within(&Defaults::of(Variant::Dev), &limits).unwrap();
+    side(largest)
+        .resolve_within(&Defaults::of(Variant::Dev), &limits)
+        .unwrap();
     let above = format!(
         "{:#}",
         side(largest + 16)

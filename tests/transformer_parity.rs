@@ -157,7 +157,13 @@ fn bf16_graph_keeps_weights_bf16_and_io_float32() {
         float: ElemType::BF16,
         ..GraphOptions::default()
     };
-    let (_, graph, problems) = plan(exporter(fluxbuild_contract::Network::Transformer), &ckpt, None, &options).unwrap();
+    let (_, graph, problems) = plan(
+        exporter(fluxbuild_contract::Network::Transformer),
+        &ckpt,
+        None,
+        &options,
+    )
+    .unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     let mut weights = 0;
     for init in graph

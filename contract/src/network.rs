@@ -176,7 +176,9 @@ impl Variant {
             "dev" | "krea" => return Ok(Variant::Dev),
             "schnell" => return Ok(Variant::Schnell),
             "fill" => "an image and a mask packed into 384 input channels",
-            "canny" | "depth" | "canny-or-depth" => "a control image (Canny edges or depth) packed into 128 input channels",
+            "canny" | "depth" | "canny-or-depth" => {
+                "a control image (Canny edges or depth) packed into 128 input channels"
+            }
             "kontext" => "a reference image appended to the image tokens",
             other => bail!("unknown FLUX.1 variant {other:?} (expected \"dev\" or \"schnell\")"),
         };

@@ -13,12 +13,12 @@ pub use report::markdown;
 
 use crate::calibrate::{calibrate, CalibrationRequest, Prompts};
 use crate::export::{export, ExportRequest, PrecisionSettings, SubmodelSource};
-use fluxbuild_contract::{Network, Variant};
 use crate::generate::pipeline::decoder_latent;
 use crate::generate::{generate, Event, ExportedModels, Generation, Request, RequestOptions};
 use crate::runtime::{Input, Model};
 use anyhow::{Context, Result};
 use fluxbuild_contract::manifest::Manifest;
+use fluxbuild_contract::{Network, Variant};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision, PrecisionPlan};
 use indicatif::ProgressBar;
@@ -165,7 +165,13 @@ fn measure_checkpoint(
         .unwrap_or_default();
     progress.set_message(format!("{name} fp32"));
     let fp32_dir = work.join("fp32");
-    export_pipeline(checkpoint, &fp32_dir, "fp32", &Network::ALL, &PrecisionSettings::default())?;
+    export_pipeline(
+        checkpoint,
+        &fp32_dir,
+        "fp32",
+        &Network::ALL,
+        &PrecisionSettings::default(),
+    )?;
     let models = ExportedModels::open(&fp32_dir)?;
     let request = RequestOptions {
         prompts: settings.prompts.clone(),
@@ -266,7 +272,13 @@ fn measure_checkpoint(
 
         // The whole pipeline with the precision's defaults, as `export --precision P` gives it.
         let pipeline = work.join("pipeline");
-        let manifest = export_pipeline(checkpoint, &pipeline, config.precision.name(), &Network::ALL, &precision)?;
+        let manifest = export_pipeline(
+            checkpoint,
+            &pipeline,
+            config.precision.name(),
+            &Network::ALL,
+            &precision,
+        )?;
         let generation = generate(&ExportedModels::open(&pipeline)?, &request, &mut |_| {})?;
         report.end_to_end.push(EndToEnd {
             config: config.name.into(),

@@ -212,7 +212,11 @@ fn check_single_file_checkpoint(args: &Args, submodels: &[SubmodelSource]) -> Re
         let ckpt = Checkpoint::load(file, exporter.subfolder(), exporter.key_prefixes())?;
         Ok(exporter.detect(&ckpt))
     };
-    let from_file: Vec<Network> = submodels.iter().filter(|s| &s.path == file).map(|s| s.network).collect();
+    let from_file: Vec<Network> = submodels
+        .iter()
+        .filter(|s| &s.path == file)
+        .map(|s| s.network)
+        .collect();
     let mut held = Vec::new();
     let mut missing = Vec::new();
     for network in from_file {

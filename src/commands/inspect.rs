@@ -97,7 +97,10 @@ fn pipeline_files_of(path: &Path, reports: &[Report]) -> BTreeMap<&'static str, 
         ..Default::default()
     };
     // Image-conditioned variants (fill, kontext, ...) are dev-based: dev's schedule.
-    let variant = reports.iter().find_map(|r| r.variant.as_deref()).and_then(|v| Variant::parse(v).ok());
+    let variant = reports
+        .iter()
+        .find_map(|r| r.variant.as_deref())
+        .and_then(|v| Variant::parse(v).ok());
     let variant = variant.unwrap_or(Variant::Dev);
     let describe = |file: Result<pipeline_files::PipelineFile>| match file {
         Ok(f) => f.origin.to_string(),
@@ -138,7 +141,10 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
         Some(c) => read_json(Some(c))?,
         None => ckpt.config()?,
     };
-    let options = graph_options(&NetworkPrecision::new(exporter.network(), Precision::Fp32)?, DEFAULT_OPSET);
+    let options = graph_options(
+        &NetworkPrecision::new(exporter.network(), Precision::Fp32)?,
+        DEFAULT_OPSET,
+    );
     let planned = match diagnose::mismatch(&ckpt, Some(exporter.network())) {
         Some(what) => Err(anyhow::anyhow!(what)),
         None => models::plan(exporter, &ckpt, config.as_ref(), &options),

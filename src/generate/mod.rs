@@ -11,7 +11,7 @@ pub mod request;
 pub mod scheduler;
 pub mod tokenize;
 
+pub use fluxbuild_contract::Variant;
 pub use models::ExportedModels;
 pub use pipeline::{generate, Event, Generation};
-pub use fluxbuild_contract::Variant;
 pub use request::{InitialNoise, Request, RequestOptions};

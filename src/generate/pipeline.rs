@@ -141,7 +141,9 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
     })?;
 
     let z = decoder_latent(models, request, &latents);
-    let decoded = with_graph(models, Network::VaeDecoder, &mut times, on, |vae, _| decode_sliced(vae, &z))?;
+    let decoded = with_graph(models, Network::VaeDecoder, &mut times, on, |vae, _| {
+        decode_sliced(vae, &z)
+    })?;
     let images = batch_to_rgb(&decoded);
     let mu = scheduler
         .use_dynamic_shifting

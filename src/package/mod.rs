@@ -15,9 +15,9 @@ use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::EnginesManifest;
 use fluxbuild_contract::files::{sha256_file, write_atomic};
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
+use fluxbuild_contract::Network;
 use layout::{Limits, ModelDir, Source};
 use serde_json::json;
-use fluxbuild_contract::Network;
 use source::{fixed, Exported};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,7 +191,9 @@ fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
             .unwrap_or_default();
         // `--emulate` writes fp32 graphs that round like bf16: those run.
         let emulated = settings["emulated_in_fp32"].as_bool().unwrap_or(false);
-        let precision = settings["precision"][network.name.name()].as_str().filter(|_| !emulated);
+        let precision = settings["precision"][network.name.name()]
+            .as_str()
+            .filter(|_| !emulated);
         let bf16_io = network
             .interface
             .inputs
@@ -219,8 +221,16 @@ fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
 }
 
 fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
-    let clip = exported.network(Network::Clip).interface.input("input_ids").expect("checked");
-    let t5 = exported.network(Network::T5).interface.input("input_ids").expect("checked");
+    let clip = exported
+        .network(Network::Clip)
+        .interface
+        .input("input_ids")
+        .expect("checked");
+    let t5 = exported
+        .network(Network::T5)
+        .interface
+        .input("input_ids")
+        .expect("checked");
     for (name, size) in [("--max-height", options.max_height), ("--max-width", options.max_width)] {
         if size < 16 || size % 16 != 0 {
             bail!("{name} {size}: must be a positive multiple of 16");
@@ -258,7 +268,7 @@ fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
     let batch = Network::ALL
         .iter()
         .map(|n| engine(*n).covered_batch(n.inputs()[0].name))
-    .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let round_up = |v: i64| (v * 8 + 15) / 16 * 16;
     Ok(Limits {
         min_height: round_up(min_h),

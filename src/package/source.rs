@@ -51,7 +51,10 @@ impl Exported {
     }
 
     pub fn network(&self, network: Network) -> &ExportedNetwork {
-        self.networks.iter().find(|n| n.name == network).expect("every network is read")
+        self.networks
+            .iter()
+            .find(|n| n.name == network)
+            .expect("every network is read")
     }
 }
 

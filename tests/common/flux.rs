@@ -43,7 +43,13 @@ pub fn export(source: &Path, config: Option<&serde_json::Value>, float: ElemType
         float,
         ..GraphOptions::default()
     };
-    let (analysis, graph, problems) = plan(exporter(fluxbuild_contract::Network::Transformer), &ckpt, config, &options).unwrap();
+    let (analysis, graph, problems) = plan(
+        exporter(fluxbuild_contract::Network::Transformer),
+        &ckpt,
+        config,
+        &options,
+    )
+    .unwrap();
     assert!(problems.is_empty(), "{}: {problems:?}", source.display());
     write_model(&graph, out, &mut |_, _| {}).unwrap();
     analysis

@@ -39,8 +39,12 @@ pub fn mismatch(ckpt: &Checkpoint, network: Option<Network>) -> Option<String> {
         let is_t5 = any("encoder.block.0.layer.0.SelfAttention.q.weight");
         let is_clip = any("embeddings.token_embedding.weight");
         match network {
-            Some(Network::Clip) if is_t5 && !is_clip => "the T5 encoder, given where CLIP-L was expected (swapped?)".to_string(),
-            Some(Network::T5) if is_clip && !is_t5 => "the CLIP-L encoder, given where T5-XXL was expected (swapped?)".to_string(),
+            Some(Network::Clip) if is_t5 && !is_clip => {
+                "the T5 encoder, given where CLIP-L was expected (swapped?)".to_string()
+            }
+            Some(Network::T5) if is_clip && !is_t5 => {
+                "the CLIP-L encoder, given where T5-XXL was expected (swapped?)".to_string()
+            }
             _ => return None,
         }
     };

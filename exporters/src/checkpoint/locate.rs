@@ -92,8 +92,8 @@ fn hub_cache_snapshot(path: &Path) -> Option<PathBuf> {
 const COMFY_FOLDERS: [(Network, &[&str], &[&str]); 4] = [
     (Network::Transformer, &["diffusion_models", "unet"], &[]),
     (Network::Clip, &["text_encoders", "clip"], &["clip_l"]), // not a network name: ComfyUI's folder
-    (Network::T5, &["text_encoders", "clip"], &["t5"]), // not a network name: ComfyUI's folder, file names
-    (Network::VaeDecoder, &["vae"], &[]), // not a network name: ComfyUI's folder
+    (Network::T5, &["text_encoders", "clip"], &["t5"]),       // not a network name: ComfyUI's folder, file names
+    (Network::VaeDecoder, &["vae"], &[]),                     // not a network name: ComfyUI's folder
 ];
 
 /// The submodel whose diffusers folder is `subfolder`.

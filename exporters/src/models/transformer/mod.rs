@@ -53,7 +53,10 @@ impl Exporter for TransformerExporter {
         let params = FluxParams::load(w, layout, &config);
         let mut graph = model::build(params, &config, options.float, options.opset);
         graph.metadata.extend([
-            ("fluxbuild.submodel".to_string(), Network::Transformer.name().to_string()),
+            (
+                "fluxbuild.submodel".to_string(),
+                Network::Transformer.name().to_string(),
+            ),
             ("fluxbuild.layout".to_string(), layout.name().to_string()),
             (
                 "fluxbuild.variant".to_string(),
