@@ -104,3 +104,88 @@ fn the_check_sees_literals_in_code_and_not_in_comments() {
                 let c = \"vae\"; // not a network name: ComfyUI's folder\nlet d = \"clip_l\";";
     assert_eq!(spelled(file, text, &names), ["x.rs:1: \"clip\"", "x.rs:3: \"dev\""]);
 }
+
+/// The graph interfaces `Network` declares are the ones `fluxbuild export` writes: every input and
+/// output by name, element type and rank; batch, sequence and image dims dynamic, the model's fixed.
+/// fp16 graphs, so that `Float32` (the transformer's I/O) and `Float` (the graph's type) differ.
+#[test]
+fn exported_graphs_have_the_interfaces_the_contract_declares() {
+    use fluxbuild_contract::{Axis, Dtype, Port};
+    use fluxbuild_exporters::onnx::{read_interface, Dim, ElemType, ValueInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let check = |graph: &Path, port: &Port, value: Option<&ValueInfo>| {
+        let value = value.unwrap_or_else(|| panic!("{}: no `{}`", graph.display(), port.name));
+        let elem_fits = match port.dtype {
+            Dtype::Int64 => value.elem == ElemType::I64,
+            Dtype::Float32 => value.elem == ElemType::F32,
+            Dtype::Float => matches!(value.elem, ElemType::F32 | ElemType::F16 | ElemType::BF16),
+        };
+        assert!(
+            elem_fits,
+            "{}: `{}` is {:?}, the contract says {:?}",
+            graph.display(),
+            port.name,
+            value.elem,
+            port.dtype
+        );
+        assert_eq!(
+            value.dims.len(),
+            port.dims.len(),
+            "{}: rank of `{}`",
+            graph.display(),
+            port.name
+        );
+        for (dim, axis) in value.dims.iter().zip(port.dims) {
+            let dim_fits = match axis {
+                Axis::Model => matches!(dim, Dim::Fixed(_)),
+                // CLIP's 77 tokens are fixed by its position embedding.
+                Axis::Text => true,
+                _ => matches!(dim, Dim::Sym(_)),
+            };
+            assert!(
+                dim_fits,
+                "{}: `{}` dim {dim:?} is not {axis:?}",
+                graph.display(),
+                port.name
+            );
+        }
+    };
+    for variant in [Variant::Dev, Variant::Schnell] {
+        let pipeline = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pipeline")
+            .join(variant.name());
+        let out = dir.path().join(variant.name());
+        let export = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+            .args(["export", "--precision", "fp16", "--checkpoint"])
+            .arg(&pipeline)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    }
+    for variant in [Variant::Dev, Variant::Schnell] {
+        for network in Network::ALL {
+            let graph = dir.path().join(variant.name()).join(network.name()).join("model.onnx");
+            let interface = read_interface(&graph).unwrap();
+            let inputs: Vec<&Port> = network
+                .inputs()
+                .iter()
+                .filter(|p| !p.dev_only || variant == Variant::Dev)
+                .collect();
+            let names: Vec<&str> = interface.inputs.iter().map(|v| v.name.as_str()).collect();
+            assert_eq!(
+                names,
+                inputs.iter().map(|p| p.name).collect::<Vec<_>>(),
+                "{}",
+                graph.display()
+            );
+            for port in inputs {
+                check(&graph, port, interface.input(port.name));
+            }
+            for port in network.outputs() {
+                check(&graph, port, interface.output(port.name));
+            }
+        }
+    }
+}
