@@ -342,11 +342,12 @@ fn export_pipeline(
 /// The transformer's weights: the data file, and the bytes of the tensors in it (the writer pads
 /// every tensor to a 4 KiB page, which dominates a tiny checkpoint).
 fn weights_bytes(dir: &Path) -> Result<WeightsSize> {
-    let path = dir.join("transformer/model.onnx.data");
+    let transformer = dir.join(Network::Transformer.name());
+    let path = transformer.join("model.onnx.data");
     let file = std::fs::metadata(&path)
         .with_context(|| format!("{}: cannot stat", path.display()))?
         .len();
-    let model = fluxbuild_engines::graph::read_model(&dir.join("transformer/model.onnx"))?;
+    let model = fluxbuild_engines::graph::read_model(&transformer.join("model.onnx"))?;
     let tensors = model
         .graph
         .initializer
