@@ -152,3 +152,33 @@ impl InputShape {
         format!("{}:{}", self.name, d.join("x"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shapes_cover_the_inputs_the_contract_declares() {
+        let point = Point {
+            batch: 2,
+            height: 512,
+            width: 768,
+            text_len: 256,
+        };
+        for network in Network::ALL {
+            for guidance in [false, true] {
+                let shapes: Vec<(&str, usize)> = interface(network, guidance)
+                    .into_iter()
+                    .map(|(name, dims)| (name, dims(&point, &ModelDims::FLUX).len()))
+                    .collect();
+                let declared: Vec<(&str, usize)> = network
+                    .inputs()
+                    .iter()
+                    .filter(|p| guidance || !p.dev_only)
+                    .map(|p| (p.name, p.dims.len()))
+                    .collect();
+                assert_eq!(shapes, declared, "{network}, guidance {guidance}");
+            }
+        }
+    }
+}
