@@ -6,10 +6,12 @@
 //! input) and keeps, for every linear layer, the largest value over all prompts and steps.
 
 use crate::export::ExportedSubmodel;
+use crate::generate::request::Defaults;
 use crate::generate::{generate, Event, ExportedModels, RequestOptions};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{hex, sha256_file};
 use fluxbuild_contract::manifest::Manifest;
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::precision::Precision;
 use fluxbuild_exporters::quantize::amax::write_calibration_model;
 use fluxbuild_exporters::quantize::calibration::{CalibratedModel, CalibrationTable, FORMAT};
@@ -108,7 +110,7 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
     }
     let mut models = ExportedModels::open(&request.models)?;
     let model = calibrated_model(&request.models)?;
-    let transformer_dir = request.models.join("transformer");
+    let transformer_dir = request.models.join(Network::Transformer.name());
     let hashing = std::thread::spawn({
         let dir = transformer_dir.clone();
         move || -> Result<(String, String)> {
@@ -124,10 +126,10 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
         .tempdir_in(&request.models)
         .with_context(|| format!("{}: cannot create a scratch folder", request.models.display()))?;
     let calibration_graph = write_calibration_model(&transformer_dir, scratch.path())?;
-    models.replace_graph("transformer", &calibration_graph.path);
+    models.replace_graph(Network::Transformer, &calibration_graph.path);
 
     let variant = models.variant.value;
-    let steps = request.steps.unwrap_or(variant.defaults().steps.min(DEFAULT_STEPS));
+    let steps = request.steps.unwrap_or(Defaults::of(variant).steps.min(DEFAULT_STEPS));
     let options = |prompts: &[String], first: usize| RequestOptions {
         prompts: prompts.to_vec(),
         height: Some(request.height.unwrap_or(DEFAULT_SIDE)),
@@ -209,7 +211,7 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
     let manifest = Manifest::read(&manifest_path)?;
     let entry: ExportedSubmodel = manifest
         .submodels
-        .get("transformer")
+        .get(Network::Transformer.name())
         .cloned()
         .map(serde_json::from_value)
         .transpose()
@@ -226,7 +228,7 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
         manifest
             .files
             .iter()
-            .find(|f| f.path == Path::new("transformer").join(name))
+            .find(|f| f.path == Path::new(Network::Transformer.name()).join(name))
             .map(|f| f.sha256.clone())
             .with_context(|| format!("{}: no entry for transformer/{name}", manifest_path.display()))
     };
@@ -250,7 +252,7 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
         })
         .collect::<Result<_>>()?;
     Ok(CalibratedModel {
-        submodel: "transformer".into(),
+        submodel: Network::Transformer.name().into(),
         model_sha256: file_sha("model.onnx")?,
         data_sha256: file_sha("model.onnx.data")?,
         checkpoint_sha256,

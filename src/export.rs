@@ -8,8 +8,9 @@ use crate::pipeline_files::{self, Origin, PipelineFile, PipelineFileSources};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::manifest::{FileEntry, Manifest};
 use fluxbuild_contract::output_dir::{self, crash_point, Existing, Staged};
+use fluxbuild_contract::{Network, Variant};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
-use fluxbuild_exporters::models::{self, Analysis, Exporter, GraphOptions};
+use fluxbuild_exporters::models::{self, Analysis, GraphOptions};
 use fluxbuild_exporters::onnx::{problems_error, write_model, Graph};
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
 use fluxbuild_exporters::quantize::calibration::CalibrationTable;
@@ -19,13 +20,10 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Submodel names in pipeline order.
-pub const SUBMODELS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
-
 /// Where one submodel comes from and how it is exported.
 #[derive(Clone, Debug)]
 pub struct SubmodelSource {
-    pub name: &'static str,
+    pub network: Network,
     /// A pipeline folder, component folder or single file.
     pub path: PathBuf,
     /// `--config` override (else the checkpoint's own config.json is used).
@@ -129,17 +127,17 @@ fn load_calibration(request: &ExportRequest) -> Result<Option<Calibration>> {
     let Some(path) = &request.precision.calibration else {
         bail!(
             "--precision {}={} needs activation scales: pass --calibration FILE (written by `fluxbuild calibrate --models DIR` on an fp32 export)",
-            fp8.name,
+            fp8.network,
             fp8.plan.precision
         );
     };
     let table = CalibrationTable::read(path)?;
-    if table.model.submodel != fp8.name {
+    if table.model.submodel != fp8.network.name() {
         bail!(
             "{}: a calibration of `{}`, not of `{}`",
             path.display(),
             table.model.submodel,
-            fp8.name
+            fp8.network
         );
     }
     Ok(Some(Calibration {
@@ -156,9 +154,13 @@ fn quantize_fp8(
     graph: &mut Graph<'_>,
     calibration: &Calibration,
 ) -> Result<Fp8Summary> {
-    let policy = Fp8Policy::for_network(source.name, request.precision.fp8_weights, &request.precision.fp8_keep);
+    let policy = Fp8Policy::for_network(
+        source.network,
+        request.precision.fp8_weights,
+        &request.precision.fp8_keep,
+    );
     let mut summary = qdq::quantize_linears(graph, &policy, &calibration.table.amax)
-        .with_context(|| format!("{} with calibration {}", source.name, calibration.path.display()))?;
+        .with_context(|| format!("{} with calibration {}", source.network, calibration.path.display()))?;
     summary.calibration_sha256 = Some(calibration.sha256.clone());
     Ok(summary)
 }
@@ -190,9 +192,9 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
         .submodels
         .iter()
         .map(|s| {
-            let exporter = exporter_for(s.name);
+            let exporter = models::exporter(s.network);
             Checkpoint::load(&s.path, exporter.subfolder(), exporter.key_prefixes())
-                .with_context(|| format!("loading the {}", s.name))
+                .with_context(|| format!("loading the {}", s.network))
         })
         .collect::<Result<_>>()?;
     // A wrong --out is refused before the inputs are read through.
@@ -219,25 +221,25 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     let mut submodels = BTreeMap::new();
     let mut files = Vec::new();
     for p in &planned {
-        progress.set_message(p.source.name);
-        let dir = staging.path().join(p.source.name);
-        staging.discard(Path::new(p.source.name))?;
+        progress.set_message(p.source.network.name());
+        let dir = staging.path().join(p.source.network.name());
+        staging.discard(Path::new(p.source.network.name()))?;
         let written = write_model(&p.graph, &dir, &mut |_, bytes| progress.inc(bytes))
-            .with_context(|| format!("writing {}", p.source.name))?;
+            .with_context(|| format!("writing {}", p.source.network))?;
         files.push(FileEntry::new(
             &request.out,
-            &request.out.join(p.source.name).join("model.onnx"),
+            &request.out.join(p.source.network.name()).join("model.onnx"),
             written.model_bytes,
             written.model_sha256.clone(),
         ));
         files.push(FileEntry::new(
             &request.out,
-            &request.out.join(p.source.name).join("model.onnx.data"),
+            &request.out.join(p.source.network.name()).join("model.onnx.data"),
             written.data_bytes,
             written.data_sha256.clone(),
         ));
-        submodels.insert(p.source.name.to_string(), describe(p, &written));
-        crash_point(&format!("export-wrote-{}", p.source.name));
+        submodels.insert(p.source.network, describe(p, &written));
+        crash_point(&format!("export-wrote-{}", p.source.network));
     }
     progress.finish_and_clear();
 
@@ -255,7 +257,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     let mut manifest = Manifest::new("export", inputs, files);
     manifest.settings = serde_json::json!({
         "opset": request.opset,
-        "precision": planned.iter().map(|p| (p.source.name, p.source.plan.precision)).collect::<BTreeMap<_, _>>(),
+        "precision": planned.iter().map(|p| (p.source.network, p.source.plan.precision)).collect::<BTreeMap<_, _>>(),
         "fp8": calibration.as_ref().map(|c| serde_json::json!({
             "calibration": c.path,
             "calibration_sha256": c.sha256,
@@ -269,7 +271,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
     manifest.submodels = serde_json::to_value(&submodels)?;
     let entries: Vec<&str> = planned
         .iter()
-        .map(|p| p.source.name)
+        .map(|p| p.source.network.name())
         .chain(extras.iter().filter(|e| !e.files.is_empty()).map(|e| e.folder))
         .collect();
     // Only an explicit --update keeps what an earlier export wrote; --force replaces it all.
@@ -289,21 +291,22 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
 fn resolve_pipeline_files(request: &ExportRequest, planned: &[Planned<'_>]) -> Result<Vec<PipelineFile>> {
     let mut files = Vec::new();
     for p in planned {
-        match p.source.name {
-            "clip" => {
+        match p.source.network {
+            Network::Clip => {
                 files.push(check_vocabulary(pipeline_files::clip_tokenizer(&request.files)?, p)?);
             }
-            "t5" => {
+            Network::T5 => {
                 files.push(check_vocabulary(pipeline_files::t5_tokenizer(&request.files)?, p)?);
             }
-            "transformer" => {
-                let variant = match p.analysis.variant.as_deref() {
-                    Some("schnell") => crate::generate::Variant::Schnell,
-                    _ => crate::generate::Variant::Dev,
-                };
-                files.push(pipeline_files::scheduler(&request.files, variant)?);
+            Network::Transformer => {
+                // The image-conditioned variants (fill, kontext, ...) are dev-based: dev's schedule.
+                let variant = p.analysis.variant.as_deref().and_then(|v| Variant::parse(v).ok());
+                files.push(pipeline_files::scheduler(
+                    &request.files,
+                    variant.unwrap_or(Variant::Dev),
+                )?);
             }
-            _ => {}
+            Network::VaeDecoder => {}
         }
     }
     Ok(files)
@@ -322,13 +325,13 @@ fn check_vocabulary(file: PipelineFile, p: &Planned<'_>) -> Result<PipelineFile>
     }
     let why = format!(
         "{size} tokens, but the {} encoder ({}) embeds only {rows}",
-        p.source.name,
+        p.source.network,
         p.source.path.display()
     );
     match file.origin {
         Origin::Bundled { .. } => Ok(file.left_out(format!(
             "the bundled tokenizer has {why}; pass --{} DIR with this encoder's tokenizer",
-            if p.source.name == "clip" {
+            if p.source.network == Network::Clip {
                 "tokenizer"
             } else {
                 "tokenizer-2"
@@ -336,10 +339,6 @@ fn check_vocabulary(file: PipelineFile, p: &Planned<'_>) -> Result<PipelineFile>
         ))),
         _ => bail!("{}: {why}: the tokenizer belongs to another model", file.origin),
     }
-}
-
-fn exporter_for(name: &str) -> &'static dyn Exporter {
-    models::exporter(name).unwrap_or_else(|| panic!("no exporter named {name}"))
 }
 
 /// Analyzes and builds every graph; reports every checkpoint problem of every submodel at once.
@@ -351,11 +350,11 @@ fn plan_all<'a>(
     let mut planned = Vec::new();
     let mut failures = Vec::new();
     for (source, ckpt) in request.submodels.iter().zip(checkpoints) {
-        if let Some(what) = fluxbuild_exporters::checkpoint::diagnose::mismatch(ckpt, source.name) {
-            failures.push(format!("{}: {what}", source.name));
+        if let Some(what) = fluxbuild_exporters::checkpoint::diagnose::mismatch(ckpt, Some(source.network)) {
+            failures.push(format!("{}: {what}", source.network));
             continue;
         }
-        let exporter = exporter_for(source.name);
+        let exporter = models::exporter(source.network);
         let emulate = request.precision.emulate && source.plan.precision != Precision::Fp32;
         let options = graph_options(&source.plan, request.opset);
         let config = match &source.config {
@@ -363,7 +362,7 @@ fn plan_all<'a>(
             None => ckpt.config()?,
         };
         let (analysis, mut graph, problems) = models::plan(exporter, ckpt, config.as_ref(), &options)
-            .with_context(|| format!("{} ({})", source.name, source.path.display()))?;
+            .with_context(|| format!("{} ({})", source.network, source.path.display()))?;
         if problems.is_empty() {
             let fp8 = match calibration.filter(|_| source.plan.precision.is_fp8()) {
                 Some(c) => Some(quantize_fp8(request, source, &mut graph, c)?),
@@ -384,7 +383,7 @@ fn plan_all<'a>(
             let files: Vec<String> = ckpt.source_files().iter().map(|f| f.display().to_string()).collect();
             failures.push(format!(
                 "{:#}",
-                problems_error(&format!("{} ({})", source.name, files.join(", ")), &problems)
+                problems_error(&format!("{} ({})", source.network, files.join(", ")), &problems)
             ));
         }
     }

@@ -5,6 +5,7 @@
 #[path = "../engines/tests/support/mod.rs"]
 mod support;
 
+use fluxbuild_contract::Network;
 use fluxbuild_engines::build::{self, BuildRequest};
 use fluxbuild_engines::settings::{BuildSettings, BuilderKind, Precision, Runtime};
 use fluxbuild_engines::stage::{engines_manifest, previous_records, write_engines_manifest};
@@ -281,11 +282,11 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
         packaged.engines.iter().map(|e| e.network.as_str()).collect::<Vec<_>>(),
         ["clip", "t5", "transformer", "vae_decoder"]
     );
-    let transformer = &packaged.of("transformer")[0];
+    let transformer = &packaged.of(Network::Transformer)[0];
     assert_eq!(transformer.precision.as_deref(), Some("fp16"));
     assert_eq!(transformer.max_batch("hidden_states").unwrap(), 2);
     assert_eq!(transformer.range("hidden_states", 1).unwrap(), (4, 64));
-    assert_eq!(packaged.of("vae_decoder")[0].range("latent", 3).unwrap(), (4, 16));
+    assert_eq!(packaged.of(Network::VaeDecoder)[0].range("latent", 3).unwrap(), (4, 16));
     assert_eq!(manifest.kind, "engines");
     let files: Vec<String> = manifest.files.iter().map(|f| f.path.display().to_string()).collect();
     assert_eq!(

@@ -7,6 +7,7 @@
 mod common;
 use common::*;
 use fluxbuild::runtime::{Input, Model};
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::models::{self, t5, GraphOptions};
 use fluxbuild_exporters::onnx::{write_model, Dim, ElemType, Graph, GraphBuilder, Weights};
@@ -165,7 +166,7 @@ fn full_size_checkpoints_are_recognised_with_flux_defaults_and_build() {
     for (name, file, tensors, variant, layout) in cases {
         let path = dir.path().join(file);
         header_only(&path, &tensors);
-        let exporter = models::exporter(name).unwrap();
+        let exporter = models::exporter(Network::parse(name).unwrap());
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
         let detected: Vec<&str> = models::EXPORTERS
             .iter()
@@ -223,7 +224,7 @@ fn full_size_files_missing_their_last_blocks_are_refused_unless_a_config_says_so
             .filter(|(n, _)| !n.starts_with(last))
             .collect();
         header_only(&path, &tensors);
-        let exporter = models::exporter(name).unwrap();
+        let exporter = models::exporter(Network::parse(name).unwrap());
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
         let message = format!("{:#}", exporter.analyze(&ckpt, None).unwrap_err());
         assert!(
@@ -249,7 +250,7 @@ fn the_fixture_graphs_are_tensorrt_friendly_and_detect_picks_one_exporter() {
         ("vae_decoder", f.join("vae/ae.safetensors"), Some(&vae_config)),
     ];
     for (name, path, config) in cases {
-        let exporter = models::exporter(name).unwrap();
+        let exporter = models::exporter(Network::parse(name).unwrap());
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
         let detected: Vec<&str> = models::EXPORTERS
             .iter()
@@ -313,7 +314,7 @@ fn t5_relative_buckets_match_transformers_at_every_distance() {
 #[test]
 fn t5_precision_hook_keeps_the_ffn_output_and_residual_stream_in_f32() {
     let dir = fixtures().join("t5");
-    let exporter = models::exporter("t5").unwrap();
+    let exporter = models::exporter(Network::T5);
     let ckpt = Checkpoint::load(
         &dir.join("shared.safetensors"),
         exporter.subfolder(),
@@ -454,7 +455,7 @@ fn half_precision_graphs_are_well_typed_and_bf16_normalizes_in_f32() {
         let (_, model) = export_submodel(name, &path, config, &fp16, dir.path()).unwrap();
         Model::load(&model).unwrap_or_else(|e| panic!("{name} fp16: {e:#}"));
 
-        let exporter = models::exporter(name).unwrap();
+        let exporter = models::exporter(Network::parse(name).unwrap());
         let ckpt = Checkpoint::load(&path, exporter.subfolder(), exporter.key_prefixes()).unwrap();
         let bf16 = GraphOptions {
             float: ElemType::BF16,

@@ -16,6 +16,7 @@
 
 mod common;
 use common::fixtures;
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use fluxbuild_exporters::onnx::write_model;
@@ -227,7 +228,7 @@ struct ModelSeed {
 /// model.onnx and model.onnx.data.
 fn graph_digest(seed: &ModelSeed, ckpt: &Checkpoint, out: &Path) -> Option<(String, String)> {
     let (_, graph, problems) = plan(
-        exporter(seed.network).unwrap(),
+        exporter(Network::parse(seed.network).unwrap()),
         ckpt,
         seed.config.as_ref(),
         &GraphOptions::default(),
@@ -241,7 +242,7 @@ fn graph_digest(seed: &ModelSeed, ckpt: &Checkpoint, out: &Path) -> Option<(Stri
 }
 
 fn load(network: &str, path: &Path) -> anyhow::Result<Checkpoint> {
-    let exporter = exporter(network).unwrap();
+    let exporter = exporter(Network::parse(network).unwrap());
     Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())
 }
 

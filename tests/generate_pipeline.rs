@@ -11,6 +11,7 @@ mod generate_common;
 
 use fluxbuild::generate::image::read_png;
 use fluxbuild::generate::{generate, ExportedModels, InitialNoise, Request};
+use fluxbuild_contract::Network;
 use generate_common::{max_abs, psnr, Reference};
 use ndarray::Array4;
 use std::path::{Path, PathBuf};
@@ -197,7 +198,7 @@ fn sliced_vae_decode_equals_the_batched_run_bit_for_bit() {
     use fluxbuild::runtime::{Input, Model};
     let dir = tempfile::tempdir().unwrap();
     let models = ExportedModels::open(&export("dev", dir.path())).unwrap();
-    let mut vae = Model::load(&models.graph("vae_decoder")).unwrap();
+    let mut vae = Model::load(&models.graph(Network::VaeDecoder)).unwrap();
     let latents = seeded_noise(11, [3, 16, 6, 10]);
     let mut batched = vae
         .run(vec![("latent", Input::F32(latents.clone().into_dyn()))])

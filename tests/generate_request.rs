@@ -2,6 +2,7 @@
 
 mod common;
 
+use fluxbuild::generate::request::Defaults;
 use fluxbuild::generate::{InitialNoise, RequestOptions, Variant};
 
 fn options() -> RequestOptions {
@@ -177,7 +178,7 @@ fn a_deployments_defaults_and_limits_apply_and_parts_keep_their_noise() {
     let defaults = Defaults {
         height: 64,
         width: 96,
-        ..Variant::Schnell.defaults()
+        ..Defaults::of(Variant::Schnell)
     };
     let three = RequestOptions {
         prompts: vec!["a".into(), "b".into(), "c".into()],
@@ -240,11 +241,13 @@ fn the_memory_model_refuses_an_image_above_the_budget() {
         width: Some(side),
         ..options()
     };
-    side(largest).resolve_within(&Variant::Dev.defaults(), &limits).unwrap();
+    side(largest)
+        .resolve_within(&Defaults::of(Variant::Dev), &limits)
+        .unwrap();
     let above = format!(
         "{:#}",
         side(largest + 16)
-            .resolve_within(&Variant::Dev.defaults(), &limits)
+            .resolve_within(&Defaults::of(Variant::Dev), &limits)
             .unwrap_err()
     );
     assert!(above.ends_with("[rule image_pixels]"), "{above}");
@@ -259,7 +262,7 @@ fn the_memory_model_refuses_an_image_above_the_budget() {
     let small = format!(
         "{:#}",
         side(1024)
-            .resolve_within(&Variant::Dev.defaults(), &limits)
+            .resolve_within(&Defaults::of(Variant::Dev), &limits)
             .unwrap_err()
     );
     assert!(small.ends_with("[rule image_pixels]"), "{small}");

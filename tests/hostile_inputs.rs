@@ -4,6 +4,7 @@
 
 mod common;
 use common::fixtures;
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use serde_json::{json, Map, Value};
@@ -15,7 +16,7 @@ fn corpus(name: &str) -> PathBuf {
 }
 
 fn load(network: &str, path: &Path) -> anyhow::Result<Checkpoint> {
-    let exporter = exporter(network).unwrap();
+    let exporter = exporter(Network::parse(network).unwrap());
     Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())
 }
 
@@ -266,7 +267,7 @@ fn every_clip_linear_bias_is_required() {
         clip_without(&tensor, &path);
         let ckpt = load("clip", &path).unwrap();
         let (_, _, problems) = plan(
-            exporter("clip").unwrap(),
+            exporter(Network::Clip),
             &ckpt,
             config.as_ref(),
             &GraphOptions::default(),

@@ -8,6 +8,7 @@ mod generate_common;
 
 use fluxbuild::generate::{generate, Event, ExportedModels, RequestOptions};
 use fluxbuild_contract::files::sha256_file;
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use fluxbuild_exporters::onnx::ElemType;
@@ -107,7 +108,7 @@ fn calibrated() -> &'static Calibrated {
 
 /// The weight names of the linear layers the default FP8 policy quantizes in the dev transformer.
 fn quantized_linears() -> Vec<String> {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(Network::Transformer);
     let ckpt = Checkpoint::load(&pipeline("dev"), transformer.subfolder(), transformer.key_prefixes()).unwrap();
     let config = ckpt.config().unwrap();
     let options = GraphOptions {
@@ -117,7 +118,7 @@ fn quantized_linears() -> Vec<String> {
     };
     let (_, graph, problems) = plan(transformer, &ckpt, config.as_ref(), &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
+    let policy = Fp8Policy::for_network(Network::Transformer, WeightScaling::PerTensor, &[]);
     qdq::linear_weights(&graph)
         .into_iter()
         .filter(|w| !policy.keeps(w))

@@ -12,6 +12,7 @@
 mod common;
 use common::*;
 use fluxbuild::runtime::{Input, Model};
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::models::{self, GraphOptions};
 use fluxbuild_exporters::onnx::{write_model, ElemType};
@@ -56,7 +57,7 @@ fn scaled_t5(dir: &Path) -> f32 {
 
 /// The encoder output, of the graph run by ORT as it is and emulated.
 fn run_t5(ckpt_dir: &Path, out: &Path, float: ElemType, wide: ElemType, ids: &ArrayD<i64>) -> (Vec<f32>, Vec<f32>) {
-    let exporter = models::exporter("t5").unwrap();
+    let exporter = models::exporter(Network::T5);
     let ckpt = Checkpoint::load(
         &ckpt_dir.join("model.safetensors"),
         exporter.subfolder(),

@@ -15,6 +15,7 @@ use common::flux::{case_dir, diffusers_config, export, io_tensors, open};
 use common::relative_error;
 use fluxbuild::accuracy::rounded_conditioning;
 use fluxbuild::runtime::{Input, Model};
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use fluxbuild_exporters::onnx::{write_model, ElemType};
 use fluxbuild_exporters::precision::Precision;
@@ -35,7 +36,7 @@ fn write(dir: &Path, float: ElemType, fp8: Option<&BTreeMap<String, f32>>, emula
         opset,
     };
     let (_, mut graph, problems) = plan(
-        exporter("transformer").unwrap(),
+        exporter(Network::Transformer),
         &ckpt,
         Some(&diffusers_config("dev")),
         &options,
@@ -43,7 +44,7 @@ fn write(dir: &Path, float: ElemType, fp8: Option<&BTreeMap<String, f32>>, emula
     .unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     if let Some(table) = fp8 {
-        let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
+        let policy = Fp8Policy::for_network(Network::Transformer, WeightScaling::PerTensor, &[]);
         let summary = qdq::quantize_linears(&mut graph, &policy, table).unwrap();
         assert!(summary.quantized > 0 && !summary.kept.is_empty());
     }
@@ -174,7 +175,7 @@ fn fp8_transformer_stays_close_to_fp32_and_halves_the_weights() {
 
     // Quantized weights take 1 byte instead of 2; everything else (kept layers, biases, norms) 2.
     let ckpt = open(&case_dir("dev").join("bfl.safetensors")).unwrap();
-    let policy = Fp8Policy::for_network("transformer", WeightScaling::PerTensor, &[]);
+    let policy = Fp8Policy::for_network(Network::Transformer, WeightScaling::PerTensor, &[]);
     let (mut quantized, mut total) = (0u64, 0u64);
     for t in ckpt.tensors() {
         let n = t.shape().iter().product::<usize>() as u64;

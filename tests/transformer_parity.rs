@@ -9,6 +9,7 @@
 
 mod common;
 use common::flux::*;
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::models::{exporter, plan, GraphOptions};
 use fluxbuild_exporters::onnx::ir::InitData;
 use fluxbuild_exporters::onnx::{write_model, ElemType};
@@ -90,7 +91,7 @@ fn dev_wide_matches_diffusers_with_other_head_dim_and_rope_axes() {
 
 #[test]
 fn dimensions_come_from_tensor_shapes() {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(Network::Transformer);
     let wide = case_dir("dev_wide");
     let from_folder = transformer
         .analyze(&open(&wide.join("diffusers")).unwrap(), None)
@@ -118,7 +119,7 @@ fn dimensions_come_from_tensor_shapes() {
 
 #[test]
 fn single_file_with_unusual_head_dim_asks_for_config() {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(Network::Transformer);
     let err = transformer
         .analyze(&open(&case_dir("dev").join("bfl.safetensors")).unwrap(), None)
         .unwrap_err()
@@ -132,7 +133,7 @@ fn single_file_with_unusual_head_dim_asks_for_config() {
 
 #[test]
 fn config_that_contradicts_the_tensors_is_refused() {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(Network::Transformer);
     let mut config = diffusers_config("dev");
     config["num_layers"] = serde_json::json!(19);
     config["joint_attention_dim"] = serde_json::json!(4096);
@@ -157,7 +158,7 @@ fn bf16_graph_keeps_weights_bf16_and_io_float32() {
         float: ElemType::BF16,
         ..GraphOptions::default()
     };
-    let (_, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, None, &options).unwrap();
+    let (_, graph, problems) = plan(exporter(Network::Transformer), &ckpt, None, &options).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     let mut weights = 0;
     for init in graph

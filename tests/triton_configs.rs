@@ -213,7 +213,7 @@ fn options(models: &Path, out: &Path, target: Target, engines: Option<&Path>) ->
 /// fp32 and fp16 repositories (every model READY) and refuses bf16 at `package` with the reason.
 #[test]
 fn every_preset_and_precision_packages_into_a_repository_the_server_loads() {
-    use fluxbuild_profiles::{Network, Variant};
+    use fluxbuild_profiles::{Network, PresetVariant};
     let dir = tempfile::tempdir().unwrap();
     let presets = fluxbuild_profiles::Preset::builtins().unwrap();
     let names = ["clip", "t5", "transformer", "vae_decoder", "flux"];
@@ -232,10 +232,10 @@ fn every_preset_and_precision_packages_into_a_repository_the_server_loads() {
                 "--precision",
                 precision,
             ]);
-            let fits = |v: Variant| match v {
-                Variant::Dev => variant == "dev",
-                Variant::Schnell => variant == "schnell",
-                Variant::Any => true,
+            let fits = |v: PresetVariant| match v {
+                PresetVariant::Dev => variant == "dev",
+                PresetVariant::Schnell => variant == "schnell",
+                PresetVariant::Any => true,
             };
             for preset in presets.iter().filter(|p| fits(p.variant)) {
                 let label = format!("{} x {precision} ({variant})", preset.name);

@@ -96,8 +96,8 @@ impl EnginesManifest {
     }
 
     /// The engines of `network`, primary first.
-    pub fn of(&self, network: &str) -> Vec<&Engine> {
-        self.engines.iter().filter(|e| e.network == network).collect()
+    pub fn of(&self, network: Network) -> Vec<&Engine> {
+        self.engines.iter().filter(|e| e.network == network.name()).collect()
     }
 }
 

@@ -9,4 +9,4 @@ pub mod manifest;
 mod network;
 pub mod output_dir;
 
-pub use network::{Network, Variant};
+pub use network::{Axis, Dtype, Network, Port, PresetVariant, Variant};

@@ -10,7 +10,7 @@ use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{sha256_file, write_atomic};
 use fluxbuild_onnx::{external_files, pb, read_model};
-use fluxbuild_profiles::{Network, OptProfile, Preset, ProfileShapes, Variant};
+use fluxbuild_profiles::{Network, OptProfile, Preset, PresetVariant, ProfileShapes};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ pub struct EngineRecord {
     /// "export manifest" (sha256 taken from DIR/manifest.json after checking it) or "hashed".
     pub graph_hashes_from: String,
     pub preset: String,
-    pub variant: Variant,
+    pub variant: PresetVariant,
     /// The preset's ranges for this network, one per optimization profile.
     pub optimization_profiles: Vec<OptProfile>,
     /// The exact min/opt/max shapes given to TensorRT.

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use fluxbuild_onnx::{declared_inputs, pb, Declared, Dim};
-use fluxbuild_profiles::{ModelDims, Network, Preset, ProfileShapes, Variant};
+use fluxbuild_profiles::{ModelDims, Network, Preset, PresetVariant, ProfileShapes};
 use std::path::Path;
 
 /// Fixed sizes (joint/pooled/channels) and the guidance input, read from the graphs at hand.
@@ -31,11 +31,11 @@ pub fn model_dims(transformer: Option<&pb::ModelProto>, vae: Option<&pb::ModelPr
 /// The preset's variant must match the transformer graph (dev has `guidance`).
 pub fn check_variant(preset: &Preset, dims: &ModelDims) -> Result<()> {
     match (preset.variant, dims.guidance) {
-        (Variant::Dev, Some(false)) => bail!(
+        (PresetVariant::Dev, Some(false)) => bail!(
             "profile preset {:?} targets FLUX.1-dev, but the transformer graph has no `guidance` input (schnell)",
             preset.name
         ),
-        (Variant::Schnell, Some(true)) => bail!(
+        (PresetVariant::Schnell, Some(true)) => bail!(
             "profile preset {:?} targets FLUX.1-schnell, but the transformer graph has a `guidance` input (dev)",
             preset.name
         ),

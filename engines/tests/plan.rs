@@ -128,7 +128,7 @@ fn record_for(plan: &build::EnginePlan, out: &Path, plan_bytes: u64) -> EngineRe
         graph_files: plan.files.clone(),
         graph_hashes_from: plan.hashes_from.into(),
         preset: "tiny-check".into(),
-        variant: fluxbuild_profiles::Variant::Any,
+        variant: fluxbuild_profiles::PresetVariant::Any,
         optimization_profiles: vec![],
         shapes: plan.graph.shapes.clone(),
         settings: BuildSettings::new(BuilderKind::Trtexec, Precision::Typed, None, None).unwrap(),

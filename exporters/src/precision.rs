@@ -4,6 +4,7 @@
 
 use crate::onnx::ElemType;
 use anyhow::{bail, Result};
+use fluxbuild_contract::Network;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -66,12 +67,12 @@ impl fmt::Display for Precision {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PrecisionPlan {
     pub default: Option<Precision>,
-    pub per_network: BTreeMap<String, Precision>,
+    pub per_network: BTreeMap<Network, Precision>,
 }
 
 impl PrecisionPlan {
-    /// Parses a spec; `networks` are the valid names for `NET=` entries.
-    pub fn parse(spec: &str, networks: &[&str]) -> Result<PrecisionPlan> {
+    /// Parses a spec; `NET=` entries name a [`Network`].
+    pub fn parse(spec: &str) -> Result<PrecisionPlan> {
         let mut plan = PrecisionPlan {
             default: None,
             per_network: BTreeMap::new(),
@@ -80,14 +81,14 @@ impl PrecisionPlan {
             match item.split_once('=') {
                 Some((net, p)) => {
                     let net = net.trim();
-                    if !networks.contains(&net) {
+                    let Ok(network) = Network::parse(net) else {
                         bail!(
                             "--precision: unknown network `{net}` (expected one of {})",
-                            networks.join(", ")
+                            Network::ALL.map(Network::name).join(", ")
                         );
-                    }
+                    };
                     let precision = Precision::parse(p)?;
-                    if let Some(before) = plan.per_network.insert(net.to_string(), precision) {
+                    if let Some(before) = plan.per_network.insert(network, precision) {
                         bail!("--precision: `{net}` is given twice ({before} and {precision}) in `{spec}`");
                     }
                 }
@@ -99,9 +100,9 @@ impl PrecisionPlan {
     }
 
     /// The precision for `network`, falling back to `fallback` when the spec names none.
-    pub fn for_network(&self, network: &str, fallback: Precision) -> Precision {
+    pub fn for_network(&self, network: Network, fallback: Precision) -> Precision {
         self.per_network
-            .get(network)
+            .get(&network)
             .copied()
             .or(self.default)
             .unwrap_or(fallback)
@@ -110,19 +111,19 @@ impl PrecisionPlan {
     /// The precision `network` gets: its own entry, else the default adapted to what is known
     /// to work for it (a global fp8 quantizes the transformer only, the others get its base
     /// type; a global fp16 or fp8-fp16 leaves the VAE decoder in fp32), else fp32.
-    pub fn with_defaults(&self, network: &str) -> Precision {
-        if let Some(p) = self.per_network.get(network) {
+    pub fn with_defaults(&self, network: Network) -> Precision {
+        if let Some(p) = self.per_network.get(&network) {
             return *p;
         }
         match (network, self.default.unwrap_or(Precision::Fp32)) {
-            ("vae_decoder", Precision::Fp16 | Precision::Fp8Fp16) => Precision::Fp32,
-            (n, p) if p.is_fp8() && n != "transformer" => p.base(),
+            (Network::VaeDecoder, Precision::Fp16 | Precision::Fp8Fp16) => Precision::Fp32,
+            (n, p) if p.is_fp8() && n != Network::Transformer => p.base(),
             (_, p) => p,
         }
     }
 
     /// `with_defaults` with what that means for the graph: the plan export and build apply.
-    pub fn resolve(&self, network: &str) -> Result<NetworkPrecision> {
+    pub fn resolve(&self, network: Network) -> Result<NetworkPrecision> {
         NetworkPrecision::new(network, self.with_defaults(network))
     }
 }
@@ -144,7 +145,7 @@ pub struct NetworkPrecision {
 }
 
 impl NetworkPrecision {
-    pub fn new(network: &str, precision: Precision) -> Result<NetworkPrecision> {
+    pub fn new(network: Network, precision: Precision) -> Result<NetworkPrecision> {
         let float = match precision.base() {
             Precision::Bf16 => ElemType::BF16,
             Precision::Fp16 => ElemType::F16,
@@ -158,7 +159,7 @@ impl NetworkPrecision {
             notes: vec![],
         };
         match (network, precision) {
-            ("transformer", p) if p.is_fp8() => plan.notes.push(format!(
+            (Network::Transformer, p) if p.is_fp8() => plan.notes.push(format!(
                 "linear layers in FP8 E4M3 (weights from their amax, activations from calibration); embedders, \
                  final projection, norms and attention in {}",
                 p.base()
@@ -166,7 +167,7 @@ impl NetworkPrecision {
             (_, p) if p.is_fp8() => {
                 bail!("--precision {network}={p}: FP8 quantization is implemented for the transformer only")
             }
-            ("t5", Precision::Fp16) => {
+            (Network::T5, Precision::Fp16) => {
                 plan.wide = ElemType::F32;
                 plan.notes.push(
                     "T5 overflows fp16 in its FFN output: residual stream and `wo` projections run in fp32".into(),
@@ -184,46 +185,46 @@ mod tests {
 
     #[test]
     fn per_network_entries_override_the_default() {
-        let plan = PrecisionPlan::parse("bf16, t5=fp32", &["t5", "clip"]).unwrap();
-        assert_eq!(plan.for_network("t5", Precision::Fp16), Precision::Fp32);
-        assert_eq!(plan.for_network("clip", Precision::Fp16), Precision::Bf16);
-        let empty = PrecisionPlan::parse("", &["t5"]).unwrap();
-        assert_eq!(empty.for_network("t5", Precision::Fp16), Precision::Fp16);
+        let plan = PrecisionPlan::parse("bf16, t5=fp32").unwrap();
+        assert_eq!(plan.for_network(Network::T5, Precision::Fp16), Precision::Fp32);
+        assert_eq!(plan.for_network(Network::Clip, Precision::Fp16), Precision::Bf16);
+        let empty = PrecisionPlan::parse("").unwrap();
+        assert_eq!(empty.for_network(Network::T5, Precision::Fp16), Precision::Fp16);
     }
 
     #[test]
     fn defaults_avoid_the_known_failures() {
-        let nets = ["clip", "t5", "transformer", "vae_decoder"];
-        let fp8 = PrecisionPlan::parse("fp8", &nets).unwrap();
-        let got: Vec<Precision> = nets.iter().map(|n| fp8.with_defaults(n)).collect();
+        let nets = Network::ALL;
+        let fp8 = PrecisionPlan::parse("fp8").unwrap();
+        let got: Vec<Precision> = nets.iter().map(|n| fp8.with_defaults(*n)).collect();
         // fp8's base is bf16: bf16 has fp32's range, so T5 and the VAE need no wider parts.
         assert_eq!(
             got,
             vec![Precision::Bf16, Precision::Bf16, Precision::Fp8, Precision::Bf16]
         );
-        let t5 = fp8.resolve("t5").unwrap();
+        let t5 = fp8.resolve(Network::T5).unwrap();
         assert_eq!((t5.float, t5.wide), (ElemType::BF16, ElemType::BF16));
-        assert_eq!(fp8.resolve("transformer").unwrap().float, ElemType::BF16);
-        assert!(fp8.resolve("transformer").unwrap().fp8_linears);
-        let fp8_fp16 = PrecisionPlan::parse("fp8-fp16", &nets).unwrap();
-        let got: Vec<Precision> = nets.iter().map(|n| fp8_fp16.with_defaults(n)).collect();
+        assert_eq!(fp8.resolve(Network::Transformer).unwrap().float, ElemType::BF16);
+        assert!(fp8.resolve(Network::Transformer).unwrap().fp8_linears);
+        let fp8_fp16 = PrecisionPlan::parse("fp8-fp16").unwrap();
+        let got: Vec<Precision> = nets.iter().map(|n| fp8_fp16.with_defaults(*n)).collect();
         assert_eq!(
             got,
             vec![Precision::Fp16, Precision::Fp16, Precision::Fp8Fp16, Precision::Fp32]
         );
-        let t5 = fp8_fp16.resolve("t5").unwrap();
+        let t5 = fp8_fp16.resolve(Network::T5).unwrap();
         assert_eq!((t5.float, t5.wide), (ElemType::F16, ElemType::F32));
-        let transformer = fp8_fp16.resolve("transformer").unwrap();
+        let transformer = fp8_fp16.resolve(Network::Transformer).unwrap();
         assert!(transformer.fp8_linears && transformer.float == ElemType::F16);
-        let explicit = PrecisionPlan::parse("fp16,vae_decoder=fp16", &nets).unwrap();
-        assert_eq!(explicit.with_defaults("vae_decoder"), Precision::Fp16);
+        let explicit = PrecisionPlan::parse("fp16,vae_decoder=fp16").unwrap();
+        assert_eq!(explicit.with_defaults(Network::VaeDecoder), Precision::Fp16);
         assert_eq!(
-            PrecisionPlan::parse("", &nets).unwrap().with_defaults("t5"),
+            PrecisionPlan::parse("").unwrap().with_defaults(Network::T5),
             Precision::Fp32
         );
-        let err = PrecisionPlan::parse("clip=fp8", &nets)
+        let err = PrecisionPlan::parse("clip=fp8")
             .unwrap()
-            .resolve("clip")
+            .resolve(Network::Clip)
             .unwrap_err()
             .to_string();
         assert!(err.contains("transformer only"), "{err}");
@@ -231,10 +232,10 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused_with_the_offending_part() {
-        let err = PrecisionPlan::parse("vae=fp9", &["vae"]).unwrap_err().to_string();
+        let err = PrecisionPlan::parse("vae_decoder=fp9").unwrap_err().to_string();
         assert!(err.contains("fp9"), "{err}");
-        let err = PrecisionPlan::parse("unet=fp16", &["vae"]).unwrap_err().to_string();
+        let err = PrecisionPlan::parse("unet=fp16").unwrap_err().to_string();
         assert!(err.contains("unet"), "{err}");
-        assert!(PrecisionPlan::parse("fp16,bf16", &[]).is_err());
+        assert!(PrecisionPlan::parse("fp16,bf16").is_err());
     }
 }

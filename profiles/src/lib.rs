@@ -8,7 +8,7 @@
 mod preset;
 mod shapes;
 
-pub use fluxbuild_contract::{Network, Variant};
+pub use fluxbuild_contract::{Network, PresetVariant, Variant};
 pub use preset::{OptProfile, Preset, Range};
 pub use shapes::{InputShape, ModelDims, ProfileShapes};
 

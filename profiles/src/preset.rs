@@ -3,7 +3,7 @@
 
 use crate::{IMAGE_MULTIPLE, T5_MAX_TOKENS};
 use anyhow::{anyhow, bail, Context, Result};
-use fluxbuild_contract::{Network, Variant};
+use fluxbuild_contract::{Network, PresetVariant};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,7 +50,7 @@ pub struct OptProfile {
 pub struct Preset {
     pub name: String,
     pub description: String,
-    pub variant: Variant,
+    pub variant: PresetVariant,
     /// Optimization profiles of each network, in TensorRT's profile order.
     pub networks: BTreeMap<Network, Vec<OptProfile>>,
     /// "builtin" or the file it was read from.
@@ -63,7 +63,7 @@ struct RawPreset {
     name: Option<String>,
     description: String,
     #[serde(default)]
-    variant: Variant,
+    variant: PresetVariant,
     /// Profiles shared by every network that has no `[networks.NAME]` list of its own.
     #[serde(default)]
     profile: Vec<RawProfile>,

@@ -7,7 +7,7 @@
 
 use crate::preset::{OptProfile, Preset, Range};
 use crate::CLIP_TOKENS;
-use fluxbuild_contract::{Network, Variant};
+use fluxbuild_contract::{Network, PresetVariant};
 use serde::{Deserialize, Serialize};
 
 /// The fixed sizes of a model's inputs (full-size FLUX.1 by default; read from the exported
@@ -106,9 +106,9 @@ impl Preset {
     pub fn shapes(&self, network: Network, dims: &ModelDims) -> Vec<ProfileShapes> {
         let guidance = match dims.guidance {
             Some(g) => g,
-            None => self.variant != Variant::Schnell,
+            None => self.variant != PresetVariant::Schnell,
         };
-        let dev_only = dims.guidance.is_none() && self.variant == Variant::Any;
+        let dev_only = dims.guidance.is_none() && self.variant == PresetVariant::Any;
         self.profiles(network)
             .iter()
             .map(|profile| {
@@ -150,5 +150,35 @@ impl InputShape {
     pub fn spec(&self, dims: &[i64]) -> String {
         let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
         format!("{}:{}", self.name, d.join("x"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shapes_cover_the_inputs_the_contract_declares() {
+        let point = Point {
+            batch: 2,
+            height: 512,
+            width: 768,
+            text_len: 256,
+        };
+        for network in Network::ALL {
+            for guidance in [false, true] {
+                let shapes: Vec<(&str, usize)> = interface(network, guidance)
+                    .into_iter()
+                    .map(|(name, dims)| (name, dims(&point, &ModelDims::FLUX).len()))
+                    .collect();
+                let declared: Vec<(&str, usize)> = network
+                    .inputs()
+                    .iter()
+                    .filter(|p| guidance || !p.dev_only)
+                    .map(|p| (p.name, p.dims.len()))
+                    .collect();
+                assert_eq!(shapes, declared, "{network}, guidance {guidance}");
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Preset parsing, validation errors and the shape arithmetic of every network.
 
-use fluxbuild_profiles::{ModelDims, Network, Preset, Range, Variant};
+use fluxbuild_profiles::{ModelDims, Network, Preset, PresetVariant, Range};
 
 fn parse(text: &str) -> anyhow::Result<Preset> {
     Preset::parse(text, "test", "test.toml")
@@ -115,7 +115,7 @@ fn the_graph_decides_guidance_and_fixed_sizes() {
     assert!(!g.dev_only);
     // A schnell preset without a graph leaves guidance out.
     let schnell = Preset::load("schnell-fast").unwrap();
-    assert_eq!(schnell.variant, Variant::Schnell);
+    assert_eq!(schnell.variant, PresetVariant::Schnell);
     assert!(schnell.shapes(Network::Transformer, &ModelDims::FLUX)[0]
         .inputs
         .iter()

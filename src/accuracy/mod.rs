@@ -12,12 +12,13 @@ mod report;
 pub use report::markdown;
 
 use crate::calibrate::{calibrate, CalibrationRequest, Prompts};
-use crate::export::{export, ExportRequest, PrecisionSettings, SubmodelSource, SUBMODELS};
+use crate::export::{export, ExportRequest, PrecisionSettings, SubmodelSource};
 use crate::generate::pipeline::decoder_latent;
 use crate::generate::{generate, Event, ExportedModels, Generation, Request, RequestOptions};
 use crate::runtime::{Input, Model};
 use anyhow::{Context, Result};
 use fluxbuild_contract::manifest::Manifest;
+use fluxbuild_contract::{Network, Variant};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision, PrecisionPlan};
 use indicatif::ProgressBar;
@@ -88,7 +89,7 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckpointReport {
     pub checkpoint: PathBuf,
-    pub variant: String,
+    pub variant: Variant,
     pub networks: Vec<NetworkError>,
     pub end_to_end: Vec<EndToEnd>,
     /// Bytes of `transformer/model.onnx.data`: "fp32" and each configuration.
@@ -164,7 +165,13 @@ fn measure_checkpoint(
         .unwrap_or_default();
     progress.set_message(format!("{name} fp32"));
     let fp32_dir = work.join("fp32");
-    export_pipeline(checkpoint, &fp32_dir, "fp32", &SUBMODELS, &PrecisionSettings::default())?;
+    export_pipeline(
+        checkpoint,
+        &fp32_dir,
+        "fp32",
+        &Network::ALL,
+        &PrecisionSettings::default(),
+    )?;
     let models = ExportedModels::open(&fp32_dir)?;
     let request = RequestOptions {
         prompts: settings.prompts.clone(),
@@ -177,10 +184,10 @@ fn measure_checkpoint(
     }
     .resolve(models.variant.value)?;
     let (reference, probes) = reference_run(&models, &request)?;
-    let expected: Vec<Vec<BTreeMap<String, ArrayD<f32>>>> = SUBMODELS
+    let expected: Vec<Vec<BTreeMap<String, ArrayD<f32>>>> = Network::ALL
         .iter()
         .zip(&probes)
-        .map(|(net, p)| run_probes(&models.graph(net), p))
+        .map(|(net, p)| run_probes(&models.graph(*net), p))
         .collect::<Result<_>>()?;
     progress.inc(1);
 
@@ -200,7 +207,7 @@ fn measure_checkpoint(
 
     let mut report = CheckpointReport {
         checkpoint: checkpoint.to_path_buf(),
-        variant: models.variant.value.name().into(),
+        variant: models.variant.value,
         networks: vec![],
         end_to_end: vec![],
         transformer_weights: BTreeMap::from([("fp32".into(), weights_bytes(&fp32_dir)?)]),
@@ -213,16 +220,15 @@ fn measure_checkpoint(
             ..PrecisionSettings::default()
         };
         // Every network the precision applies to, at that precision, on the reference inputs.
-        let networks: Vec<&str> = SUBMODELS
-            .iter()
-            .copied()
-            .filter(|n| NetworkPrecision::new(n, config.precision).is_ok())
+        let networks: Vec<Network> = Network::ALL
+            .into_iter()
+            .filter(|n| NetworkPrecision::new(*n, config.precision).is_ok())
             .collect();
         let spec: Vec<String> = networks.iter().map(|n| format!("{n}={}", config.precision)).collect();
         let dir = work.join("networks");
         export_pipeline(checkpoint, &dir, &spec.join(","), &networks, &precision)?;
-        for (i, net) in SUBMODELS.iter().enumerate().filter(|(_, n)| networks.contains(n)) {
-            let got = run_probes(&dir.join(net).join("model.onnx"), &probes[i])?;
+        for (i, net) in Network::ALL.iter().enumerate().filter(|(_, n)| networks.contains(n)) {
+            let got = run_probes(&dir.join(net.name()).join("model.onnx"), &probes[i])?;
             for ((probe, want), got) in probes[i].iter().zip(&expected[i]).zip(&got) {
                 for (output, want) in want {
                     let (relative_error, max_abs_error) = compare(&got[output], want);
@@ -239,19 +245,19 @@ fn measure_checkpoint(
         }
         // How much of the transformer's error is the rounding of 1000·σ and 1000·g alone.
         if config.emulate {
-            let t = SUBMODELS
+            let t = Network::ALL
                 .iter()
-                .position(|n| *n == "transformer")
+                .position(|n| *n == Network::Transformer)
                 .expect("transformer is a submodel");
             let rounded: Vec<Probe> = probes[t]
                 .iter()
                 .map(|p| p.with_conditioning_rounded(config.precision))
                 .collect();
-            let got = run_probes(&models.graph("transformer"), &rounded)?;
+            let got = run_probes(&models.graph(Network::Transformer), &rounded)?;
             for ((probe, want), got) in rounded.iter().zip(&expected[t]).zip(&got) {
                 let (relative_error, max_abs_error) = compare(&got["noise_pred"], &want["noise_pred"]);
                 report.networks.push(NetworkError {
-                    network: "transformer".into(),
+                    network: Network::Transformer.to_string(),
                     inputs: probe.label.clone(),
                     output: "noise_pred".into(),
                     config: config.name.into(),
@@ -266,7 +272,13 @@ fn measure_checkpoint(
 
         // The whole pipeline with the precision's defaults, as `export --precision P` gives it.
         let pipeline = work.join("pipeline");
-        let manifest = export_pipeline(checkpoint, &pipeline, config.precision.name(), &SUBMODELS, &precision)?;
+        let manifest = export_pipeline(
+            checkpoint,
+            &pipeline,
+            config.precision.name(),
+            &Network::ALL,
+            &precision,
+        )?;
         let generation = generate(&ExportedModels::open(&pipeline)?, &request, &mut |_| {})?;
         report.end_to_end.push(EndToEnd {
             config: config.name.into(),
@@ -294,22 +306,22 @@ fn export_pipeline(
     checkpoint: &Path,
     out: &Path,
     spec: &str,
-    networks: &[&str],
+    networks: &[Network],
     precision: &PrecisionSettings,
 ) -> Result<Manifest> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot remove", out.display()))?;
     }
-    let plan = PrecisionPlan::parse(spec, &SUBMODELS)?;
-    let submodels = SUBMODELS
-        .iter()
+    let plan = PrecisionPlan::parse(spec)?;
+    let submodels = Network::ALL
+        .into_iter()
         .filter(|n| networks.contains(n))
-        .map(|&name| {
+        .map(|network| {
             Ok(SubmodelSource {
-                name,
+                network,
                 path: checkpoint.into(),
                 config: None,
-                plan: plan.resolve(name)?,
+                plan: plan.resolve(network)?,
             })
         })
         .collect::<Result<_>>()?;
@@ -330,11 +342,12 @@ fn export_pipeline(
 /// The transformer's weights: the data file, and the bytes of the tensors in it (the writer pads
 /// every tensor to a 4 KiB page, which dominates a tiny checkpoint).
 fn weights_bytes(dir: &Path) -> Result<WeightsSize> {
-    let path = dir.join("transformer/model.onnx.data");
+    let transformer = dir.join(Network::Transformer.name());
+    let path = transformer.join("model.onnx.data");
     let file = std::fs::metadata(&path)
         .with_context(|| format!("{}: cannot stat", path.display()))?
         .len();
-    let model = fluxbuild_onnx::read_model(&dir.join("transformer/model.onnx"))?;
+    let model = fluxbuild_onnx::read_model(&transformer.join("model.onnx"))?;
     let tensors = model
         .graph
         .initializer
@@ -397,7 +410,7 @@ pub fn rounded_conditioning(x: f32, precision: Precision) -> f32 {
     round(round(x) * 1000.0) / 1000.0
 }
 
-/// The fp32 generation, and each network's inputs from it (in `SUBMODELS` order): the token ids,
+/// The fp32 generation, and each network's inputs from it (in `Network::ALL` order): the token ids,
 /// the transformer's inputs at the first and the middle step, the decoder's final latent.
 fn reference_run(models: &ExportedModels, request: &Request) -> Result<(Generation, Vec<Vec<Probe>>)> {
     let probe_steps = [0, request.steps / 2];

@@ -1,6 +1,7 @@
 //! The accuracy report as markdown (the json is the `Report` itself).
 
 use super::{CheckpointReport, Report, WeightsSize, CONFIGS};
+use fluxbuild_contract::{Network, Variant};
 use std::fmt::Write;
 
 /// Full-size FLUX.1 transformers (diffusers layout, FLUX_FACTS tensor names): all parameters,
@@ -67,7 +68,7 @@ pub fn markdown(report: &Report) -> String {
 }
 
 fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
-    let _ = writeln!(md, "## `{}` ({})\n", c.checkpoint.display(), c.variant);
+    let _ = writeln!(md, "## `{}` ({})\n", c.checkpoint.display(), c.variant.name());
     let header: Vec<&str> = CONFIGS.iter().map(|k| k.name).collect();
     let _ = writeln!(md, "Relative error ‖y − y_fp32‖ / ‖y_fp32‖ on the same inputs:\n");
     let _ = writeln!(md, "| network | output | inputs | {} |", header.join(" | "));
@@ -79,7 +80,7 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
             rows.push(row);
         }
     }
-    rows.sort_by_key(|(network, ..)| crate::export::SUBMODELS.iter().position(|n| n == network));
+    rows.sort_by_key(|(network, ..)| Network::ALL.iter().position(|n| n.name() == *network));
     for (network, output, inputs) in rows {
         let cells: Vec<String> = CONFIGS
             .iter()
@@ -151,16 +152,17 @@ fn checkpoint_section(md: &mut String, c: &CheckpointReport) {
         fp8.file,
         fp8.file as f64 / fp16.file.max(1) as f64,
     );
-    if c.variant == "dev" || c.variant == "schnell" {
-        let (name, total, quantized) = FULL_SIZE[if c.variant == "dev" { 0 } else { 1 }];
-        let fp8_bytes = quantized + 2 * (total - quantized);
-        let _ = writeln!(
-            md,
-            "{name}: {total} parameters, {quantized} in quantized linears ({:.2}%): fp8 {fp8_bytes} B vs fp16 {} B, \
-             ratio {:.4} (one fp16 scale per layer besides).\n",
-            100.0 * quantized as f64 / total as f64,
-            2 * total,
-            fp8_bytes as f64 / (2 * total) as f64
-        );
-    }
+    let (name, total, quantized) = FULL_SIZE[match c.variant {
+        Variant::Dev => 0,
+        Variant::Schnell => 1,
+    }];
+    let fp8_bytes = quantized + 2 * (total - quantized);
+    let _ = writeln!(
+        md,
+        "{name}: {total} parameters, {quantized} in quantized linears ({:.2}%): fp8 {fp8_bytes} B vs fp16 {} B, \
+         ratio {:.4} (one fp16 scale per layer besides).\n",
+        100.0 * quantized as f64 / total as f64,
+        2 * total,
+        fp8_bytes as f64 / (2 * total) as f64
+    );
 }

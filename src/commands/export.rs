@@ -1,10 +1,11 @@
 //! `fluxbuild export`: checkpoint(s) -> `OUT/{clip,t5,transformer,vae_decoder}/model.onnx`.
 
-use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource, SUBMODELS};
+use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource};
 use crate::output::{Output, BYTES_BAR};
 use crate::pipeline_files::{pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
 use fluxbuild_contract::output_dir::Existing;
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::Checkpoint;
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::PrecisionPlan;
@@ -93,12 +94,12 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     for s in &request.submodels {
         let entry: Option<ExportedSubmodel> = manifest
             .submodels
-            .get(s.name)
+            .get(s.network.name())
             .and_then(|v| serde_json::from_value(v.clone()).ok());
         for (tensor, count) in entry.map(|e| e.saturated).unwrap_or_default() {
             out.warn(&format!(
                 "{}: {count} value(s) of {tensor} exceed the {} range and were saturated",
-                s.name, s.plan.precision
+                s.network, s.plan.precision
             ));
         }
     }
@@ -119,8 +120,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         for s in &request.submodels {
             text.push_str(&format!(
                 "\n  {:<12} {} ({})",
-                s.name,
-                request.out.join(s.name).join("model.onnx").display(),
+                s.network,
+                request.out.join(s.network.name()).join("model.onnx").display(),
                 s.plan.precision
             ));
         }
@@ -131,38 +132,39 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
 
 fn request(args: &Args) -> Result<ExportRequest> {
     for name in &args.only {
-        if !SUBMODELS.contains(&name.as_str()) {
-            bail!("--only: unknown submodel `{name}` (expected {})", SUBMODELS.join(", "));
+        if Network::parse(name).is_err() {
+            let names = Network::ALL.map(Network::name);
+            bail!("--only: unknown submodel `{name}` (expected {})", names.join(", "));
         }
     }
     let explicit = [
-        ("clip", &args.clip),
-        ("t5", &args.t5),
-        ("transformer", &args.transformer),
-        ("vae_decoder", &args.vae),
+        (Network::Clip, &args.clip),
+        (Network::T5, &args.t5),
+        (Network::Transformer, &args.transformer),
+        (Network::VaeDecoder, &args.vae),
     ];
-    let precision = PrecisionPlan::parse(&args.precision, &SUBMODELS)?;
+    let precision = PrecisionPlan::parse(&args.precision)?;
     let mut submodels = Vec::new();
-    for (name, path) in explicit {
+    for (network, path) in explicit {
         let wanted = if args.only.is_empty() {
             path.is_some() || args.checkpoint.is_some()
         } else {
-            args.only.iter().any(|o| o == name)
+            args.only.iter().any(|o| o == network.name())
         };
         if !wanted {
             continue;
         }
         let Some(path) = path.clone().or_else(|| args.checkpoint.clone()) else {
             bail!(
-                "--only {name}: no source for it (give --checkpoint or --{})",
-                flag_for(name)
+                "--only {network}: no source for it (give --checkpoint or --{})",
+                network.flag()
             );
         };
         submodels.push(SubmodelSource {
-            name,
+            network,
             path,
             config: None,
-            plan: precision.resolve(name)?,
+            plan: precision.resolve(network)?,
         });
     }
     check_single_file_checkpoint(args, &submodels)?;
@@ -205,19 +207,23 @@ fn check_single_file_checkpoint(args: &Args, submodels: &[SubmodelSource]) -> Re
     let Some(file) = args.checkpoint.as_ref().filter(|p| p.is_file()) else {
         return Ok(());
     };
-    let holds = |name: &str| -> Result<bool> {
-        let exporter = fluxbuild_exporters::models::exporter(name).expect("known submodel");
+    let holds = |network: Network| -> Result<bool> {
+        let exporter = fluxbuild_exporters::models::exporter(network);
         let ckpt = Checkpoint::load(file, exporter.subfolder(), exporter.key_prefixes())?;
         Ok(exporter.detect(&ckpt))
     };
-    let from_file: Vec<&str> = submodels.iter().filter(|s| &s.path == file).map(|s| s.name).collect();
+    let from_file: Vec<Network> = submodels
+        .iter()
+        .filter(|s| &s.path == file)
+        .map(|s| s.network)
+        .collect();
     let mut held = Vec::new();
     let mut missing = Vec::new();
-    for name in from_file {
-        if holds(name)? {
-            held.push(name);
+    for network in from_file {
+        if holds(network)? {
+            held.push(network.name());
         } else {
-            missing.push(name);
+            missing.push(network);
         }
     }
     if missing.is_empty() {
@@ -228,7 +234,8 @@ fn check_single_file_checkpoint(args: &Args, submodels: &[SubmodelSource]) -> Re
     } else {
         held.join(", ")
     };
-    let flags: Vec<String> = missing.iter().map(|m| format!("--{} FILE", flag_for(m))).collect();
+    let flags: Vec<String> = missing.iter().map(|m| format!("--{} FILE", m.flag())).collect();
+    let missing: Vec<&str> = missing.iter().map(|m| m.name()).collect();
     bail!(
         "{}: holds {what}, not {} (not an all-in-one checkpoint): give {}{}",
         file.display(),
@@ -242,19 +249,11 @@ fn check_single_file_checkpoint(args: &Args, submodels: &[SubmodelSource]) -> Re
     )
 }
 
-fn flag_for(name: &str) -> &str {
-    if name == "vae_decoder" {
-        "vae"
-    } else {
-        name
-    }
-}
-
 fn assign_configs(configs: &[String], submodels: &mut [SubmodelSource]) -> Result<()> {
     for spec in configs {
         match spec.split_once('=') {
             Some((name, file)) => {
-                let Some(s) = submodels.iter_mut().find(|s| s.name == name) else {
+                let Some(s) = submodels.iter_mut().find(|s| s.network.name() == name) else {
                     bail!("--config {spec}: `{name}` is not being exported");
                 };
                 s.config = Some(PathBuf::from(file));

@@ -4,6 +4,7 @@ use crate::export::graph_options;
 use crate::output::{AlreadyReported, Output};
 use crate::pipeline_files::{self, pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
+use fluxbuild_contract::Variant;
 use fluxbuild_exporters::checkpoint::{diagnose, read_json, Checkpoint, ScaledFp8};
 use fluxbuild_exporters::models::{self, Exporter, EXPORTERS};
 use fluxbuild_exporters::onnx::{Problem, DEFAULT_OPSET};
@@ -95,10 +96,12 @@ fn pipeline_files_of(path: &Path, reports: &[Report]) -> BTreeMap<&'static str, 
         pipeline: pipeline_folder(path),
         ..Default::default()
     };
-    let variant = match reports.iter().find_map(|r| r.variant.as_deref()) {
-        Some("schnell") => crate::generate::Variant::Schnell,
-        _ => crate::generate::Variant::Dev,
-    };
+    // Image-conditioned variants (fill, kontext, ...) are dev-based: dev's schedule.
+    let variant = reports
+        .iter()
+        .find_map(|r| r.variant.as_deref())
+        .and_then(|v| Variant::parse(v).ok());
+    let variant = variant.unwrap_or(Variant::Dev);
     let describe = |file: Result<pipeline_files::PipelineFile>| match file {
         Ok(f) => f.origin.to_string(),
         Err(e) => format!("unusable: {e:#}"),
@@ -115,7 +118,7 @@ fn detect(path: &Path) -> Result<Vec<&'static dyn Exporter>> {
     let mut found = Vec::new();
     for exporter in EXPORTERS {
         let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
-        if exporter.detect(&ckpt) && diagnose::mismatch(&ckpt, "").is_none() {
+        if exporter.detect(&ckpt) && diagnose::mismatch(&ckpt, None).is_none() {
             found.push(exporter);
         }
     }
@@ -123,7 +126,7 @@ fn detect(path: &Path) -> Result<Vec<&'static dyn Exporter>> {
         return Ok(found);
     }
     let ckpt = Checkpoint::load(path, "", &[])?;
-    if let Some(what) = diagnose::mismatch(&ckpt, "") {
+    if let Some(what) = diagnose::mismatch(&ckpt, None) {
         bail!(what);
     }
     bail!(
@@ -138,8 +141,11 @@ fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) 
         Some(c) => read_json(Some(c))?,
         None => ckpt.config()?,
     };
-    let options = graph_options(&NetworkPrecision::new(exporter.name(), Precision::Fp32)?, DEFAULT_OPSET);
-    let planned = match diagnose::mismatch(&ckpt, exporter.name()) {
+    let options = graph_options(
+        &NetworkPrecision::new(exporter.network(), Precision::Fp32)?,
+        DEFAULT_OPSET,
+    );
+    let planned = match diagnose::mismatch(&ckpt, Some(exporter.network())) {
         Some(what) => Err(anyhow::anyhow!(what)),
         None => models::plan(exporter, &ckpt, config.as_ref(), &options),
     };

@@ -44,7 +44,7 @@ fn list(out: &Output) -> Result<()> {
     struct Entry<'a> {
         name: &'a str,
         description: &'a str,
-        variant: fluxbuild_profiles::Variant,
+        variant: fluxbuild_profiles::PresetVariant,
         profiles: BTreeMap<Network, usize>,
     }
     let entries: Vec<Entry> = presets

@@ -7,15 +7,13 @@ use super::scheduler::SchedulerConfig;
 use super::Variant;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::manifest::Manifest;
+use fluxbuild_contract::Network;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The VAE latent normalization of FLUX.1, used when the manifest has none (older exports).
 use fluxbuild_exporters::models::vae::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT};
-
-/// The graph folders `fluxbuild export` writes, in the order generation uses them.
-pub const GRAPHS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
 
 /// A value and where it came from (for `--json` and messages).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -38,7 +36,7 @@ pub struct ExportedModels {
     /// Graphs run in place of the exported ones, by name (`fluxbuild calibrate` runs a copy of
     /// the transformer with extra outputs).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub replaced: BTreeMap<&'static str, PathBuf>,
+    pub replaced: BTreeMap<Network, PathBuf>,
 }
 
 impl ExportedModels {
@@ -50,9 +48,9 @@ impl ExportedModels {
                 dir.display()
             );
         }
-        let missing: Vec<String> = GRAPHS
+        let missing: Vec<String> = Network::ALL
             .iter()
-            .map(|g| dir.join(g).join("model.onnx"))
+            .map(|n| dir.join(n.name()).join("model.onnx"))
             .chain([
                 dir.join("tokenizer/tokenizer.json"),
                 dir.join("tokenizer_2/tokenizer.json"),
@@ -69,10 +67,10 @@ impl ExportedModels {
         }
         let manifest_path = dir.join("manifest.json");
         let manifest = Manifest::read(&manifest_path)?;
-        let entry = |name: &str| manifest.submodels.get(name);
+        let entry = |network: Network| manifest.submodels.get(network.name());
         let manifest_name = manifest_path.display().to_string();
 
-        let transformer = entry("transformer")
+        let transformer = entry(Network::Transformer)
             .with_context(|| format!("{manifest_name}: no entry for the transformer (submodels.transformer)"))?;
         let guidance_field = field(transformer, "guidance_embeds").and_then(Value::as_bool);
         let variant = match field(transformer, "variant").and_then(Value::as_str) {
@@ -83,7 +81,7 @@ impl ExportedModels {
             },
             None => match guidance_field {
                 Some(g) => Sourced {
-                    value: if g { Variant::Dev } else { Variant::Schnell },
+                    value: Variant::from_guidance(g),
                     source: format!("{manifest_name}: submodels.transformer guidance_embeds"),
                 },
                 None => {
@@ -93,7 +91,7 @@ impl ExportedModels {
         };
         let guidance_embeds = guidance_field.unwrap_or(variant.value == Variant::Dev);
 
-        let vae = entry("vae_decoder");
+        let vae = entry(Network::VaeDecoder);
         let vae_value = |name: &str, default: f64| match vae.and_then(|v| field(v, name)).and_then(Value::as_f64) {
             Some(value) => Sourced {
                 value,
@@ -142,16 +140,16 @@ impl ExportedModels {
         })
     }
 
-    pub fn graph(&self, name: &str) -> PathBuf {
+    pub fn graph(&self, network: Network) -> PathBuf {
         self.replaced
-            .get(name)
+            .get(&network)
             .cloned()
-            .unwrap_or_else(|| self.dir.join(name).join("model.onnx"))
+            .unwrap_or_else(|| self.dir.join(network.name()).join("model.onnx"))
     }
 
-    /// Runs the graph at `path` in place of the exported `name` (which must have the same interface).
-    pub fn replace_graph(&mut self, name: &'static str, path: &Path) {
-        self.replaced.insert(name, path.to_path_buf());
+    /// Runs the graph at `path` in place of the exported `network`'s (which must have the same interface).
+    pub fn replace_graph(&mut self, network: Network, path: &Path) {
+        self.replaced.insert(network, path.to_path_buf());
     }
 }
 
@@ -159,9 +157,9 @@ impl ExportedModels {
 /// fp32) cannot run locally. Said before any graph is loaded, with the ways out.
 pub fn check_runs_on_cpu(dir: &Path) -> Result<()> {
     let manifest = Manifest::read(&dir.join("manifest.json"))?;
-    let bf16: Vec<&str> = GRAPHS
+    let bf16: Vec<&str> = Network::ALL
         .iter()
-        .copied()
+        .map(|n| n.name())
         .filter(|name| {
             let entry = manifest.submodels.get(*name);
             let precision = entry.and_then(|e| e.get("precision")).and_then(Value::as_str);

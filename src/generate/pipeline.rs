@@ -12,6 +12,7 @@ use super::scheduler::euler_step;
 use super::tokenize::PromptTokenizer;
 use crate::runtime::{Input, Model};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::Network;
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayD, Axis, Ix2, Ix3, Ix4};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -83,13 +84,13 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
         run_s: started.elapsed().as_secs_f64(),
     }];
 
-    let pooled_embeds = with_graph(models, "clip", &mut times, on, |clip, _| {
+    let pooled_embeds = with_graph(models, Network::Clip, &mut times, on, |clip, _| {
         let mut out = clip.run(vec![("input_ids", Input::I64(clip_ids.clone().into_dyn()))])?;
         take(&mut out, clip, "pooled_embeddings", &[batch, 0])?
             .into_dimensionality::<Ix2>()
             .map_err(Into::into)
     })?;
-    let prompt_embeds = with_graph(models, "t5", &mut times, on, |t5, _| {
+    let prompt_embeds = with_graph(models, Network::T5, &mut times, on, |t5, _| {
         let mut out = t5.run(vec![("input_ids", Input::I64(t5_ids.clone().into_dyn()))])?;
         take(&mut out, t5, "text_embeddings", &[batch, t5_tokens.length, 0])?
             .into_dimensionality::<Ix3>()
@@ -102,7 +103,7 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
     let mut latents = pack(&request.initial_noise());
     let img_ids = image_ids(h / 2, w / 2).into_dyn();
     let txt_ids = text_ids(t5_tokens.length).into_dyn();
-    with_graph(models, "transformer", &mut times, on, |transformer, on| {
+    with_graph(models, Network::Transformer, &mut times, on, |transformer, on| {
         check_transformer_inputs(transformer, models.guidance_embeds)?;
         for step in 0..request.steps {
             let timestep = Array1::from_elem(batch, scheduler.model_timestep(sigmas[step]));
@@ -140,7 +141,9 @@ pub fn generate(models: &ExportedModels, request: &Request, on: &mut dyn FnMut(E
     })?;
 
     let z = decoder_latent(models, request, &latents);
-    let decoded = with_graph(models, "vae_decoder", &mut times, on, |vae, _| decode_sliced(vae, &z))?;
+    let decoded = with_graph(models, Network::VaeDecoder, &mut times, on, |vae, _| {
+        decode_sliced(vae, &z)
+    })?;
     let images = batch_to_rgb(&decoded);
     let mu = scheduler
         .use_dynamic_shifting
@@ -193,18 +196,18 @@ pub fn decode_sliced(vae: &mut Model, latents: &Array4<f32>) -> Result<Array4<f3
 /// Loads one graph, runs `work` on it, records the seconds, and drops it.
 fn with_graph<T>(
     models: &ExportedModels,
-    name: &'static str,
+    network: Network,
     times: &mut Vec<StageTime>,
     on: &mut dyn FnMut(Event),
     work: impl FnOnce(&mut Model, &mut dyn FnMut(Event)) -> Result<T>,
 ) -> Result<T> {
-    on(Event::Stage(name));
+    on(Event::Stage(network.name()));
     let started = Instant::now();
-    let mut model = Model::load(&models.graph(name))?;
+    let mut model = Model::load(&models.graph(network))?;
     let loaded = Instant::now();
-    let result = work(&mut model, on).with_context(|| format!("{}", models.graph(name).display()))?;
+    let result = work(&mut model, on).with_context(|| format!("{}", models.graph(network).display()))?;
     times.push(StageTime {
-        stage: name,
+        stage: network.name(),
         load_s: (loaded - started).as_secs_f64(),
         run_s: loaded.elapsed().as_secs_f64(),
     });

@@ -53,11 +53,11 @@ pub struct Defaults {
     pub max_sequence_length: usize,
 }
 
-impl Variant {
+impl Defaults {
     /// What FluxPipeline does by default for each variant.
-    pub fn defaults(self) -> Defaults {
+    pub fn of(variant: Variant) -> Defaults {
         let (height, width) = (DEFAULT_SIDE, DEFAULT_SIDE);
-        match self {
+        match variant {
             Variant::Dev => Defaults {
                 height,
                 width,
@@ -211,7 +211,7 @@ pub struct RequestOptions {
 impl RequestOptions {
     /// Fills in the variant's defaults and checks everything against the pipeline's limits.
     pub fn resolve(self, variant: Variant) -> Result<Request> {
-        self.resolve_within(&variant.defaults(), &Limits::pipeline())
+        self.resolve_within(&Defaults::of(variant), &Limits::pipeline())
     }
 
     /// Fills in `defaults` and checks everything against `limits`; without a seed or noise file

@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn renders_the_proto_text_format() {
-        let mut c = ModelConfig::new("clip");
+        let mut c = ModelConfig::new(fluxbuild_contract::Network::Clip.name());
         c.backend = Some("python".into());
         c.max_batch_size = 4;
         c.inputs.push(Tensor::new("input_ids", DataType::Int64, &[77]));

@@ -6,12 +6,13 @@ use super::config::{
     DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, Tensor, Warmup, WarmupData,
     WarmupInput,
 };
-use super::source::{data_type, fixed, numpy_dtype, Exported, Network};
+use super::source::{data_type, fixed, numpy_dtype, Exported, ExportedNetwork};
 use super::{Options, Target};
-use crate::generate::request::Limits as RequestLimits;
+use crate::generate::request::{Defaults, Limits as RequestLimits};
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::Engine;
+use fluxbuild_contract::Network;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -38,8 +39,8 @@ pub enum Source {
 /// Whether Triton batches this network (every input has a leading batch dim). The transformer
 /// does not: its `img_ids` / `txt_ids` have none, so it is a `max_batch_size: 0` model with an
 /// explicit batch dim and the orchestrator forms its batches.
-pub fn batched(network: &str) -> bool {
-    network != "transformer"
+pub fn batched(network: Network) -> bool {
+    network != Network::Transformer
 }
 
 /// What the orchestrator may ask of the networks (from the graphs on cpu, the profiles on gpu).
@@ -57,9 +58,9 @@ pub struct Limits {
 }
 
 /// Triton dims of a graph value: symbolic dims become -1, the batch dim is dropped when batched.
-fn graph_dims(network: &Network, value: &fluxbuild_exporters::onnx::ValueInfo) -> Result<Vec<i64>> {
+fn graph_dims(network: &ExportedNetwork, value: &fluxbuild_exporters::onnx::ValueInfo) -> Result<Vec<i64>> {
     let dims: Vec<i64> = value.dims.iter().map(|d| fixed(d).unwrap_or(-1)).collect();
-    if !batched(&network.name) {
+    if !batched(network.name) {
         return Ok(dims);
     }
     if dims.first() != Some(&-1) {
@@ -73,7 +74,7 @@ fn graph_dims(network: &Network, value: &fluxbuild_exporters::onnx::ValueInfo) -
     Ok(dims[1..].to_vec())
 }
 
-fn tensors(network: &Network, values: &[fluxbuild_exporters::onnx::ValueInfo]) -> Result<Vec<Tensor>> {
+fn tensors(network: &ExportedNetwork, values: &[fluxbuild_exporters::onnx::ValueInfo]) -> Result<Vec<Tensor>> {
     values
         .iter()
         .map(|v| Ok(Tensor::new(&v.name, data_type(v.elem)?, &graph_dims(network, v)?)))
@@ -81,12 +82,12 @@ fn tensors(network: &Network, values: &[fluxbuild_exporters::onnx::ValueInfo]) -
 }
 
 /// cpu: the network's graph run by ONNX Runtime inside a Python-backend model.
-pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<ModelDir> {
+pub fn cpu_network(network: &ExportedNetwork, name: &str, options: &Options) -> Result<ModelDir> {
     let mut config = ModelConfig::new(name);
     config.backend = Some("python".into());
     config.inputs = tensors(network, &network.interface.inputs)?;
     config.outputs = tensors(network, &network.interface.outputs)?;
-    if batched(&network.name) {
+    if batched(network.name) {
         config.max_batch_size = options.max_batch;
         config.dynamic_batching = Some(DynamicBatching {
             preferred_batch_size: vec![],
@@ -104,7 +105,7 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
     config.parameters.push(("intra_op_threads".into(), "0".into()));
     // The VAE decoder decodes one image per ONNX Runtime run (its activations are the memory peak:
     // docs/serving.md); the other networks run a dynamic batch whole.
-    let max_run_batch = if network.name == "vae_decoder" { "1" } else { "0" };
+    let max_run_batch = if network.name == Network::VaeDecoder { "1" } else { "0" };
     config.parameters.push(("max_run_batch".into(), max_run_batch.into()));
     let mut files = vec![
         (
@@ -122,11 +123,11 @@ pub fn cpu_network(network: &Network, name: &str, options: &Options) -> Result<M
 /// gpu: a TensorRT plan; one instance group whose instances hold every optimization profile
 /// (TensorRT picks the one that fits each request), warmed up at profile 0's opt shapes, which
 /// every instance can serve.
-pub fn gpu_network(network: &Network, engine: &Engine, name: &str) -> Result<ModelDir> {
+pub fn gpu_network(network: &ExportedNetwork, engine: &Engine, name: &str) -> Result<ModelDir> {
     let mut config = ModelConfig::new(name);
     config.platform = Some("tensorrt_plan".into());
     config.default_model_filename = Some("model.plan".into());
-    let is_batched = batched(&network.name);
+    let is_batched = batched(network.name);
     let skip = usize::from(is_batched);
     let mut inputs = Vec::new();
     for value in &network.interface.inputs {
@@ -260,7 +261,7 @@ pub fn orchestrator(
 
     let exported_models = &exported.models;
     // Local generation's defaults (FluxPipeline's), the T5 length capped by what the graphs or engines take.
-    let defaults = exported_models.variant.value.defaults();
+    let defaults = Defaults::of(exported_models.variant.value);
     let default_length = options
         .max_sequence_length
         .map(i64::from)
@@ -269,14 +270,14 @@ pub fn orchestrator(
     let default_height = i64::from(options.height).clamp(limits.min_height, limits.max_height);
     let default_width = i64::from(options.width).clamp(limits.min_width, limits.max_width);
     let mut dtypes = BTreeMap::new();
-    for value in &exported.network("transformer").interface.inputs {
+    for value in &exported.network(Network::Transformer).interface.inputs {
         dtypes.insert(value.name.clone(), numpy_dtype(value.elem));
     }
     dtypes.insert(
         "latent".into(),
         numpy_dtype(
             exported
-                .network("vae_decoder")
+                .network(Network::VaeDecoder)
                 .interface
                 .input("latent")
                 .expect("checked")

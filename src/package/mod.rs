@@ -15,9 +15,10 @@ use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::EnginesManifest;
 use fluxbuild_contract::files::{sha256_file, write_atomic};
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
+use fluxbuild_contract::Network;
 use layout::{Limits, ModelDir, Source};
 use serde_json::json;
-use source::{fixed, Exported, NETWORKS};
+use source::{fixed, Exported};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -132,14 +133,15 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
         Target::Cpu => {
             refuse_bf16_on_cpu(&exported)?;
             for network in &exported.networks {
-                dirs.push(layout::cpu_network(network, &network.name, options)?);
-                models.insert(network.name.clone(), vec![network.name.clone()]);
+                dirs.push(layout::cpu_network(network, network.name.name(), options)?);
+                models.insert(network.name.to_string(), vec![network.name.to_string()]);
             }
             for (i, (name, dir)) in options.alternatives.iter().enumerate() {
-                if !NETWORKS.contains(&name.as_str()) {
-                    bail!("--alternative {name}=...: unknown network (expected one of {NETWORKS:?})");
-                }
-                let alternative = source::read_network(dir, name, dir)?;
+                let Ok(network) = Network::parse(name) else {
+                    let names = Network::ALL.map(Network::name);
+                    bail!("--alternative {name}=...: unknown network (expected one of {names:?})");
+                };
+                let alternative = source::read_network(dir, network, dir)?;
                 let model = format!("{name}_alt{}", i + 1);
                 dirs.push(layout::cpu_network(&alternative, &model, options)?);
                 models.get_mut(name).expect("all networks").push(model);
@@ -153,14 +155,14 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
                 .context("--target gpu needs --engines DIR (what `fluxbuild build` writes)")?;
             let manifest = EnginesManifest::read(dir)?;
             for network in &exported.networks {
-                let engines = manifest.of(&network.name);
+                let engines = manifest.of(network.name);
                 if engines.is_empty() {
                     bail!("{}/manifest.json: no engine for {}", dir.display(), network.name);
                 }
                 for (i, engine) in engines.iter().enumerate() {
                     let name = engine.model_name(i);
                     dirs.push(layout::gpu_network(network, engine, &name)?);
-                    models.entry(network.name.clone()).or_default().push(name);
+                    models.entry(network.name.to_string()).or_default().push(name);
                 }
             }
             gpu_limits(&manifest)?
@@ -189,7 +191,9 @@ fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
             .unwrap_or_default();
         // `--emulate` writes fp32 graphs that round like bf16: those run.
         let emulated = settings["emulated_in_fp32"].as_bool().unwrap_or(false);
-        let precision = settings["precision"][&network.name].as_str().filter(|_| !emulated);
+        let precision = settings["precision"][network.name.name()]
+            .as_str()
+            .filter(|_| !emulated);
         let bf16_io = network
             .interface
             .inputs
@@ -217,8 +221,16 @@ fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
 }
 
 fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
-    let clip = exported.network("clip").interface.input("input_ids").expect("checked");
-    let t5 = exported.network("t5").interface.input("input_ids").expect("checked");
+    let clip = exported
+        .network(Network::Clip)
+        .interface
+        .input("input_ids")
+        .expect("checked");
+    let t5 = exported
+        .network(Network::T5)
+        .interface
+        .input("input_ids")
+        .expect("checked");
     for (name, size) in [("--max-height", options.max_height), ("--max-width", options.max_width)] {
         if size < 16 || size % 16 != 0 {
             bail!("{name} {size}: must be a positive multiple of 16");
@@ -238,29 +250,25 @@ fn cpu_limits(exported: &Exported, options: &Options) -> Result<Limits> {
 
 /// What the primary engines accept, all profiles together.
 fn gpu_limits(manifest: &EnginesManifest) -> Result<Limits> {
-    let engine = |n: &str| manifest.of(n)[0];
-    let vae = engine("vae_decoder");
+    let engine = |n: Network| manifest.of(n)[0];
+    let vae = engine(Network::VaeDecoder);
     let (min_h, max_h) = vae.range("latent", 2)?;
     let (min_w, max_w) = vae.range("latent", 3)?;
-    let clip_length = engine("clip").range("input_ids", 1)?.1;
+    let clip_length = engine(Network::Clip).range("input_ids", 1)?.1;
     // T5's output is the transformer's text input: both engines must take the length.
-    let (t5_min, t5_max) = engine("t5").range("input_ids", 1)?;
-    let (text_min, text_max) = engine("transformer").range("encoder_hidden_states", 1)?;
+    let (t5_min, t5_max) = engine(Network::T5).range("input_ids", 1)?;
+    let (text_min, text_max) = engine(Network::Transformer).range("encoder_hidden_states", 1)?;
     let (min_sequence_length, max_sequence_length) = (t5_min.max(text_min), t5_max.min(text_max));
     if min_sequence_length > max_sequence_length {
         bail!(
             "the t5 engine takes {t5_min}..={t5_max} tokens, the transformer engine {text_min}..={text_max}: no T5 length fits both"
         );
     }
-    let batch = [
-        ("clip", "input_ids"),
-        ("t5", "input_ids"),
-        ("transformer", "hidden_states"),
-        ("vae_decoder", "latent"),
-    ]
-    .iter()
-    .map(|(n, i)| engine(n).covered_batch(i))
-    .collect::<Result<Vec<_>>>()?;
+    // Each network's first input has the batch (the transformer's `hidden_states`, not its ids).
+    let batch = Network::ALL
+        .iter()
+        .map(|n| engine(*n).covered_batch(n.inputs()[0].name))
+        .collect::<Result<Vec<_>>>()?;
     let round_up = |v: i64| (v * 8 + 15) / 16 * 16;
     Ok(Limits {
         min_height: round_up(min_h),

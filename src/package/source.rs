@@ -9,33 +9,14 @@
 
 use crate::generate::ExportedModels;
 use anyhow::{bail, Result};
+use fluxbuild_contract::Network;
 use fluxbuild_onnx::{read_interface, Dim, ElemType, Interface, ValueInfo};
 use std::path::{Path, PathBuf};
 
-pub const NETWORKS: [&str; 4] = crate::generate::models::GRAPHS;
-
-/// The inputs and outputs each network must have (the contract between the stages).
-const CONTRACT: [(&str, &[&str], &[&str]); 4] = [
-    ("clip", &["input_ids"], &["pooled_embeddings"]),
-    ("t5", &["input_ids"], &["text_embeddings"]),
-    (
-        "transformer",
-        &[
-            "hidden_states",
-            "encoder_hidden_states",
-            "pooled_projections",
-            "timestep",
-            "img_ids",
-            "txt_ids",
-        ],
-        &["noise_pred"],
-    ),
-    ("vae_decoder", &["latent"], &["images"]),
-];
-
+/// One network's exported graph.
 #[derive(Clone, Debug)]
-pub struct Network {
-    pub name: String,
+pub struct ExportedNetwork {
+    pub name: Network,
     pub graph: PathBuf,
     /// The external data file beside the graph, if any.
     pub data: Option<PathBuf>,
@@ -45,21 +26,22 @@ pub struct Network {
 #[derive(Clone, Debug)]
 pub struct Exported {
     pub models: ExportedModels,
-    pub networks: Vec<Network>,
+    pub networks: Vec<ExportedNetwork>,
 }
 
 impl Exported {
     pub fn read(dir: &Path) -> Result<Exported> {
         let models = ExportedModels::open(dir)?;
-        let networks = NETWORKS
-            .iter()
-            .map(|n| read_network(dir, n, &dir.join(n)))
+        let networks = Network::ALL
+            .into_iter()
+            .map(|n| read_network(dir, n, &dir.join(n.name())))
             .collect::<Result<Vec<_>>>()?;
-        let takes_guidance = networks[2].interface.input("guidance").is_some();
+        let transformer = networks.iter().find(|n| n.name == Network::Transformer).expect("read");
+        let takes_guidance = transformer.interface.input("guidance").is_some();
         if takes_guidance != models.guidance_embeds {
             bail!(
                 "{}: the graph {} a `guidance` input, but {} says guidance_embeds = {}",
-                networks[2].graph.display(),
+                transformer.graph.display(),
                 if takes_guidance { "has" } else { "has no" },
                 models.variant.source,
                 models.guidance_embeds
@@ -68,13 +50,16 @@ impl Exported {
         Ok(Exported { models, networks })
     }
 
-    pub fn network(&self, name: &str) -> &Network {
-        self.networks.iter().find(|n| n.name == name).expect("one of NETWORKS")
+    pub fn network(&self, network: Network) -> &ExportedNetwork {
+        self.networks
+            .iter()
+            .find(|n| n.name == network)
+            .expect("every network is read")
     }
 }
 
-/// Reads one network's graph from `folder` and checks it against the contract of `network`.
-pub fn read_network(dir: &Path, network: &str, folder: &Path) -> Result<Network> {
+/// Reads one network's graph from `folder` and checks it has the inputs and outputs of `network`.
+pub fn read_network(dir: &Path, network: Network, folder: &Path) -> Result<ExportedNetwork> {
     let graph = folder.join("model.onnx");
     if !graph.is_file() {
         bail!(
@@ -84,8 +69,8 @@ pub fn read_network(dir: &Path, network: &str, folder: &Path) -> Result<Network>
         );
     }
     let interface = read_interface(&graph)?;
-    let (_, inputs, outputs) = CONTRACT.iter().find(|(n, _, _)| *n == network).expect("known network");
-    for name in inputs.iter() {
+    let inputs = network.inputs().iter().filter(|p| !p.dev_only).map(|p| p.name);
+    for name in inputs {
         if interface.input(name).is_none() {
             bail!(
                 "{}: has no input `{name}` (inputs: {})",
@@ -94,7 +79,7 @@ pub fn read_network(dir: &Path, network: &str, folder: &Path) -> Result<Network>
             );
         }
     }
-    for name in outputs.iter() {
+    for name in network.outputs().iter().map(|p| p.name) {
         if interface.output(name).is_none() {
             bail!(
                 "{}: has no output `{name}` (outputs: {})",
@@ -104,8 +89,8 @@ pub fn read_network(dir: &Path, network: &str, folder: &Path) -> Result<Network>
         }
     }
     let data = folder.join("model.onnx.data");
-    Ok(Network {
-        name: network.to_string(),
+    Ok(ExportedNetwork {
+        name: network,
         graph,
         data: data.is_file().then_some(data),
         interface,

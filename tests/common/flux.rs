@@ -2,6 +2,7 @@
 
 use super::{fixtures, relative_error};
 use fluxbuild::runtime::{Input, Model};
+use fluxbuild_contract::Network;
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
 use fluxbuild_exporters::models::{exporter, plan, Analysis, GraphOptions};
 use fluxbuild_exporters::onnx::{write_model, ElemType, Problem};
@@ -20,19 +21,14 @@ pub fn diffusers_config(case: &str) -> serde_json::Value {
 }
 
 pub fn open(source: &Path) -> anyhow::Result<Checkpoint> {
-    let transformer = exporter("transformer").unwrap();
+    let transformer = exporter(Network::Transformer);
     Checkpoint::load(source, transformer.subfolder(), transformer.key_prefixes())
 }
 
 /// Analysis and tensor problems of `source`, without writing anything.
 pub fn problems(source: &Path, config: Option<&serde_json::Value>) -> anyhow::Result<(Analysis, Vec<Problem>)> {
     let ckpt = open(source)?;
-    let (analysis, _, problems) = plan(
-        exporter("transformer").unwrap(),
-        &ckpt,
-        config,
-        &GraphOptions::default(),
-    )?;
+    let (analysis, _, problems) = plan(exporter(Network::Transformer), &ckpt, config, &GraphOptions::default())?;
     Ok((analysis, problems))
 }
 
@@ -43,7 +39,7 @@ pub fn export(source: &Path, config: Option<&serde_json::Value>, float: ElemType
         float,
         ..GraphOptions::default()
     };
-    let (analysis, graph, problems) = plan(exporter("transformer").unwrap(), &ckpt, config, &options).unwrap();
+    let (analysis, graph, problems) = plan(exporter(Network::Transformer), &ckpt, config, &options).unwrap();
     assert!(problems.is_empty(), "{}: {problems:?}", source.display());
     write_model(&graph, out, &mut |_, _| {}).unwrap();
     analysis

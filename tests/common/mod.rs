@@ -3,6 +3,7 @@
 
 pub mod flux;
 
+use fluxbuild_contract::Network;
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
@@ -92,7 +93,7 @@ pub fn export_submodel(
     out: &Path,
 ) -> anyhow::Result<(fluxbuild_exporters::models::Analysis, PathBuf)> {
     use fluxbuild_exporters::{checkpoint::Checkpoint, models, onnx};
-    let exporter = models::exporter(name).expect("known exporter");
+    let exporter = models::exporter(Network::parse(name).unwrap());
     let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
     let (analysis, graph, problems) = models::plan(exporter, &ckpt, config, options)?;
     if !problems.is_empty() {

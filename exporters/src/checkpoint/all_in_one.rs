@@ -2,12 +2,14 @@
 //! four submodels in one file, each under its own key root. A submodel loaded from such a file
 //! sees only its own part, with the root stripped, as if it were a file of its own.
 
-/// (diffusers subfolder of the submodel, its key root in an all-in-one file, its name in messages).
-pub const PARTS: [(&str, &str, &str); 4] = [
-    ("transformer", "model.diffusion_model.", "the transformer"),
-    ("text_encoder", "text_encoders.clip_l.transformer.", "CLIP-L"),
-    ("text_encoder_2", "text_encoders.t5xxl.transformer.", "T5-XXL"),
-    ("vae", "vae.", "the VAE"),
+use fluxbuild_contract::Network;
+
+/// (the submodel, its key root in an all-in-one file, its name in messages).
+pub const PARTS: [(Network, &str, &str); 4] = [
+    (Network::Transformer, "model.diffusion_model.", "the transformer"),
+    (Network::Clip, "text_encoders.clip_l.transformer.", "CLIP-L"),
+    (Network::T5, "text_encoders.t5xxl.transformer.", "T5-XXL"),
+    (Network::VaeDecoder, "vae.", "the VAE"),
 ];
 
 /// The parts (by message name) whose roots some of `names` carry.
@@ -19,9 +21,12 @@ pub fn parts_present<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Vec<&'
         .collect()
 }
 
-/// The key root of `subfolder`'s part.
+/// The key root of the part of the submodel whose diffusers folder is `subfolder`.
 pub fn root_of(subfolder: &str) -> Option<&'static str> {
-    PARTS.iter().find(|(s, _, _)| *s == subfolder).map(|(_, root, _)| *root)
+    PARTS
+        .iter()
+        .find(|(n, _, _)| n.folder() == subfolder)
+        .map(|(_, root, _)| *root)
 }
 
 /// Whether `name` belongs to a part other than the one under `root`.

@@ -2,6 +2,7 @@
 //! tensor problems: a LoRA, another model family, the other text encoder, a git-lfs pointer, GGUF.
 
 use super::Checkpoint;
+use fluxbuild_contract::Network;
 use std::path::Path;
 
 /// What a file that cannot be opened as safetensors is, from its first bytes.
@@ -20,8 +21,8 @@ pub fn foreign_file(path: &Path, head: &[u8]) -> Option<String> {
     None
 }
 
-/// Why `ckpt` is not a `submodel` (`transformer`, `clip`, `t5`, `vae_decoder`), if it is recognisably something else.
-pub fn mismatch(ckpt: &Checkpoint, submodel: &str) -> Option<String> {
+/// Why `ckpt` is not `network` (any FLUX network when `None`), if it is recognisably something else.
+pub fn mismatch(ckpt: &Checkpoint, network: Option<Network>) -> Option<String> {
     let any = |pattern: &str| ckpt.names().any(|n| n.contains(pattern));
     let count = |pattern: &str| ckpt.names().filter(|n| n.contains(pattern)).count();
     let what = if any("lora_up") || any("lora_down") || any(".lora_A.") || any(".lora_B.") {
@@ -37,9 +38,13 @@ pub fn mismatch(ckpt: &Checkpoint, submodel: &str) -> Option<String> {
     } else {
         let is_t5 = any("encoder.block.0.layer.0.SelfAttention.q.weight");
         let is_clip = any("embeddings.token_embedding.weight");
-        match submodel {
-            "clip" if is_t5 && !is_clip => "the T5 encoder, given where CLIP-L was expected (swapped?)".to_string(),
-            "t5" if is_clip && !is_t5 => "the CLIP-L encoder, given where T5-XXL was expected (swapped?)".to_string(),
+        match network {
+            Some(Network::Clip) if is_t5 && !is_clip => {
+                "the T5 encoder, given where CLIP-L was expected (swapped?)".to_string()
+            }
+            Some(Network::T5) if is_clip && !is_t5 => {
+                "the CLIP-L encoder, given where T5-XXL was expected (swapped?)".to_string()
+            }
             _ => return None,
         }
     };

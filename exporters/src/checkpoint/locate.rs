@@ -4,6 +4,7 @@
 use super::index::read_weight_map;
 use super::safetensors_file::{refuse_pickle_name, shorten, why_not_a_file};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::Network;
 use std::path::{Component, Path, PathBuf};
 
 /// Where a submodel's weights were found.
@@ -86,19 +87,24 @@ fn hub_cache_snapshot(path: &Path) -> Option<PathBuf> {
     Some(all.into_iter().next().unwrap_or(snapshots.join("<commit>")))
 }
 
-/// ComfyUI's model folders, per diffusers subfolder: where to look and which file names fit
-/// (lowercase substrings; empty = any).
-const COMFY_FOLDERS: [(&str, &[&str], &[&str]); 4] = [
-    ("transformer", &["diffusion_models", "unet"], &[]),
-    ("text_encoder", &["text_encoders", "clip"], &["clip_l"]),
-    ("text_encoder_2", &["text_encoders", "clip"], &["t5"]),
-    ("vae", &["vae"], &[]),
+/// ComfyUI's model folders, per submodel: where to look and which file names fit (lowercase
+/// substrings; empty = any). The folder and file names are ComfyUI's vocabulary, not networks.
+const COMFY_FOLDERS: [(Network, &[&str], &[&str]); 4] = [
+    (Network::Transformer, &["diffusion_models", "unet"], &[]),
+    (Network::Clip, &["text_encoders", "clip"], &["clip_l"]), // not a network name: ComfyUI's folder
+    (Network::T5, &["text_encoders", "clip"], &["t5"]),       // not a network name: ComfyUI's folder, file names
+    (Network::VaeDecoder, &["vae"], &[]),                     // not a network name: ComfyUI's folder
 ];
+
+/// The submodel whose diffusers folder is `subfolder`.
+fn network_of(subfolder: &str) -> Option<Network> {
+    Network::ALL.into_iter().find(|n| n.folder() == subfolder)
+}
 
 /// `path` itself or `path/models` when it is a ComfyUI `models/` folder (not a diffusers folder).
 fn comfy_models_folder(path: &Path) -> Option<PathBuf> {
     let is_models = |p: &Path| {
-        ["diffusion_models", "unet", "text_encoders", "vae"]
+        ["diffusion_models", "unet", "text_encoders", "vae"] // not a network name: ComfyUI's folders
             .iter()
             .any(|f| p.join(f).is_dir())
             && !p.join("model_index.json").is_file()
@@ -110,7 +116,7 @@ fn comfy_models_folder(path: &Path) -> Option<PathBuf> {
 
 /// The one file of a ComfyUI `models/` folder that holds `subfolder`'s submodel.
 fn comfy_file(models: &Path, subfolder: &str) -> Result<Located> {
-    let Some((_, folders, names)) = COMFY_FOLDERS.iter().find(|(s, _, _)| *s == subfolder) else {
+    let Some((network, folders, names)) = COMFY_FOLDERS.iter().find(|(n, _, _)| n.folder() == subfolder) else {
         bail!("{}: a ComfyUI models folder has no `{subfolder}`", models.display());
     };
     let mut candidates = Vec::new();
@@ -125,12 +131,7 @@ fn comfy_file(models: &Path, subfolder: &str) -> Result<Located> {
         }
     }
     candidates.sort();
-    let flag = match subfolder {
-        "transformer" => "--transformer",
-        "text_encoder" => "--clip",
-        "text_encoder_2" => "--t5",
-        _ => "--vae",
-    };
+    let flag = format!("--{}", network.flag());
     match &candidates[..] {
         [one] => single_file(one, subfolder),
         [] => bail!(
@@ -194,12 +195,14 @@ fn describes(path: &Path, subfolder: &str) -> bool {
             .flatten()
             .filter_map(|v| v.as_str().map(str::to_lowercase)),
     );
-    let wanted: &[&str] = match subfolder {
-        "transformer" => &["flux", "transformer2d"],
-        "text_encoder" => &["clip"],
-        "text_encoder_2" => &["t5"],
-        "vae" => &["autoencoder", "vae"],
-        _ => return true,
+    // Substrings of the class and model-type names (FluxTransformer2DModel, CLIPTextModel, t5,
+    // AutoencoderKL), not network names.
+    let wanted: &[&str] = match network_of(subfolder) {
+        Some(Network::Transformer) => &["flux", "transformer2d"],
+        Some(Network::Clip) => &["clip"], // not a network name: CLIPTextModel
+        Some(Network::T5) => &["t5"],     // not a network name: T5EncoderModel, model_type t5
+        Some(Network::VaeDecoder) => &["autoencoder", "vae"], // not a network name: AutoencoderKL
+        None => return true,
     };
     names.is_empty() || names.iter().any(|n| wanted.iter().any(|w| n.contains(w)))
 }

@@ -8,6 +8,7 @@ use super::{Analysis, Exporter, GraphOptions};
 use crate::checkpoint::Checkpoint;
 use crate::onnx::{nn, Attr, Dim, ElemType, Graph, GraphBuilder, Weights, V};
 use anyhow::{bail, Result};
+use fluxbuild_contract::Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -32,11 +33,8 @@ pub struct ClipConfig {
 }
 
 impl Exporter for ClipExporter {
-    fn name(&self) -> &'static str {
-        "clip"
-    }
-    fn subfolder(&self) -> &'static str {
-        "text_encoder"
+    fn network(&self) -> Network {
+        Network::Clip
     }
     fn key_prefixes(&self) -> &'static [&'static str] {
         &["text_model."]
@@ -47,7 +45,7 @@ impl Exporter for ClipExporter {
     }
 
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
-        let mut d = Derivation::new(ckpt, config, &["clip", "text_encoder"])?;
+        let mut d = Derivation::new(ckpt, config, Network::Clip)?;
         let token = "embeddings.token_embedding.weight";
         let [vocab, hidden] = d.shape(token, 2)?[..] else {
             unreachable!()
@@ -123,7 +121,7 @@ impl Exporter for ClipExporter {
         let cfg: ClipConfig = serde_json::from_value(analysis.config.clone())?;
         // Unused by FLUX: the position-id buffer of old files and CLIPTextModelWithProjection's head.
         w.ignore(|n| n == "embeddings.position_ids" || n == "text_projection.weight");
-        let mut b = GraphBuilder::new("clip", options.opset, options.float);
+        let mut b = GraphBuilder::new(Network::Clip.name(), options.opset, options.float);
         let len = cfg.max_position_embeddings;
         let ids = b.input("input_ids", ElemType::I64, &[Dim::from("B"), Dim::from(len)]);
         let mut x = embeddings(&mut b, &w.pp("embeddings"), &ids, &cfg);

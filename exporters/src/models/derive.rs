@@ -5,6 +5,7 @@
 
 use crate::checkpoint::Checkpoint;
 use anyhow::Result;
+use fluxbuild_contract::Network;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,9 +21,10 @@ pub struct Derivation<'c> {
 }
 
 impl<'c> Derivation<'c> {
-    /// `config` is `--config`; `sections` are the keys under which a config shared by several
-    /// submodels holds this one's part (e.g. `["clip", "text_encoder"]`).
-    pub fn new(ckpt: &'c Checkpoint, config: Option<&Value>, sections: &[&str]) -> Result<Self> {
+    /// `config` is `--config`; a config shared by several submodels holds `network`'s part under
+    /// its name or its diffusers folder (e.g. `clip` or `text_encoder`).
+    pub fn new(ckpt: &'c Checkpoint, config: Option<&Value>, network: Network) -> Result<Self> {
+        let sections = [network.name(), network.folder()];
         let source = ckpt
             .source_files()
             .iter()

@@ -10,6 +10,7 @@ pub mod vae;
 use crate::checkpoint::Checkpoint;
 use crate::onnx::{ElemType, Graph, Problem, Weights, DEFAULT_OPSET};
 use anyhow::Result;
+use fluxbuild_contract::Network;
 use serde_json::Value;
 
 /// What the checkpoint says about itself, derived from tensor shapes (plus `config.json`
@@ -46,10 +47,15 @@ impl Default for GraphOptions {
 }
 
 pub trait Exporter: Sync {
+    fn network(&self) -> Network;
     /// Output folder and Triton model name: `clip`, `t5`, `transformer`, `vae_decoder`.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.network().name()
+    }
     /// Folder of this component inside a diffusers pipeline.
-    fn subfolder(&self) -> &'static str;
+    fn subfolder(&self) -> &'static str {
+        self.network().folder()
+    }
     /// Key prefixes stripped on load (e.g. `model.diffusion_model.`), first match wins.
     fn key_prefixes(&self) -> &'static [&'static str];
     /// Whether this checkpoint holds this submodel (used by `inspect` on unknown files).
@@ -67,8 +73,12 @@ pub static EXPORTERS: [&dyn Exporter; 4] = [
     &vae::VaeDecoderExporter,
 ];
 
-pub fn exporter(name: &str) -> Option<&'static dyn Exporter> {
-    EXPORTERS.iter().copied().find(|e| e.name() == name)
+pub fn exporter(network: Network) -> &'static dyn Exporter {
+    EXPORTERS
+        .iter()
+        .copied()
+        .find(|e| e.network() == network)
+        .expect("an exporter per network")
 }
 
 /// Analyzes and builds in one go: the graph, or every problem with the checkpoint at once.

@@ -8,6 +8,7 @@ use super::{Analysis, Exporter, GraphOptions};
 use crate::checkpoint::Checkpoint;
 use crate::onnx::{nn, Dim, ElemType, Graph, GraphBuilder, Weights, V};
 use anyhow::{bail, Result};
+use fluxbuild_contract::Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -50,11 +51,8 @@ pub struct T5Precision {
 }
 
 impl Exporter for T5Exporter {
-    fn name(&self) -> &'static str {
-        "t5"
-    }
-    fn subfolder(&self) -> &'static str {
-        "text_encoder_2"
+    fn network(&self) -> Network {
+        Network::T5
     }
     fn key_prefixes(&self) -> &'static [&'static str] {
         &[]
@@ -64,7 +62,7 @@ impl Exporter for T5Exporter {
     }
 
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
-        let mut d = Derivation::new(ckpt, config, &["t5", "text_encoder_2"])?;
+        let mut d = Derivation::new(ckpt, config, Network::T5)?;
         let embedding = match (ckpt.get(SHARED), ckpt.get(EMBED_TOKENS)) {
             (Some(a), Some(b)) if a.shape() != b.shape() => bail!(d.error(format!(
                 "{SHARED} {:?} and {EMBED_TOKENS} {:?} should be the same (tied) embedding",
@@ -160,7 +158,7 @@ pub fn build_graph<'a>(
 ) -> Result<Graph<'a>> {
     // A file with both tied copies: read one.
     w.ignore(|n| n == EMBED_TOKENS && cfg.embedding == SHARED);
-    let mut b = GraphBuilder::new("t5", options.opset, precision.compute);
+    let mut b = GraphBuilder::new(Network::T5.name(), options.opset, precision.compute);
     let ids = b.input("input_ids", ElemType::I64, &[Dim::from("B"), Dim::from("L")]);
     let table = w.get(&cfg.embedding, &[cfg.vocab_size, cfg.d_model]).add_to(&mut b);
     let x = b.gather(&table, &ids, 0);

@@ -8,6 +8,7 @@ use super::{Analysis, Exporter, GraphOptions};
 use crate::checkpoint::Checkpoint;
 use crate::onnx::{nn, Dim, Graph, GraphBuilder, Param, Weights, V};
 use anyhow::{bail, Result};
+use fluxbuild_contract::Network;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -122,11 +123,8 @@ impl VaeLayout {
 }
 
 impl Exporter for VaeDecoderExporter {
-    fn name(&self) -> &'static str {
-        "vae_decoder"
-    }
-    fn subfolder(&self) -> &'static str {
-        "vae"
+    fn network(&self) -> Network {
+        Network::VaeDecoder
     }
     fn key_prefixes(&self) -> &'static [&'static str] {
         &[]
@@ -136,7 +134,7 @@ impl Exporter for VaeDecoderExporter {
     }
 
     fn analyze(&self, ckpt: &Checkpoint, config: Option<&Value>) -> Result<Analysis> {
-        let mut d = Derivation::new(ckpt, config, &["vae_decoder", "vae"])?;
+        let mut d = Derivation::new(ckpt, config, Network::VaeDecoder)?;
         let layout = match (
             ckpt.indices_under("decoder.up_blocks.").is_empty(),
             ckpt.indices_under("decoder.up.").is_empty(),
@@ -243,7 +241,7 @@ impl Exporter for VaeDecoderExporter {
         let layout = cfg.layout;
         // The encoder half of the autoencoder is not needed to decode.
         w.ignore(|n| n.starts_with("encoder.") || n.starts_with("quant_conv."));
-        let mut b = GraphBuilder::new("vae_decoder", options.opset, options.float);
+        let mut b = GraphBuilder::new(Network::VaeDecoder.name(), options.opset, options.float);
         let float = b.float;
         let latent = b.input(
             "latent",

@@ -11,6 +11,7 @@ pub mod emulate;
 pub mod fp8;
 pub mod qdq;
 
+use fluxbuild_contract::Network;
 use serde::{Deserialize, Serialize};
 
 /// Granularity of FP8 weight scales.
@@ -54,9 +55,9 @@ pub const TRANSFORMER_KEEP: [&str; 11] = [
 
 impl Fp8Policy {
     /// The default policy for a network (`keep` extended by `extra_keep`).
-    pub fn for_network(network: &str, weights: WeightScaling, extra_keep: &[String]) -> Fp8Policy {
+    pub fn for_network(network: Network, weights: WeightScaling, extra_keep: &[String]) -> Fp8Policy {
         let mut keep: Vec<String> = match network {
-            "transformer" => TRANSFORMER_KEEP.iter().map(|s| s.to_string()).collect(),
+            Network::Transformer => TRANSFORMER_KEEP.iter().map(|s| s.to_string()).collect(),
             _ => vec![],
         };
         keep.extend(extra_keep.iter().cloned());
@@ -103,7 +104,7 @@ mod tests {
     #[test]
     fn keep_patterns_are_anchored_module_paths() {
         let p = Fp8Policy::for_network(
-            "transformer",
+            Network::Transformer,
             WeightScaling::PerTensor,
             &["*.norm1.linear.weight".into()],
         );

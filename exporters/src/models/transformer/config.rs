@@ -4,6 +4,7 @@
 
 use crate::checkpoint::Checkpoint;
 use anyhow::{bail, ensure, Result};
+use fluxbuild_contract::Variant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -233,12 +234,8 @@ impl FluxConfig {
     }
 
     /// The text-to-image base: guidance-distilled dev, or schnell.
-    pub fn base_variant(&self) -> &'static str {
-        if self.guidance_embeds {
-            "dev"
-        } else {
-            "schnell"
-        }
+    pub fn base_variant(&self) -> Variant {
+        Variant::from_guidance(self.guidance_embeds)
     }
 
     /// Which FLUX.1 model this is: by input width (Fill packs image and mask into 384 input
@@ -274,7 +271,7 @@ impl FluxConfig {
             Some(width) => width,
             None if named("kontext") => "kontext",
             None if named("krea") => "krea",
-            None => self.base_variant(),
+            None => self.base_variant().name(),
         };
         refined.to_string()
     }

@@ -13,17 +13,15 @@ use super::{Analysis, Exporter, GraphOptions};
 use crate::checkpoint::Checkpoint;
 use crate::onnx::{Graph, Weights};
 use anyhow::{anyhow, Context, Result};
+use fluxbuild_contract::Network;
 use params::FluxParams;
 use serde_json::Value;
 
 pub struct TransformerExporter;
 
 impl Exporter for TransformerExporter {
-    fn name(&self) -> &'static str {
-        "transformer"
-    }
-    fn subfolder(&self) -> &'static str {
-        "transformer"
+    fn network(&self) -> Network {
+        Network::Transformer
     }
     fn key_prefixes(&self) -> &'static [&'static str] {
         &["model.diffusion_model."]
@@ -55,7 +53,10 @@ impl Exporter for TransformerExporter {
         let params = FluxParams::load(w, layout, &config);
         let mut graph = model::build(params, &config, options.float, options.opset);
         graph.metadata.extend([
-            ("fluxbuild.submodel".to_string(), "transformer".to_string()),
+            (
+                "fluxbuild.submodel".to_string(),
+                Network::Transformer.name().to_string(),
+            ),
             ("fluxbuild.layout".to_string(), layout.name().to_string()),
             (
                 "fluxbuild.variant".to_string(),
