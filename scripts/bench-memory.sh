@@ -23,7 +23,7 @@ VAE_RUNS=${VAE_RUNS:-256x1 512x1 768x1 1024x1 1024x2}
 # (on a loaded 2-core machine 4 images at 1024² take longer than the client's 600 s).
 SIDE=${SIDE:-1024}
 PROMPTS=${PROMPTS:-4}
-REQUEST="$(printf -- '--prompt %s ' a b c d | cut -d' ' -f1-$((2 * PROMPTS))) --height $SIDE --width $SIDE --steps 1 --seed 7"
+REQUEST="$(printf -- '--prompt %s ' a b c d | cut -d' ' -f1-$((2 * PROMPTS))) --height $SIDE --width $SIDE --steps 1 --seed 7 --server-timeout-s 3600"
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.32.0}
 
 fail() { echo "bench-memory: $*" >&2; exit 2; }

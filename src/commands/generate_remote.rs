@@ -15,7 +15,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         .server
         .as_deref()
         .context("--server URL is required without --models")?;
-    let client = Client::new(server)?;
+    let mut client = Client::new(server)?;
+    client.timeout = std::time::Duration::from_secs(args.server_timeout_s);
     let deployment = client.deployment()?;
     let variant = deployment.variant;
     let request = request_options(&args).resolve_within(&deployment.defaults, &deployment.limits)?;
