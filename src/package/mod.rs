@@ -89,7 +89,7 @@ impl Default for Serving {
         Serving {
             max_prompt_bytes: MAX_PROMPT_BYTES,
             memory_budget_mib: (MEMORY_BUDGET_BYTES >> 20) as u64,
-            instances: 6,
+            instances: 8,
             running_jobs: 4,
             max_queue_size: 64,
             queue_timeout_ms: 300_000,

@@ -603,6 +603,11 @@ class TritonPythonModel:
             replies[r].expect(items)
             for item in items:
                 groups.setdefault(item.group_key(), []).append(item)
+        if not groups:
+            # Every request refused: return at once. Triton frees this instance only when execute
+            # returns, and a client's next request that finds no free instance can wait up to the
+            # dynamic batcher's idle timeout (500 ms, seen in traces) for it.
+            return
         arrays = self._arrays()
         try:
             if groups:
