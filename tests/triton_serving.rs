@@ -552,7 +552,7 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
         .map(|(n, m)| (n.to_string(), m.to_string()))
         .collect(),
     };
-    assert_eq!(served.made_by, [fallback.clone()]);
+    assert_eq!(served.made_by, std::slice::from_ref(&fallback));
     let png = dir.path().join("fallback.png");
     let report = fluxbuild_ok(&[
         "generate",
