@@ -581,6 +581,7 @@ class TritonPythonModel:
         request, also for this non-decoupled model): a refusal at once, before any network work,
         an image once its group is done. Groups run fewest steps first; across instances the step
         scheduler runs the job with the fewest steps left."""
+        flux_bytes.release_memory()
         replies = [Reply(request) for request in requests]
         try:
             await self._answer(requests, replies)
