@@ -6,12 +6,13 @@
 #   - the VAE decoder alone in ONNX Runtime (CPU, arena off, one process per run): peak RSS at
 #     several sizes and batches -> bytes per output pixel (the memory model, docs/serving.md);
 #   - a real Triton server (`fluxbuild serve`) with the repository `package --target cpu` writes,
-#     for the largest request its limits allow (4 prompts at SIDE x SIDE, SIDE = its largest side, 1 step): RSS of the server
+#     for the largest request its limits allow (PROMPTS prompts at SIDE x SIDE, SIDE = its largest side, 1 step;
+#     at the 8 GiB budget: 4 at 1024, or 1 at 1472, the largest image the memory model allows): RSS of the server
 #     and of each backend stub before, at peak and after; the same with BASELINE's repository
 #     (a fluxbuild binary built from an earlier commit, packaging the same models) when given.
 # Writes bench/memory.md and bench/memory.json. Needs about 2 GB disk and 10 GiB memory (6 GiB at SIDE=512).
 #
-#   BASELINE=<fluxbuild binary of an earlier commit>   PORT=18400   SIDE=1024   VAE_RUNS="256x1 512x1 768x1 1024x1 1024x2"
+#   BASELINE=<fluxbuild binary of an earlier commit>   PORT=18400   SIDE=1024   PROMPTS=4   VAE_RUNS="256x1 512x1 768x1 1024x1 1024x2"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPORT=${REPORT:-bench/memory.md}
@@ -21,7 +22,8 @@ VAE_RUNS=${VAE_RUNS:-256x1 512x1 768x1 1024x1 1024x2}
 # The cpu target's default largest side is 1024; SIDE=512 measures the same structure 4x faster
 # (on a loaded 2-core machine 4 images at 1024² take longer than the client's 600 s).
 SIDE=${SIDE:-1024}
-REQUEST="--prompt a --prompt b --prompt c --prompt d --height $SIDE --width $SIDE --steps 1 --seed 7"
+PROMPTS=${PROMPTS:-4}
+REQUEST="$(printf -- '--prompt %s ' a b c d | cut -d' ' -f1-$((2 * PROMPTS))) --height $SIDE --width $SIDE --steps 1 --seed 7 --server-timeout-s 3600"
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so.1.32.0}
 
 fail() { echo "bench-memory: $*" >&2; exit 2; }
@@ -67,7 +69,7 @@ for which in "${whiches[@]}"; do
     stop_server
 done
 same=unknown
-[[ -n "${BASELINE:-}" ]] && same=$(for i in 0 1 2 3; do cmp -s "$work/images-baseline/large-$i.png" "$work/images-current/large-$i.png" || echo no; done | grep -q no && echo no || echo yes)
+[[ -n "${BASELINE:-}" ]] && same=$(for ((i = 0; i < PROMPTS; i++)); do cmp -s "$work/images-baseline/large-$i.png" "$work/images-current/large-$i.png" || echo no; done | grep -q no && echo no || echo yes)
 
 WORK=$work WHICHES="${whiches[*]}" SAME=$same REPORT=$REPORT COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
     BASELINE_NAME=${BASELINE:-} python3 scripts/bench_memory_report.py

@@ -1,7 +1,7 @@
 """Scheduling, cancellation and admission figures of a running `fluxbuild serve` deployment of the
 tiny fixture (benchmark, not a test; `make bench-scheduling` writes bench/scheduling.md).
 
-usage: bench-scheduling.py HTTP_URL GRPC_URL REPO OUT.md
+usage: bench-scheduling.py HTTP_URL GRPC_URL REPO OUT.md TRITONSERVER_PID
 """
 
 import statistics
@@ -67,20 +67,38 @@ def settled_calls(client):
         last = now
 
 
-def plain_json_ms(http_url, prompt):
-    """(HTTP status, ms) of a plain-JSON request (no binary tensors), as curl users send it."""
+def posted_ms(http_url, body, headers):
+    """(HTTP status, ms) of one POST of a prebuilt body to flux, on a fresh connection."""
     import http.client
-    import json
     from urllib.parse import urlparse
 
     url = urlparse(http_url)
-    body = json.dumps({"inputs": [{"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]}]})
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     started = time.perf_counter()
-    connection.request("POST", "/v2/models/flux/infer", body, {"Content-Type": "application/json"})
+    connection.request("POST", "/v2/models/flux/infer", body, headers)
     response = connection.getresponse()
     response.read()
     return response.status, (time.perf_counter() - started) * 1e3
+
+
+def plain_json(prompt):
+    """A plain-JSON request body (no binary tensors), as curl users send it, and its headers."""
+    import json
+
+    body = json.dumps({"inputs": [{"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "data": [prompt]}]})
+    return body, {"Content-Type": "application/json"}
+
+
+def binary(prompt):
+    """A request body with the prompt as a binary tensor (the KServe binary extension tritonclient
+    uses), built once: what the server takes, without the client library's own time."""
+    import json
+
+    header = json.dumps(
+        {"inputs": [{"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 4 + len(prompt)}}]}
+    ).encode()
+    body = header + len(prompt).to_bytes(4, "little") + prompt
+    return body, {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
 
 
 def stub_rss_kib(repo, model):
@@ -103,17 +121,83 @@ def stub_rss_kib(repo, model):
     return private, shared
 
 
-def set_step_order(client, http_url, order):
-    """Reloads flux with the config parameter step_order (a config override, as Triton's load API allows)."""
+def reload_flux(client, http_url, step_order, instances=None, running_jobs=None):
+    """Reloads flux with a config override (as Triton's load API allows): the parameter step_order,
+    and optionally the instance count and the parameter running_jobs."""
     import json
 
     config = client.get_model_config("flux")
-    config.setdefault("parameters", {})["step_order"] = {"string_value": order}
+    parameters = config.setdefault("parameters", {})
+    parameters["step_order"] = {"string_value": step_order}
+    if instances is not None:
+        config["instance_group"][0]["count"] = instances
+        parameters["running_jobs"] = {"string_value": str(running_jobs)}
     client.load_model("flux", config=json.dumps(config))
     while not client.is_model_ready("flux"):
         time.sleep(0.1)
-    for thread in [in_background(http_url, f"warm up {i}", 4) for i in range(8)]:  # every instance
+    count = client.get_model_config("flux")["instance_group"][0]["count"]
+    for thread in [in_background(http_url, f"warm up {i}", 4) for i in range(2 * count)]:  # every instance
         thread.join()
+    return count, int(client.get_model_config("flux")["parameters"]["running_jobs"]["string_value"])
+
+
+def step_table_jobs(server_pid):
+    """(running, waiting) jobs in the flux instances' shared step table (model.py StepScheduler:
+    records of pid, token, steps left, registration time, state after a first record of counts)."""
+    import glob
+    import struct
+
+    record = struct.Struct("<qqqqq")
+    running = waiting = 0
+    for path in glob.glob(f"/dev/shm/fluxbuild-steps-{server_pid}-flux"):
+        data = open(path, "rb").read()
+        for offset in range(record.size, len(data) - record.size + 1, record.size):
+            pid, _, left, _, state = record.unpack_from(data, offset)
+            if pid and left != -1:
+                running += state == 1
+                waiting += state == 0
+    return running, waiting
+
+
+def bad_requests_while_busy(client, http_url, server_pid, instances, running_jobs):
+    """Milliseconds of 10 bad requests (guidance 3e38) sent through tritonclient and 10 as a plain
+    POST, alternating, while every running slot holds a 60-step job (seen in the step table) and one
+    more valid request waits (in a spare instance, or in Triton's queue without one); and whether
+    those jobs were all still unfinished when the last refusal came."""
+    load = []
+    for i in range(running_jobs + 1):  # spaced beyond the batching window: one instance each
+        load.append(in_background(http_url, f"load {i}", 60))
+        time.sleep(0.15)
+    deadline = time.monotonic() + 60
+    while step_table_jobs(server_pid)[0] < running_jobs:
+        assert time.monotonic() < deadline, f"the step table never showed {running_jobs} running jobs"
+        time.sleep(0.01)
+    while instances > running_jobs and step_table_jobs(server_pid)[1] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the last valid request inside Triton
+    import json
+
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "prompt", "shape": [1, 1], "datatype": "BYTES", "data": ["a cat"]},
+                {"name": "guidance", "shape": [1, 1], "datatype": "FP32", "data": [3e38]},
+            ]
+        }
+    )
+    headers = {"Content-Type": "application/json"}
+    through_client, posted = [], []
+    for _ in range(10):
+        elapsed, ok = timed(client, "a cat", 4, guidance=3e38)
+        assert not ok
+        through_client.append(elapsed * 1e3)
+        status, ms = posted_ms(http_url, body, headers)
+        assert status == 400, status
+        posted.append(ms)
+    busy = all(t.is_alive() for t in load)
+    for t in load:
+        t.join()
+    return sorted(through_client), sorted(posted), busy
 
 
 def pairs(client, http_url, count):
@@ -131,7 +215,7 @@ def pairs(client, http_url, count):
 
 
 def main():
-    http_url, grpc_url, repo, out = sys.argv[1:5]
+    http_url, grpc_url, repo, out, server_pid = sys.argv[1:6]
     client = httpclient.InferenceServerClient(url=http_url.removeprefix("http://"), concurrency=8, network_timeout=600)
     lines = ["# Scheduling, cancellation and admission (tiny fixture, cpu target, 64x64)", ""]
 
@@ -139,41 +223,50 @@ def main():
     # with the step scheduler and, as the reference, with every job stepping at once (flux reloaded
     # with the parameter step_order "concurrent": the behaviour without the scheduler).
     for order in ("concurrent", "shortest_first"):
-        set_step_order(client, http_url, order)
+        instances, running_jobs = reload_flux(client, http_url, order)
         alone, beside = pairs(client, http_url, 15)
         a, b = statistics.median(alone), statistics.median(beside)
         ratios = sorted(y / x for x, y in zip(alone, beside))
         lines += [
-            f"- step order {order}: 4-step request alone: median {a * 1e3:.0f} ms; next to a 60-step request: median "
-            f"{b * 1e3:.0f} ms ({b / a:.2f}x; median of the pairwise ratios {statistics.median(ratios):.2f}, "
-            f"all: {', '.join(f'{r:.2f}' for r in ratios)}; target 1.2x)"
+            f"- step order {order} ({instances} instances, {running_jobs} running jobs): 4-step request alone: median "
+            f"{a * 1e3:.0f} ms; next to a 60-step request: median {b * 1e3:.0f} ms ({b / a:.2f}x; median of the "
+            f"pairwise ratios {statistics.median(ratios):.2f}, all: {', '.join(f'{r:.2f}' for r in ratios)}; target 1.2x)"
         ]
 
-    # Bad requests under load: two 60-step requests and a 4-step stream in flight.
-    load = [in_background(http_url, f"load {i}", 60) for i in range(2)]
-    calls = transformer_calls(client)
-    while transformer_calls(client) - calls < 2:
-        time.sleep(0.01)
-    bad = [timed(client, "a cat", 4, guidance=3e38) for _ in range(10)]
-    for t in load:
-        t.join()
-    assert not any(ok for _, ok in bad)
-    bad_ms = sorted(t * 1e3 for t, _ in bad)
-    lines += [f"- bad request (guidance 3e38) under load (two 60-step requests running): median {statistics.median(bad_ms):.1f} ms, max {bad_ms[-1]:.1f} ms (target 50 ms)"]
+    # Bad requests while every running slot is busy and one more valid request waits: with spare
+    # instances (the packaged default) and, as the reference, with as many instances as running
+    # jobs (then the bad request queues in Triton behind the valid ones).
+    for instances, running_jobs in ((running_jobs, running_jobs), (instances, running_jobs)):
+        reload_flux(client, http_url, "shortest_first", instances, running_jobs)
+        through_client, posted, busy = bad_requests_while_busy(client, http_url, server_pid, instances, running_jobs)
+        lines += [
+            f"- bad request (guidance 3e38) with {instances} instances, {running_jobs} running jobs, while {running_jobs} "
+            f"60-step jobs run and 1 more waits (still all unfinished at the last refusal: {busy}), 10 each way (target 50 ms): "
+            f"tritonclient median {statistics.median(through_client):.1f} ms, max {through_client[-1]:.1f} ms "
+            f"(all {', '.join(f'{t:.0f}' for t in through_client)}); plain POST median {statistics.median(posted):.1f} ms, "
+            f"max {posted[-1]:.1f} ms (all {', '.join(f'{t:.0f}' for t in posted)})"
+        ]
 
-    # A 10 MB prompt: refused (binary tensor, as tritonclient sends it, and plain JSON), and the
-    # orchestrator's memory after it.
+    # A 10 MB prompt, 20 times each way: through tritonclient (binary tensor; its own serializing
+    # and sending of 10 MB included), the same binary body prebuilt and posted, and plain JSON;
+    # and the orchestrator's memory before and after.
     before = stub_rss_kib(repo, "flux")
-    huge = [timed(client, b"x" * (10 << 20), 4) for _ in range(3)]
-    plain = [plain_json_ms(http_url, "x" * (10 << 20)) for _ in range(3)]
+    huge = [timed(client, b"x" * (10 << 20), 4) for _ in range(20)]
+    prebuilt = [posted_ms(http_url, *binary(b"x" * (10 << 20))) for _ in range(20)]
+    plain = [posted_ms(http_url, *plain_json("x" * (10 << 20))) for _ in range(20)]
     after = stub_rss_kib(repo, "flux")
-    huge_ms = sorted(t * 1e3 for t, _ in huge)
+    assert not any(ok for _, ok in huge)
+
+    def spread(ms):
+        ms = sorted(ms)
+        return f"median {statistics.median(ms):.0f} ms, max {ms[-1]:.0f} ms"
+
     lines += [
-        f"- 10 MB prompt (binary tensor): refused={not any(ok for _, ok in huge)}, median {statistics.median(huge_ms):.0f} ms, "
-        f"max {huge_ms[-1]:.0f} ms; as plain JSON: HTTP {sorted(set(code for code, _ in plain))}, median "
-        f"{statistics.median(ms for _, ms in plain):.0f} ms (target 100 ms); flux stubs' private memory (RssAnon) "
-        f"{before[0] / 1024:.0f} MiB before, {after[0] / 1024:.0f} MiB after (shared-memory pool touched: "
-        f"{before[1] / 1024:.0f} -> {after[1] / 1024:.0f} MiB)"
+        f"- 10 MB prompt, 20 times each (target 100 ms): tritonclient binary tensor: refused, "
+        f"{spread(t * 1e3 for t, _ in huge)}; prebuilt binary body: HTTP {sorted(set(c for c, _ in prebuilt))}, "
+        f"{spread(ms for _, ms in prebuilt)}; plain JSON: HTTP {sorted(set(c for c, _ in plain))}, {spread(ms for _, ms in plain)}; "
+        f"flux stubs' private memory (RssAnon) {before[0] / 1024:.0f} MiB before, {after[0] / 1024:.0f} MiB after "
+        f"(shared-memory pool touched: {before[1] / 1024:.0f} -> {after[1] / 1024:.0f} MiB)"
     ]
 
     # Cancellation: a 60-step request cancelled (gRPC) once its loop has run 2 steps, three times.

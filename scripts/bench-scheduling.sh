@@ -19,6 +19,8 @@ trap '[[ -n "$serve_pid" ]] && kill "$serve_pid" 2>/dev/null; wait 2>/dev/null; 
 serve_pid=$!
 for _ in $(seq 600); do curl -sf "127.0.0.1:$port/v2/models/flux/ready" && break; sleep 0.5; done
 mkdir -p bench
+# The tritonserver `fluxbuild serve` started: the flux stubs' step table is named after it.
+triton_pid=$(pgrep -P "$serve_pid" -f tritonserver)
 .cache/triton-venv/bin/python scripts/bench-scheduling.py "http://127.0.0.1:$port" "127.0.0.1:$((port + 1))" \
-  "$(cd "$work/repo" && pwd -P)" bench/scheduling.md
+  "$(cd "$work/repo" && pwd -P)" bench/scheduling.md "$triton_pid"
 { echo; echo "Machine load while measuring: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores."; } >>bench/scheduling.md

@@ -58,7 +58,14 @@ for which in whiches:
     for name, p in sorted(s["processes"].items()):
         lines.append(f"| {name} | {gib(p['before'])} | {gib(p['peak'])} | {gib(p['after'])} |")
     t = s["total_pss"]
-    lines += [f"| all (sum of PSS) | {gib(t['before'])} | {gib(t['peak'])} | {gib(t['after'])} |", ""]
+    lines += [
+        f"| all (sum of PSS) | {gib(t['before'])} | {gib(t['peak'])} | {gib(t['after'])} |",
+        "",
+        f"Against the memory budget the repository was packaged with (8 GiB, `package --memory-budget-mib`): "
+        f"the deployment's peak is {t['peak'] / (8 << 30):.0%} of it; the request's own growth "
+        f"(peak − before) {gib(t['peak'] - t['before'])}.",
+        "",
+    ]
 rows = []
 if "baseline" in served:
     b, c = served["baseline"]["processes"]["vae_decoder_0_0"], served["current"]["processes"]["vae_decoder_0_0"]

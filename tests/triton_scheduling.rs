@@ -2,7 +2,8 @@
 //! a bad request that shares a dynamic batch with a long valid one is refused before the long
 //! loop ends; a short request that arrives while a long one runs is not held up by it (the step
 //! scheduler runs the job with the fewest steps left: the long job starts no step while the short
-//! one runs); a cancelled gRPC request stops its loop and says after how many steps.
+//! one runs); a cancelled gRPC request stops its loop and says after how many steps; with more
+//! instances than running jobs, a free instance refuses a bad request while every running slot is busy.
 //! Timings are in `make bench-scheduling`; these tests check orders and counts, which do not
 //! depend on the machine's speed. Needs the Triton venv: `make triton-venv`.
 
@@ -12,7 +13,7 @@ mod triton_support;
 use fluxbuild::client::{Client, Tensor};
 use fluxbuild::serve::{Installation, Server, ServerOptions};
 use std::time::{Duration, Instant};
-use triton_support::{export, package_cpu, path};
+use triton_support::{export, package_cpu, path, start};
 
 const LONG_STEPS: i32 = 50;
 const SHORT_STEPS: i32 = 2;
@@ -81,6 +82,55 @@ fn short_requests_overtake_long_ones_and_cancelled_ones_stop() {
     a_refusal_does_not_wait_for_its_batch(&server, &client);
     a_short_request_runs_while_the_long_one_waits(&server, &client);
     a_cancelled_request_stops_and_says_after_how_many_steps(&server, options.grpc_port);
+}
+
+/// With more instances than running jobs (3 instances, 1 running job): while the running slot holds
+/// a long job and a valid request waits for it in a second instance, the third instance refuses a
+/// bad request before the long loop ends; the waiting job starts no step until the slot is free.
+#[test]
+fn a_free_instance_refuses_while_every_running_slot_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("dev", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &["--instances", "3", "--running-jobs", "1"]);
+    let server = start(&repo, false);
+    let client = server.client();
+    generate(&client, "warm up", SHORT_STEPS);
+
+    let calls = transformer_calls(&client);
+    let url = server.url();
+    let long = std::thread::spawn(move || generate(&Client::new(&url).unwrap(), "a long one", LONG_STEPS));
+    wait_for_calls(&client, calls + 2); // the long loop holds the running slot
+    let url = server.url();
+    let waiting = std::thread::spawn(move || generate(&Client::new(&url).unwrap(), "a short one", SHORT_STEPS));
+    std::thread::sleep(Duration::from_millis(300)); // past the batching window: in its own instance
+    let error = client
+        .infer("flux", &inputs("a bad one", SHORT_STEPS, 3e38), &["image"])
+        .unwrap_err()
+        .to_string();
+    let steps_at_refusal = transformer_calls(&client) - calls;
+    let long_done = long.join().unwrap();
+    let short_done = waiting.join().unwrap();
+    assert!(error.contains("[rule guidance_range]"), "{error}");
+    assert!(
+        steps_at_refusal < LONG_STEPS as u64,
+        "the refusal waited for the long request's image ({steps_at_refusal} steps)"
+    );
+    assert!(
+        long_done < short_done,
+        "the waiting request finished before the running one"
+    );
+    let long = job_line(&server, LONG_STEPS);
+    let short = job_line(&server, SHORT_STEPS);
+    eprintln!("{long}\n{short}");
+    assert!(
+        long.contains("; 0 steps of other jobs started meanwhile"),
+        "a second job ran steps beside the only running slot's job: {long}"
+    );
+    assert!(
+        !short.contains("waited 0 ms for a running slot"),
+        "the short job did not wait for the running slot: {short}"
+    );
 }
 
 fn flux_batches_of_two(client: &Client) -> u64 {

@@ -10,12 +10,13 @@
 mod common;
 mod triton_support;
 
-use fluxbuild::client::Client;
+use fluxbuild::client::{Client, MadeBy};
 use fluxbuild::generate::image::{read_png, RgbImage};
 use fluxbuild::generate::{generate, ExportedModels, Request, RequestOptions};
-use fluxbuild::serve::Server;
+use fluxbuild::serve::{Installation, Server, ServerOptions};
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use triton_support::{assert_served_equals_local, export, fluxbuild, fluxbuild_ok, package_cpu, path, psnr, start};
 
 /// The package's default size and steps (`package_cpu`).
@@ -238,9 +239,19 @@ fn batches_and_concurrent_requests_match_single_prompts(server: &Server, models:
     // Eight single-prompt requests at once: the dynamic batcher groups them.
     let before = batch_stats(&client, "flux");
     let started = Instant::now();
-    let (eight, seeds) = client
+    let served = client
         .generate_many(&remote(&client, &PROMPTS, 100), 8, max_batch)
         .unwrap();
+    let (eight, seeds) = (served.images, served.seeds);
+    assert!(
+        served.made_by.len() == PROMPTS.len()
+            && served
+                .made_by
+                .iter()
+                .all(|m| m.precision_set == 0 && m.models["transformer"] == "transformer"),
+        "every image on the primary models: {:?}",
+        served.made_by
+    );
     assert_eq!(
         seeds,
         (100..100 + PROMPTS.len() as i64).collect::<Vec<_>>(),
@@ -514,7 +525,8 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
         ),
         ("schnell", 2, 256)
     );
-    let images = client.generate(&remote(&client, &PROMPTS[2..3], 9)).unwrap();
+    let served = client.generate_served(&remote(&client, &PROMPTS[2..3], 9)).unwrap();
+    let images = served.images;
     let want = local(&ExportedModels::open(&models).unwrap(), PROMPTS[2], 9);
     assert!(
         images[0].pixels == want,
@@ -526,6 +538,51 @@ fn schnell_with_a_broken_transformer_falls_back_to_the_alternative() {
     assert!(
         log.contains("on fallback precision set 1: {'clip': 'clip', 't5': 't5', 'transformer': 'transformer_alt1', 'vae_decoder': 'vae_decoder'}"),
         "{log}"
+    );
+    // And in the response (output `models`), as `generate --server` reports it.
+    let fallback = MadeBy {
+        precision_set: 1,
+        models: [
+            ("clip", "clip"),
+            ("t5", "t5"),
+            ("transformer", "transformer_alt1"),
+            ("vae_decoder", "vae_decoder"),
+        ]
+        .into_iter()
+        .map(|(n, m)| (n.to_string(), m.to_string()))
+        .collect(),
+    };
+    assert_eq!(served.made_by, std::slice::from_ref(&fallback));
+    let png = dir.path().join("fallback.png");
+    let report = fluxbuild_ok(&[
+        "generate",
+        "--server",
+        &server.url(),
+        "--prompt",
+        PROMPTS[2],
+        "--seed",
+        "9",
+        "--out",
+        path(&png),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let reported: Vec<MadeBy> = serde_json::from_value(report["server_models"].clone()).unwrap();
+    assert_eq!(reported, [fallback], "{report}");
+    let (ok, out, err) = fluxbuild(&[
+        "generate",
+        "--server",
+        &server.url(),
+        "--prompt",
+        PROMPTS[2],
+        "--out",
+        path(&png),
+    ]);
+    assert!(
+        ok && out.contains(
+            "on fallback precision set 1 (clip=clip, t5=t5, transformer=transformer_alt1, vae_decoder=vae_decoder)"
+        ),
+        "{out}{err}"
     );
 }
 
@@ -583,4 +640,80 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
     );
     unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
     let _ = serve.wait();
+}
+
+/// With Triton's tracing on, the orchestrator's network calls (BLS) are traced as children of the
+/// `flux` request and carry its request id (the trace file Triton writes, one file per trace).
+#[test]
+fn network_calls_carry_the_request_id_and_the_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    let traces = dir.path().join("trace.json");
+    let install = Installation::find(None).expect("the Triton venv (run `make triton-venv`)");
+    let mut options = ServerOptions::new(&repo).unwrap();
+    options.ready_timeout = Duration::from_secs(180);
+    for setting in [
+        format!("triton,file={}", path(&traces)),
+        "triton,log-frequency=1".into(),
+        "rate=1".into(),
+        "level=TIMESTAMPS".into(),
+    ] {
+        options.extra_args.extend(["--trace-config".to_string(), setting]);
+    }
+    let server = Server::start(&install, &options).unwrap();
+    let body = serde_json::json!({
+        "id": "traced-request-7",
+        "inputs": [
+            { "name": "prompt", "datatype": "BYTES", "shape": [1, 1], "data": ["a traced cat"] },
+            { "name": "steps", "datatype": "INT32", "shape": [1, 1], "data": [2] },
+        ],
+    });
+    let answer = server.client().post_json("/v2/models/flux/infer", &body).unwrap();
+    assert_eq!(answer["id"], "traced-request-7", "{answer}");
+
+    // Triton writes the traces as they complete, to trace.json.0, trace.json.1, ...
+    let read = || -> Vec<serde_json::Value> {
+        let mut entries = Vec::new();
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let file = file.unwrap().path();
+            if file.file_name().unwrap().to_string_lossy().starts_with("trace.json") {
+                if let Ok(serde_json::Value::Array(list)) =
+                    serde_json::from_slice(&std::fs::read(&file).unwrap_or_default())
+                {
+                    entries.extend(list);
+                }
+            }
+        }
+        entries
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let children = loop {
+        let entries = read();
+        let parent = entries
+            .iter()
+            .find(|e| e["model_name"] == "flux" && e["request_id"] == "traced-request-7")
+            .map(|e| e["id"].clone());
+        let children: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| parent.is_some() && e["parent_id"] == *parent.as_ref().unwrap())
+            .map(|e| {
+                assert_eq!(
+                    e["request_id"], "traced-request-7",
+                    "a child without the request id: {e}"
+                );
+                e["model_name"].as_str().unwrap().to_string()
+            })
+            .collect();
+        if children.len() == 4 || Instant::now() > deadline {
+            break children;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        children,
+        ["clip", "t5", "transformer", "vae_decoder"].map(String::from).into(),
+        "the network calls traced under the flux request"
+    );
 }

@@ -58,6 +58,25 @@ impl Deployment {
     }
 }
 
+/// What `flux` answered for a request: images, the seed of each (-1 where it came from given
+/// noise) and the models that made each.
+#[derive(Clone, Debug, Default)]
+pub struct Served {
+    pub images: Vec<RgbImage>,
+    pub seeds: Vec<i64>,
+    pub made_by: Vec<MadeBy>,
+}
+
+/// The models that made one image (the output `models`): precision set 0 is the primary models,
+/// a higher one a fallback set (`fluxbuild package --alternative`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MadeBy {
+    pub precision_set: u32,
+    /// Network -> the model that ran it.
+    #[serde(flatten)]
+    pub models: std::collections::BTreeMap<String, String>,
+}
+
 impl Client {
     /// The deployment behind this server, once it is live and `flux` is ready.
     pub fn deployment(&self) -> Result<Deployment> {
@@ -78,12 +97,13 @@ impl Client {
 
     /// One request to `flux` with all of `request.prompts`.
     pub fn generate(&self, request: &Request) -> Result<Vec<RgbImage>> {
-        Ok(self.generate_seeded(request)?.0)
+        Ok(self.generate_served(request)?.images)
     }
 
     /// `generate`, with the seeds `flux` returned (output `seed`, one per image; -1 where the
-    /// image came from given noise), checked against the ones sent.
-    pub fn generate_seeded(&self, request: &Request) -> Result<(Vec<RgbImage>, Vec<i64>)> {
+    /// image came from given noise), checked against the ones sent, and the models that made
+    /// each image (output `models`).
+    pub fn generate_served(&self, request: &Request) -> Result<Served> {
         let n = request.batch();
         let shape = [n as i64, 1];
         let prompts: Vec<&[u8]> = request.prompts.iter().map(|p| p.as_bytes()).collect();
@@ -113,8 +133,9 @@ impl Client {
                 ));
             }
         }
-        let outputs = self.infer(MODEL, &inputs, &["image", "seed"])?;
+        let outputs = self.infer(MODEL, &inputs, &["image", "seed", "models"])?;
         let seeds = returned_seeds(&outputs, n)?;
+        let made_by = returned_models(&outputs, n)?;
         let sent: Vec<i64> = request
             .seeds()
             .map_or(vec![-1; n], |s| s.into_iter().map(|s| s as i64).collect());
@@ -146,18 +167,13 @@ impl Client {
                 pixels: pixels.to_vec(),
             })
             .collect();
-        Ok((images, seeds))
+        Ok(Served { images, seeds, made_by })
     }
 
     /// All prompts, as requests of at most `max_batch` prompts, `concurrency` in flight at once;
     /// images and the seeds the server returned, in prompt order (prompt i keeps seed + i, or its
     /// noise, however the requests are cut).
-    pub fn generate_many(
-        &self,
-        request: &Request,
-        concurrency: usize,
-        max_batch: usize,
-    ) -> Result<(Vec<RgbImage>, Vec<i64>)> {
+    pub fn generate_many(&self, request: &Request, concurrency: usize, max_batch: usize) -> Result<Served> {
         let n = request.batch();
         let per_request = n.div_ceil(concurrency.max(1)).clamp(1, max_batch.max(1));
         let parts: Vec<(usize, Request)> = (0..n)
@@ -172,7 +188,7 @@ impl Client {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((start, part)) = parts.get(i) else { break };
                     let result = self
-                        .generate_seeded(part)
+                        .generate_served(part)
                         .with_context(|| format!("prompts {start}..{}", start + part.batch()));
                     results.lock().expect("no panics").push((*start, result));
                 });
@@ -180,14 +196,43 @@ impl Client {
         });
         let mut results = results.into_inner().expect("no panics");
         results.sort_by_key(|(start, _)| *start);
-        let (mut images, mut seeds) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut served = Served::default();
         for (_, result) in results {
-            let (part_images, part_seeds) = result?;
-            images.extend(part_images);
-            seeds.extend(part_seeds);
+            let part = result?;
+            served.images.extend(part.images);
+            served.seeds.extend(part.seeds);
+            served.made_by.extend(part.made_by);
         }
-        Ok((images, seeds))
+        Ok(served)
     }
+}
+
+/// The output `models`: BYTES [n, 1], one JSON object per image.
+fn returned_models(outputs: &[Tensor], n: usize) -> Result<Vec<MadeBy>> {
+    let models = outputs
+        .iter()
+        .find(|t| t.name == "models")
+        .context("flux answered without the output `models`")?;
+    let items = models.byte_items()?;
+    if models.datatype != "BYTES" || models.shape != [n as i64, 1] || items.len() != n {
+        bail!(
+            "flux answered models {} {:?} ({} items), expected BYTES [{n}, 1]",
+            models.datatype,
+            models.shape,
+            items.len()
+        );
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            serde_json::from_slice(item).with_context(|| {
+                format!(
+                    "flux answered models {:?}, not a JSON object of precision_set and network models",
+                    String::from_utf8_lossy(&item[..item.len().min(200)])
+                )
+            })
+        })
+        .collect()
 }
 
 /// The output `seed`: INT64 [n, 1], the seed each image was made from.

@@ -5,7 +5,7 @@
 mod http;
 mod images;
 
-pub use images::Deployment;
+pub use images::{Deployment, MadeBy, Served};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -35,6 +35,32 @@ impl Tensor {
             shape: shape.to_vec(),
             data,
         }
+    }
+    /// The elements of a BYTES tensor (each a 4-byte little-endian length, then its bytes).
+    pub fn byte_items(&self) -> Result<Vec<&[u8]>> {
+        let mut items = Vec::new();
+        let mut rest = self.data.as_slice();
+        while !rest.is_empty() {
+            let (length, tail) = rest.split_first_chunk::<4>().with_context(|| {
+                format!(
+                    "BYTES tensor `{}`: {} bytes left, less than a length",
+                    self.name,
+                    rest.len()
+                )
+            })?;
+            let length = u32::from_le_bytes(*length) as usize;
+            if length > tail.len() {
+                bail!(
+                    "BYTES tensor `{}`: an element of {length} bytes with only {} left",
+                    self.name,
+                    tail.len()
+                );
+            }
+            let (item, tail) = tail.split_at(length);
+            items.push(item);
+            rest = tail;
+        }
+        Ok(items)
     }
     pub fn i32(name: &str, shape: &[i64], values: &[i32]) -> Tensor {
         Tensor {

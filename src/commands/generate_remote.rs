@@ -15,7 +15,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         .server
         .as_deref()
         .context("--server URL is required without --models")?;
-    let client = Client::new(server)?;
+    let mut client = Client::new(server)?;
+    client.timeout = std::time::Duration::from_secs(args.server_timeout_s);
     let deployment = client.deployment()?;
     let variant = deployment.variant;
     let request = request_options(&args).resolve_within(&deployment.defaults, &deployment.limits)?;
@@ -24,7 +25,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     warn_about_defaults(&args, &request, variant, guidance_embeds, out);
 
     let started = Instant::now();
-    let (images, served_seeds) = client.generate_many(&request, args.concurrency, deployment.max_batch)?;
+    let served = client.generate_many(&request, args.concurrency, deployment.max_batch)?;
+    let images = served.images;
     let seconds = started.elapsed().as_secs_f64();
     let guidance = guidance_embeds.then_some(request.guidance);
     write_images(&paths, &request, variant, guidance, &images)?;
@@ -33,12 +35,22 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     report["concurrency"] = serde_json::json!(args.concurrency);
     report["seconds"] = serde_json::json!(seconds);
     // As `flux` returned them (checked against the ones sent): what reproduces the images.
-    let served_seeds: Vec<Option<i64>> = served_seeds.into_iter().map(|s| (s >= 0).then_some(s)).collect();
+    let served_seeds: Vec<Option<i64>> = served.seeds.into_iter().map(|s| (s >= 0).then_some(s)).collect();
     report["server_seeds"] = serde_json::json!(served_seeds);
-    let confirmed = match served_seeds.first() {
+    // Which models made each image: a fallback precision set (set > 0) is said in the summary too.
+    report["server_models"] = serde_json::json!(served.made_by);
+    let mut confirmed = match served_seeds.first() {
         Some(Some(seed)) => format!(" (the server used seed {seed})"),
         _ => String::new(),
     };
+    if let Some(fallback) = served.made_by.iter().find(|m| m.precision_set > 0) {
+        let models: Vec<String> = fallback.models.iter().map(|(n, m)| format!("{n}={m}")).collect();
+        confirmed += &format!(
+            "; on fallback precision set {} ({})",
+            fallback.precision_set,
+            models.join(", ")
+        );
+    }
     out.result(&report, || {
         summary(
             &request,

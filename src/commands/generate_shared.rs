@@ -24,6 +24,9 @@ pub struct Args {
     /// With --server: requests in flight at once (the prompts are split among them).
     #[arg(long, default_value_t = 1, requires = "server")]
     pub concurrency: usize,
+    /// With --server: seconds each request may take (a large image on a CPU server takes minutes).
+    #[arg(long, default_value_t = 600, requires = "server")]
+    pub server_timeout_s: u64,
     /// Text prompt; repeat for a batch (one image per prompt).
     #[arg(long = "prompt", value_name = "TEXT", required = true)]
     pub prompts: Vec<String>,

@@ -61,6 +61,10 @@ pub struct Args {
     /// `flux` instances: requests with other sizes or steps run beside each other, not behind.
     #[arg(long, default_value_t = Serving::default().instances)]
     instances: u32,
+    /// Jobs that run the pipeline at once (at most --instances); the other instances stay free to
+    /// refuse bad requests at once while every running slot is busy.
+    #[arg(long, default_value_t = Serving::default().running_jobs)]
+    running_jobs: u32,
     /// Requests waiting for a `flux` instance beyond this are refused at once (503).
     #[arg(long, default_value_t = Serving::default().max_queue_size)]
     max_queue_size: u32,
@@ -100,6 +104,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             max_prompt_bytes: args.max_prompt_bytes,
             memory_budget_mib: args.memory_budget_mib,
             instances: args.instances,
+            running_jobs: args.running_jobs,
             max_queue_size: args.max_queue_size,
             queue_timeout_ms: args.queue_timeout_ms,
             network_timeout_ms: args.network_timeout_ms,

@@ -24,7 +24,9 @@ pub const MAX_GUIDANCE: f32 = 100.0;
 /// Memory model (docs/serving.md, measured by `make bench-memory` into bench/memory.md): the VAE
 /// decoder's peak activation memory per output pixel of one image (fp32, 128 to 512 channels at up
 /// to full resolution). It decodes one image at a time, so a batch pays this for one image only.
-pub const VAE_BYTES_PER_PIXEL: usize = 3700;
+/// Served at 1472² (the largest image 3700 allowed) the decoder's backend grew by 4236 B/px, more
+/// than the 3074-3654 B/px measured alone at 512²-1024²: 4400 covers it (bench/memory-notes.md).
+pub const VAE_BYTES_PER_PIXEL: usize = 4400;
 /// What each image of a batch holds besides, per pixel: its latents, its decoded fp32 image as it
 /// passes between the processes (a few copies) and its 8-bit result.
 pub const BATCH_BYTES_PER_PIXEL: usize = 200;

@@ -19,9 +19,10 @@ use std::path::PathBuf;
 pub const ORCHESTRATOR: &str = "flux";
 const ORCHESTRATOR_PY: &str = include_str!("../../triton/models/flux/model.py");
 /// The orchestrator's modules, imported by model.py from its version folder: tensor code (numpy or
-/// torch) and the precision sets of the fallback rule.
+/// torch), the precision sets of the fallback rule, and BYTES inputs decoded with sizes checked first.
 const ORCHESTRATOR_ARRAYS_PY: &str = include_str!("../../triton/models/flux/flux_arrays.py");
 const ORCHESTRATOR_FALLBACK_PY: &str = include_str!("../../triton/models/flux/flux_fallback.py");
+const ORCHESTRATOR_BYTES_PY: &str = include_str!("../../triton/models/flux/flux_bytes.py");
 const ONNX_NETWORK_PY: &str = include_str!("../../triton/models/onnx_network/model.py");
 
 /// One model folder: its config and its files (relative to the model folder).
@@ -234,10 +235,13 @@ pub fn orchestrator(
         Tensor::new("max_sequence_length", DataType::Int32, &[1]).optional(),
         Tensor::new("noise", DataType::Fp32, &[16, -1, -1]).optional(),
     ];
-    // The seed each image was made from (random unless given): the image can be made again.
+    // The seed each image was made from (random unless given): the image can be made again; and
+    // the models that made it (a JSON object: precision set index, network -> model), which
+    // says when a fallback precision set served it.
     c.outputs = vec![
         Tensor::new("image", DataType::Uint8, &[-1, -1, 3]),
         Tensor::new("seed", DataType::Int64, &[1]),
+        Tensor::new("models", DataType::String, &[1]),
     ];
     let serving = &options.serving;
     c.dynamic_batching = Some(DynamicBatching {
@@ -252,8 +256,15 @@ pub fn orchestrator(
         Target::Cpu => InstanceKind::Cpu,
         Target::Gpu => InstanceKind::Gpu,
     };
+    if serving.running_jobs == 0 || serving.running_jobs > serving.instances {
+        bail!(
+            "--running-jobs {} must be within 1..=--instances ({})",
+            serving.running_jobs,
+            serving.instances
+        );
+    }
     c.instance_groups.push(InstanceGroup {
-        count: serving.instances.max(1),
+        count: serving.instances,
         kind,
         gpus: vec![],
         profile: vec![],
@@ -310,6 +321,7 @@ pub fn orchestrator(
                 .to_string(),
         ),
         ("network_timeout_ms", serving.network_timeout_ms.to_string()),
+        ("running_jobs", serving.running_jobs.to_string()),
         ("clip_length", limits.clip_length.to_string()),
         ("clip_pad_token", CLIP_PAD_TOKEN.into()),
         ("t5_pad_token", T5_PAD_TOKEN.into()),
@@ -340,6 +352,10 @@ pub fn orchestrator(
         (
             PathBuf::from("1/flux_fallback.py"),
             Source::Bytes(ORCHESTRATOR_FALLBACK_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/flux_bytes.py"),
+            Source::Bytes(ORCHESTRATOR_BYTES_PY.as_bytes().to_vec()),
         ),
         (
             PathBuf::from("1/tokenizer/tokenizer.json"),

@@ -73,6 +73,10 @@ pub struct Serving {
     /// `flux` instances: requests of different sizes or steps run side by side, not behind
     /// each other's denoising loops.
     pub instances: u32,
+    /// Jobs that run the pipeline at once (the `flux` instances' shared step table caps them):
+    /// the instances beyond this stay free to take new requests and refuse the bad ones at once
+    /// while every running slot is busy (a valid request waits there for a slot).
+    pub running_jobs: u32,
     /// Requests waiting for a `flux` instance beyond this are refused at once (503).
     pub max_queue_size: u32,
     /// A request still waiting after this long is refused (503) instead of run late.
@@ -86,7 +90,8 @@ impl Default for Serving {
         Serving {
             max_prompt_bytes: MAX_PROMPT_BYTES,
             memory_budget_mib: (MEMORY_BUDGET_BYTES >> 20) as u64,
-            instances: 4,
+            instances: 8,
+            running_jobs: 4,
             max_queue_size: 64,
             queue_timeout_ms: 300_000,
             network_timeout_ms: 120_000,

@@ -38,6 +38,7 @@ import tempfile
 import time
 
 import flux_arrays
+import flux_bytes
 import flux_fallback
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -190,19 +191,27 @@ class StepScheduler:
     whatever its steps (no starvation). The last instance to finalize removes the file.
 
     The table's first record counts the steps started by all jobs: a job logs how many steps of
-    other jobs started while it ran (0 when it always had the fewest steps left)."""
+    other jobs started while it ran (0 when it always had the fewest steps left).
 
-    RECORD = struct.Struct("<qqqq")  # pid, job token, steps left (-1: no job), registration time (ns)
+    At most `running_jobs` jobs run at once: there are more instances than that, so that while
+    every running job holds its slot a free instance still takes new requests at once and refuses
+    the bad ones (a valid one waits in its instance for a running slot, fewest steps first)."""
+
+    # pid, job token, steps left (-1: no job), registration time (ns), state (WAITING or RUNNING)
+    RECORD = struct.Struct("<qqqqq")
     SLOTS = 256
     IDLE = -1
+    WAITING = 0
+    RUNNING = 1
     POLL_S = 0.004
     CANCEL_POLL_S = 0.02
     STARVATION_S = 60.0
 
-    def __init__(self, model_name, shortest_first=True):
+    def __init__(self, model_name, running_jobs, shortest_first=True):
         # `shortest_first` False: every job runs its steps at once, as without this scheduler (the
         # config parameter step_order "concurrent", for comparisons); the table still counts steps.
         self.shortest_first = shortest_first
+        self.running_jobs = running_jobs
         # One table per server (the stubs' parent is the tritonserver process) and model.
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         self.path = os.path.join(folder, f"fluxbuild-steps-{os.getppid()}-{model_name}")
@@ -223,7 +232,7 @@ class StepScheduler:
                     if not free:
                         raise pb_utils.TritonModelException(f"{self.path}: more than {self.SLOTS} flux instances")
                     self.slot = free[0]
-                    self._write(self.slot, (self.pid, 0, self.IDLE, 0))
+                    self._write(self.slot, (self.pid, 0, self.IDLE, 0, self.WAITING))
                     return
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -231,7 +240,7 @@ class StepScheduler:
 
     def close(self):
         with self._locked():
-            self._write(self.slot, (0, 0, 0, 0))
+            self._write(self.slot, (0, 0, 0, 0, 0))
             records = self._read()
             if not any(r[0] and self._alive(r[0]) for r in records[1:]):
                 os.unlink(self.path)
@@ -266,36 +275,60 @@ class StepScheduler:
         except PermissionError:
             return True
 
-    def register(self, steps):
-        """Starts this instance's job with `steps` left; returns the global step count at the start."""
+    async def admit(self, steps, cancelled):
+        """Starts this instance's job with `steps` left once fewer than `running_jobs` jobs run and
+        no waiting job goes before it. Returns (seconds waited, the global step count at the
+        start), or None once `cancelled()` says so while waiting."""
+        started = time.monotonic()
         with self._locked():
             self.token += 1
-            self._write(self.slot, (self.pid, self.token, steps, time.monotonic_ns()))
-            return self._read()[0][0]
+            self._write(self.slot, (self.pid, self.token, steps, time.monotonic_ns(), self.WAITING))
+        next_cancel_check = started + self.CANCEL_POLL_S
+        while True:
+            with self._locked():
+                records = self._read()
+                if self._may_start(records):
+                    self._write(self.slot, records[self.slot][:4] + (self.RUNNING,))
+                    return time.monotonic() - started, records[0][0]
+            now = time.monotonic()
+            if now >= next_cancel_check:
+                next_cancel_check = now + self.CANCEL_POLL_S
+                if cancelled():
+                    self.unregister()
+                    return None
+            await asyncio.sleep(self.POLL_S)
 
     def unregister(self):
         """Ends the job; returns the global step count at the end."""
         with self._locked():
-            self._write(self.slot, (self.pid, 0, self.IDLE, 0))
+            self._write(self.slot, (self.pid, 0, self.IDLE, 0, self.WAITING))
             return self._read()[0][0]
 
     def _key(self, record, now):
-        _, _, left, since = record
+        _, _, left, since, _ = record
         starving = now - since > self.STARVATION_S * 1e9
         return (0 if starving else 1, left)
+
+    def _others(self, records, state):
+        """The other live jobs in `state`."""
+        for i in range(1, self.SLOTS + 1):
+            record = records[i]
+            if i != self.slot and record[0] != 0 and record[2] != self.IDLE and record[4] == state and self._alive(record[0]):
+                yield record
+
+    def _may_start(self, records):
+        if sum(1 for _ in self._others(records, self.RUNNING)) >= self.running_jobs:
+            return False
+        now = time.monotonic_ns()
+        mine = self._key(records[self.slot], now) + (records[self.slot][3],)
+        return all(self._key(r, now) + (r[3],) >= mine for r in self._others(records, self.WAITING))
 
     def _may_run(self, records, left):
         if not self.shortest_first:
             return True
         now = time.monotonic_ns()
-        mine = self._key((self.pid, self.token, left, records[self.slot][3]), now)
-        for i in range(1, self.SLOTS + 1):
-            record = records[i]
-            if i == self.slot or record[0] == 0 or record[2] == self.IDLE:
-                continue
-            if self._key(record, now) < mine and self._alive(record[0]):
-                return False
-        return True
+        mine = self._key(records[self.slot][:2] + (left,) + records[self.slot][3:], now)
+        return all(self._key(r, now) >= mine for r in self._others(records, self.RUNNING))
 
     async def turn(self, left, counts_as_step, cancelled):
         """Waits until this job (with `left` steps to go) has the fewest steps left, then takes its
@@ -307,10 +340,10 @@ class StepScheduler:
             with self._locked():
                 records = self._read()
                 since = records[self.slot][3]
-                self._write(self.slot, (self.pid, self.token, left, since))
+                self._write(self.slot, (self.pid, self.token, left, since, self.RUNNING))
                 if self._may_run(records, left):
                     if counts_as_step:
-                        self._write(0, (records[0][0] + 1, 0, 0, 0))
+                        self._write(0, (records[0][0] + 1, 0, 0, 0, 0))
                     return time.monotonic() - started
             now = time.monotonic()
             if now >= next_cancel_check:
@@ -326,7 +359,7 @@ class StepScheduler:
 class Item:
     """One prompt of a request, with its settings."""
 
-    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise", "models")
+    __slots__ = ("request", "source", "index", "prompt", "height", "width", "steps", "guidance", "seed", "max_sequence_length", "noise", "models", "precision_set")
 
     def group_key(self):
         return (self.height, self.width, self.steps, self.max_sequence_length)
@@ -349,11 +382,13 @@ class Reply:
         self.sender = request.get_response_sender()
         self.images = []
         self.seeds = []
+        self.made_by = []
         self.left = 0
         self.done = False
 
     def expect(self, items):
         self.images = [None] * len(items)
+        self.made_by = [None] * len(items)
         self.seeds = [item.seed for item in items]
         self.left = len(items)
 
@@ -369,11 +404,16 @@ class Reply:
         if self.done:
             return False
         self.images[item.index] = image
+        self.made_by[item.index] = flux_fallback.describe(item.precision_set, item.models)
         self.left -= 1
         if self.left:
             return False
         self.done = True
-        outputs = [pb_utils.Tensor("image", np.stack(self.images)), pb_utils.Tensor("seed", np.array(self.seeds, dtype=np.int64).reshape(-1, 1))]
+        outputs = [
+            pb_utils.Tensor("image", np.stack(self.images)),
+            pb_utils.Tensor("seed", np.array(self.seeds, dtype=np.int64).reshape(-1, 1)),
+            pb_utils.Tensor("models", np.array(self.made_by, dtype=np.object_).reshape(-1, 1)),
+        ]
         self.sender.send(pb_utils.InferenceResponse(outputs), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return True
 
@@ -411,6 +451,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.settings = s = Settings(params)
+        flux_bytes.install(s.rules["max_prompt_bytes"])
         here = os.path.join(args["model_repository"], args["model_version"])
         self.clip_tokenizer = self._tokenizer(os.path.join(here, "tokenizer", "tokenizer.json"), s.clip_pad_token)
         self.t5_tokenizer = self._tokenizer(os.path.join(here, "tokenizer_2", "tokenizer.json"), s.t5_pad_token)
@@ -431,7 +472,9 @@ class TritonPythonModel:
         )
         self.images = self.images_family.Metric(labels={})
         self.logger = pb_utils.Logger
-        self.step_scheduler = StepScheduler(args["model_name"], shortest_first=params.get("step_order", "shortest_first") == "shortest_first")
+        self.step_scheduler = StepScheduler(
+            args["model_name"], int(params["running_jobs"]), shortest_first=params.get("step_order", "shortest_first") == "shortest_first"
+        )
 
     def finalize(self):
         self.step_scheduler.close()
@@ -464,7 +507,8 @@ class TritonPythonModel:
         prompt = pb_utils.get_input_tensor_by_name(request, "prompt")
         if prompt is None or prompt.as_numpy().size == 0:
             raise RequestError("prompt_missing", "no prompt given (input 'prompt', TYPE_STRING [1] per image)")
-        raw = [p if isinstance(p, bytes) else str(p).encode() for p in prompt.as_numpy().reshape(-1)]
+        # bytes, or an Oversized prompt that flux_bytes left uncopied (check_prompt refuses it by length).
+        raw = [p if isinstance(p, (bytes, flux_bytes.Oversized)) else str(p).encode() for p in prompt.as_numpy().reshape(-1)]
         prompts = [check_prompt(i, p, rules) for i, p in enumerate(raw)]
         n = len(prompts)
 
@@ -537,6 +581,7 @@ class TritonPythonModel:
         request, also for this non-decoupled model): a refusal at once, before any network work,
         an image once its group is done. Groups run fewest steps first; across instances the step
         scheduler runs the job with the fewest steps left."""
+        flux_bytes.release_memory()
         replies = [Reply(request) for request in requests]
         try:
             await self._answer(requests, replies)
@@ -559,6 +604,11 @@ class TritonPythonModel:
             replies[r].expect(items)
             for item in items:
                 groups.setdefault(item.group_key(), []).append(item)
+        if not groups:
+            # Every request refused: return at once. Triton frees this instance only when execute
+            # returns, and a client's next request that finds no free instance can wait up to the
+            # dynamic batcher's idle timeout (500 ms, seen in traces) for it.
+            return
         arrays = self._arrays()
         try:
             if groups:
@@ -618,7 +668,7 @@ class TritonPythonModel:
             if k > 0:
                 self.logger.log_warn(f"flux: {len(items)} prompts on fallback precision set {k}: {models}")
             for item in items:
-                item.models = models
+                item.models, item.precision_set = models, k
             try:
                 return await self._run_chunk(arrays, items)
             except NetworkError as e:
@@ -647,7 +697,8 @@ class TritonPythonModel:
 
     async def _infer(self, xp, items, network, inputs, outputs):
         """One BLS call to the network's model in the chunk's precision set, with the clients'
-        request ids, a timeout, and outputs where the arrays in use want them."""
+        request ids, the first client's trace (Triton traces the call as its child), a timeout,
+        and outputs where the arrays in use want them."""
         model = items[0].models[network]  # the chunk's precision set: never mixed within an image
         request_id = ",".join(sorted({i.source.request_id() for i in items if i.source.request_id()}))
         request = pb_utils.InferenceRequest(
@@ -657,6 +708,7 @@ class TritonPythonModel:
             request_id=request_id,
             timeout=self.settings.network_timeout_us,
             preferred_memory=xp.preferred_memory(),
+            trace=items[0].source.trace(),
         )
         response = await request.async_exec()
         if response.has_error():
@@ -669,15 +721,20 @@ class TritonPythonModel:
         first = items[0]
         started = time.monotonic()
         job = JobProgress()
-        steps_before = self.step_scheduler.register(first.steps)
+        clients = [i.source for i in items]
+        admitted = await self.step_scheduler.admit(first.steps, lambda: all(c.is_cancelled() for c in clients))
+        if admitted is None:
+            self.logger.log_info(f"flux: every client of a batch of {len(items)} cancelled while it waited for a running slot")
+            raise Cancelled(" (before its first step, waiting for a running slot)")
+        slot_wait, steps_before = admitted
         try:
             return await self._run_job(xp, items, job)
         finally:
             others = self.step_scheduler.unregister() - steps_before - job.steps
             self.logger.log_info(
-                f"flux: job of {len(items)} prompts, {first.steps} steps: ran {job.steps} steps in "
-                f"{(time.monotonic() - started) * 1e3:.0f} ms, waited {job.waited * 1e3:.0f} ms for jobs with fewer steps left; "
-                f"{others} steps of other jobs started meanwhile"
+                f"flux: job of {len(items)} prompts, {first.steps} steps: waited {slot_wait * 1e3:.0f} ms for a running slot, "
+                f"ran {job.steps} steps in {(time.monotonic() - started - slot_wait) * 1e3:.0f} ms, "
+                f"waited {job.waited * 1e3:.0f} ms for jobs with fewer steps left; {others} steps of other jobs started meanwhile"
             )
 
     async def _turn(self, job, items, left, counts_as_step):
