@@ -16,7 +16,7 @@ pub use pipeline::{generate, Event, Generation};
 pub use request::{InitialNoise, Request, RequestOptions};
 
 /// FLUX.1 variant: dev (guidance-distilled, shifted schedule) or schnell (timestep-distilled).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     Dev,

@@ -102,6 +102,29 @@ pub struct Limits {
     pub set_by: String,
 }
 
+/// The `flux` model's parameters, with this table as its `request_rules`.
+pub type FluxParameters = fluxbuild_contract::orchestrator::OrchestratorParameters<Limits>;
+
+impl From<Variant> for fluxbuild_contract::Variant {
+    fn from(variant: Variant) -> fluxbuild_contract::Variant {
+        match variant {
+            Variant::Dev => fluxbuild_contract::Variant::Dev,
+            Variant::Schnell => fluxbuild_contract::Variant::Schnell,
+        }
+    }
+}
+
+impl TryFrom<fluxbuild_contract::Variant> for Variant {
+    type Error = anyhow::Error;
+    fn try_from(variant: fluxbuild_contract::Variant) -> Result<Variant> {
+        match variant {
+            fluxbuild_contract::Variant::Dev => Ok(Variant::Dev),
+            fluxbuild_contract::Variant::Schnell => Ok(Variant::Schnell),
+            fluxbuild_contract::Variant::Any => Err(anyhow!("a deployment serves dev or schnell, not any variant")),
+        }
+    }
+}
+
 /// A refusal naming its rule of the table (`[rule NAME]`, as the orchestrator words it).
 pub fn refuse(rule: &str, message: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{message} [rule {rule}]")
