@@ -4,7 +4,7 @@
 use crate::engines::Engine;
 use crate::files::{sha256_file, write_atomic};
 use anyhow::{Context, Result};
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ pub struct TensorSpec {
 /// One stage's manifest: the same header for every stage, the stage's typed `settings` and one
 /// typed record per submodel (`S`, `R`: export, engines; the repository has its own shape).
 /// Read and written by the same types, with unknown keys refused: a key written but not typed
-/// cannot appear. `Manifest<IgnoredAny, IgnoredAny>` ([`Header`]) reads any stage's header.
+/// cannot appear. A reader that needs only part of a stage's records passes `IgnoredAny` for the rest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest<S, R> {
@@ -80,9 +80,6 @@ pub struct Manifest<S, R> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engines: Option<Vec<Engine>>,
 }
-
-/// Any stage's manifest with its settings and records skipped.
-pub type Header = Manifest<IgnoredAny, IgnoredAny>;
 
 impl<S, R> Manifest<S, R> {
     pub fn new(kind: &str, settings: S, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest<S, R> {
