@@ -5,12 +5,11 @@
 //! (`quantize::amax`: the same graph plus one `ReduceMax(Abs(x))` output per linear-layer
 //! input) and keeps, for every linear layer, the largest value over all prompts and steps.
 
-use crate::export::ExportedSubmodel;
+use crate::export::{ExportManifest, ExportedSubmodel};
 use crate::generate::request::Defaults;
 use crate::generate::{generate, Event, ExportedModels, RequestOptions};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{hex, sha256_file};
-use fluxbuild_contract::manifest::Manifest;
 use fluxbuild_contract::Network;
 use fluxbuild_exporters::precision::Precision;
 use fluxbuild_exporters::quantize::amax::write_calibration_model;
@@ -208,14 +207,10 @@ pub fn calibrate(request: &CalibrationRequest, out: &Path, progress: &ProgressBa
 /// The transformer of an fp32 export, as the table records it (hashes from the manifest).
 fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
     let manifest_path = dir.join("manifest.json");
-    let manifest = Manifest::read(&manifest_path)?;
-    let entry: ExportedSubmodel = manifest
+    let manifest = ExportManifest::read(&manifest_path)?;
+    let entry: &ExportedSubmodel = manifest
         .submodels
         .get(Network::Transformer.name())
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()
-        .with_context(|| format!("{}: submodels.transformer", manifest_path.display()))?
         .with_context(|| format!("{}: no transformer entry", manifest_path.display()))?;
     if entry.precision != Precision::Fp32 {
         bail!(

@@ -16,7 +16,7 @@ use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
 use fluxbuild_exporters::quantize::calibration::CalibrationTable;
 use fluxbuild_exporters::quantize::{qdq, Fp8Policy, Fp8Summary, WeightScaling};
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -58,8 +58,38 @@ pub struct PrecisionSettings {
     pub emulate: bool,
 }
 
+/// `MODELS/manifest.json`: the export settings and one record per exported submodel.
+pub type ExportManifest = Manifest<ExportSettings, ExportedSubmodel>;
+
+/// The settings of an export (of the last run, for `--update`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSettings {
+    pub opset: i64,
+    /// Submodel -> the precision it was exported at (this run's submodels).
+    pub precision: BTreeMap<String, Precision>,
+    /// Present when some submodel is fp8.
+    pub fp8: Option<Fp8Settings>,
+    pub emulated_in_fp32: bool,
+    /// The diffusers pipeline folder the weights came from, if any.
+    pub pipeline: Option<PathBuf>,
+    /// Output folder (`tokenizer`, `tokenizer_2`, `scheduler`) -> where its files came from.
+    pub pipeline_files: BTreeMap<String, Origin>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fp8Settings {
+    /// The table `fluxbuild calibrate` wrote.
+    pub calibration: PathBuf,
+    pub calibration_sha256: String,
+    pub weights: WeightScaling,
+    pub keep: Vec<String>,
+}
+
 /// The manifest entry of one exported submodel.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExportedSubmodel {
     pub source: Vec<PathBuf>,
     pub source_kind: String,
@@ -184,7 +214,7 @@ fn check_calibration(planned: &[Planned<'_>], inputs: &[FileEntry], calibration:
 }
 
 /// Runs the export. Returns the manifest written to `out/manifest.json`.
-pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifest> {
+pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<ExportManifest> {
     if request.submodels.is_empty() {
         bail!("nothing to export: give --checkpoint PIPELINE or one of --clip/--t5/--transformer/--vae");
     }
@@ -238,7 +268,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
             written.data_bytes,
             written.data_sha256.clone(),
         ));
-        submodels.insert(p.source.network, describe(p, &written));
+        submodels.insert(p.source.network.name().to_string(), describe(p, &written));
         crash_point(&format!("export-wrote-{}", p.source.network));
     }
     progress.finish_and_clear();
@@ -254,21 +284,27 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<Manifes
 
     let inputs = inputs_hashing.join().expect("hashing thread")?;
     check_calibration(&planned, &inputs, calibration.as_ref())?;
-    let mut manifest = Manifest::new("export", inputs, files);
-    manifest.settings = serde_json::json!({
-        "opset": request.opset,
-        "precision": planned.iter().map(|p| (p.source.network, p.source.plan.precision)).collect::<BTreeMap<_, _>>(),
-        "fp8": calibration.as_ref().map(|c| serde_json::json!({
-            "calibration": c.path,
-            "calibration_sha256": c.sha256,
-            "weights": request.precision.fp8_weights,
-            "keep": request.precision.fp8_keep,
-        })),
-        "emulated_in_fp32": request.precision.emulate,
-        "pipeline": request.files.pipeline,
-        "pipeline_files": extras.iter().map(|e| (e.folder, &e.origin)).collect::<BTreeMap<_, _>>(),
-    });
-    manifest.submodels = serde_json::to_value(&submodels)?;
+    let settings = ExportSettings {
+        opset: request.opset,
+        precision: planned
+            .iter()
+            .map(|p| (p.source.network.name().to_string(), p.source.plan.precision))
+            .collect(),
+        fp8: calibration.as_ref().map(|c| Fp8Settings {
+            calibration: c.path.clone(),
+            calibration_sha256: c.sha256.clone(),
+            weights: request.precision.fp8_weights,
+            keep: request.precision.fp8_keep.clone(),
+        }),
+        emulated_in_fp32: request.precision.emulate,
+        pipeline: request.files.pipeline.clone(),
+        pipeline_files: extras
+            .iter()
+            .map(|e| (e.folder.to_string(), e.origin.clone()))
+            .collect(),
+    };
+    let mut manifest = ExportManifest::new("export", settings, inputs, files);
+    manifest.submodels = submodels;
     let entries: Vec<&str> = planned
         .iter()
         .map(|p| p.source.network.name())

@@ -5,7 +5,7 @@
 
 use crate::client::Client;
 use crate::deploy::pbtxt::Message;
-use crate::generate::request::Limits as RequestLimits;
+use crate::generate::request::{FluxParameters, Limits as RequestLimits};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::net::TcpListener;
@@ -161,14 +161,9 @@ pub fn repository_max_request_bytes(repo: &Path) -> Result<u64> {
         .scalar("max_batch_size")
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("{}: no max_batch_size", path.display()))?;
-    let rules = config
-        .string_parameters()
-        .into_iter()
-        .find_map(|(key, value)| (key == "request_rules").then_some(value))
-        .with_context(|| format!("{}: no parameter request_rules", path.display()))?;
-    let limits: RequestLimits = serde_json::from_str(rules)
-        .with_context(|| format!("{}: request_rules is not the rules table", path.display()))?;
-    Ok(max_request_bytes(&limits, prompts.max(1)))
+    let parameters = FluxParameters::from_strings(config.string_parameters())
+        .with_context(|| format!("{}: not the parameters `fluxbuild package` writes", path.display()))?;
+    Ok(max_request_bytes(&parameters.request_rules, prompts.max(1)))
 }
 
 #[derive(Clone, Debug)]

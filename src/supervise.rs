@@ -8,7 +8,9 @@
 
 use crate::client::Client;
 use crate::deploy::pbtxt::Message;
-use anyhow::{bail, Context, Result};
+use crate::generate::request::FluxParameters;
+use anyhow::{Context, Result};
+use fluxbuild_contract::Network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -42,23 +44,14 @@ impl Supervisor {
             .with_context(|| format!("{}: not found", repo.display()))?;
         let flux = std::fs::read_to_string(repo.join(ORCHESTRATOR).join("config.pbtxt"))
             .with_context(|| format!("{}: no `{ORCHESTRATOR}` model", repo.display()))?;
-        let mut networks: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let flux =
             Message::parse(&flux).with_context(|| format!("{}: `{ORCHESTRATOR}` config.pbtxt", repo.display()))?;
-        for (key, value) in flux.string_parameters() {
-            if let Some(network) = key.strip_prefix("model_") {
-                networks
-                    .entry(network.to_string())
-                    .or_default()
-                    .insert(0, value.to_string());
-            } else if let Some(network) = key.strip_prefix("fallback_") {
-                let entry = networks.entry(network.to_string()).or_default();
-                entry.extend(value.split(',').filter(|m| !m.is_empty()).map(str::to_string));
-            }
-        }
-        if networks.is_empty() {
-            bail!("{}: the `{ORCHESTRATOR}` config names no networks", repo.display());
-        }
+        let parameters = FluxParameters::from_strings(flux.string_parameters())
+            .with_context(|| format!("{}: `{ORCHESTRATOR}` config.pbtxt", repo.display()))?;
+        let networks: BTreeMap<String, Vec<String>> = Network::ALL
+            .into_iter()
+            .map(|network| (network.name().to_string(), parameters.models(network)))
+            .collect();
         let mut python = BTreeSet::new();
         for model in networks
             .values()

@@ -21,9 +21,15 @@ fn fake_models(dir: &Path, skip: Option<&str>) {
         )
         .unwrap();
     }
+    // Every field the export manifest's types require, with placeholder values.
+    let settings = serde_json::json!({ "opset": 17, "precision": {}, "fp8": null, "emulated_in_fp32": false,
+        "pipeline": null, "pipeline_files": {} });
+    let transformer = serde_json::json!({ "source": [], "source_kind": "test", "layout": "diffusers",
+        "variant": "dev", "config": { "guidance_embeds": true }, "precision": "fp32", "precision_plan": null,
+        "opset": 17, "parameters": 0, "nodes": 0, "initializers": 0, "inputs": [], "outputs": [], "saturated": [] });
     let manifest = serde_json::json!({
-        "fluxbuild_version": "test", "kind": "export", "created_unix": 0, "settings": null, "inputs": [], "files": [],
-        "submodels": { "transformer": { "variant": "dev", "config": { "guidance_embeds": true } } }
+        "fluxbuild_version": "test", "kind": "export", "created_unix": 0, "settings": settings, "inputs": [], "files": [],
+        "submodels": { "transformer": transformer }
     });
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
 }

@@ -7,6 +7,7 @@ pub mod engines;
 pub mod files;
 pub mod manifest;
 mod network;
+pub mod orchestrator;
 pub mod output_dir;
 
 pub use network::{Axis, Dtype, Network, Port, PresetVariant, Variant};

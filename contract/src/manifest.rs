@@ -1,9 +1,12 @@
 //! Manifests: every artifact fluxbuild writes says what it was made from (sha256 of inputs),
 //! what it is (sha256 of outputs) and with which settings.
 
+use crate::engines::Engine;
 use crate::files::{sha256_file, write_atomic};
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,22 +58,31 @@ pub struct TensorSpec {
     pub dims: Vec<serde_json::Value>,
 }
 
+/// One stage's manifest: the same header for every stage, the stage's typed `settings` and one
+/// typed record per submodel (`S`, `R`: export, engines; the repository has its own shape).
+/// Read and written by the same types, with unknown keys refused: a key written but not typed
+/// cannot appear. A reader that needs only part of a stage's records passes `IgnoredAny` for the rest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
+#[serde(deny_unknown_fields)]
+pub struct Manifest<S, R> {
     pub fluxbuild_version: String,
-    /// "export", "engines", "repository"
+    /// "export", "engines"
     pub kind: String,
     pub created_unix: u64,
-    pub settings: serde_json::Value,
+    pub settings: S,
     pub inputs: Vec<FileEntry>,
     pub files: Vec<FileEntry>,
-    /// Per-submodel details, keyed by submodel name.
-    #[serde(default)]
-    pub submodels: serde_json::Value,
+    /// Per-submodel records, keyed by submodel name.
+    #[serde(default = "BTreeMap::new")]
+    pub submodels: BTreeMap<String, R>,
+    /// Engines stage only: the list `fluxbuild package` reads ([`crate::engines::EnginesManifest`]), a view of
+    /// the records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<Vec<Engine>>,
 }
 
-impl Manifest {
-    pub fn new(kind: &str, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest {
+impl<S, R> Manifest<S, R> {
+    pub fn new(kind: &str, settings: S, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest<S, R> {
         let created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -78,26 +90,39 @@ impl Manifest {
             fluxbuild_version: env!("CARGO_PKG_VERSION").to_string(),
             kind: kind.to_string(),
             created_unix,
-            settings: serde_json::Value::Null,
+            settings,
             inputs,
             files,
-            submodels: serde_json::json!({}),
+            submodels: BTreeMap::new(),
+            engines: None,
         }
     }
 
-    pub fn read(path: &Path) -> Result<Manifest> {
+    pub fn read(path: &Path) -> Result<Manifest<S, R>>
+    where
+        S: DeserializeOwned,
+        R: DeserializeOwned,
+    {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{}: not a fluxbuild manifest", path.display()))
     }
 
-    pub fn write(&self, path: &Path) -> Result<()> {
+    pub fn write(&self, path: &Path) -> Result<()>
+    where
+        S: Serialize,
+        R: Serialize,
+    {
         write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 
     /// `new` plus what an earlier manifest at `previous` recorded for top-level entries
     /// (`clip/`, `tokenizer/`, ...) that `new` did not replace.
-    pub fn merge_previous(previous: &Path, new: &Manifest, replaced: &[&str]) -> Result<Manifest> {
-        let Ok(old) = Manifest::read(previous) else {
+    pub fn merge_previous(previous: &Path, new: &Manifest<S, R>, replaced: &[&str]) -> Result<Manifest<S, R>>
+    where
+        S: Clone + DeserializeOwned,
+        R: Clone + DeserializeOwned,
+    {
+        let Ok(old) = Manifest::<S, R>::read(previous) else {
             return Ok(new.clone());
         };
         if old.kind != new.kind {
@@ -122,11 +147,9 @@ impl Manifest {
                 merged.inputs.push(input);
             }
         }
-        if let (Some(old_subs), Some(subs)) = (old.submodels.as_object(), merged.submodels.as_object_mut()) {
-            for (name, entry) in old_subs {
-                if !replaced.contains(&name.as_str()) {
-                    subs.entry(name.clone()).or_insert_with(|| entry.clone());
-                }
+        for (name, entry) in old.submodels {
+            if !replaced.contains(&name.as_str()) {
+                merged.submodels.entry(name).or_insert(entry);
             }
         }
         Ok(merged)

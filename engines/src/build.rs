@@ -9,9 +9,11 @@ use crate::settings::{list, BuildSettings, BuilderKind, ComputeCapability, Preci
 use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{sha256_file, write_atomic};
+use fluxbuild_contract::manifest::Manifest;
 use fluxbuild_onnx::{external_files, pb, read_model};
 use fluxbuild_profiles::{Network, OptProfile, Preset, PresetVariant, ProfileShapes};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,7 @@ pub struct Graph {
 
 /// What the engines manifest records for every engine (its `submodels` entry).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct EngineRecord {
     pub key: String,
     /// The arithmetic label: the graph's precision for strongly typed builds, else the build's.
@@ -471,33 +474,27 @@ struct ExportFiles {
     precision: BTreeMap<String, String>,
 }
 
+/// The part of an export record this stage reads (the record type belongs to the export stage,
+/// which this crate does not depend on).
+#[derive(Deserialize)]
+struct ExportedPrecision {
+    /// The precision label ("bf16", ...).
+    precision: String,
+}
+
 impl ExportFiles {
     fn read(models: &Path) -> Option<ExportFiles> {
         let path = models.join("manifest.json");
         let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-        let files = value["files"]
-            .as_array()?
-            .iter()
-            .filter_map(|f| {
-                Some((
-                    PathBuf::from(f["path"].as_str()?),
-                    (f["bytes"].as_u64()?, f["sha256"].as_str()?.to_string()),
-                ))
-            })
-            .collect();
-        let precision = value["submodels"]
-            .as_object()
-            .map(|subs| {
-                subs.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v["precision"].as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let manifest = Manifest::<IgnoredAny, ExportedPrecision>::read(&path).ok()?;
         Some(ExportFiles {
-            files,
+            files: manifest
+                .files
+                .into_iter()
+                .map(|f| (f.path, (f.bytes, f.sha256)))
+                .collect(),
             written,
-            precision,
+            precision: manifest.submodels.into_iter().map(|(k, v)| (k, v.precision)).collect(),
         })
     }
 

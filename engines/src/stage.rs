@@ -6,20 +6,38 @@
 //! new folder, complete.
 
 use crate::build::{self, BuildRequest, EngineRecord, Graph};
-use crate::settings::list;
-use crate::toolchain::Toolchain;
-use anyhow::{Context, Result};
+use crate::settings::{list, BuildSettings, Runtime};
+use crate::toolchain::{Gpu, Toolchain};
+use anyhow::Result;
 use fluxbuild_contract::engines::{Engine, EnginesManifest, Profile, Shapes};
-use fluxbuild_contract::files::write_atomic;
 use fluxbuild_contract::manifest::{FileEntry, Manifest};
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_contract::Network;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The manifest kind of an engines folder.
 pub const KIND: &str = "engines";
+
+/// `ENGINES/manifest.json`: the build settings, one record per engine, and the `engines` list
+/// `fluxbuild package` reads.
+pub type EnginesStageManifest = Manifest<EnginesSettings, EngineRecord>;
+
+/// The settings of the run that last wrote the engines folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnginesSettings {
+    /// The export folder the graphs came from (absolute).
+    pub models: PathBuf,
+    pub preset: String,
+    pub build: BuildSettings,
+    pub timing_cache: Option<PathBuf>,
+    pub runtime: Runtime,
+    pub tensorrt: String,
+    pub compute_capability: String,
+    pub gpu: Option<Gpu>,
+}
 
 /// What one network's engine came to in this run.
 #[derive(Serialize)]
@@ -94,25 +112,25 @@ pub fn previous_records(path: &Path) -> Result<BTreeMap<String, EngineRecord>> {
     if !path.exists() {
         return Ok(BTreeMap::new());
     }
-    let manifest = Manifest::read(path)?;
+    let manifest = EnginesStageManifest::read(path)?;
     anyhow::ensure!(
         manifest.kind == KIND,
         "{}: a {} manifest, not an engines folder",
         path.display(),
         manifest.kind
     );
-    serde_json::from_value(manifest.submodels).with_context(|| format!("{}: unreadable engine records", path.display()))
+    Ok(manifest.submodels)
 }
 
 /// Writes the manifest plus the `engines` list that `fluxbuild package` reads.
 pub fn write_engines_manifest(
-    manifest: &Manifest,
+    manifest: &EnginesStageManifest,
     records: &BTreeMap<String, EngineRecord>,
     path: &Path,
 ) -> Result<()> {
-    let mut value = serde_json::to_value(manifest)?;
-    value["engines"] = serde_json::to_value(package_view(records).engines)?;
-    write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())
+    let mut manifest = manifest.clone();
+    manifest.engines = Some(package_view(records).engines);
+    manifest.write(path)
 }
 
 /// The engines manifest: graph files as inputs, plans as files, one record per engine (kept
@@ -121,7 +139,7 @@ pub fn engines_manifest(
     request: &BuildRequest,
     toolchain: &Toolchain,
     records: &BTreeMap<String, EngineRecord>,
-) -> Result<Manifest> {
+) -> Result<EnginesStageManifest> {
     let inputs = records
         .values()
         .flat_map(|r| {
@@ -141,18 +159,18 @@ pub fn engines_manifest(
             sha256: r.plan_sha256.clone(),
         })
         .collect();
-    let mut manifest = Manifest::new(KIND, inputs, files);
-    manifest.settings = serde_json::json!({
-        "models": std::path::absolute(&request.models).unwrap_or_else(|_| request.models.clone()),
-        "preset": request.preset.name,
-        "build": request.settings,
-        "timing_cache": request.timing_cache,
-        "runtime": request.settings.runtime,
-        "tensorrt": toolchain.tensorrt.to_string(),
-        "compute_capability": list(&build::targets(&request.settings, toolchain)),
-        "gpu": toolchain.gpu,
-    });
-    manifest.submodels = serde_json::to_value(records)?;
+    let settings = EnginesSettings {
+        models: std::path::absolute(&request.models).unwrap_or_else(|_| request.models.clone()),
+        preset: request.preset.name.clone(),
+        build: request.settings.clone(),
+        timing_cache: request.timing_cache.clone(),
+        runtime: request.settings.runtime,
+        tensorrt: toolchain.tensorrt.to_string(),
+        compute_capability: list(&build::targets(&request.settings, toolchain)),
+        gpu: toolchain.gpu.clone(),
+    };
+    let mut manifest = Manifest::new(KIND, settings, inputs, files);
+    manifest.submodels = records.clone();
     Ok(manifest)
 }
 

@@ -3,7 +3,7 @@
 
 use crate::settings::{BuilderKind, Runtime};
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::ffi::{c_char, c_int};
 use std::path::{Path, PathBuf};
 
@@ -55,7 +55,8 @@ pub struct TensorRtLibs {
     pub version: Version,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Gpu {
     pub name: String,
     /// "major.minor", e.g. "9.0".

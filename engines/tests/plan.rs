@@ -234,7 +234,9 @@ fn graph_hashes_come_from_a_consistent_export_manifest() {
         ];
         std::fs::write(
             models.join("manifest.json"),
-            serde_json::json!({ "kind": "export", "files": files }).to_string(),
+            serde_json::json!({ "fluxbuild_version": "test", "kind": "export", "created_unix": 0, "settings": {},
+                "inputs": [], "files": files })
+            .to_string(),
         )
         .unwrap();
     };

@@ -12,12 +12,11 @@ mod report;
 pub use report::markdown;
 
 use crate::calibrate::{calibrate, CalibrationRequest, Prompts};
-use crate::export::{export, ExportRequest, PrecisionSettings, SubmodelSource};
+use crate::export::{export, ExportManifest, ExportRequest, PrecisionSettings, SubmodelSource};
 use crate::generate::pipeline::decoder_latent;
 use crate::generate::{generate, Event, ExportedModels, Generation, Request, RequestOptions};
 use crate::runtime::{Input, Model};
 use anyhow::{Context, Result};
-use fluxbuild_contract::manifest::Manifest;
 use fluxbuild_contract::{Network, Variant};
 use fluxbuild_exporters::onnx::DEFAULT_OPSET;
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision, PrecisionPlan};
@@ -282,7 +281,7 @@ fn measure_checkpoint(
         let generation = generate(&ExportedModels::open(&pipeline)?, &request, &mut |_| {})?;
         report.end_to_end.push(EndToEnd {
             config: config.name.into(),
-            precisions: serde_json::from_value(manifest.settings["precision"].clone())?,
+            precisions: manifest.settings.precision.clone(),
             psnr_db: generation
                 .images
                 .iter()
@@ -308,7 +307,7 @@ fn export_pipeline(
     spec: &str,
     networks: &[Network],
     precision: &PrecisionSettings,
-) -> Result<Manifest> {
+) -> Result<ExportManifest> {
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot remove", out.display()))?;
     }

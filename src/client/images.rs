@@ -5,7 +5,7 @@
 
 use super::{Client, Tensor};
 use crate::generate::image::RgbImage;
-use crate::generate::request::{Defaults, Limits};
+use crate::generate::request::{Defaults, FluxParameters, Limits};
 use crate::generate::{InitialNoise, Request, Variant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -25,34 +25,26 @@ pub struct Deployment {
 
 impl Deployment {
     fn from_config(config: &Value, url: &str) -> Result<Deployment> {
-        let parameter = |key: &str| -> Result<&str> {
-            config["parameters"][key]["string_value"].as_str().with_context(|| {
-                format!("{url}: the config of `{MODEL}` has no parameter `{key}` (not a fluxbuild repository?)")
-            })
-        };
-        let number = |key: &str| -> Result<usize> {
-            let text = parameter(key)?;
-            text.parse()
-                .with_context(|| format!("{url}: parameter `{key}` of `{MODEL}` is {text:?}, not a count"))
-        };
-        let guidance = parameter("default_guidance")?;
+        let strings = config["parameters"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, value)| value["string_value"].as_str().map(|text| (key.as_str(), text)));
+        let parameters = FluxParameters::from_strings(strings)
+            .with_context(|| format!("{url}: the config of `{MODEL}` (not a fluxbuild repository?)"))?;
         Ok(Deployment {
-            variant: Variant::parse(parameter("variant")?)?,
+            variant: parameters.variant,
             max_batch: config["max_batch_size"].as_u64().unwrap_or(1).max(1) as usize,
             defaults: Defaults {
-                height: number("default_height")?,
-                width: number("default_width")?,
-                steps: number("default_steps")?,
-                guidance: guidance
-                    .parse()
-                    .with_context(|| format!("{url}: default_guidance {guidance:?}"))?,
-                max_sequence_length: number("default_max_sequence_length")?,
+                height: parameters.default_height as usize,
+                width: parameters.default_width as usize,
+                steps: parameters.default_steps as usize,
+                guidance: parameters.default_guidance,
+                max_sequence_length: parameters.default_max_sequence_length as usize,
             },
             limits: Limits {
                 set_by: format!("what the Triton deployment at {url} serves"),
-                ..serde_json::from_str(parameter("request_rules")?).with_context(|| {
-                    format!("{url}: parameter `request_rules` of `{MODEL}` is not a validation table")
-                })?
+                ..parameters.request_rules
             },
         })
     }

@@ -1,8 +1,8 @@
 //! `fluxbuild export`: checkpoint(s) -> `OUT/{clip,t5,transformer,vae_decoder}/model.onnx`.
 
-use crate::export::{export, ExportRequest, ExportedSubmodel, PrecisionSettings, SubmodelSource};
+use crate::export::{export, ExportRequest, PrecisionSettings, SubmodelSource};
 use crate::output::{Output, BYTES_BAR};
-use crate::pipeline_files::{pipeline_folder, PipelineFileSources};
+use crate::pipeline_files::{pipeline_folder, Origin, PipelineFileSources};
 use anyhow::{bail, Result};
 use fluxbuild_contract::output_dir::Existing;
 use fluxbuild_contract::Network;
@@ -92,27 +92,17 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let bar = out.bar(0, BYTES_BAR);
     let manifest = export(&request, &bar)?;
     for s in &request.submodels {
-        let entry: Option<ExportedSubmodel> = manifest
-            .submodels
-            .get(s.network.name())
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
-        for (tensor, count) in entry.map(|e| e.saturated).unwrap_or_default() {
+        let saturated = manifest.submodels.get(s.network.name()).map(|e| e.saturated.as_slice());
+        for (tensor, count) in saturated.unwrap_or_default() {
             out.warn(&format!(
                 "{}: {count} value(s) of {tensor} exceed the {} range and were saturated",
                 s.network, s.plan.precision
             ));
         }
     }
-    let pipeline_files = manifest.settings["pipeline_files"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    for (folder, origin) in pipeline_files {
-        if origin["kind"] == "left_out" {
-            out.warn(&format!(
-                "{folder}/ not written: {}",
-                origin["why"].as_str().unwrap_or_default()
-            ));
+    for (folder, origin) in &manifest.settings.pipeline_files {
+        if let Origin::LeftOut { why } = origin {
+            out.warn(&format!("{folder}/ not written: {why}"));
         }
     }
     out.result(&manifest, || {

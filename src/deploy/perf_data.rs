@@ -4,6 +4,7 @@
 //! is one the server accepts.
 
 use super::pbtxt::{Message, Value};
+use crate::package::RepositoryManifest;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map};
 use std::path::Path;
@@ -143,20 +144,13 @@ fn check_one_element(input: &Input, config: &Path) -> Result<()> {
 /// Sizes and steps within what the repository serves (its manifest.json), so no request is a 400.
 fn check_limits(repo: &Path, fields: &[Field]) -> Result<()> {
     let path = repo.join("manifest.json");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?)
-            .with_context(|| format!("{}: not JSON", path.display()))?;
-    let number = |pointer: &str| {
-        manifest
-            .pointer(pointer)
-            .and_then(|v| v.as_f64())
-            .with_context(|| format!("{}: no {pointer}", path.display()))
-    };
+    let manifest = RepositoryManifest::read(repo)?;
+    let limits = &manifest.limits;
     for (name, value) in fields {
         let (min, max) = match name.as_str() {
-            "height" => (number("/limits/min_height")?, number("/limits/max_height")?),
-            "width" => (number("/limits/min_width")?, number("/limits/max_width")?),
-            "steps" => (1.0, number("/settings/max_steps")?),
+            "height" => (limits.min_height as f64, limits.max_height as f64),
+            "width" => (limits.min_width as f64, limits.max_width as f64),
+            "steps" => (1.0, f64::from(manifest.settings.max_steps)),
             _ => continue,
         };
         if *value < min || *value > max || (name != "steps" && value % 16.0 != 0.0) {

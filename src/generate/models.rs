@@ -5,9 +5,10 @@
 
 use super::scheduler::SchedulerConfig;
 use super::Variant;
+use crate::export::ExportManifest;
 use anyhow::{bail, Context, Result};
-use fluxbuild_contract::manifest::Manifest;
 use fluxbuild_contract::Network;
+use fluxbuild_exporters::precision::Precision;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 use fluxbuild_exporters::models::vae::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT};
 
 /// A value and where it came from (for `--json` and messages).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sourced<T> {
     pub value: T,
     pub source: String,
@@ -66,14 +68,14 @@ impl ExportedModels {
             );
         }
         let manifest_path = dir.join("manifest.json");
-        let manifest = Manifest::read(&manifest_path)?;
+        let manifest = ExportManifest::read(&manifest_path)?;
         let entry = |network: Network| manifest.submodels.get(network.name());
         let manifest_name = manifest_path.display().to_string();
 
         let transformer = entry(Network::Transformer)
             .with_context(|| format!("{manifest_name}: no entry for the transformer (submodels.transformer)"))?;
-        let guidance_field = field(transformer, "guidance_embeds").and_then(Value::as_bool);
-        let variant = match field(transformer, "variant").and_then(Value::as_str) {
+        let guidance_field = transformer.config.get("guidance_embeds").and_then(Value::as_bool);
+        let variant = match transformer.variant.as_deref() {
             Some(name) => Sourced {
                 value: Variant::parse(name)
                     .with_context(|| format!("{manifest_name}: submodels.transformer.variant"))?,
@@ -92,7 +94,7 @@ impl ExportedModels {
         let guidance_embeds = guidance_field.unwrap_or(variant.value == Variant::Dev);
 
         let vae = entry(Network::VaeDecoder);
-        let vae_value = |name: &str, default: f64| match vae.and_then(|v| field(v, name)).and_then(Value::as_f64) {
+        let vae_value = |name: &str, default: f64| match vae.and_then(|v| v.config.get(name)).and_then(Value::as_f64) {
             Some(value) => Sourced {
                 value,
                 source: format!("{manifest_name}: submodels.vae_decoder {name}"),
@@ -156,22 +158,18 @@ impl ExportedModels {
 /// ONNX Runtime's CPU kernels lack bf16 MatMul, Conv and Softmax: a bf16 graph (not emulated in
 /// fp32) cannot run locally. Said before any graph is loaded, with the ways out.
 pub fn check_runs_on_cpu(dir: &Path) -> Result<()> {
-    let manifest = Manifest::read(&dir.join("manifest.json"))?;
+    let manifest = ExportManifest::read(&dir.join("manifest.json"))?;
     let bf16: Vec<&str> = Network::ALL
         .iter()
         .map(|n| n.name())
         .filter(|name| {
-            let entry = manifest.submodels.get(*name);
-            let precision = entry.and_then(|e| e.get("precision")).and_then(Value::as_str);
-            let emulated = entry
-                .and_then(|e| e.pointer("/precision_plan/notes"))
-                .and_then(Value::as_array)
-                .is_some_and(|notes| {
-                    notes
-                        .iter()
-                        .any(|n| n.as_str().is_some_and(|n| n.starts_with("emulated")))
-                });
-            precision == Some("bf16") && !emulated
+            manifest.submodels.get(*name).is_some_and(|entry| {
+                let emulated = entry
+                    .precision_plan
+                    .as_ref()
+                    .is_some_and(|plan| plan.notes.iter().any(|n| n.starts_with("emulated")));
+                entry.precision == Precision::Bf16 && !emulated
+            })
         })
         .collect();
     if !bf16.is_empty() {
@@ -184,11 +182,4 @@ pub fn check_runs_on_cpu(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A setting of a submodel's entry, on it or in its derived `config`.
-fn field<'a>(entry: &'a Value, name: &str) -> Option<&'a Value> {
-    entry
-        .get(name)
-        .or_else(|| entry.get("config").and_then(|c| c.get(name)))
 }

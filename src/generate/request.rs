@@ -104,6 +104,9 @@ pub struct Limits {
     pub set_by: String,
 }
 
+/// The `flux` model's parameters, with this table as its `request_rules`.
+pub type FluxParameters = fluxbuild_contract::orchestrator::OrchestratorParameters<Limits>;
+
 /// A refusal naming its rule of the table (`[rule NAME]`, as the orchestrator words it).
 pub fn refuse(rule: &str, message: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{message} [rule {rule}]")

@@ -8,7 +8,7 @@ use super::config::{
 };
 use super::source::{data_type, fixed, numpy_dtype, Exported, ExportedNetwork};
 use super::{Options, Target};
-use crate::generate::request::{Defaults, Limits as RequestLimits};
+use crate::generate::request::{Defaults, FluxParameters, Limits as RequestLimits};
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::Engine;
@@ -23,6 +23,8 @@ const ORCHESTRATOR_PY: &str = include_str!("../../triton/models/flux/model.py");
 const ORCHESTRATOR_ARRAYS_PY: &str = include_str!("../../triton/models/flux/flux_arrays.py");
 const ORCHESTRATOR_FALLBACK_PY: &str = include_str!("../../triton/models/flux/flux_fallback.py");
 const ORCHESTRATOR_BYTES_PY: &str = include_str!("../../triton/models/flux/flux_bytes.py");
+/// The typed reader of the orchestrator's parameters (`OrchestratorParameters` on the Rust side).
+const ORCHESTRATOR_PARAMS_PY: &str = include_str!("../../triton/models/flux/flux_params.py");
 const ONNX_NETWORK_PY: &str = include_str!("../../triton/models/onnx_network/model.py");
 
 /// One model folder: its config and its files (relative to the model folder).
@@ -45,7 +47,8 @@ pub fn batched(network: Network) -> bool {
 }
 
 /// What the orchestrator may ask of the networks (from the graphs on cpu, the profiles on gpu).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub min_height: i64,
     pub max_height: i64,
@@ -282,7 +285,7 @@ pub fn orchestrator(
     let default_width = i64::from(options.width).clamp(limits.min_width, limits.max_width);
     let mut dtypes = BTreeMap::new();
     for value in &exported.network(Network::Transformer).interface.inputs {
-        dtypes.insert(value.name.clone(), numpy_dtype(value.elem));
+        dtypes.insert(value.name.clone(), numpy_dtype(value.elem).to_string());
     }
     dtypes.insert(
         "latent".into(),
@@ -293,53 +296,45 @@ pub fn orchestrator(
                 .input("latent")
                 .expect("checked")
                 .elem,
-        ),
+        )
+        .to_string(),
     );
-    let target = match options.target {
-        Target::Cpu => "cpu",
-        Target::Gpu => "gpu",
+    let mut parameters = FluxParameters {
+        target: options.target,
+        variant: exported_models.variant.value,
+        default_height: u32::try_from(default_height).context("default height")?,
+        default_width: u32::try_from(default_width).context("default width")?,
+        default_steps: options.steps.unwrap_or(defaults.steps as u32),
+        default_guidance: defaults.guidance,
+        default_max_sequence_length: u32::try_from(default_length).context("default T5 length")?,
+        request_rules: request_rules(options, limits)?,
+        max_batch_pixels: serving
+            .max_batch_pixels(usize::try_from(limits.max_height * limits.max_width).context("image size")?)
+            as u64,
+        network_timeout_ms: serving.network_timeout_ms,
+        running_jobs: serving.running_jobs,
+        clip_length: u32::try_from(limits.clip_length).context("CLIP length")?,
+        clip_pad_token: CLIP_PAD_TOKEN.into(),
+        t5_pad_token: T5_PAD_TOKEN.into(),
+        vae_scaling_factor: exported_models.vae_scaling_factor.value,
+        vae_shift_factor: exported_models.vae_shift_factor.value,
+        network_max_batch: u32::try_from(limits.network_max_batch).context("network batch")?,
+        input_dtypes: dtypes,
+        model_clip: String::new(),
+        model_t5: String::new(),
+        model_transformer: String::new(),
+        model_vae_decoder: String::new(),
+        fallback_clip: vec![],
+        fallback_t5: vec![],
+        fallback_transformer: vec![],
+        fallback_vae_decoder: vec![],
+        torch_on_cpu: None,
+        step_order: None,
     };
-    let params: Vec<(&str, String)> = vec![
-        ("target", target.into()),
-        ("variant", exported_models.variant.value.name().into()),
-        ("default_height", default_height.to_string()),
-        ("default_width", default_width.to_string()),
-        (
-            "default_steps",
-            options.steps.map_or(defaults.steps, |s| s as usize).to_string(),
-        ),
-        ("default_guidance", defaults.guidance.to_string()),
-        ("default_max_sequence_length", default_length.to_string()),
-        (
-            "request_rules",
-            serde_json::to_string(&request_rules(options, limits)?)?,
-        ),
-        (
-            "max_batch_pixels",
-            serving
-                .max_batch_pixels(usize::try_from(limits.max_height * limits.max_width).context("image size")?)
-                .to_string(),
-        ),
-        ("network_timeout_ms", serving.network_timeout_ms.to_string()),
-        ("running_jobs", serving.running_jobs.to_string()),
-        ("clip_length", limits.clip_length.to_string()),
-        ("clip_pad_token", CLIP_PAD_TOKEN.into()),
-        ("t5_pad_token", T5_PAD_TOKEN.into()),
-        (
-            "vae_scaling_factor",
-            exported_models.vae_scaling_factor.value.to_string(),
-        ),
-        ("vae_shift_factor", exported_models.vae_shift_factor.value.to_string()),
-        ("network_max_batch", limits.network_max_batch.to_string()),
-        ("input_dtypes", serde_json::to_string(&dtypes)?),
-    ];
-    c.parameters = params.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     for (network, names) in models {
-        c.parameters.push((format!("model_{network}"), names[0].clone()));
-        if names.len() > 1 {
-            c.parameters.push((format!("fallback_{network}"), names[1..].join(",")));
-        }
+        parameters.set_models(fluxbuild_contract::Network::parse(network)?, names);
     }
+    c.parameters = parameters.to_strings()?;
     let files = vec![
         (
             PathBuf::from("1/model.py"),
@@ -356,6 +351,10 @@ pub fn orchestrator(
         (
             PathBuf::from("1/flux_bytes.py"),
             Source::Bytes(ORCHESTRATOR_BYTES_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/flux_params.py"),
+            Source::Bytes(ORCHESTRATOR_PARAMS_PY.as_bytes().to_vec()),
         ),
         (
             PathBuf::from("1/tokenizer/tokenizer.json"),

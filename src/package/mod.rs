@@ -9,15 +9,21 @@ pub mod config;
 pub mod layout;
 pub mod source;
 
+use crate::export::ExportManifest;
+use crate::generate::models::Sourced;
 use crate::generate::request::{self, MAX_PROMPT_BYTES, MAX_SEQUENCE_LENGTH, MEMORY_BUDGET_BYTES};
+use crate::generate::scheduler::SchedulerConfig;
 use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
+use crate::generate::Variant;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::EnginesManifest;
 use fluxbuild_contract::files::{sha256_file, write_atomic};
+use fluxbuild_contract::manifest::FileEntry;
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_contract::Network;
+use fluxbuild_exporters::precision::Precision;
 use layout::{Limits, ModelDir, Source};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use source::{fixed, Exported};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,16 +31,10 @@ use std::path::{Path, PathBuf};
 /// The `kind` of a repository's manifest.json.
 pub const REPOSITORY_KIND: &str = "fluxbuild triton repository";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// Python-backend models running the ONNX graphs with ONNX Runtime on the CPU.
-    Cpu,
-    /// TensorRT plans (KIND_GPU) from `--engines`.
-    Gpu,
-}
+pub use fluxbuild_contract::orchestrator::Target;
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Options {
     pub models: PathBuf,
     pub out: PathBuf,
@@ -63,7 +63,8 @@ pub struct Options {
 }
 
 /// How the orchestrator admits, queues and times out requests.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Serving {
     /// Bytes per prompt (refused beyond, before tokenizing).
     pub max_prompt_bytes: usize,
@@ -113,6 +114,46 @@ impl Serving {
     /// `largest_image` pixels each.
     pub fn max_batch_pixels(&self, largest_image: usize) -> usize {
         request::max_batch_pixels(self.budget(), largest_image.min(self.max_image_pixels()))
+    }
+}
+
+/// `REPOSITORY/manifest.json`: what the repository was made from and with which settings, the
+/// limits it serves, its models, and every file with its sha256.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryManifest {
+    /// [`REPOSITORY_KIND`]
+    pub kind: String,
+    /// The fluxbuild version that wrote it.
+    pub fluxbuild: String,
+    pub target: Target,
+    pub variant: Sourced<Variant>,
+    pub vae_scaling_factor: Sourced<f64>,
+    pub vae_shift_factor: Sourced<f64>,
+    pub scheduler: Sourced<SchedulerConfig>,
+    pub settings: Options,
+    pub limits: Limits,
+    /// One model folder each.
+    pub models: Vec<String>,
+    pub source: RepositorySource,
+    pub files: Vec<FileEntry>,
+}
+
+/// The stage outputs a repository was packaged from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySource {
+    /// The export folder.
+    pub models: PathBuf,
+    pub export_manifest_sha256: Option<String>,
+    pub engines_manifest_sha256: Option<String>,
+}
+
+impl RepositoryManifest {
+    pub fn read(repo: &Path) -> Result<RepositoryManifest> {
+        let path = repo.join("manifest.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a fluxbuild repository manifest", path.display()))
     }
 }
 
@@ -187,18 +228,14 @@ fn check_tokenizers(exported: &Exported) -> Result<()> {
 /// ONNX Runtime's CPU kernels have no bf16 MatMul, Conv or Softmax: a bf16 graph fails there at
 /// its first request. Refused here, where the fix (another `--precision`) is still cheap.
 fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
+    let manifest = exported.models.dir.join("manifest.json");
+    let settings = ExportManifest::read(&manifest).ok().map(|m| m.settings);
     for network in &exported.networks {
-        let manifest = exported.models.dir.join("manifest.json");
-        let settings = std::fs::read_to_string(&manifest)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map(|m| m["settings"].clone())
-            .unwrap_or_default();
         // `--emulate` writes fp32 graphs that round like bf16: those run.
-        let emulated = settings["emulated_in_fp32"].as_bool().unwrap_or(false);
-        let precision = settings["precision"][network.name.name()]
-            .as_str()
-            .filter(|_| !emulated);
+        let precision = settings
+            .as_ref()
+            .filter(|s| !s.emulated_in_fp32)
+            .and_then(|s| s.precision.get(network.name.name()));
         let bf16_io = network
             .interface
             .inputs
@@ -213,7 +250,7 @@ fn refuse_bf16_on_cpu(exported: &Exported) -> Result<()> {
                 value.name
             );
         }
-        if precision == Some("bf16") {
+        if precision == Some(&Precision::Bf16) {
             bail!(
                 "{}: a bf16 graph ({} says so), which the cpu target (ONNX Runtime's CPU kernels) cannot run; \
                  export with --precision fp32 or fp16 for the cpu target (bf16 is for --target gpu)",
@@ -333,29 +370,32 @@ fn write_repository(
         for file in &files {
             let path = tmp.join(file);
             let bytes = std::fs::metadata(&path)?.len();
-            listed.push(json!({ "path": file, "bytes": bytes, "sha256": sha256_file(&path)? }));
+            listed.push(FileEntry::new(tmp, &path, bytes, sha256_file(&path)?));
             bar.inc(bytes);
         }
         bar.finish_and_clear();
         let models: Vec<String> = dirs.iter().map(|d| d.config.name.clone()).collect();
-        let manifest = json!({
-            "kind": REPOSITORY_KIND,
-            "fluxbuild": env!("CARGO_PKG_VERSION"),
-            "target": options.target,
-            "variant": exported.models.variant,
-            "vae_scaling_factor": exported.models.vae_scaling_factor,
-            "vae_shift_factor": exported.models.vae_shift_factor,
-            "scheduler": exported.models.scheduler,
-            "settings": options,
-            "limits": limits,
-            "models": models,
-            "source": {
-                "models": exported.models.dir,
-                "export_manifest_sha256": sha256_file(&exported.models.dir.join("manifest.json")).ok(),
-                "engines_manifest_sha256": options.engines.as_ref().and_then(|e| sha256_file(&e.join("manifest.json")).ok()),
+        let manifest = RepositoryManifest {
+            kind: REPOSITORY_KIND.into(),
+            fluxbuild: env!("CARGO_PKG_VERSION").into(),
+            target: options.target,
+            variant: exported.models.variant.clone(),
+            vae_scaling_factor: exported.models.vae_scaling_factor.clone(),
+            vae_shift_factor: exported.models.vae_shift_factor.clone(),
+            scheduler: exported.models.scheduler.clone(),
+            settings: options.clone(),
+            limits: limits.clone(),
+            models: models.clone(),
+            source: RepositorySource {
+                models: exported.models.dir.clone(),
+                export_manifest_sha256: sha256_file(&exported.models.dir.join("manifest.json")).ok(),
+                engines_manifest_sha256: options
+                    .engines
+                    .as_ref()
+                    .and_then(|e| sha256_file(&e.join("manifest.json")).ok()),
             },
-            "files": listed,
-        });
+            files: listed,
+        };
         crash_point("package-before-manifest");
         write_atomic(
             &tmp.join("manifest.json"),

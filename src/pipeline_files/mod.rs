@@ -13,7 +13,7 @@ use crate::generate::scheduler::SchedulerConfig;
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use crate::generate::Variant;
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Where the user pointed for each file (all optional).
@@ -37,7 +37,7 @@ pub struct PipelineFile {
     pub vocab_size: Option<usize>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
     /// `--tokenizer`, `--tokenizer-2` or `--scheduler`.

@@ -40,6 +40,7 @@ import time
 import flux_arrays
 import flux_bytes
 import flux_fallback
+import flux_params
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from flux_arrays import pack, unpack
@@ -418,47 +419,17 @@ class Reply:
         return True
 
 
-class Settings:
-    def __init__(self, params):
-        def get(key):
-            if key not in params:
-                raise pb_utils.TritonModelException(f"config.pbtxt of flux lacks the parameter '{key}'")
-            return params[key]
-
-        self.target = get("target")
-        self.variant = get("variant")
-        self.default_height = int(get("default_height"))
-        self.default_width = int(get("default_width"))
-        self.default_steps = int(get("default_steps"))
-        self.default_guidance = float(get("default_guidance"))
-        self.default_max_sequence_length = int(get("default_max_sequence_length"))
-        self.rules = json.loads(get("request_rules"))
-        self.max_batch_pixels = int(get("max_batch_pixels"))
-        self.network_timeout_us = int(get("network_timeout_ms")) * 1000
-        self.clip_length = int(get("clip_length"))
-        self.clip_pad_token = get("clip_pad_token")
-        self.t5_pad_token = get("t5_pad_token")
-        self.vae_scaling_factor = float(get("vae_scaling_factor"))
-        self.vae_shift_factor = float(get("vae_shift_factor"))
-        self.network_max_batch = int(get("network_max_batch"))
-        self.models = {n: [get(f"model_{n}")] + [m for m in params.get(f"fallback_{n}", "").split(",") if m] for n in NETWORKS}
-        # Names (float32, float16, bfloat16, int64), mapped to numpy or torch types by the arrays in use.
-        self.dtypes = json.loads(get("input_dtypes"))
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.settings = s = Settings(params)
-        flux_bytes.install(s.rules["max_prompt_bytes"])
+        self.settings = s = flux_params.read(args["model_config"])
+        flux_bytes.install(s.request_rules["max_prompt_bytes"])
         here = os.path.join(args["model_repository"], args["model_version"])
         self.clip_tokenizer = self._tokenizer(os.path.join(here, "tokenizer", "tokenizer.json"), s.clip_pad_token)
         self.t5_tokenizer = self._tokenizer(os.path.join(here, "tokenizer_2", "tokenizer.json"), s.t5_pad_token)
         with open(os.path.join(here, "scheduler", "scheduler_config.json")) as f:
             self.scheduler = FlowMatchEuler(json.load(f))
-        self.precision_sets = flux_fallback.PrecisionSets(s.models)
-        self.new_arrays = flux_arrays.for_instance(s.target, args, params.get("torch_on_cpu") == "true", s.dtypes)
+        self.precision_sets = flux_fallback.PrecisionSets({n: s.models_of(n) for n in NETWORKS})
+        self.new_arrays = flux_arrays.for_instance(s.target, args, s.torch_on_cpu, s.input_dtypes)
         self.copies = pb_utils.MetricFamily(
             name="flux_host_device_copies_total",
             description="Tensor copies between host and device memory made by the flux orchestrator",
@@ -472,9 +443,7 @@ class TritonPythonModel:
         )
         self.images = self.images_family.Metric(labels={})
         self.logger = pb_utils.Logger
-        self.step_scheduler = StepScheduler(
-            args["model_name"], int(params["running_jobs"]), shortest_first=params.get("step_order", "shortest_first") == "shortest_first"
-        )
+        self.step_scheduler = StepScheduler(args["model_name"], s.running_jobs, shortest_first=s.step_order == "shortest_first")
 
     def finalize(self):
         self.step_scheduler.close()
@@ -495,15 +464,15 @@ class TritonPythonModel:
     def _check_networks(self):
         """Every network needs a ready model (its own or a fallback): else UNAVAILABLE, before any work."""
         for network in NETWORKS:
-            if not any(pb_utils.is_model_ready(model_name=m) for m in self.settings.models[network]):
-                names = ", ".join(f"'{m}'" for m in self.settings.models[network])
+            if not any(pb_utils.is_model_ready(model_name=m) for m in self.settings.models_of(network)):
+                names = ", ".join(f"'{m}'" for m in self.settings.models_of(network))
                 raise NetworkError(network, f"no model of it is ready ({names}: unloaded, loading or failed)", unavailable=True)
 
     # ---- parsing and validation ------------------------------------------------------------
 
     def _parse(self, request, index):
         """The request's prompts as Items, checked against the rules table (the CLI's order)."""
-        s, rules = self.settings, self.settings.rules
+        s, rules = self.settings, self.settings.request_rules
         prompt = pb_utils.get_input_tensor_by_name(request, "prompt")
         if prompt is None or prompt.as_numpy().size == 0:
             raise RequestError("prompt_missing", "no prompt given (input 'prompt', TYPE_STRING [1] per image)")
@@ -706,7 +675,7 @@ class TritonPythonModel:
             inputs=inputs,
             requested_output_names=outputs,
             request_id=request_id,
-            timeout=self.settings.network_timeout_us,
+            timeout=self.settings.network_timeout_ms * 1000,
             preferred_memory=xp.preferred_memory(),
             trace=items[0].source.trace(),
         )
@@ -772,22 +741,22 @@ class TritonPythonModel:
         text = xp.from_output(text)
 
         noise = np.stack([i.noise if i.noise is not None else noise_v1(i.seed, (LATENT_CHANNELS, 2 * rows, 2 * cols)) for i in items])
-        latent_dtype = s.dtypes["hidden_states"]
+        latent_dtype = s.input_dtypes["hidden_states"]
         latents = xp.cast(pack(xp.upload(noise), rows, cols), latent_dtype)
-        img_ids = xp.image_ids(rows, cols, s.dtypes["img_ids"])
-        txt_ids = xp.full((length, 3), 0.0, s.dtypes["txt_ids"])
+        img_ids = xp.image_ids(rows, cols, s.input_dtypes["img_ids"])
+        txt_ids = xp.full((length, 3), 0.0, s.input_dtypes["txt_ids"])
         guidance = None
-        if "guidance" in s.dtypes:
-            guidance = xp.vector([i.guidance for i in items], s.dtypes["guidance"])
+        if "guidance" in s.input_dtypes:
+            guidance = xp.vector([i.guidance for i in items], s.input_dtypes["guidance"])
 
         sigmas = self.scheduler.sigmas(first.steps, rows * cols)
         for step in range(first.steps):
             await self._turn(job, items, first.steps - step, counts_as_step=True)
-            timestep = xp.full((b,), self.scheduler.model_timestep(sigmas[step]), s.dtypes["timestep"])
+            timestep = xp.full((b,), self.scheduler.model_timestep(sigmas[step]), s.input_dtypes["timestep"])
             inputs = [
                 xp.to_input("hidden_states", latents),
-                xp.to_input("encoder_hidden_states", xp.cast(text, s.dtypes["encoder_hidden_states"])),
-                xp.to_input("pooled_projections", xp.cast(pooled, s.dtypes["pooled_projections"])),
+                xp.to_input("encoder_hidden_states", xp.cast(text, s.input_dtypes["encoder_hidden_states"])),
+                xp.to_input("pooled_projections", xp.cast(pooled, s.input_dtypes["pooled_projections"])),
                 xp.to_input("timestep", timestep),
                 xp.to_input("img_ids", img_ids),
                 xp.to_input("txt_ids", txt_ids),
@@ -801,7 +770,7 @@ class TritonPythonModel:
 
         latent = unpack(xp.float32(latents), rows, cols) / s.vae_scaling_factor + s.vae_shift_factor  # float32, as diffusers
         await self._turn(job, items, 0, counts_as_step=False)
-        (decoded,) = await self._infer(xp, items, "vae_decoder", [xp.to_input("latent", xp.cast(latent, s.dtypes["latent"]))], ["images"])
+        (decoded,) = await self._infer(xp, items, "vae_decoder", [xp.to_input("latent", xp.cast(latent, s.input_dtypes["latent"]))], ["images"])
         pixels = xp.download(xp.to_uint8_hwc(xp.from_output(decoded)))
         if pixels.shape[1:] != (height, width, 3):
             raise NetworkError("vae_decoder", f"returned images of shape {list(pixels.shape[1:3])}, expected [{height}, {width}]")
