@@ -18,7 +18,7 @@ use fluxbuild_engines::stage::EnginesStageManifest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use triton_support::{export, fluxbuild_ok, package_cpu, path};
+use triton_support::{export, fluxbuild, fluxbuild_ok, package_cpu, path};
 
 /// `manifest.json` in `dir` with `key: 1` added at the top level and in its first record
 /// (`submodels`, or `limits` for the repository): both copies must be refused.
@@ -63,8 +63,9 @@ fn every_stage_manifest_loads_into_its_typed_records() {
         "--out",
         path(&engines),
     ]);
-    let repo = dir.path().join("repo");
-    fluxbuild_ok(&[
+    // TensorRT-RTX plans are no Triton repository's: refused before anything is written.
+    let gpu_repo = dir.path().join("repo-gpu");
+    let (ok, _, stderr) = fluxbuild(&[
         "package",
         "--models",
         path(&models),
@@ -73,8 +74,16 @@ fn every_stage_manifest_loads_into_its_typed_records() {
         "--target",
         "gpu",
         "--out",
-        path(&repo),
+        path(&gpu_repo),
     ]);
+    assert!(!ok && stderr.contains("--runtime tensorrt-rtx"), "{stderr}");
+    assert!(
+        stderr.contains(&engines.join("manifest.json").display().to_string()),
+        "{stderr}"
+    );
+    assert!(!gpu_repo.exists(), "a refused package wrote {}", gpu_repo.display());
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
 
     let exported = ExportManifest::read(&models.join("manifest.json")).unwrap();
     assert_eq!(exported.kind, "export");

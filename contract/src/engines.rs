@@ -23,6 +23,52 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnginesManifest {
     pub engines: Vec<Engine>,
+    /// What built them (absent from hand-written lists, which stand for TensorRT plans).
+    #[serde(default)]
+    pub settings: Option<BuiltWith>,
+}
+
+/// The part of the engines stage's settings a reader of the list needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuiltWith {
+    pub runtime: Runtime,
+}
+
+/// Which TensorRT builds (and later runs) the engines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// Standard TensorRT on a GPU host (Triton's `tensorrt_plan`; data-centre GPUs).
+    #[default]
+    Tensorrt,
+    /// TensorRT-RTX: built ahead of time on any machine, no GPU needed; the engines run on
+    /// RTX / Ampere-or-newer GPUs of the chosen compute capabilities.
+    TensorrtRtx,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Tensorrt => "tensorrt",
+            Runtime::TensorrtRtx => "tensorrt-rtx",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Runtime> {
+        [Runtime::Tensorrt, Runtime::TensorrtRtx]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown runtime {s:?} (tensorrt, tensorrt-rtx)"))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

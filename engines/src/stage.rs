@@ -203,5 +203,8 @@ pub fn package_view(records: &BTreeMap<String, EngineRecord>) -> EnginesManifest
                 .collect(),
         })
         .collect();
-    EnginesManifest { engines }
+    EnginesManifest {
+        engines,
+        settings: None,
+    }
 }

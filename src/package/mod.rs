@@ -16,7 +16,7 @@ use crate::generate::scheduler::SchedulerConfig;
 use crate::generate::tokenize::{PromptTokenizer, CLIP_LENGTH};
 use crate::generate::Variant;
 use anyhow::{bail, Context, Result};
-use fluxbuild_contract::engines::EnginesManifest;
+use fluxbuild_contract::engines::{BuiltWith, EnginesManifest, Runtime};
 use fluxbuild_contract::files::{sha256_file, write_atomic};
 use fluxbuild_contract::manifest::FileEntry;
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
@@ -200,6 +200,19 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
                 .as_ref()
                 .context("--target gpu needs --engines DIR (what `fluxbuild build` writes)")?;
             let manifest = EnginesManifest::read(dir)?;
+            // Triton's TensorRT backend deserializes plans with standard TensorRT, which cannot load
+            // TensorRT-RTX plans (weightless ones even less): refuse them here, not at model load.
+            if let Some(BuiltWith {
+                runtime: Runtime::TensorrtRtx,
+            }) = manifest.settings
+            {
+                bail!(
+                    "{}/manifest.json: these engines were built with --runtime tensorrt-rtx (for RTX and \
+                     Ampere-or-newer applications), which Triton's TensorRT backend cannot load; build the \
+                     repository's engines with `fluxbuild build --runtime tensorrt` on the GPU host",
+                    dir.display()
+                );
+            }
             for network in &exported.networks {
                 let engines = manifest.of(network.name);
                 if engines.is_empty() {
