@@ -10,7 +10,8 @@ use fluxbuild::client::Tensor;
 use fluxbuild::deploy::perf_data::model_inputs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use triton_support::{export, fluxbuild, fluxbuild_ok, package_cpu, path, start};
+use std::time::Instant;
+use triton_support::{export, fluxbuild, fluxbuild_ok, package_cpu, path, start, stub_pid};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -113,17 +114,7 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
     }
 
     let url = server.url();
-    let probe = |models: &str| {
-        let output = Command::new("python3")
-            .arg(root().join("deploy/ready.py"))
-            .args(["--url", &url, "--models", models])
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let probe = |models: &str| probe_with(&url, &["--models", models]);
     let all = "clip,t5,transformer,vae_decoder,flux";
     assert_eq!(probe(all), (true, String::new()));
     client.repository("transformer", "unload").unwrap();
@@ -132,9 +123,49 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
     assert!(!ready && why.starts_with("not ready: /v2/"), "{why}");
     client.repository("transformer", "load").unwrap();
     assert_eq!(probe(all), (true, String::new()));
+
+    // Liveness: a killed backend stub leaves its model READY (Triton does not notice); the
+    // liveness probe does, so the kubelet restarts the container.
+    let live = || probe_with(&url, &["--live"]);
+    assert_eq!(live(), (true, String::new()));
+    let pid = stub_pid(&repo, "transformer");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let started = Instant::now();
+    let why = loop {
+        match live() {
+            (false, why) => break why,
+            (true, _) => assert!(started.elapsed().as_secs() < 5, "live 5 s after its stub was killed"),
+        }
+    };
+    eprintln!(
+        "transformer stub killed: not live after {:.2} s: {why}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(why.contains("model(s) transformer READY without a live"), "{why}");
+    assert!(
+        client.model_ready("transformer").unwrap(),
+        "Triton itself still calls it ready"
+    );
+
     server.stop().unwrap();
     let (ready, why) = probe(all);
     assert!(!ready && why.contains("/v2/health/ready"), "server stopped: {why}");
+    let (alive, why) = live();
+    assert!(!alive && why.starts_with("not live: "), "server stopped: {why}");
+}
+
+/// `deploy/ready.py --url URL ARGS`: (exit 0, its stderr).
+fn probe_with(url: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new("python3")
+        .arg(root().join("deploy/ready.py"))
+        .args(["--url", url])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]

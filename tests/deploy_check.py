@@ -74,6 +74,13 @@ def probe_models(probe):
 
 
 # ---- Helm ---------------------------------------------------------------------------------------
+def is_liveness_probe(probe, port):
+    """`deploy/ready.py --live` (the server and every Python-backend stub) on the HTTP port."""
+    command = probe.get("exec", {}).get("command", [])
+    return (command[:2] == ["python3", "/opt/fluxbuild/ready.py"] and "--live" in command
+            and arg(command, "--url") == f"http://127.0.0.1:{port}")
+
+
 def check_chart(repo_models):
     lint = helm.lint(str(CHART), GPU, strict=True, kube_version=KUBE_VERSION)
     errors = [m for m in lint["messages"] if m["severity"] >= 3] + lint["errors"]
@@ -123,7 +130,7 @@ def check_chart(repo_models):
           "readiness runs deploy/ready.py against the HTTP port")
     check(sorted(probe_models(readiness)) == sorted(repo_models),
           f"readiness probes exactly the packaged repository's models: {probe_models(readiness)} vs {repo_models}")
-    check(c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}, "liveness on /v2/health/live")
+    check(is_liveness_probe(c["livenessProbe"], 8000), "liveness runs deploy/ready.py --live against the HTTP port")
     check(c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready", "startup waits for /v2/health/ready")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     check(annotations.get("prometheus.io/port") == "8002", "pods annotated for Prometheus on the metrics port")
@@ -290,6 +297,7 @@ def check_kserve(repo_models):
     check(arg(c["args"], "--model-repository") == "/mnt/models", "KServe runtime reads KServe's /mnt/models")
     check(arg(c["args"], "--http-port") == str(c["ports"][0]["containerPort"]), "KServe runtime listens on its port")
     check(sorted(probe_models(c["readinessProbe"])) == sorted(repo_models), "KServe readiness probes all five models")
+    check(is_liveness_probe(c["livenessProbe"], 8080), "KServe liveness runs deploy/ready.py --live against the HTTP port")
     check(str(model["resources"]["limits"]["nvidia.com/gpu"]) == "1", "KServe: one GPU per pod")
     image = c["image"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -17,7 +17,9 @@ use fluxbuild::serve::{Installation, Server, ServerOptions};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use triton_support::{assert_served_equals_local, export, fluxbuild, fluxbuild_ok, package_cpu, path, psnr, start};
+use triton_support::{
+    assert_served_equals_local, export, fluxbuild, fluxbuild_ok, package_cpu, path, psnr, start, stub_pid,
+};
 
 /// The package's default size and steps (`package_cpu`).
 const SIZE: usize = 64;
@@ -617,18 +619,7 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
     };
     wait(true, 180.0);
     let before = client.generate(&remote(&client, &PROMPTS[..1], 3)).unwrap();
-    let stub = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(&format!(
-                "{}/transformer/1/model.py",
-                repo.canonicalize().unwrap().display()
-            ))
-        })
-        .expect("the transformer's backend stub");
-    let pid: i32 = stub.file_name().to_string_lossy().parse().unwrap();
+    let pid = stub_pid(&repo, "transformer");
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let noticed = wait(false, 5.0);
     let recovered = wait(true, 60.0);

@@ -115,3 +115,16 @@ pub fn start_on(install: &Installation, repo: &Path, explicit_model_control: boo
 pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     fluxbuild::accuracy::psnr(a, b).unwrap_or(f64::INFINITY)
 }
+
+/// The process id of `model`'s Python backend stub.
+pub fn stub_pid(repo: &Path, model: &str) -> i32 {
+    let script = format!("{}/{model}/1/model.py", repo.canonicalize().unwrap().display());
+    let stub = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).contains(&script)
+        })
+        .unwrap_or_else(|| panic!("no backend stub runs {script}"));
+    stub.file_name().to_string_lossy().parse().unwrap()
+}
