@@ -278,9 +278,8 @@ fn fill_stacked<const I: usize, const O: usize>(
 }
 
 /// Rows `first_out_row..` of the transpose (= columns of the stacked matrix, `rows` long) into
-/// `out`, tile by tile so that reads and writes both stay in cache, each tile in 8x8 squares held
-/// in registers (fixed-size arrays: no bounds checks, and the compiler unrolls them); returns the
-/// number of saturated values.
+/// `out`, tile by tile so that reads and writes both stay in cache; returns the number of
+/// saturated values.
 fn fill_transposed<const I: usize, const O: usize>(
     out: &mut [[u8; O]],
     first_out_row: usize,
@@ -289,45 +288,20 @@ fn fill_transposed<const I: usize, const O: usize>(
     rows: usize,
     convert: &impl Fn([u8; I]) -> ([u8; O], bool),
 ) -> u64 {
-    const TILE: usize = 256;
-    const SQUARE: usize = 8;
+    const TILE: usize = 64;
     let mut saturated = 0;
     let out_rows = out.len() / rows;
     for block in blocks {
         let block_rows = block.elems.len() / cols;
-        // Input element (r, oc) of this block; output element (oc, r) of this thread's rows.
-        let at = |r: usize, oc: usize| r * cols + first_out_row + oc;
-        let to = |oc: usize, r: usize| oc * rows + block.first_row + r;
-        let square = |r: usize, oc: usize, out: &mut [[u8; O]]| {
-            let src: [&[[u8; I]; SQUARE]; SQUARE] =
-                std::array::from_fn(|i| block.elems[at(r + i, oc)..][..SQUARE].try_into().unwrap());
-            let mut count = 0;
-            for j in 0..SQUARE {
-                let dst: &mut [[u8; O]; SQUARE] = (&mut out[to(oc + j, r)..][..SQUARE]).try_into().unwrap();
-                for i in 0..SQUARE {
-                    let (y, s) = convert(src[i][j]);
-                    dst[i] = y;
-                    count += s as u64;
-                }
-            }
-            count
-        };
         for r0 in (0..block_rows).step_by(TILE) {
             let r1 = (r0 + TILE).min(block_rows);
             for c0 in (0..out_rows).step_by(TILE) {
-                let c1 = (c0 + TILE).min(out_rows);
-                // Whole squares, then the ragged right and bottom edges one element at a time.
-                let (r_whole, c_whole) = (r0 + (r1 - r0) / SQUARE * SQUARE, c0 + (c1 - c0) / SQUARE * SQUARE);
-                for oc in (c0..c_whole).step_by(SQUARE) {
-                    for r in (r0..r_whole).step_by(SQUARE) {
-                        saturated += square(r, oc, out);
-                    }
-                }
-                for oc in c0..c1 {
-                    let edge = if oc < c_whole { r_whole } else { r0 };
-                    for r in edge..r1 {
-                        let (y, s) = convert(block.elems[at(r, oc)]);
-                        out[to(oc, r)] = y;
+                for oc in c0..(c0 + TILE).min(out_rows) {
+                    let c = first_out_row + oc;
+                    let dst = &mut out[oc * rows + block.first_row..][..block_rows];
+                    for (d, r) in dst[r0..r1].iter_mut().zip(r0..) {
+                        let (y, s) = convert(block.elems[r * cols + c]);
+                        *d = y;
                         saturated += s as u64;
                     }
                 }
