@@ -19,8 +19,16 @@ $(ORT_DYLIB_PATH):
 $(FLUXBUILD_TENSORRT_RTX_DIR)/libtensorrt_rtx.so.$(TRT_RTX_VERSION):
 	TRT_RTX_VERSION=$(TRT_RTX_VERSION) TRT_RTX_DIR=$(FLUXBUILD_TENSORRT_RTX_DIR) bash scripts/fetch-tensorrt-rtx.sh
 
-test: setup triton-venv torch-site deploy-venv
+# The Python environments (network-bound: torch alone is 5.3 GB) install while the tests compile
+# (CPU-bound), then the tests run.
+test: setup
+	$(MAKE) --no-print-directory -j3 test-environments test-build
 	$(CARGO) test --workspace
+
+.PHONY: test-environments test-build
+test-environments: triton-venv torch-site deploy-venv
+test-build:
+	$(CARGO) test --workspace --no-run
 
 # The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
 # a cpu Triton repository, a real Triton server on 127.0.0.1:$(DEMO_PORT), the image through it
@@ -74,10 +82,13 @@ engines: system-deps
 gpu-check: system-deps
 	bash scripts/gpu-check.sh
 
-# Export benchmark (not a test): full-size synthetic checkpoint -> ONNX vs a plain copy; writes bench/export.md.
-.PHONY: bench-export
+# Export benchmarks (not tests): full-size synthetic checkpoint -> ONNX vs a plain copy; write
+# bench/export.md (bf16) and bench/export-fp8.md (fp8, synthetic calibration table).
+.PHONY: bench-export bench-export-fp8
 bench-export:
 	bash scripts/bench-export.sh
+bench-export-fp8:
+	PRECISION=fp8 REPORT=bench/export-fp8.md bash scripts/bench-export.sh
 
 # ---- Deployment (deploy/: Dockerfile, Helm chart, KServe) ----------------------------------
 # Helm's SDK, kubernetes-validate, hadolint and the KServe SDK's CRD models from PyPI check deploy/

@@ -7,10 +7,10 @@
 # "ratio", "target", "met"}]}` (bench/<name>.json; see scripts/bench-slice.sh). A target that is
 # missing here is listed as not run; one without a summary is linked by its report only.
 #
-#   BENCHMARKS="bench-export bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory"   (the order they run in)
+#   BENCHMARKS="bench-export bench-export-fp8 bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory"   (the order they run in)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BENCHMARKS=${BENCHMARKS:-bench-export bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory}
+BENCHMARKS=${BENCHMARKS:-bench-export bench-export-fp8 bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory}
 started=$(date -u +%s)
 status=()
 for target in $BENCHMARKS; do

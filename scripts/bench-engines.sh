@@ -94,10 +94,7 @@ trap cleanup EXIT
 cleanup
 export_extra=()
 if [[ $PRECISION == fp8* ]]; then
-    hash_file="$checkpoint/transformer/sha256"
-    [[ -s $hash_file && $hash_file -nt $input ]] || sha256sum "$input" | cut -d' ' -f1 > "$hash_file"
-    python3 scripts/bench_synth_calibration.py "$TENSOR_NAMES/flux1_dev_transformer.tsv" "$(cat "$hash_file")" \
-        "$BENCH_DIR/calibration.json"
+    synthetic_calibration "$input" "$BENCH_DIR/calibration.json"
     export_extra=(--calibration "$BENCH_DIR/calibration.json")
 fi
 targets=(); [[ -n "${COMPUTE_CAPABILITY:-}" ]] && targets=(--compute-capability "$COMPUTE_CAPABILITY")

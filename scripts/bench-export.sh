@@ -4,7 +4,8 @@
 # the same file. Writes bench/export.md. Needs disk for the input and the output (2 × 23.8 GB for
 # the FLUX.1-dev transformer); says so and exits 2 when there is not enough.
 #
-#   MODEL=transformer|clip|t5|vae   LAYOUT=diffusers|bfl (transformer, vae)   PRECISION=bf16
+#   MODEL=transformer|clip|t5|vae   LAYOUT=diffusers|bfl (transformer, vae)
+#   PRECISION=bf16 (fp8: the transformer, with a synthetic calibration table)
 #   BENCH_DIR=bench/tmp             MAX_COUNT=N (fewer blocks: a quick, smaller run)
 #   INPUT_DIR=<folder>  keep the synthetic checkpoint there and reuse it when present (a shared
 #                       one: /work/bench-data on the team machine; run under flock, see HELPERS)
@@ -56,7 +57,7 @@ fi
 out_dir="$BENCH_DIR/out"
 copy="$BENCH_DIR/copy.safetensors"
 cleanup() {
-    rm -rf "$out_dir" "$copy"
+    rm -rf "$out_dir" "$copy" "$BENCH_DIR/calibration.json"
     [[ -n "${INPUT_DIR:-}" ]] || rm -rf "$in_dir"
 }
 trap cleanup EXIT
@@ -79,9 +80,15 @@ echo "bench-export: plain copy" >&2
 timed "$BENCH_DIR/t_cp" sh -c "cp --reflink=never '$in_dir/$input' '$copy' && sync '$copy'"
 rm -f "$copy"
 
+export_extra=()
+if [[ $PRECISION == fp8* ]]; then
+    [[ $MODEL == transformer ]] || fail "PRECISION=$PRECISION: fp8 quantizes the transformer only"
+    synthetic_calibration "$in_dir/$input" "$BENCH_DIR/calibration.json"
+    export_extra=(--calibration "$BENCH_DIR/calibration.json")
+fi
 echo "bench-export: fluxbuild export $flag ... --precision $PRECISION" >&2
 timed "$BENCH_DIR/t_export" $bin/fluxbuild export "$flag" "$in_dir/$source" --only "$submodel" \
-    --precision "$PRECISION" --out "$out_dir" > "$BENCH_DIR/export.log" 2>&1 \
+    --precision "$PRECISION" "${export_extra[@]}" --out "$out_dir" > "$BENCH_DIR/export.log" 2>&1 \
     || { cat "$BENCH_DIR/export.log" >&2; fail "the export failed"; }
 out_bytes=$(du -sb "$out_dir" | cut -f1)
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -20,6 +20,8 @@ pub const DATA_ALIGNMENT: u64 = PAGE as u64;
 const STAGING: usize = 8 << 20;
 /// Initializers at most this large stay inside the protobuf.
 const INLINE_LIMIT: usize = 1024;
+/// Writes at least this large are hashed on a thread of their own while they are written.
+const HASH_BESIDE_WRITE: usize = 1 << 20;
 
 /// What was written, for manifests.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -206,8 +208,19 @@ impl DataFile {
     }
 
     fn write_pages(&mut self, pages: &[u8]) -> Result<()> {
-        self.hasher.update(pages);
-        match self.file.write_all(pages) {
+        // The hash (about 1.2 GB/s, one core) runs beside the write rather than before it: in a
+        // row, the two were the critical path of a full-size export.
+        let (hasher, file) = (&mut self.hasher, &mut self.file);
+        let written = if pages.len() < HASH_BESIDE_WRITE {
+            hasher.update(pages);
+            file.write_all(pages)
+        } else {
+            std::thread::scope(|s| {
+                s.spawn(|| hasher.update(pages));
+                file.write_all(pages)
+            })
+        };
+        match written {
             // Some file systems open O_DIRECT files but refuse the writes: carry on buffered.
             Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 self.direct = false;

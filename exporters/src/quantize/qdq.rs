@@ -16,11 +16,13 @@
 
 use super::fp8::scale_for;
 use super::{Fp8Policy, Fp8Summary, WeightScaling};
+use crate::checkpoint::TensorRef;
 use crate::onnx::encode::encode_f32;
 use crate::onnx::ir::{Attr, Graph, InitData, Initializer, Node, WeightPlan};
 use crate::onnx::ElemType;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 
 /// Opset that has QuantizeLinear/DequantizeLinear with FLOAT8E4M3FN.
 pub const FP8_OPSET: i64 = 19;
@@ -170,19 +172,32 @@ fn qdq_node(op: &str, weight: &str, inputs: &[&str], output: &str, attrs: Vec<(S
 }
 
 /// amax of the whole weight, or of each output channel (rows of the PyTorch [out, in] layout;
-/// columns when the plan is not transposed).
+/// columns when the plan is not transposed). The rows are shared out among the cores: a
+/// full-size transformer's weights are 23.8 GB, read here once before they are written.
 fn weight_amax(plan: &WeightPlan<'_>, scaling: WeightScaling) -> Vec<f32> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::with_capacity(plan.rows());
     let mut cols = vec![0f32; plan.cols];
-    let mut buf = Vec::with_capacity(plan.cols);
     for part in &plan.parts {
-        let row_bytes = plan.cols * part.tensor.dtype().size();
-        for r in part.rows.clone() {
-            buf.clear();
-            part.tensor
-                .decode_into(&part.tensor.bytes()[r * row_bytes..(r + 1) * row_bytes], &mut buf);
-            rows.push(buf.iter().fold(0f32, |m, v| m.max(v.abs())));
-            cols.iter_mut().zip(&buf).for_each(|(c, v)| *c = c.max(v.abs()));
+        let per_thread = part.rows.len().div_ceil(threads).max(1);
+        let shares: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+            let running: Vec<_> = part
+                .rows
+                .clone()
+                .step_by(per_thread)
+                .map(|first| {
+                    let share = first..(first + per_thread).min(part.rows.end);
+                    s.spawn(move || row_and_column_amax(&part.tensor, share, plan.cols))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().expect("an amax thread panicked"))
+                .collect()
+        });
+        for (share_rows, share_cols) in shares {
+            rows.extend(share_rows);
+            cols.iter_mut().zip(share_cols).for_each(|(c, v)| *c = c.max(v));
         }
         part.tensor.release();
     }
@@ -191,4 +206,19 @@ fn weight_amax(plan: &WeightPlan<'_>, scaling: WeightScaling) -> Vec<f32> {
         WeightScaling::PerChannel if plan.transpose => rows,
         WeightScaling::PerChannel => cols,
     }
+}
+
+/// (amax of each of `rows`, amax of each column over them) of a [_, cols] tensor.
+fn row_and_column_amax(tensor: &TensorRef<'_>, rows: Range<usize>, cols: usize) -> (Vec<f32>, Vec<f32>) {
+    let row_bytes = cols * tensor.dtype().size();
+    let mut row_amax = Vec::with_capacity(rows.len());
+    let mut col_amax = vec![0f32; cols];
+    let mut buf = Vec::with_capacity(cols);
+    for r in rows {
+        buf.clear();
+        tensor.decode_into(&tensor.bytes()[r * row_bytes..(r + 1) * row_bytes], &mut buf);
+        row_amax.push(buf.iter().fold(0f32, |m, v| m.max(v.abs())));
+        col_amax.iter_mut().zip(&buf).for_each(|(c, v)| *c = c.max(v.abs()));
+    }
+    (row_amax, col_amax)
 }
