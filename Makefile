@@ -27,8 +27,9 @@ test: setup
 
 .PHONY: test-environments test-build
 test-environments: triton-venv torch-site deploy-venv
+# Without make's job slots (cargo would share the three with the installs): all cores for rustc.
 test-build:
-	$(CARGO) test --workspace --no-run
+	env -u MAKEFLAGS -u MFLAGS $(CARGO) test --workspace --no-run
 
 # The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
 # a cpu Triton repository, a real Triton server on 127.0.0.1:$(DEMO_PORT), the image through it

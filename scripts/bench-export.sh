@@ -114,7 +114,7 @@ Output: $(gb $out_bytes) (model.onnx + model.onnx.data, with manifest).
 
 | step | wall s | peak RSS | user s | sys s |
 |---|---|---|---|---|
-| write the synthetic checkpoint (streamed) | $gen_s | $(mib $gen_kb) | $gen_user | $gen_sys |
+$(if ((reuse)); then echo "| the synthetic checkpoint: reused from INPUT_DIR | | | | |"; else echo "| write the synthetic checkpoint (streamed) | $gen_s | $(mib $gen_kb) | $gen_user | $gen_sys |"; fi)
 | \`cp\` + \`sync\` of the same file | $cp_s | $(mib $cp_kb) | $cp_user | $cp_sys |
 | \`fluxbuild export $flag ... --precision $PRECISION\` | $ex_s | $(mib $ex_kb) | $ex_user | $ex_sys |
 
