@@ -20,16 +20,29 @@ $(FLUXBUILD_TENSORRT_RTX_DIR)/libtensorrt_rtx.so.$(TRT_RTX_VERSION):
 	TRT_RTX_VERSION=$(TRT_RTX_VERSION) TRT_RTX_DIR=$(FLUXBUILD_TENSORRT_RTX_DIR) bash scripts/fetch-tensorrt-rtx.sh
 
 # The Python environments (network-bound: torch alone is 5.3 GB) install while the tests compile
-# (CPU-bound), then the tests run.
+# (CPU-bound). Then the test binaries that mostly wait on a real Triton server run beside the rest,
+# each group's output printed whole when it ends.
 test: setup
 	$(MAKE) --no-print-directory -j3 test-environments test-build
-	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-servers test-rest
 
-.PHONY: test-environments test-build
+# Every integration test of the workspace, by name; the server group is named, the rest is what is
+# left, so a new test file always runs. `--workspace` everywhere: the same feature resolution as the
+# build above, so nothing recompiles.
+INTEGRATION_TESTS := $(basename $(notdir $(wildcard tests/*.rs */tests/*.rs)))
+SERVER_TESTS := $(filter triton_% deploy,$(INTEGRATION_TESTS))
+TEST_RUN := env -u MAKEFLAGS -u MFLAGS $(CARGO) test --workspace
+
+.PHONY: test-environments test-build test-servers test-rest
 test-environments: triton-venv torch-site deploy-venv
 # Without make's job slots (cargo would share the three with the installs): all cores for rustc.
 test-build:
-	env -u MAKEFLAGS -u MFLAGS $(CARGO) test --workspace --no-run
+	$(TEST_RUN) --no-run
+test-servers:
+	$(TEST_RUN) $(addprefix --test ,$(SERVER_TESTS))
+test-rest:
+	$(TEST_RUN) --lib --bins $(addprefix --test ,$(filter-out $(SERVER_TESTS),$(INTEGRATION_TESTS)))
+	$(TEST_RUN) --doc
 
 # The README demo on the bundled tiny FLUX.1-dev checkpoint: inspect, export, lint, a local image,
 # a cpu Triton repository, a real Triton server on 127.0.0.1:$(DEMO_PORT), the image through it
@@ -121,10 +134,15 @@ bench-engines:
 	bash scripts/bench-engines.sh
 
 # Slice benchmark (not a test): the transformer at full width with 1 double + 2 single blocks:
-# export time per precision, ONNX Runtime session start against one inference; writes bench/slice.md.
-.PHONY: bench-slice
-bench-slice: triton-venv
-	bash scripts/bench-slice.sh
+# export time per precision, ONNX Runtime session start against one inference, and torch.onnx
+# (dynamo, diffusers' model) on the same slice as the reference; writes bench/slice.md.
+TORCH_ONNX_VENV := $(CURDIR)/.cache/torch-onnx-venv
+.PHONY: bench-slice torch-onnx-venv
+torch-onnx-venv: $(TORCH_ONNX_VENV)/.complete
+$(TORCH_ONNX_VENV)/.complete: scripts/torch-onnx-venv.sh
+	bash scripts/torch-onnx-venv.sh $(TORCH_ONNX_VENV)
+bench-slice: triton-venv torch-site torch-onnx-venv
+	TORCH_ONNX_PYTHON=$(TORCH_ONNX_VENV)/bin/python TORCH_SITE=$(TORCH_SITE) bash scripts/bench-slice.sh
 
 # FP8 calibration settings (not a test): cost and FP8 image PSNR of the old and the cheaper calibrate
 # defaults on the tiny fixture pipelines (bench/calibration.md); what one full-size transformer step
@@ -154,6 +172,10 @@ bench-memory: setup triton-venv
 .PHONY: bench
 bench:
 	bash scripts/bench-all.sh
+# The bench/README.md table again from the summaries in bench/, running nothing.
+.PHONY: bench-readme
+bench-readme:
+	BENCHMARKS= bash scripts/bench-all.sh
 
 # Accuracy report (not a test): fp16/bf16/fp8 against fp32, per network and end to end, on the tiny
 # fixture pipelines in ONNX Runtime (CPU); writes bench/accuracy.md and bench/accuracy.json.

@@ -6,11 +6,14 @@
 # report, a JSON summary `{"date", "report", "rows": [{"benchmark", "measured", "reference",
 # "ratio", "target", "met"}]}` (bench/<name>.json; see scripts/bench-slice.sh). A target that is
 # missing here is listed as not run; one without a summary is linked by its report only.
+# The table holds every summary in bench/, each row dated by its own run: those of this run and,
+# kept from earlier runs, those of benchmarks not run this time. BENCHMARKS= (empty) only rebuilds
+# the table (`make bench-readme`).
 #
 #   BENCHMARKS="bench-export bench-export-fp8 bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory"   (the order they run in)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BENCHMARKS=${BENCHMARKS:-bench-export bench-export-fp8 bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory}
+BENCHMARKS=${BENCHMARKS-bench-export bench-export-fp8 bench-slice bench-step-cost bench-calibration bench-engines bench-serve bench-scheduling bench-memory}
 started=$(date -u +%s)
 status=()
 for target in $BENCHMARKS; do
@@ -36,28 +39,34 @@ now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 lines = [
     "# Benchmarks",
     "",
-    f"`make bench`, {now}, commit {os.environ['COMMIT']}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM.",
+    f"`make {'bench' if os.environ['STATUS'].strip() else 'bench-readme'}`, {now}, commit {os.environ['COMMIT']}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM.",
     "Every ratio compares with a reference measured in the same run on the same machine (times are",
-    "wall clock; other work may share the machine, see each report's load average).",
+    "wall clock; other work may share the machine, see each report's load average). A row's date is",
+    "its own run's: rows of benchmarks not run this time are kept from their last run.",
     "",
-    "| benchmark | measured | reference | ratio | target | met | report |",
-    "|---|---|---|---|---|---|---|",
+    "| benchmark | measured | reference | ratio | target | met | run | report |",
+    "|---|---|---|---|---|---|---|---|",
 ]
+summarized = set()
 for path in sorted(glob.glob("bench/*.json")):
-    if os.path.getmtime(path) < started:
-        continue  # from an earlier run
     try:
         summary = json.load(open(path))
-        rows = summary["rows"]
+        rows, date = summary["rows"], summary["date"]
     except (ValueError, KeyError, TypeError):
         continue  # another kind of JSON (e.g. bench/accuracy.json)
     report = summary.get("report", path)
+    summarized.add(os.path.basename(report))
     link = f"[{os.path.basename(report)}]({os.path.relpath(report, 'bench')})"
+    ran = datetime.datetime.strptime(date, "%Y-%m-%dT%H:%MZ").replace(tzinfo=datetime.timezone.utc)
+    this_run = " (this run)" if ran.timestamp() >= started // 60 * 60 else ""
     for r in rows:
         met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
-        lines.append(f"| {r['benchmark']} | {r['measured']} | {r['reference']} | {r['ratio']:.2f}× | {r.get('target', '')} | {met} | {link} |")
-lines += ["", "| make target | result |", "|---|---|"]
-for line in os.environ["STATUS"].splitlines():
+        lines.append(f"| {r['benchmark']} | {r['measured']} | {r['reference']} | {r['ratio']:.2f}× | {r.get('target', '')} | {met} | {date}{this_run} | {link} |")
+others = sorted(os.path.basename(p) for p in glob.glob("bench/*.md")
+                if os.path.basename(p) not in summarized | {"README.md", "NOTES.md"})
+lines += ["", "Reports without summary rows: " + ", ".join(f"[{r}]({r})" for r in others) + "."]
+lines += ["", "| make target | result |", "|---|---|"] if os.environ["STATUS"].strip() else []
+for line in filter(None, os.environ["STATUS"].splitlines()):
     target, result = line.split(" ", 1)
     lines.append(f"| `{target}` | {result.replace('not-in-makefile', 'not in this checkout: not run')} |")
 open("bench/README.md.tmp", "w").write("\n".join(lines) + "\n")

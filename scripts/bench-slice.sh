@@ -6,6 +6,10 @@
 #     text tokens, and that inference's own time.
 # BASELINE=<a fluxbuild binary built from an earlier commit> is measured alongside (before/after).
 #   - the same for the full-size CLIP-L (77 tokens) and VAE decoder (256x256), current build only.
+#   - the reference: torch.onnx (dynamo) exporting the same slice from diffusers' model in fp32 (time,
+#     peak RSS), and its graph's session start and inference, interleaved with fluxbuild's fp32 graph.
+#     TORCH_ONNX_PYTHON=<python with diffusers + onnxscript> TORCH_SITE=<folder holding torch>
+#     (`make bench-slice` sets both); TORCH_ONNX_PYTHON= (empty) leaves the reference out.
 # Writes bench/slice.md and bench/slice.json. Needs about 10 GB free.
 #
 #   BENCH_DIR=bench/tmp   PYTHON=<python with onnxruntime> (default: the Triton venv's)
@@ -32,7 +36,7 @@ size=$($bin/synth-checkpoint "${generator_args[@]}" --size-only)
 mkdir -p "$BENCH_DIR"
 BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
 free=$(df --output=avail -B1 "$BENCH_DIR" | tail -1)
-need=$((6 * size + (2 << 30))) # input, the fp32 graph of each binary (2x each), 2 GiB margin
+need=$((8 * size + (2 << 30))) # input, the fp32 graphs of each binary and torch.onnx (2x each), 2 GiB margin
 gb() { awk -v b="$1" 'BEGIN { printf "%.1f GB", b / 1e9 }'; }
 ((free >= need)) || fail "not run: needs $(gb $need) free in $BENCH_DIR; only $(gb $free) available"
 
@@ -64,17 +68,35 @@ for precision in bf16 fp16 fp32; do
     done
 done
 
+# The reference export (its graph has static shapes: the benchmark's token counts).
+torch_onnx=()
+if [[ -n "${TORCH_ONNX_PYTHON:-}" ]]; then
+    echo "bench-slice: torch.onnx (dynamo) export, fp32" >&2
+    /usr/bin/time -o "$work/time" -f "%e %M %U %S" env PYTHONPATH="${TORCH_SITE:?TORCH_SITE: the folder holding torch}" \
+        "$TORCH_ONNX_PYTHON" scripts/torch_onnx_slice.py "$work/input/transformer/diffusion_pytorch_model.safetensors" \
+        "$work/out-torch-onnx/model.onnx" --double 1 --single 2 --image-tokens "$IMAGE_TOKENS" \
+        --text-tokens "$TEXT_TOKENS" > "$work/export.log" 2>&1 || { cat "$work/export.log" >&2; fail "torch.onnx export failed"; }
+    read -r wall kb user sys < "$work/time"
+    rows+=("torch.onnx fp32 $wall $kb $user $sys")
+    torch_onnx=(torch.onnx)
+fi
+
 same_fp32=unknown
 [[ -n "${BASELINE:-}" ]] && same_fp32=$(cmp -s "$work/out-current-fp32/transformer/model.onnx.data" \
     "$work/out-baseline-fp32/transformer/model.onnx.data" && echo yes || echo no)
 ort=()
-for which in "${binaries[@]}"; do
-    model="$work/out-$which-fp32/transformer/model.onnx"
-    cat "$model.data" > /dev/null
-    echo "bench-slice: ONNX Runtime session start and inference, $which fp32 graph" >&2
-    result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$model" --dim Li="$IMAGE_TOKENS" \
-        --dim Lt="$TEXT_TOKENS" --threads "$(nproc)" --runs 2)
-    ort+=("$which $result")
+graph() { [[ $1 == torch.onnx ]] && echo "$work/out-torch-onnx/model.onnx" || echo "$work/out-$1-fp32/transformer/model.onnx"; }
+# Two interleaved rounds (current, baseline, torch.onnx, current, ...): the report keeps each graph's
+# quicker session start, the one least disturbed by other work.
+for round in 1 2; do
+    for which in "${binaries[@]}" "${torch_onnx[@]}"; do
+        model=$(graph "$which")
+        cat "$model.data" > /dev/null
+        echo "bench-slice: ONNX Runtime session start and inference, $which fp32 graph (round $round)" >&2
+        result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$model" --dim Li="$IMAGE_TOKENS" \
+            --dim Lt="$TEXT_TOKENS" --threads "$(nproc)" --runs 2)
+        ort+=("$which $result")
+    done
 done
 # What the session start is made of: the same graph with MatMul weight prepacking turned off.
 result=$(ORT_DYLIB_PATH= "$PYTHON" scripts/ort_session_bench.py "$work/out-current-fp32/transformer/model.onnx" \
@@ -111,7 +133,10 @@ for line in os.environ["ROWS"].splitlines():
 ort = {}
 for line in os.environ["ORT"].splitlines():
     which, result = line.split(" ", 1)
-    ort[which] = json.loads(result)
+    result = json.loads(result)
+    if which not in ort or result["session_s"] < ort[which]["session_s"]:
+        ort[which] = result
+torch_onnx = ("torch.onnx", "fp32") in exports
 whiches = [w for w in ("baseline", "current") if (w, "bf16") in exports]
 date = bench_report.now()
 mem = bench_report.memory_gib()
@@ -142,6 +167,13 @@ for which in whiches:
                                 measured=f"{e['wall']:.2f} s ({cpu / bf16_cpu:.2f}× bf16 in CPU s)",
                                 reference=f"bf16 export {bf16:.2f} s", ratio=round(ratio, 2),
                                 target="<= 1.3" if precision == "fp16" else "", met=ratio <= 1.3 if precision == "fp16" else None))
+if torch_onnx:
+    t, c = exports[("torch.onnx", "fp32")], exports[("current", "fp32")]
+    lines.append(f"| torch.onnx (dynamo) | fp32 | {t['wall']:.2f} | | {t['user'] + t['sys']:.2f} | | {t['rss_mib']:.0f} MiB |")
+    summary.append(dict(benchmark="slice export fp32 (current) vs torch.onnx",
+                        measured=f"{c['wall']:.2f} s, {c['rss_mib']:.0f} MiB peak",
+                        reference=f"torch.onnx {t['wall']:.2f} s, {t['rss_mib']:.0f} MiB peak",
+                        ratio=round(c["wall"] / t["wall"], 2), target="< 1", met=c["wall"] < t["wall"]))
 lines += [
     "",
     f"## ONNX Runtime (CPU, {os.cpu_count()} threads): fp32 graphs, batch 1 (the transformer at {os.environ['TOKENS']} tokens)",
@@ -149,11 +181,19 @@ lines += [
     "| graph | session start s | first run s | run s | start / run | peak RSS |",
     "|---|---|---|---|---|---|",
 ]
-for which in whiches + ["current,no-prepacking", "clip", "vae_decoder"]:
+for which in whiches + ["torch.onnx"] * torch_onnx + ["current,no-prepacking", "clip", "vae_decoder"]:
     o = ort[which]
     ratio = o["session_s"] / o["run_s"]
     lines.append(f"| {which} | {o['session_s']:.2f} | {o['first_run_s']:.2f} | {o['run_s']:.2f} | {ratio:.2f} | {o['rss_mib']:.0f} MiB |")
     if which == "current,no-prepacking":
+        continue
+    if which == "torch.onnx":
+        c = ort["current"]
+        summary.append(dict(benchmark="slice fp32 ORT session start (current) vs the torch.onnx graph",
+                            measured=f"{c['session_s']:.2f} s (run {c['run_s']:.2f} s)",
+                            reference=f"torch.onnx graph {o['session_s']:.2f} s (run {o['run_s']:.2f} s)",
+                            ratio=round(c["session_s"] / o["session_s"], 2), target="< 1",
+                            met=c["session_s"] < o["session_s"]))
         continue
     label = {"clip": "CLIP-L fp32 ORT session start (77 tokens)",
              "vae_decoder": "VAE decoder fp32 ORT session start (256²)"}.get(which, f"slice fp32 ORT session start ({which})")
@@ -162,6 +202,10 @@ for which in whiches + ["current,no-prepacking", "clip", "vae_decoder"]:
 if "baseline" in whiches:
     lines += ["", f"The two builds' fp32 data files are byte-identical: {os.environ['SAME_FP32']} "
               "(if yes, their session start and run differ only by the machine's load)."]
+if torch_onnx:
+    lines += ["", "`torch.onnx`: diffusers' FluxTransformer2DModel with the same weights in fp32, exported by",
+              "torch.onnx (dynamo) with static shapes at the benchmark's token counts (scripts/torch_onnx_slice.py).",
+              "Session starts: the quicker of two interleaved rounds per graph."]
 lines += ["", "`current,no-prepacking`: the current graph with the session option `session.disable_prepacking=1`",
           "(ONNX Runtime then packs the MatMul weights on every run instead of once at session start).",
           "`clip`, `vae_decoder`: the full-size CLIP-L and VAE decoder, fp32, current build (CLIP at 77 tokens,",
