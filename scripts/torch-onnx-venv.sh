@@ -6,14 +6,9 @@
 set -euo pipefail
 VENV=${1:-.cache/torch-onnx-venv}
 PYTHON=${PYTHON:-python3.11}
-if [[ -f "$VENV/.complete" ]]; then
-  echo "$VENV is ready"; exit 0
-fi
-command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found" >&2; exit 1; }
-rm -rf "$VENV"   # a venv's paths are absolute: an unfinished one is rebuilt in place
-"$PYTHON" -m venv "$VENV"
+source "$(dirname "$0")/venv-common.sh"
+venv_start "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check 'diffusers==0.42.1' 'onnx==1.23.2' \
   'onnxscript==0.7.2' 'safetensors==0.8.0' 'numpy==2.4.6'
 "$VENV/bin/python" -c 'import diffusers, onnx, onnxscript, safetensors'
-touch "$VENV/.complete"
-echo "$VENV is ready"
+venv_done "$VENV"

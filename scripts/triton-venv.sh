@@ -8,12 +8,8 @@
 set -euo pipefail
 VENV=${1:-.cache/triton-venv}
 PYTHON=${PYTHON:-python3.11}   # must match one of the python backend stubs pytriton ships
-if [[ -f "$VENV/.complete" ]]; then
-  echo "$VENV is ready"; exit 0
-fi
-command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found (the Triton venv needs Python 3.8-3.12)" >&2; exit 1; }
-rm -rf "$VENV"   # a venv's paths are absolute: an unfinished one is rebuilt in place
-"$PYTHON" -m venv "$VENV"
+source "$(dirname "$0")/venv-common.sh"
+venv_start "$VENV" "the Triton venv needs Python 3.8-3.12"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
   'nvidia-pytriton==0.7.0' 'numpy<2' 'onnxruntime==1.32.0' 'tokenizers==0.23.3' 'tritonclient[http]==2.73.0'
 SP=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -23,5 +19,4 @@ STUB=$T/python_backend_stubs/$PYVER/triton_python_backend_stub
 [[ -f "$STUB" ]] || { echo "error: pytriton has no python backend stub for Python $PYVER ($STUB)" >&2; exit 1; }
 cp "$STUB" "$T/backends/python/"
 "$T/bin/tritonserver" --help >/dev/null 2>&1 || true
-touch "$VENV/.complete"
-echo "$VENV is ready: $T/bin/tritonserver"
+venv_done "$VENV" "$T/bin/tritonserver"
