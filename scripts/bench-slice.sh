@@ -10,7 +10,7 @@
 #     peak RSS), and its graph's session start and inference, interleaved with fluxbuild's fp32 graph.
 #     TORCH_ONNX_PYTHON=<python with diffusers + onnxscript> TORCH_SITE=<folder holding torch>
 #     (`make bench-slice` sets both); TORCH_ONNX_PYTHON= (empty) leaves the reference out.
-# Writes bench/slice.md and bench/slice.json. Needs about 10 GB free.
+# Writes bench/slice.md and bench/slice.json. Needs about 13 GB free and, for torch.onnx, 8 GB of RAM.
 #
 #   BENCH_DIR=bench/tmp   PYTHON=<python with onnxruntime> (default: the Triton venv's)
 #   TENSOR_NAMES=<folder of the reference TSVs>   IMAGE_TOKENS=256 TEXT_TOKENS=64
