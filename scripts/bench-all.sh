@@ -36,10 +36,11 @@ started = int(os.environ["STARTED"])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1048576
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+status = [line.split(" ", 1) for line in os.environ["STATUS"].splitlines() if line]  # (target, result) run now
 lines = [
     "# Benchmarks",
     "",
-    f"`make {'bench' if os.environ['STATUS'].strip() else 'bench-readme'}`, {now}, commit {os.environ['COMMIT']}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM.",
+    f"`make {'bench' if status else 'bench-readme'}`, {now}, commit {os.environ['COMMIT']}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM.",
     "Every ratio compares with a reference measured in the same run on the same machine (times are",
     "wall clock; other work may share the machine, see each report's load average). A row's date is",
     "its own run's: rows of benchmarks not run this time are kept from their last run.",
@@ -65,9 +66,8 @@ for path in sorted(glob.glob("bench/*.json")):
 others = sorted(os.path.basename(p) for p in glob.glob("bench/*.md")
                 if os.path.basename(p) not in summarized | {"README.md", "NOTES.md"})
 lines += ["", "Reports without summary rows: " + ", ".join(f"[{r}]({r})" for r in others) + "."]
-lines += ["", "| make target | result |", "|---|---|"] if os.environ["STATUS"].strip() else []
-for line in filter(None, os.environ["STATUS"].splitlines()):
-    target, result = line.split(" ", 1)
+lines += ["", "| make target | result |", "|---|---|"] if status else []
+for target, result in status:
     lines.append(f"| `{target}` | {result.replace('not-in-makefile', 'not in this checkout: not run')} |")
 open("bench/README.md.tmp", "w").write("\n".join(lines) + "\n")
 os.replace("bench/README.md.tmp", "bench/README.md")
