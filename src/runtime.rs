@@ -70,6 +70,21 @@ impl Input {
     }
 }
 
+/// The ONNX Runtime session settings of every graph fluxbuild runs: locally here and in a cpu
+/// repository (`fluxbuild package` writes them into each network's config as `ort_session_config`;
+/// `scripts/ort_session_bench.py` times sessions with them). One JSON file is their only definition.
+///
+/// `session.prepack.enable_parallel`: the session start is MLAS packing every MatMul weight into a
+/// fresh copy, one weight after the other; in parallel over the intra-op threads it takes half the
+/// time on 2 cores (bench/NOTES.md), with the same packed bytes, runs and anonymous memory.
+pub const SESSION_CONFIG_JSON: &str = include_str!("../triton/models/onnx_network/session_config.json");
+
+/// [`SESSION_CONFIG_JSON`] as key/value pairs.
+pub fn session_config() -> BTreeMap<String, String> {
+    serde_json::from_str(SESSION_CONFIG_JSON)
+        .expect("triton/models/onnx_network/session_config.json is a JSON object of strings")
+}
+
 /// One ONNX graph loaded for inference on the CPU.
 pub struct Model {
     session: Session,
@@ -83,6 +98,9 @@ impl Model {
         let fail = |e: String| anyhow!("{}: ONNX Runtime cannot load the graph: {e}", path.display());
         let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
         builder = builder.with_intra_threads(threads).map_err(|e| fail(e.to_string()))?;
+        for (key, value) in session_config() {
+            builder = builder.with_config_entry(key, value).map_err(|e| fail(e.to_string()))?;
+        }
         let session = builder.commit_from_file(path).map_err(|e| fail(e.to_string()))?;
         Ok(Model {
             session,

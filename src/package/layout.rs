@@ -107,6 +107,9 @@ pub fn cpu_network(network: &ExportedNetwork, name: &str, options: &Options) -> 
     });
     config.parameters.push(("onnx_file".into(), "model.onnx".into()));
     config.parameters.push(("intra_op_threads".into(), "0".into()));
+    config
+        .parameters
+        .push(("ort_session_config".into(), session_config_parameter()));
     // The VAE decoder decodes one image per ONNX Runtime run (its activations are the memory peak:
     // docs/serving.md); the other networks run a dynamic batch whole.
     let max_run_batch = if network.name == Network::VaeDecoder { "1" } else { "0" };
@@ -122,6 +125,11 @@ pub fn cpu_network(network: &ExportedNetwork, name: &str, options: &Options) -> 
         files.push((PathBuf::from("1/model.onnx.data"), Source::Link(data.clone())));
     }
     Ok(ModelDir { config, files })
+}
+
+/// fluxbuild's ONNX Runtime session settings as one line of JSON, for the `ort_session_config` parameter.
+fn session_config_parameter() -> String {
+    serde_json::to_string(&crate::runtime::session_config()).expect("a map of strings serializes")
 }
 
 /// gpu: a TensorRT plan; one instance group whose instances hold every optimization profile

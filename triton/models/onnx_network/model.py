@@ -35,6 +35,9 @@ class TritonPythonModel:
         # Without the arena, a large request's buffers go back to the system when it is done
         # (with it, the VAE decoder kept its peak, 10.7 GB after a 4 x 1024^2 batch: issue 14 D12).
         options.enable_cpu_mem_arena = False
+        # The session settings of every fluxbuild graph (session_config.json in the fluxbuild sources).
+        for key, value in json.loads(params.get("ort_session_config", "{}")).items():
+            options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:
