@@ -75,11 +75,11 @@ impl Input {
 /// `scripts/ort_session_bench.py` times sessions with them). One JSON file is their only definition.
 ///
 /// `session.prepack.enable_parallel`: the session start is MLAS packing every MatMul weight into a
-/// fresh copy, one weight after the other; in parallel over the intra-op threads it takes half the
-/// time on 2 cores (bench/NOTES.md), with the same packed bytes, runs and anonymous memory.
-pub const SESSION_CONFIG_JSON: &str = include_str!("../triton/models/onnx_network/session_config.json");
+/// fresh copy, one weight after the other; in parallel over the intra-op threads it took 0.58x the
+/// time on 2 cores (bench/slice.md), with the same packed bytes, runs and anonymous memory.
+const SESSION_CONFIG_JSON: &str = include_str!("../triton/models/onnx_network/session_config.json");
 
-/// [`SESSION_CONFIG_JSON`] as key/value pairs.
+/// The settings of session_config.json as key/value pairs.
 pub fn session_config() -> BTreeMap<String, String> {
     serde_json::from_str(SESSION_CONFIG_JSON)
         .expect("triton/models/onnx_network/session_config.json is a JSON object of strings")
