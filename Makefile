@@ -135,7 +135,8 @@ bench-engines:
 
 # Slice benchmark (not a test): the transformer at full width with 1 double + 2 single blocks:
 # export time per precision, ONNX Runtime session start against one inference, and torch.onnx
-# (dynamo, diffusers' model) on the same slice as the reference; writes bench/slice.md.
+# (dynamo, diffusers' model) on the same slice as the reference; the session start of CLIP-L, a T5
+# slice and the VAE decoder; writes bench/slice.md.
 TORCH_ONNX_VENV := $(CURDIR)/.cache/torch-onnx-venv
 .PHONY: bench-slice torch-onnx-venv
 torch-onnx-venv: $(TORCH_ONNX_VENV)/.complete

@@ -5,12 +5,13 @@
 #   - ONNX Runtime (CPU) session start of the fp32 graph against one inference at 256 image + 64
 #     text tokens, and that inference's own time.
 # BASELINE=<a fluxbuild binary built from an earlier commit> is measured alongside (before/after).
-#   - the same for the full-size CLIP-L (77 tokens) and VAE decoder (256x256), current build only.
+#   - the same for the full-size CLIP-L (77 tokens), T5-XXL with 2 of its 24 blocks (512 and 256 tokens)
+#     and the VAE decoder (256x256), current build only; every graph also with ONNX Runtime's defaults.
 #   - the reference: torch.onnx (dynamo) exporting the same slice from diffusers' model in fp32 (time,
 #     peak RSS), and its graph's session start and inference, interleaved with fluxbuild's fp32 graph.
 #     TORCH_ONNX_PYTHON=<python with diffusers + onnxscript> TORCH_SITE=<folder holding torch>
 #     (`make bench-slice` sets both); TORCH_ONNX_PYTHON= (empty) leaves the reference out.
-# Writes bench/slice.md and bench/slice.json. Needs about 13 GB free and, for torch.onnx, 8 GB of RAM.
+# Writes bench/slice.md and bench/slice.json. Needs about 15 GB free and, for torch.onnx, 8 GB of RAM.
 #
 #   BENCH_DIR=bench/tmp   PYTHON=<python with onnxruntime> (default: the Triton venv's)
 #   TENSOR_NAMES=<folder of the reference TSVs>   IMAGE_TOKENS=256 TEXT_TOKENS=64
@@ -36,7 +37,7 @@ size=$($bin/synth-checkpoint "${generator_args[@]}" --size-only)
 mkdir -p "$BENCH_DIR"
 BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
 free=$(df --output=avail -B1 "$BENCH_DIR" | tail -1)
-need=$((8 * size + (2 << 30))) # input, the fp32 graphs of each binary and torch.onnx (2x each), 2 GiB margin
+need=$((8 * size + (4 << 30))) # input, the fp32 graphs of each binary and torch.onnx (2x each), the encoders
 gb() { awk -v b="$1" 'BEGIN { printf "%.1f GB", b / 1e9 }'; }
 ((free >= need)) || fail "not run: needs $(gb $need) free in $BENCH_DIR; only $(gb $free) available"
 
@@ -107,20 +108,27 @@ done
 # What the session start is made of: the same graph with MatMul weight prepacking turned off.
 time_session current,no-prepacking "$(graph current)" --dim Li="$IMAGE_TOKENS" --dim Lt="$TEXT_TOKENS" \
     --config session.disable_prepacking=1
-# The encoders' and the VAE decoder's session start, at full size (CLIP-L 123M, VAE decoder 50M
-# parameters): current build, fp32, CLIP at 77 tokens, the decoder at 256x256 (a 32x32 latent).
+# The encoders' and the VAE decoder's session start: CLIP-L (123M parameters) and the VAE decoder
+# (50M) at full size, T5-XXL at full width with 2 of its 24 blocks (start and run both grow with the
+# blocks); fp32, current build. CLIP at 77 tokens, T5 at 512 (dev) and 256 (schnell) tokens, the
+# decoder at 256x256 (a 32x32 latent).
 $bin/synth-checkpoint --names "$TENSOR_NAMES/clip_l_text_encoder.tsv" --dtype BF16 \
     --out "$work/input/text_encoder/model.safetensors" > /dev/null
+$bin/synth-checkpoint --names "$TENSOR_NAMES/t5_xxl_encoder.tsv" --dtype BF16 --count 24=2 \
+    --out "$work/input/text_encoder_2/model.safetensors" > /dev/null
+echo '{"num_layers": 2}' > "$work/input/text_encoder_2/config.json"
 $bin/synth-checkpoint --names "$TENSOR_NAMES/vae_name_map.tsv" --column diffusers --dtype BF16 \
     --out "$work/input/vae/diffusion_pytorch_model.safetensors" > /dev/null
-$bin/fluxbuild export --clip "$work/input/text_encoder" --vae "$work/input/vae" --only clip,vae_decoder \
-    --precision fp32 --out "$work/out-encoders" > "$work/export.log" 2>&1 \
-    || { cat "$work/export.log" >&2; fail "export of CLIP and the VAE decoder failed"; }
+$bin/fluxbuild export --clip "$work/input/text_encoder" --t5 "$work/input/text_encoder_2" --vae "$work/input/vae" \
+    --only clip,t5,vae_decoder --precision fp32 --out "$work/out-encoders" > "$work/export.log" 2>&1 \
+    || { cat "$work/export.log" >&2; fail "export of CLIP, T5 and the VAE decoder failed"; }
 for round in 1 2; do
-    for network in clip vae_decoder; do
-        model="$work/out-encoders/$network/model.onnx"
-        time_session "$network" "$model" --dim h=32 --dim w=32
-        time_session "$network,ort-defaults" "$model" --dim h=32 --dim w=32 --ort-defaults
+    for label in clip t5-512 t5-256 vae_decoder; do
+        model="$work/out-encoders/${label%-*}/model.onnx"
+        dims=(--dim h=32 --dim w=32)
+        [[ $label == t5-* ]] && dims+=(--dim L="${label#t5-}")
+        time_session "$label" "$model" "${dims[@]}"
+        time_session "$label,ort-defaults" "$model" "${dims[@]}" --ort-defaults
     done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -186,9 +194,11 @@ lines += [
     "|---|---|---|---|---|---|---|",
 ]
 graphs = whiches + ["torch.onnx"] * torch_onnx + ["current,ort-defaults", "current,no-prepacking"]
-graphs += ["clip", "clip,ort-defaults", "vae_decoder", "vae_decoder,ort-defaults"]
+graphs += [f"{n}{suffix}" for n in ("clip", "t5-512", "t5-256", "vae_decoder") for suffix in ("", ",ort-defaults")]
 labels = {"current": "slice fp32 ORT session start (current)", "baseline": "slice fp32 ORT session start (baseline)",
-          "clip": "CLIP-L fp32 ORT session start (77 tokens)", "vae_decoder": "VAE decoder fp32 ORT session start (256²)"}
+          "clip": "CLIP-L fp32 ORT session start (77 tokens)", "vae_decoder": "VAE decoder fp32 ORT session start (256²)",
+          "t5-512": "T5-XXL fp32 ORT session start (2 of 24 blocks, 512 tokens)",
+          "t5-256": "T5-XXL fp32 ORT session start (2 of 24 blocks, 256 tokens)"}
 for which in graphs:
     o = ort[which]
     ratio = o["session_s"] / o["run_s"]
@@ -226,6 +236,7 @@ lines += ["", "Every graph runs with fluxbuild's ONNX Runtime session settings (
           "`current,no-prepacking`: the current graph with the session option `session.disable_prepacking=1`",
           "(ONNX Runtime then packs the MatMul weights on every run instead of once at session start).",
           "`clip`, `vae_decoder`: the full-size CLIP-L and VAE decoder, fp32, current build (CLIP at 77 tokens,",
-          "the decoder at 256×256)."]
+          "the decoder at 256×256). `t5-512`, `t5-256`: T5-XXL at full width with 2 of its 24 blocks (session start",
+          "and run both grow with the blocks), at 512 tokens (dev) and 256 (schnell)."]
 bench_report.write(os.environ["REPORT"], lines, date, summary)
 PY
