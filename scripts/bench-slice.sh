@@ -193,6 +193,12 @@ lines += [
     "| graph | session start s | first run s | run s | start / run | packed weights | peak RSS |",
     "|---|---|---|---|---|---|---|",
 ]
+def start_against(benchmark, o, reference, r, target):
+    """A summary row: session start `o` against reference start `r` (target: below it)."""
+    ratio = o["session_s"] / r["session_s"]
+    return dict(benchmark=benchmark, measured=f"{o['session_s']:.2f} s (run {o['run_s']:.2f} s)",
+                reference=f"{reference} {r['session_s']:.2f} s (run {r['run_s']:.2f} s)", ratio=round(ratio, 2),
+                target="< 1" if target else "", met=ratio < 1 if target else None)
 graphs = whiches + ["torch.onnx"] * torch_onnx + ["current,ort-defaults", "current,no-prepacking"]
 graphs += [f"{n}{suffix}" for n in ("clip", "t5-512", "t5-256", "vae_decoder") for suffix in ("", ",ort-defaults")]
 labels = {"current": "slice fp32 ORT session start (current)", "baseline": "slice fp32 ORT session start (baseline)",
@@ -206,18 +212,11 @@ for which in graphs:
                  f"| {o['anon_mib']:.0f} MiB | {o['rss_mib']:.0f} MiB |")
     if which.endswith(",ort-defaults"):
         network = which.split(",")[0]
-        c = ort[network]
-        summary.append(dict(benchmark=f"{labels[network]}: fluxbuild's session settings vs ORT's defaults",
-                            measured=f"{c['session_s']:.2f} s (run {c['run_s']:.2f} s)",
-                            reference=f"ORT defaults {o['session_s']:.2f} s (run {o['run_s']:.2f} s)",
-                            ratio=round(c["session_s"] / o["session_s"], 2), target="", met=None))
+        summary.append(start_against(f"{labels[network]}: fluxbuild's session settings vs ORT's defaults",
+                                     ort[network], "ORT defaults", o, target=False))
     elif which == "torch.onnx":
-        c = ort["current"]
-        summary.append(dict(benchmark="slice fp32 ORT session start (current) vs the torch.onnx graph",
-                            measured=f"{c['session_s']:.2f} s (run {c['run_s']:.2f} s)",
-                            reference=f"torch.onnx graph {o['session_s']:.2f} s (run {o['run_s']:.2f} s)",
-                            ratio=round(c["session_s"] / o["session_s"], 2), target="< 1",
-                            met=c["session_s"] < o["session_s"]))
+        summary.append(start_against("slice fp32 ORT session start (current) vs the torch.onnx graph",
+                                     ort["current"], "torch.onnx graph", o, target=True))
     elif which in labels:
         summary.append(dict(benchmark=labels[which], measured=f"{o['session_s']:.2f} s",
                             reference=f"one inference {o['run_s']:.2f} s", ratio=round(ratio, 2), target="<= 1.5",
