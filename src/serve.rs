@@ -7,6 +7,7 @@ use crate::client::Client;
 use crate::deploy::pbtxt::Message;
 use crate::generate::request::{FluxParameters, Limits as RequestLimits};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::parameters::Parameters;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ use crate::client::Client;
 use crate::deploy::pbtxt::Message;
 use crate::generate::request::FluxParameters;
 use anyhow::{Context, Result};
+use fluxbuild_contract::parameters::Parameters;
 use fluxbuild_contract::Network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

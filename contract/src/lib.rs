@@ -7,7 +7,9 @@ pub mod engines;
 pub mod files;
 pub mod manifest;
 mod network;
+pub mod onnx_network;
 pub mod orchestrator;
 pub mod output_dir;
+pub mod parameters;
 
 pub use network::{Axis, Dtype, Network, Port, PresetVariant, Variant};

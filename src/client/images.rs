@@ -8,6 +8,7 @@ use crate::generate::image::RgbImage;
 use crate::generate::request::{Defaults, FluxParameters, Limits};
 use crate::generate::{InitialNoise, Request, Variant};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::parameters::Parameters;
 use serde_json::Value;
 
 /// The orchestrator every request goes to.

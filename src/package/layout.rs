@@ -12,6 +12,8 @@ use crate::generate::request::{Defaults, FluxParameters, Limits as RequestLimits
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::Engine;
+use fluxbuild_contract::onnx_network::OnnxNetworkParameters;
+use fluxbuild_contract::parameters::Parameters;
 use fluxbuild_contract::Network;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +28,10 @@ const ORCHESTRATOR_BYTES_PY: &str = include_str!("../../triton/models/flux/flux_
 /// The typed reader of the orchestrator's parameters (`OrchestratorParameters` on the Rust side).
 const ORCHESTRATOR_PARAMS_PY: &str = include_str!("../../triton/models/flux/flux_params.py");
 const ONNX_NETWORK_PY: &str = include_str!("../../triton/models/onnx_network/model.py");
+/// The typed reader of a cpu network's parameters (`OnnxNetworkParameters` on the Rust side).
+const ONNX_NETWORK_PARAMS_PY: &str = include_str!("../../triton/models/onnx_network/onnx_network_params.py");
+/// What both typed readers are made of, shipped beside each.
+const TYPED_PARAMS_PY: &str = include_str!("../../triton/models/typed_params.py");
 
 /// One model folder: its config and its files (relative to the model folder).
 pub struct ModelDir {
@@ -105,19 +111,27 @@ pub fn cpu_network(network: &ExportedNetwork, name: &str, options: &Options) -> 
         gpus: vec![],
         profile: vec![],
     });
-    config.parameters.push(("onnx_file".into(), "model.onnx".into()));
-    config.parameters.push(("intra_op_threads".into(), "0".into()));
-    config
-        .parameters
-        .push(("ort_session_config".into(), session_config_parameter()));
-    // The VAE decoder decodes one image per ONNX Runtime run (its activations are the memory peak:
-    // docs/serving.md); the other networks run a dynamic batch whole.
-    let max_run_batch = if network.name == Network::VaeDecoder { "1" } else { "0" };
-    config.parameters.push(("max_run_batch".into(), max_run_batch.into()));
+    config.parameters = OnnxNetworkParameters {
+        onnx_file: "model.onnx".into(),
+        intra_op_threads: 0,
+        ort_session_config: crate::runtime::session_config(),
+        // The VAE decoder decodes one image per ONNX Runtime run (its activations are the memory
+        // peak: docs/serving.md); the other networks run a dynamic batch whole.
+        max_run_batch: u32::from(network.name == Network::VaeDecoder),
+    }
+    .to_strings()?;
     let mut files = vec![
         (
             PathBuf::from("1/model.py"),
             Source::Bytes(ONNX_NETWORK_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/onnx_network_params.py"),
+            Source::Bytes(ONNX_NETWORK_PARAMS_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/typed_params.py"),
+            Source::Bytes(TYPED_PARAMS_PY.as_bytes().to_vec()),
         ),
         (PathBuf::from("1/model.onnx"), Source::Link(network.graph.clone())),
     ];
@@ -125,11 +139,6 @@ pub fn cpu_network(network: &ExportedNetwork, name: &str, options: &Options) -> 
         files.push((PathBuf::from("1/model.onnx.data"), Source::Link(data.clone())));
     }
     Ok(ModelDir { config, files })
-}
-
-/// fluxbuild's ONNX Runtime session settings as one line of JSON, for the `ort_session_config` parameter.
-fn session_config_parameter() -> String {
-    serde_json::to_string(&crate::runtime::session_config()).expect("a map of strings serializes")
 }
 
 /// gpu: a TensorRT plan; one instance group whose instances hold every optimization profile
@@ -363,6 +372,10 @@ pub fn orchestrator(
         (
             PathBuf::from("1/flux_params.py"),
             Source::Bytes(ORCHESTRATOR_PARAMS_PY.as_bytes().to_vec()),
+        ),
+        (
+            PathBuf::from("1/typed_params.py"),
+            Source::Bytes(TYPED_PARAMS_PY.as_bytes().to_vec()),
         ),
         (
             PathBuf::from("1/tokenizer/tokenizer.json"),

@@ -3,84 +3,54 @@
 declare the same keys and that every key here parses from a packaged config). model.py and its
 modules read parameters only through `read`. Shipped next to model.py.
 
-Every value is a string in the config: numbers in decimal, booleans as true/false, request_rules
-and input_dtypes as JSON, fallback lists comma-separated. A missing or ill-typed key is an error
-naming it; the fields with a default are optional tuning the package does not write.
+Encoding and errors: typed_params.py (request_rules and input_dtypes are JSON, the fallback lists
+comma-separated); the fields with a default are optional tuning the package does not write.
 """
 
 import dataclasses
-import json
+
+import typed_params
+from typed_params import choice, field
 
 TARGETS = ("cpu", "gpu")
 VARIANTS = ("dev", "schnell")
 STEP_ORDERS = ("shortest_first", "concurrent")
 
 
-class ParameterError(ValueError):
-    """A parameter of the flux config is missing or not of its type."""
-
-
-def _bool(text):
-    if text not in ("true", "false"):
-        raise ValueError("not true or false")
-    return text == "true"
-
-
-def _names(text):
-    return [name for name in text.split(",") if name]
-
-
-def _choice(choices):
-    def parse(text):
-        if text not in choices:
-            raise ValueError(f"not one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-# How each declared type is read from its string.
-PARSERS = {str: str, int: int, float: float, bool: _bool, dict: json.loads, list: _names}
-
-
-def _field(parse=None, **kwargs):
-    return dataclasses.field(metadata={"parse": parse} if parse else {}, **kwargs)
-
-
 @dataclasses.dataclass(frozen=True)
 class FluxParams:
-    target: str = _field(_choice(TARGETS))
-    variant: str = _field(_choice(VARIANTS))
-    default_height: int = _field()
-    default_width: int = _field()
-    default_steps: int = _field()
-    default_guidance: float = _field()
-    default_max_sequence_length: int = _field()
+    target: str = field(choice(TARGETS))
+    variant: str = field(choice(VARIANTS))
+    default_height: int = field()
+    default_width: int = field()
+    default_steps: int = field()
+    default_guidance: float = field()
+    default_max_sequence_length: int = field()
     # The validation table (generate::request::Limits in the Rust code).
-    request_rules: dict = _field()
-    max_batch_pixels: int = _field()
-    network_timeout_ms: int = _field()
+    request_rules: dict = field()
+    max_batch_pixels: int = field()
+    network_timeout_ms: int = field()
     # Jobs running the pipeline at once; the other instances stay free to refuse bad requests.
-    running_jobs: int = _field()
-    clip_length: int = _field()
-    clip_pad_token: str = _field()
-    t5_pad_token: str = _field()
-    vae_scaling_factor: float = _field()
-    vae_shift_factor: float = _field()
-    network_max_batch: int = _field()
+    running_jobs: int = field()
+    clip_length: int = field()
+    clip_pad_token: str = field()
+    t5_pad_token: str = field()
+    vae_scaling_factor: float = field()
+    vae_shift_factor: float = field()
+    network_max_batch: int = field()
     # Input name -> numpy dtype name (float32, float16, bfloat16, int64).
-    input_dtypes: dict = _field()
-    model_clip: str = _field()
-    model_t5: str = _field()
-    model_transformer: str = _field()
-    model_vae_decoder: str = _field()
-    fallback_clip: list = _field()
-    fallback_t5: list = _field()
-    fallback_transformer: list = _field()
-    fallback_vae_decoder: list = _field()
+    input_dtypes: dict = field()
+    model_clip: str = field()
+    model_t5: str = field()
+    model_transformer: str = field()
+    model_vae_decoder: str = field()
+    fallback_clip: list = field()
+    fallback_t5: list = field()
+    fallback_transformer: list = field()
+    fallback_vae_decoder: list = field()
     # Optional tuning: the torch tensor path on the cpu target; the step scheduler's order.
-    torch_on_cpu: bool = _field(default=False)
-    step_order: str = _field(_choice(STEP_ORDERS), default="shortest_first")
+    torch_on_cpu: bool = field(default=False)
+    step_order: str = field(choice(STEP_ORDERS), default="shortest_first")
 
     def models_of(self, network):
         """The network's models, primary first, then the fallbacks in order."""
@@ -89,29 +59,9 @@ class FluxParams:
 
 def declared():
     """{key: (type name, required)} of every parameter this reader knows."""
-    return {f.name: (f.type.__name__, f.default is dataclasses.MISSING) for f in dataclasses.fields(FluxParams)}
-
-
-def parse(strings):
-    """FluxParams from {key: string value}; other keys are ignored."""
-    values = {}
-    for f in dataclasses.fields(FluxParams):
-        if f.name not in strings:
-            if f.default is dataclasses.MISSING:
-                raise ParameterError(f"config.pbtxt of flux lacks the parameter '{f.name}'")
-            continue
-        text = strings[f.name]
-        try:
-            value = (f.metadata.get("parse") or PARSERS[f.type])(text)
-        except ValueError as e:
-            raise ParameterError(f"config.pbtxt of flux: parameter '{f.name}' is {text!r}, not a {f.type.__name__} ({e})") from None
-        if not isinstance(value, f.type):
-            raise ParameterError(f"config.pbtxt of flux: parameter '{f.name}' is {text!r}, not a {f.type.__name__}")
-        values[f.name] = value
-    return FluxParams(**values)
+    return typed_params.declared(FluxParams)
 
 
 def read(model_config):
     """FluxParams from Triton's `args["model_config"]` (the model config as JSON)."""
-    parameters = json.loads(model_config).get("parameters", {})
-    return parse({key: value["string_value"] for key, value in parameters.items()})
+    return typed_params.read(FluxParams, model_config)

@@ -19,6 +19,7 @@ import json
 import os
 
 import numpy as np
+import onnx_network_params
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
@@ -27,16 +28,16 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.name = config["name"]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        params = onnx_network_params.read(args["model_config"])
+        path = os.path.join(args["model_repository"], args["model_version"], params.onnx_file)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        options.intra_op_num_threads = params.intra_op_threads
         options.inter_op_num_threads = 1
         # Without the arena, a large request's buffers go back to the system when it is done
         # (with it, the VAE decoder kept its peak, 10.7 GB after a 4 x 1024^2 batch: issue 14 D12).
         options.enable_cpu_mem_arena = False
         # The session settings of every fluxbuild graph (session_config.json in the fluxbuild sources).
-        for key, value in json.loads(params.get("ort_session_config", "{}")).items():
+        for key, value in params.ort_session_config.items():
             options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -45,7 +46,7 @@ class TritonPythonModel:
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.batched = config.get("max_batch_size", 0) > 0
-        self.max_run_batch = int(params.get("max_run_batch", "0"))
+        self.max_run_batch = params.max_run_batch
         libc = ctypes.util.find_library("c")
         self.malloc_trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
         graph_inputs = {i.name for i in self.session.get_inputs()}
