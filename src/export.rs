@@ -6,7 +6,7 @@
 
 use crate::pipeline_files::{self, Origin, PipelineFile, PipelineFileSources};
 use anyhow::{bail, Context, Result};
-use fluxbuild_contract::manifest::{FileEntry, Manifest};
+use fluxbuild_contract::manifest::{FileEntry, Manifest, StageKind};
 use fluxbuild_contract::output_dir::{self, crash_point, Existing, Staged};
 use fluxbuild_contract::{Network, Variant};
 use fluxbuild_exporters::checkpoint::{read_json, Checkpoint};
@@ -229,7 +229,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<ExportM
         .collect::<Result<_>>()?;
     // A wrong --out is refused before the inputs are read through.
     let inputs = input_paths(request, &checkpoints);
-    output_dir::check(&request.out, &inputs, request.existing, "export")?;
+    output_dir::check(&request.out, &inputs, request.existing, StageKind::Export)?;
     let inputs_hashing = hash_inputs_in_background(&checkpoints);
     let calibration = load_calibration(request)?;
 
@@ -239,7 +239,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<ExportM
         &request.out,
         &input_paths(request, &checkpoints),
         request.existing,
-        "export",
+        StageKind::Export,
     )?;
     let total: u64 = planned
         .iter()
@@ -303,7 +303,7 @@ pub fn export(request: &ExportRequest, progress: &ProgressBar) -> Result<ExportM
             .map(|e| (e.folder.to_string(), e.origin.clone()))
             .collect(),
     };
-    let mut manifest = ExportManifest::new("export", settings, inputs, files);
+    let mut manifest = ExportManifest::new(StageKind::Export, settings, inputs, files);
     manifest.submodels = submodels;
     let entries: Vec<&str> = planned
         .iter()

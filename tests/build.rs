@@ -287,7 +287,7 @@ fn the_engines_manifest_lists_graphs_plans_and_records() {
     assert_eq!(transformer.max_batch("hidden_states").unwrap(), 2);
     assert_eq!(transformer.range("hidden_states", 1).unwrap(), (4, 64));
     assert_eq!(packaged.of(Network::VaeDecoder)[0].range("latent", 3).unwrap(), (4, 16));
-    assert_eq!(manifest.kind, "engines");
+    assert_eq!(manifest.kind, fluxbuild_contract::manifest::StageKind::Engines);
     let files: Vec<String> = manifest.files.iter().map(|f| f.path.display().to_string()).collect();
     assert_eq!(
         files,

@@ -338,6 +338,15 @@ fn out_is_never_an_input_nor_a_folder_fluxbuild_did_not_write() {
     ok(package(&[]));
     assert!(stderr(&package(&[])).contains("pass --force to replace it"));
     ok(package(&["--force"]));
+    // Another stage's result: refused by its kind, with or without --force.
+    for extra in [&[][..], &["--force"][..]] {
+        let output = export(&repo, "fp32", extra, &[]);
+        assert!(
+            stderr(&output).contains("holds the result of `fluxbuild package`, not of `fluxbuild export`"),
+            "{}",
+            stderr(&output)
+        );
+    }
     let into_models = package_cpu(&graphs, &graphs.join("repo"), &[], &[]);
     assert!(
         stderr(&into_models).contains("lies inside the input"),

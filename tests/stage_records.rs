@@ -14,6 +14,7 @@ use fluxbuild::deploy::pbtxt::Message;
 use fluxbuild::export::ExportManifest;
 use fluxbuild::generate::request::FluxParameters;
 use fluxbuild::package::RepositoryManifest;
+use fluxbuild_contract::manifest::StageKind;
 use fluxbuild_contract::onnx_network::OnnxNetworkParameters;
 use fluxbuild_contract::orchestrator::StepOrder;
 use fluxbuild_contract::parameters::Parameters;
@@ -90,20 +91,21 @@ fn every_stage_manifest_loads_into_its_typed_records() {
     package_cpu(&models, &repo, &[]);
 
     let exported = ExportManifest::read(&models.join("manifest.json")).unwrap();
-    assert_eq!(exported.kind, "export");
+    assert_eq!(exported.kind, StageKind::Export);
     let networks = ["clip", "t5", "transformer", "vae_decoder"];
     assert_eq!(exported.submodels.keys().collect::<Vec<_>>(), networks);
     assert_eq!(exported.settings.precision.len(), 4);
     exported.verify(&models).unwrap();
 
     let built = EnginesStageManifest::read(&engines.join("manifest.json")).unwrap();
-    assert_eq!(built.kind, "engines");
+    assert_eq!(built.kind, StageKind::Engines);
     assert_eq!(built.submodels.keys().collect::<Vec<_>>(), networks);
     assert_eq!(built.engines.as_ref().map(Vec::len), Some(4));
     assert_eq!(built.files.len(), 4);
     built.verify(&engines).unwrap();
 
     let packaged = RepositoryManifest::read(&repo).unwrap();
+    assert_eq!(packaged.kind, StageKind::Repository);
     assert_eq!(packaged.models, ["clip", "t5", "transformer", "vae_decoder", "flux"]);
     assert_eq!(packaged.source.models, models);
     for file in &packaged.files {

@@ -58,6 +58,28 @@ pub struct TensorSpec {
     pub dims: Vec<serde_json::Value>,
 }
 
+/// Which stage wrote a folder: its manifest.json's `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageKind {
+    #[serde(rename = "export")]
+    Export,
+    #[serde(rename = "engines")]
+    Engines,
+    #[serde(rename = "fluxbuild triton repository")]
+    Repository,
+}
+
+impl StageKind {
+    /// The command that writes such a folder, as users know it.
+    pub fn command(self) -> &'static str {
+        match self {
+            StageKind::Export => "fluxbuild export",
+            StageKind::Engines => "fluxbuild build",
+            StageKind::Repository => "fluxbuild package",
+        }
+    }
+}
+
 /// One stage's manifest: the same header for every stage, the stage's typed `settings` and one
 /// typed record per submodel (`S`, `R`: export, engines; the repository has its own shape).
 /// Read and written by the same types, with unknown keys refused: a key written but not typed
@@ -66,8 +88,8 @@ pub struct TensorSpec {
 #[serde(deny_unknown_fields)]
 pub struct Manifest<S, R> {
     pub fluxbuild_version: String,
-    /// "export", "engines"
-    pub kind: String,
+    /// Export or engines.
+    pub kind: StageKind,
     pub created_unix: u64,
     pub settings: S,
     pub inputs: Vec<FileEntry>,
@@ -82,13 +104,13 @@ pub struct Manifest<S, R> {
 }
 
 impl<S, R> Manifest<S, R> {
-    pub fn new(kind: &str, settings: S, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest<S, R> {
+    pub fn new(kind: StageKind, settings: S, inputs: Vec<FileEntry>, files: Vec<FileEntry>) -> Manifest<S, R> {
         let created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Manifest {
             fluxbuild_version: env!("CARGO_PKG_VERSION").to_string(),
-            kind: kind.to_string(),
+            kind,
             created_unix,
             settings,
             inputs,

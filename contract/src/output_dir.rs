@@ -12,6 +12,7 @@
 //! Never touch the source: an `--out` that is, contains or lies inside an input is refused; an
 //! existing `--out` is replaced only when it holds nothing but what a fluxbuild manifest lists.
 
+use crate::manifest::{FileEntry, StageKind};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -55,7 +56,7 @@ pub struct Staged {
 impl Staged {
     /// Checks `out` against `inputs` and `existing`, removes leftovers of dead runs beside it and
     /// creates the staging folder. `kind` names the manifest kind an existing `out` must have.
-    pub fn begin(out: &Path, inputs: &[PathBuf], existing: Existing, kind: &str) -> Result<Staged> {
+    pub fn begin(out: &Path, inputs: &[PathBuf], existing: Existing, kind: StageKind) -> Result<Staged> {
         refuse_overlap(out, inputs)?;
         let (parent, name) = split(out)?;
         std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create", parent.display()))?;
@@ -143,7 +144,7 @@ impl Drop for Staged {
 }
 
 /// The checks `Staged::begin` makes, without writing anything: for refusing early, before long work.
-pub fn check(out: &Path, inputs: &[PathBuf], existing: Existing, kind: &str) -> Result<()> {
+pub fn check(out: &Path, inputs: &[PathBuf], existing: Existing, kind: StageKind) -> Result<()> {
     refuse_overlap(out, inputs)?;
     split(out)?;
     check_existing(out, existing, kind).map(|_| ())
@@ -293,7 +294,7 @@ fn resolve(path: &Path) -> PathBuf {
 
 /// The top-level entries of an existing `out` a fluxbuild manifest of `kind` owns (empty when
 /// `out` is absent or empty). Anything else in `out`, or another kind, is refused.
-fn check_existing(out: &Path, existing: Existing, kind: &str) -> Result<Vec<String>> {
+fn check_existing(out: &Path, existing: Existing, kind: StageKind) -> Result<Vec<String>> {
     let entries: Vec<String> = match std::fs::read_dir(out) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
@@ -319,9 +320,10 @@ fn check_existing(out: &Path, existing: Existing, kind: &str) -> Result<Vec<Stri
     }
     if existing == Existing::Refuse {
         bail!(
-            "--out {}: already holds a fluxbuild {kind} result; pass --force to replace it{}",
+            "--out {}: already holds the result of an earlier `{}`; pass --force to replace it{}",
             out.display(),
-            if kind == "export" {
+            kind.command(),
+            if kind == StageKind::Export {
                 " (or --update to replace only what this run exports)"
             } else {
                 ""
@@ -332,7 +334,13 @@ fn check_existing(out: &Path, existing: Existing, kind: &str) -> Result<Vec<Stri
 }
 
 /// `manifest.json` plus the top-level entries its `files` list, for a manifest of `kind`.
-fn owned_entries(out: &Path, kind: &str) -> Result<BTreeSet<String>> {
+fn owned_entries(out: &Path, kind: StageKind) -> Result<BTreeSet<String>> {
+    /// The part of every stage's manifest that says what it owns.
+    #[derive(serde::Deserialize)]
+    struct Owner {
+        kind: StageKind,
+        files: Vec<FileEntry>,
+    }
     let path = out.join("manifest.json");
     let text = std::fs::read_to_string(&path).map_err(|_| {
         anyhow::anyhow!(
@@ -340,25 +348,24 @@ fn owned_entries(out: &Path, kind: &str) -> Result<BTreeSet<String>> {
             out.display()
         )
     })?;
-    let manifest: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+    let owner: Owner = serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: not a fluxbuild manifest; refusing to touch the folder",
             path.display()
         )
     })?;
-    if manifest["kind"].as_str() != Some(kind) {
+    if owner.kind != kind {
         bail!(
-            "--out {}: holds a fluxbuild {} result, not a {kind} one; refusing to replace it",
+            "--out {}: holds the result of `{}`, not of `{}`; refusing to replace it",
             out.display(),
-            manifest["kind"].as_str().unwrap_or("unknown")
+            owner.kind.command(),
+            kind.command()
         );
     }
-    let mut owned: BTreeSet<String> = manifest["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["path"].as_str())
-        .filter_map(|p| Path::new(p).components().next())
+    let mut owned: BTreeSet<String> = owner
+        .files
+        .iter()
+        .filter_map(|f| f.path.components().next())
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
     owned.insert("manifest.json".into());

@@ -10,15 +10,12 @@ use crate::settings::{list, BuildSettings, Runtime};
 use crate::toolchain::{Gpu, Toolchain};
 use anyhow::Result;
 use fluxbuild_contract::engines::{Engine, EnginesManifest, Profile, Shapes};
-use fluxbuild_contract::manifest::{FileEntry, Manifest};
+use fluxbuild_contract::manifest::{FileEntry, Manifest, StageKind};
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_contract::Network;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The manifest kind of an engines folder.
-pub const KIND: &str = "engines";
 
 /// `ENGINES/manifest.json`: the build settings, one record per engine, and the `engines` list
 /// `fluxbuild package` reads.
@@ -71,7 +68,7 @@ pub fn build_engines(
             &request.out,
             std::slice::from_ref(&request.models),
             Existing::Update,
-            KIND,
+            StageKind::Engines,
         )?;
         let record = match &plan.reuse {
             Some(record) => record.clone(),
@@ -114,10 +111,10 @@ pub fn previous_records(path: &Path) -> Result<BTreeMap<String, EngineRecord>> {
     }
     let manifest = EnginesStageManifest::read(path)?;
     anyhow::ensure!(
-        manifest.kind == KIND,
-        "{}: a {} manifest, not an engines folder",
+        manifest.kind == StageKind::Engines,
+        "{}: written by `{}`, not an engines folder",
         path.display(),
-        manifest.kind
+        manifest.kind.command()
     );
     Ok(manifest.submodels)
 }
@@ -169,7 +166,7 @@ pub fn engines_manifest(
         compute_capability: list(&build::targets(&request.settings, toolchain)),
         gpu: toolchain.gpu.clone(),
     };
-    let mut manifest = Manifest::new(KIND, settings, inputs, files);
+    let mut manifest = Manifest::new(StageKind::Engines, settings, inputs, files);
     manifest.submodels = records.clone();
     Ok(manifest)
 }

@@ -18,7 +18,7 @@ use crate::generate::Variant;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::{BuiltWith, EnginesManifest, Runtime};
 use fluxbuild_contract::files::{sha256_file, write_atomic};
-use fluxbuild_contract::manifest::FileEntry;
+use fluxbuild_contract::manifest::{FileEntry, StageKind};
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_contract::Network;
 use fluxbuild_exporters::precision::Precision;
@@ -27,9 +27,6 @@ use serde::{Deserialize, Serialize};
 use source::{fixed, Exported};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The `kind` of a repository's manifest.json.
-pub const REPOSITORY_KIND: &str = "fluxbuild triton repository";
 
 pub use fluxbuild_contract::orchestrator::Target;
 
@@ -122,8 +119,8 @@ impl Serving {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryManifest {
-    /// [`REPOSITORY_KIND`]
-    pub kind: String,
+    /// Always [`StageKind::Repository`].
+    pub kind: StageKind,
     /// The fluxbuild version that wrote it.
     pub fluxbuild: String,
     pub target: Target,
@@ -353,7 +350,7 @@ fn write_repository(
     } else {
         Existing::Refuse
     };
-    let staged = Staged::begin(out, &inputs, existing, REPOSITORY_KIND)?;
+    let staged = Staged::begin(out, &inputs, existing, StageKind::Repository)?;
     let tmp = staged.path();
     let result = (|| {
         let mut files = Vec::new();
@@ -389,7 +386,7 @@ fn write_repository(
         bar.finish_and_clear();
         let models: Vec<String> = dirs.iter().map(|d| d.config.name.clone()).collect();
         let manifest = RepositoryManifest {
-            kind: REPOSITORY_KIND.into(),
+            kind: StageKind::Repository,
             fluxbuild: env!("CARGO_PKG_VERSION").into(),
             target: options.target,
             variant: exported.models.variant.clone(),
