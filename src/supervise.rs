@@ -36,6 +36,58 @@ pub struct Repair {
     pub missing: Vec<String>,
     /// Models (re)loaded.
     pub loaded: Vec<String>,
+    /// The missing networks' models, with what Triton says of them.
+    pub why: Vec<Unready>,
+}
+
+/// A model in Triton's repository index.
+struct ModelState {
+    /// READY, LOADING, UNAVAILABLE, ...
+    state: String,
+    /// Why it is not READY (a failed load's error), first line only.
+    reason: String,
+}
+
+impl ModelState {
+    fn ready(&self) -> bool {
+        self.state == "READY"
+    }
+}
+
+/// The networks' models as Triton has them now.
+pub struct Loaded {
+    /// Networks with no READY model.
+    pub missing: Vec<String>,
+    /// Every network model that is not READY.
+    pub unready: Vec<Unready>,
+}
+
+impl Loaded {
+    /// Whether a model is still loading (its outcome is not known yet).
+    pub fn loading(&self) -> bool {
+        self.unready.iter().any(|u| u.state == "LOADING")
+    }
+}
+
+/// A network model that is not READY, and why (Triton's reason: a failed load's error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unready {
+    pub network: String,
+    pub model: String,
+    /// LOADING, UNAVAILABLE, ...; empty when the repository has no such model.
+    pub state: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (model, network) = (&self.model, &self.network);
+        match (self.state.as_str(), self.reason.as_str()) {
+            ("", _) => write!(f, "model `{model}` ({network}) is not in the repository"),
+            (state, "") => write!(f, "model `{model}` ({network}) is {state}"),
+            (state, reason) => write!(f, "model `{model}` ({network}) is {state}: {reason}"),
+        }
+    }
 }
 
 impl Supervisor {
@@ -78,14 +130,57 @@ impl Supervisor {
         self.networks.values().flatten().cloned().collect()
     }
 
-    fn states(&self) -> Result<BTreeMap<String, String>> {
+    fn states(&self) -> Result<BTreeMap<String, ModelState>> {
         let index = self.client.post_json("/v2/repository/index", &serde_json::json!({}))?;
         Ok(index
             .as_array()
             .context("the repository index is not a list")?
             .iter()
-            .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["state"].as_str()?.to_string())))
+            .filter_map(|m| {
+                let state = ModelState {
+                    state: m["state"].as_str()?.to_string(),
+                    reason: m["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                };
+                Some((m["name"].as_str()?.to_string(), state))
+            })
             .collect())
+    }
+
+    /// The networks' models now: which networks have none READY, and why each unready one is not.
+    pub fn loaded(&self) -> Result<Loaded> {
+        Ok(self.loaded_in(&self.states()?))
+    }
+
+    fn loaded_in(&self, states: &BTreeMap<String, ModelState>) -> Loaded {
+        let mut loaded = Loaded {
+            missing: vec![],
+            unready: vec![],
+        };
+        for (network, models) in &self.networks {
+            if !models.iter().any(|m| states.get(m).is_some_and(ModelState::ready)) {
+                loaded.missing.push(network.clone());
+            }
+            for model in models {
+                let (state, reason) = match states.get(model) {
+                    Some(s) if s.ready() => continue,
+                    Some(s) => (s.state.clone(), s.reason.clone()),
+                    None => (String::new(), String::new()),
+                };
+                loaded.unready.push(Unready {
+                    network: network.clone(),
+                    model: model.clone(),
+                    state,
+                    reason,
+                });
+            }
+        }
+        loaded
     }
 
     /// Models with a live (not zombie) backend stub among the server's children.
@@ -123,7 +218,7 @@ impl Supervisor {
     pub fn check(&self) -> Result<Repair> {
         let states = self.states()?;
         let live = self.live_stubs();
-        let ready = |m: &str| states.get(m).is_some_and(|s| s == "READY");
+        let ready = |m: &str| states.get(m).is_some_and(ModelState::ready);
         let mut repair = Repair::default();
         for model in self
             .network_models()
@@ -139,6 +234,12 @@ impl Supervisor {
                 repair.missing.push(network.clone());
             }
         }
+        repair.why = self
+            .loaded_in(&states)
+            .unready
+            .into_iter()
+            .filter(|u| repair.missing.contains(&u.network))
+            .collect();
         let flux_ok = ready(ORCHESTRATOR) && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
         if repair.missing.is_empty() && repair.dead.is_empty() && flux_ok {
             return Ok(repair);
@@ -166,9 +267,9 @@ impl Supervisor {
         let networks_ready = self
             .networks
             .values()
-            .all(|models| models.iter().any(|m| states.get(m).is_some_and(|s| s == "READY")));
+            .all(|models| models.iter().any(|m| states.get(m).is_some_and(ModelState::ready)));
         let flux_ready =
-            states.get(ORCHESTRATOR).is_some_and(|s| s == "READY") && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
+            states.get(ORCHESTRATOR).is_some_and(ModelState::ready) && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
         if networks_ready && !flux_ready && self.client.repository(ORCHESTRATOR, "load").is_ok() {
             repair.loaded.push(ORCHESTRATOR.to_string());
         }

@@ -633,6 +633,76 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
     let _ = serve.wait();
 }
 
+/// `fluxbuild serve` on a repository where a network's only model fails to load: Triton still
+/// calls `flux` ready, but serve names the model with Triton's reason, stops the server and exits
+/// non-zero (no pid file, nothing left listening). With an alternative that loads, it serves on
+/// that and says why the primary is not ready.
+#[test]
+fn a_network_that_fails_to_load_is_named_and_serve_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    // clip's config with an ill-typed parameter: its model.py refuses it at load.
+    let break_clip = |repo: &Path| {
+        let config = repo.join("clip/config.pbtxt");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let at = text
+            .find("key: \"intra_op_threads\"")
+            .expect("intra_op_threads in clip's config");
+        let (head, tail) = text.split_at(at);
+        let tail = tail.replacen("string_value: \"0\"", "string_value: \"all\"", 1);
+        std::fs::write(&config, format!("{head}{tail}")).unwrap();
+    };
+    let serve = |repo: &Path| {
+        let port = fluxbuild::serve::free_port().unwrap().to_string();
+        let pid_file = repo.with_extension("pid");
+        let (ok, _, stderr) = fluxbuild(&[
+            "serve",
+            "--repo",
+            path(repo),
+            "--http-port",
+            &port,
+            "--grpc-port",
+            &fluxbuild::serve::free_port().unwrap().to_string(),
+            "--metrics-port",
+            &fluxbuild::serve::free_port().unwrap().to_string(),
+            "--detach",
+            "--pid-file",
+            path(&pid_file),
+            "--timeout",
+            "180",
+        ]);
+        (ok, stderr, port, pid_file)
+    };
+    let why = "model `clip` (clip) is UNAVAILABLE: Internal: ParameterError: config.pbtxt of clip: \
+               parameter 'intra_op_threads' is 'all', expected int";
+
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    break_clip(&repo);
+    let (ok, stderr, port, pid_file) = serve(&repo);
+    assert!(!ok, "serve succeeded with clip unloadable:\n{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+    assert!(
+        stderr.contains("no ready model for clip: the deployment cannot serve; stopped the server"),
+        "{stderr}"
+    );
+    assert!(!pid_file.exists(), "a pid file for a stopped server");
+    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    assert!(client.model_ready("flux").is_err(), "a server still answers on {port}");
+
+    let repo = dir.path().join("repo-alt");
+    let alternative = format!("clip={}", path(&models.join("clip")));
+    package_cpu(&models, &repo, &["--alternative", &alternative]);
+    break_clip(&repo);
+    let (ok, stderr, port, pid_file) = serve(&repo);
+    assert!(ok, "serve with a loadable alternative failed:\n{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    assert!(client.model_ready("flux").unwrap() && client.model_ready("clip_alt1").unwrap());
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
 /// With Triton's tracing on, the orchestrator's network calls (BLS) are traced as children of the
 /// `flux` request and carry its request id (the trace file Triton writes, one file per trace).
 #[test]

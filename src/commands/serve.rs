@@ -81,6 +81,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     }
     let mut server = Server::start(&install, &options).with_context(|| format!("serving {}", args.repo.display()))?;
     server.keep_log();
+    let supervisor = Supervisor::new(server.client(), &args.repo, server.pid().context("running")?)?;
+    every_network_loaded(&mut server, &supervisor, Duration::from_secs(args.timeout), out)?;
     let (url, metrics, log) = (
         server.url(),
         format!("http://127.0.0.1:{}/metrics", server.metrics_port),
@@ -106,7 +108,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     }
     let pid = std::process::id();
     report(pid, format!("Ctrl-C or `kill {pid}`"))?;
-    let status = supervise(&mut server, &args.repo, out);
+    let status = supervise(&mut server, &supervisor, out);
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
@@ -123,29 +125,71 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
 /// pod's supervisor starts a fresh server).
 const GIVE_UP_AFTER: u32 = 60;
 
+/// Triton calls `flux` ready even when a network's models all failed to load; the deployment is
+/// ready only when every network has a READY model (a fallback counts). Once the loads are done,
+/// says why each unready model is not, and stops the server when a network has none.
+fn every_network_loaded(server: &mut Server, supervisor: &Supervisor, timeout: Duration, out: &Output) -> Result<()> {
+    let started = std::time::Instant::now();
+    let loaded = loop {
+        let loaded = supervisor.loaded()?;
+        if !loaded.loading() || started.elapsed() >= timeout {
+            break loaded;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for unready in &loaded.unready {
+        out.warn(&unready.to_string());
+    }
+    if !loaded.missing.is_empty() {
+        server.stop()?;
+        bail!(
+            "no ready model for {}: the deployment cannot serve; stopped the server (see {})",
+            loaded.missing.join(", "),
+            server.log.display()
+        );
+    }
+    Ok(())
+}
+
 /// Until the server exits: once a second, reload dead or missing networks (`flux` is unloaded
-/// meanwhile, so readiness says so); give up after GIVE_UP_AFTER failed seconds.
-fn supervise(server: &mut Server, repo: &std::path::Path, out: &Output) -> Result<std::process::ExitStatus> {
-    let supervisor = Supervisor::new(server.client(), repo, server.pid().context("running")?)?;
+/// meanwhile, so readiness says so); give up after GIVE_UP_AFTER failed seconds. A warning is
+/// said when what is wrong changes, not every second.
+fn supervise(server: &mut Server, supervisor: &Supervisor, out: &Output) -> Result<std::process::ExitStatus> {
     let mut failing = 0;
+    let mut last_warning = String::new();
     loop {
         if let Some(status) = server.exited()? {
             return Ok(status);
         }
-        match supervisor.check() {
-            Ok(repair) if repair == Default::default() => failing = 0,
+        let warning = match supervisor.check() {
+            Ok(repair) if repair == Default::default() => {
+                failing = 0;
+                String::new()
+            }
             Ok(repair) => {
                 failing += 1;
-                out.warn(&format!(
-                    "dead backends {:?}, networks without a ready model {:?}: reloaded {:?}",
-                    repair.dead, repair.missing, repair.loaded
-                ));
+                let why: Vec<String> = repair.why.iter().map(ToString::to_string).collect();
+                format!(
+                    "dead backends {:?}, networks without a ready model {:?}: reloaded {:?}{}",
+                    repair.dead,
+                    repair.missing,
+                    repair.loaded,
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", why.join("; "))
+                    }
+                )
             }
             Err(e) => {
                 failing += 1;
-                out.warn(&format!("cannot check the server: {e:#}"));
+                format!("cannot check the server: {e:#}")
             }
+        };
+        if !warning.is_empty() && warning != last_warning {
+            out.warn(&warning);
         }
+        last_warning = warning;
         if failing >= GIVE_UP_AFTER {
             server.stop()?;
             bail!(
