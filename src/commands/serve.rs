@@ -127,7 +127,8 @@ const GIVE_UP_AFTER: u32 = 60;
 
 /// Triton calls `flux` ready even when a network's models all failed to load; the deployment is
 /// ready only when every network has a READY model (a fallback counts). Once the loads are done,
-/// says why each unready model is not, and stops the server when a network has none.
+/// a network without one stops the server with an error naming its models and Triton's reasons;
+/// an unready model whose network has another is a warning.
 fn every_network_loaded(server: &mut Server, supervisor: &Supervisor, timeout: Duration, out: &Output) -> Result<()> {
     let started = std::time::Instant::now();
     let loaded = loop {
@@ -137,14 +138,17 @@ fn every_network_loaded(server: &mut Server, supervisor: &Supervisor, timeout: D
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    for unready in &loaded.unready {
+    let (fatal, tolerated): (Vec<_>, Vec<_>) = loaded.unready.iter().partition(|u| loaded.missing.contains(&u.network));
+    for unready in tolerated {
         out.warn(&unready.to_string());
     }
     if !loaded.missing.is_empty() {
         server.stop()?;
+        let why: Vec<String> = fatal.iter().map(ToString::to_string).collect();
         bail!(
-            "no ready model for {}: the deployment cannot serve; stopped the server (see {})",
+            "no ready model for {} ({}): the deployment cannot serve; stopped the server (see {})",
             loaded.missing.join(", "),
+            why.join("; "),
             server.log.display()
         );
     }
