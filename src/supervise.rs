@@ -79,6 +79,15 @@ pub struct Unready {
     pub reason: String,
 }
 
+/// `unready` as one line, for a warning or an error.
+pub fn describe<'a>(unready: impl IntoIterator<Item = &'a Unready>) -> String {
+    unready
+        .into_iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl std::fmt::Display for Unready {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (model, network) = (&self.model, &self.network);
@@ -154,16 +163,21 @@ impl Supervisor {
 
     /// The networks' models now: which networks have none READY, and why each unready one is not.
     pub fn loaded(&self) -> Result<Loaded> {
-        Ok(self.loaded_in(&self.states()?))
+        Ok(self.loaded_in(&self.states()?, &[]))
     }
 
-    fn loaded_in(&self, states: &BTreeMap<String, ModelState>) -> Loaded {
+    /// `loaded` from `states`, where the `dead` models (READY without a live stub) do not count as
+    /// ready; they are not listed as unready either (`Repair::dead` names them).
+    fn loaded_in(&self, states: &BTreeMap<String, ModelState>, dead: &[String]) -> Loaded {
         let mut loaded = Loaded {
             missing: vec![],
             unready: vec![],
         };
         for (network, models) in &self.networks {
-            if !models.iter().any(|m| states.get(m).is_some_and(ModelState::ready)) {
+            if !models
+                .iter()
+                .any(|m| states.get(m).is_some_and(ModelState::ready) && !dead.contains(m))
+            {
                 loaded.missing.push(network.clone());
             }
             for model in models {
@@ -229,17 +243,13 @@ impl Supervisor {
                 repair.dead.push(model.clone());
             }
         }
-        for (network, models) in &self.networks {
-            if !models.iter().any(|m| ready(m) && !repair.dead.contains(m)) {
-                repair.missing.push(network.clone());
-            }
-        }
-        repair.why = self
-            .loaded_in(&states)
+        let loaded = self.loaded_in(&states, &repair.dead);
+        repair.why = loaded
             .unready
             .into_iter()
-            .filter(|u| repair.missing.contains(&u.network))
+            .filter(|u| loaded.missing.contains(&u.network))
             .collect();
+        repair.missing = loaded.missing;
         let flux_ok = ready(ORCHESTRATOR) && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
         if repair.missing.is_empty() && repair.dead.is_empty() && flux_ok {
             return Ok(repair);
@@ -264,10 +274,7 @@ impl Supervisor {
             }
         }
         let states = self.states()?;
-        let networks_ready = self
-            .networks
-            .values()
-            .all(|models| models.iter().any(|m| states.get(m).is_some_and(ModelState::ready)));
+        let networks_ready = self.loaded_in(&states, &[]).missing.is_empty();
         let flux_ready =
             states.get(ORCHESTRATOR).is_some_and(ModelState::ready) && !repair.dead.iter().any(|m| m == ORCHESTRATOR);
         if networks_ready && !flux_ready && self.client.repository(ORCHESTRATOR, "load").is_ok() {

@@ -4,7 +4,7 @@
 
 use crate::output::Output;
 use crate::serve::{repository_max_request_bytes, Installation, Server, ServerOptions};
-use crate::supervise::Supervisor;
+use crate::supervise::{self, Supervisor};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::write_atomic;
 use std::path::PathBuf;
@@ -144,11 +144,10 @@ fn every_network_loaded(server: &mut Server, supervisor: &Supervisor, timeout: D
     }
     if !loaded.missing.is_empty() {
         server.stop()?;
-        let why: Vec<String> = fatal.iter().map(ToString::to_string).collect();
         bail!(
             "no ready model for {} ({}): the deployment cannot serve; stopped the server (see {})",
             loaded.missing.join(", "),
-            why.join("; "),
+            supervise::describe(fatal),
             server.log.display()
         );
     }
@@ -172,16 +171,15 @@ fn supervise(server: &mut Server, supervisor: &Supervisor, out: &Output) -> Resu
             }
             Ok(repair) => {
                 failing += 1;
-                let why: Vec<String> = repair.why.iter().map(ToString::to_string).collect();
                 format!(
                     "dead backends {:?}, networks without a ready model {:?}: reloaded {:?}{}",
                     repair.dead,
                     repair.missing,
                     repair.loaded,
-                    if why.is_empty() {
+                    if repair.why.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({})", why.join("; "))
+                        format!(" ({})", supervise::describe(&repair.why))
                     }
                 )
             }
