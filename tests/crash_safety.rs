@@ -416,14 +416,45 @@ fn build_label(manifest: &serde_json::Value) -> String {
     manifest["settings"]["build"]["optimization_level"].to_string()
 }
 
+/// The networks in build order.
+const NETWORKS: [&str; 4] = ["clip", "t5", "transformer", "vae_decoder"];
+
+/// Each network's engine record in `engines`' manifest, in build order (None while a commit
+/// without atomic exchange has the folder renamed away).
+fn engine_records(engines: &Path) -> Option<Vec<serde_json::Value>> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(engines.join("manifest.json")).ok()?).unwrap();
+    Some(NETWORKS.iter().map(|n| manifest["submodels"][n].clone()).collect())
+}
+
 /// The optimization level of each network's engine, in build order.
 fn engine_levels(engines: &Path) -> Vec<String> {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(engines.join("manifest.json")).unwrap()).unwrap();
-    ["clip", "t5", "transformer", "vae_decoder"]
+    levels(&engine_records(engines).expect("an engines manifest"))
+}
+
+fn levels(records: &[serde_json::Value]) -> Vec<String> {
+    records
         .iter()
-        .map(|n| manifest["submodels"][n]["settings"]["optimization_level"].to_string())
+        .map(|r| r["settings"]["optimization_level"].to_string())
         .collect()
+}
+
+/// The seconds each network's engine took to build, in build order.
+fn build_seconds(engines: &Path) -> Vec<f64> {
+    let records = engine_records(engines).expect("an engines manifest");
+    records.iter().map(|r| r["build_seconds"].as_f64().unwrap()).collect()
+}
+
+/// Waits until the build in `child` has committed its first `networks` engines at `level`.
+fn wait_for_commits(engines: &Path, child: &mut std::process::Child, level: &str, networks: usize, what: &str) {
+    let committed = || engine_records(engines).is_some_and(|r| levels(&r[..networks]).iter().all(|l| l == level));
+    while !committed() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: the build ended before it got there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// `build(level, crash point)`: `fluxbuild build` writing engines at that optimization level.
@@ -530,44 +561,48 @@ fn tensorrt_rtx_build_killed_at_every_step_and_mid_build_leaves_a_complete_engin
         plan.display()
     );
 
-    // A whole build's time (the loop above ended at level 1: nothing is reusable at 2), then
-    // kills spread over it.
+    // A whole build at level 2 (the loop above ended at level 1: nothing is reusable), whose
+    // per-network times place the kills below.
     assert_eq!(engine_levels(&engines), ["1", "1", "1", "1"]);
-    let whole = std::time::Instant::now();
     ok(build("2", None));
-    let whole = whole.elapsed();
+    let seconds = build_seconds(&engines);
     eprintln!(
-        "TensorRT-RTX: 8 kills at commit steps in {:.0} s; a whole build {:.1} s",
+        "TensorRT-RTX: 8 kills at commit steps in {:.0} s; a level-2 build of {NETWORKS:?} took {seconds:.1?} s",
         started.elapsed().as_secs_f64(),
-        whole.as_secs_f64()
     );
     let mut before = engine_levels(&engines);
-    let mut mid_build = 0;
-    // Each at a level no engine has yet, so that every run builds all four (none is reused).
-    for (fraction, level) in [(0.1, "0"), (0.3, "3"), (0.5, "4"), (0.7, "5"), (0.9, "1")] {
+    // Each kill waits until the run has committed the networks before its target (progress, not
+    // a clock: CI's load varies), then lets TensorRT work on the target for a fraction of its
+    // level-2 time. Each at a level no engine has yet, so every run builds all four.
+    for (target, fraction, level) in [
+        (0, 0.5, "0"),
+        (1, 0.3, "3"),
+        (2, 0.6, "4"),
+        (3, 0.2, "5"),
+        (1, 0.9, "1"),
+    ] {
         let mut child = command(level, None)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(whole.mul_f64(fraction));
-        mid_build += usize::from(child.try_wait().unwrap().is_none());
+        let kill = format!("kill while building {} (level {level})", NETWORKS[target]);
+        wait_for_commits(&engines, &mut child, level, target, &kill);
+        std::thread::sleep(std::time::Duration::from_secs_f64(fraction * seconds[target]));
+        assert!(child.try_wait().unwrap().is_none(), "{kill}: the build had ended");
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        // Complete, and the networks in build order: those before the kill from the killed run,
-        // the rest as they were.
+        // Complete, and the networks in build order: those before the kill from the killed run
+        // (the target's too if it committed just then), the rest as they were.
         complete_state(&engines, build_label);
         let now = engine_levels(&engines);
         let updated = now.iter().take_while(|l| l.as_str() == level).count();
         assert!(
-            now[updated..] == before[updated..],
-            "kill at {fraction} of a build: {before:?} -> {now:?}"
+            (target..=target + 1).contains(&updated) && now[updated..] == before[updated..],
+            "{kill}: {before:?} -> {now:?}"
         );
         before = now;
     }
-    // Levels build at different speeds (and the machine's load varies): the late kills may find it done.
-    assert!(mid_build >= 3, "only {mid_build} of 5 kills found the build running");
-    eprintln!("{mid_build} of 5 timed kills hit a running build");
     ok(build("2", None));
     assert_eq!(complete_state(&engines, build_label), "2");
     assert_eq!(engine_levels(&engines), ["2", "2", "2", "2"]);
