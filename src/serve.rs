@@ -8,10 +8,11 @@ use crate::deploy::pbtxt::Message;
 use crate::generate::request::{FluxParameters, Limits as RequestLimits};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::parameters::Parameters;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where a tritonserver binary, its backends and its environment are.
@@ -220,6 +221,8 @@ pub struct Server {
     pub metrics_port: u16,
     pub log: PathBuf,
     _log_dir: Option<tempfile_dir::TempDir>,
+    /// Why the first start attempt was repeated (see START_ATTEMPTS).
+    pub restarted: Option<String>,
 }
 
 mod tempfile_dir {
@@ -232,7 +235,14 @@ mod tempfile_dir {
     }
 }
 
+/// Triton's Python backend now and then aborts the whole server while it starts the stubs
+/// (`boost::interprocess::lock_exception`, triton-inference-server/server#8882): a server killed
+/// by a signal before it was ready is started once more, on the same log.
+const START_ATTEMPTS: u32 = 2;
+
 impl Server {
+    /// Starts tritonserver and waits until it is ready (see START_ATTEMPTS; `restarted` says why
+    /// when the first attempt died).
     pub fn start(install: &Installation, options: &ServerOptions) -> Result<Server> {
         let repo = options
             .repository
@@ -247,54 +257,40 @@ impl Server {
                 (dir.join("tritonserver.log"), Some(tempfile_dir::TempDir(dir)))
             }
         };
-        let log_file =
-            std::fs::File::create(&log).with_context(|| format!("{}: cannot create the server log", log.display()))?;
-        let mut cmd = Command::new(&install.server);
-        cmd.arg(format!("--model-repository={}", repo.display()))
-            .arg(format!("--backend-directory={}", install.backends.display()))
-            .args([
-                "--http-address=127.0.0.1",
-                "--grpc-address=127.0.0.1",
-                "--metrics-address=127.0.0.1",
-            ])
-            .arg(format!("--http-port={}", options.http_port))
-            .arg(format!("--grpc-port={}", options.grpc_port))
-            .arg(format!("--metrics-port={}", options.metrics_port))
-            // A network that fails to load must not take the others down (fallbacks, clear errors).
-            .arg("--exit-on-error=false")
-            .arg("--strict-readiness=true");
-        if options.explicit_model_control {
-            cmd.arg("--model-control-mode=explicit");
-            cmd.args(options.load_models.iter().map(|m| format!("--load-model={m}")));
-        }
-        cmd.args(&options.extra_args);
-        cmd.env("PATH", prepend_paths(&install.path, "PATH")).env(
-            "LD_LIBRARY_PATH",
-            prepend_paths(&install.ld_library_path, "LD_LIBRARY_PATH"),
-        );
-        if !install.python_path.is_empty() {
-            cmd.env(
-                "FLUXBUILD_PYTHON_PATH",
-                prepend_paths(&install.python_path, "FLUXBUILD_PYTHON_PATH"),
-            );
-        }
-        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
-        if options.detached {
-            own_session(&mut cmd);
-        } else {
-            stop_with_parent(&mut cmd);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", install.server.display()))?;
         let mut server = Server {
-            child: Some(child),
+            child: None,
             http_port: options.http_port,
             metrics_port: options.metrics_port,
             log,
             _log_dir: log_dir,
+            restarted: None,
         };
-        server.wait_ready(options.ready_model.as_deref(), options.ready_timeout)?;
+        std::fs::File::create(&server.log)
+            .with_context(|| format!("{}: cannot create the server log", server.log.display()))?;
+        for attempt in 1.. {
+            // Appending: a dead attempt's stubs still write their last lines.
+            let log_file = std::fs::OpenOptions::new().append(true).open(&server.log)?;
+            server.child = Some(spawn(install, options, &repo, log_file)?);
+            let Some(status) = server.wait_ready(options.ready_model.as_deref(), options.ready_timeout)? else {
+                break;
+            };
+            if status.signal().is_none() || attempt == START_ATTEMPTS {
+                bail!(
+                    "tritonserver exited ({status}) before it was ready; its log:\n{}",
+                    server.tail(40)
+                );
+            }
+            let why = format!(
+                "tritonserver was killed ({status}) before it was ready; started it once more (the first \
+                 attempt's log is at the top of {})",
+                server.log.display()
+            );
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&server.log)?
+                .write_all(format!("\nfluxbuild: {why}\n\n").as_bytes())?;
+            server.restarted = Some(why);
+        }
         Ok(server)
     }
 
@@ -335,23 +331,22 @@ impl Server {
     }
 
     /// Waits until the server is live and `model` (the orchestrator `flux`) is ready (fallback
-    /// networks may have failed to load: the server still serves with them).
-    fn wait_ready(&mut self, model: Option<&str>, timeout: Duration) -> Result<()> {
+    /// networks may have failed to load: the server still serves with them); returns the exit
+    /// status of a server that ended before.
+    fn wait_ready(&mut self, model: Option<&str>, timeout: Duration) -> Result<Option<ExitStatus>> {
         let client = self.client();
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
-                bail!(
-                    "tritonserver exited ({status}) before it was ready; its log:\n{}",
-                    self.tail(40)
-                );
+                self.child = None;
+                return Ok(Some(status));
             }
             let ready = match model {
                 Some(m) => client.model_ready(m).unwrap_or(false),
                 None => client.live().unwrap_or(false),
             };
             if ready {
-                return Ok(());
+                return Ok(None);
             }
             if start.elapsed() > timeout {
                 let _ = self.stop();
@@ -402,6 +397,47 @@ impl Server {
         self.keep_log();
         self.child.take().expect("running").id()
     }
+}
+
+/// One tritonserver process on `repo`, its output into `log`.
+fn spawn(install: &Installation, options: &ServerOptions, repo: &Path, log: std::fs::File) -> Result<Child> {
+    let mut cmd = Command::new(&install.server);
+    cmd.arg(format!("--model-repository={}", repo.display()))
+        .arg(format!("--backend-directory={}", install.backends.display()))
+        .args([
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+        ])
+        .arg(format!("--http-port={}", options.http_port))
+        .arg(format!("--grpc-port={}", options.grpc_port))
+        .arg(format!("--metrics-port={}", options.metrics_port))
+        // A network that fails to load must not take the others down (fallbacks, clear errors).
+        .arg("--exit-on-error=false")
+        .arg("--strict-readiness=true");
+    if options.explicit_model_control {
+        cmd.arg("--model-control-mode=explicit");
+        cmd.args(options.load_models.iter().map(|m| format!("--load-model={m}")));
+    }
+    cmd.args(&options.extra_args);
+    cmd.env("PATH", prepend_paths(&install.path, "PATH")).env(
+        "LD_LIBRARY_PATH",
+        prepend_paths(&install.ld_library_path, "LD_LIBRARY_PATH"),
+    );
+    if !install.python_path.is_empty() {
+        cmd.env(
+            "FLUXBUILD_PYTHON_PATH",
+            prepend_paths(&install.python_path, "FLUXBUILD_PYTHON_PATH"),
+        );
+    }
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    if options.detached {
+        own_session(&mut cmd);
+    } else {
+        stop_with_parent(&mut cmd);
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", install.server.display()))
 }
 
 impl Drop for Server {

@@ -633,6 +633,33 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
     let _ = serve.wait();
 }
 
+/// `fluxbuild serve --detach` on `repo` (free ports, the pid file beside it): whether it
+/// succeeded, its stderr, the HTTP port and the pid file.
+fn serve_detached(repo: &Path) -> (bool, String, String, std::path::PathBuf) {
+    let port = fluxbuild::serve::free_port().unwrap().to_string();
+    let pid_file = repo.with_extension("pid");
+    let log = repo.with_extension("log");
+    let (ok, _, stderr) = fluxbuild(&[
+        "serve",
+        "--repo",
+        path(repo),
+        "--http-port",
+        &port,
+        "--grpc-port",
+        &fluxbuild::serve::free_port().unwrap().to_string(),
+        "--metrics-port",
+        &fluxbuild::serve::free_port().unwrap().to_string(),
+        "--detach",
+        "--pid-file",
+        path(&pid_file),
+        "--log",
+        path(&log),
+        "--timeout",
+        "180",
+    ]);
+    (ok, stderr, port, pid_file)
+}
+
 /// `fluxbuild serve` on a repository where a network's only model fails to load: Triton still
 /// calls `flux` ready, but serve names the model with Triton's reason, stops the server and exits
 /// non-zero (no pid file, nothing left listening). With an alternative that loads, it serves on
@@ -652,34 +679,13 @@ fn a_network_that_fails_to_load_is_named_and_serve_stops() {
         let tail = tail.replacen("string_value: \"0\"", "string_value: \"all\"", 1);
         std::fs::write(&config, format!("{head}{tail}")).unwrap();
     };
-    let serve = |repo: &Path| {
-        let port = fluxbuild::serve::free_port().unwrap().to_string();
-        let pid_file = repo.with_extension("pid");
-        let (ok, _, stderr) = fluxbuild(&[
-            "serve",
-            "--repo",
-            path(repo),
-            "--http-port",
-            &port,
-            "--grpc-port",
-            &fluxbuild::serve::free_port().unwrap().to_string(),
-            "--metrics-port",
-            &fluxbuild::serve::free_port().unwrap().to_string(),
-            "--detach",
-            "--pid-file",
-            path(&pid_file),
-            "--timeout",
-            "180",
-        ]);
-        (ok, stderr, port, pid_file)
-    };
     let why = "model `clip` (clip) is UNAVAILABLE: Internal: ParameterError: config.pbtxt of clip: \
                parameter 'intra_op_threads' is 'all', expected int";
 
     let repo = dir.path().join("repo");
     package_cpu(&models, &repo, &[]);
     break_clip(&repo);
-    let (ok, stderr, port, pid_file) = serve(&repo);
+    let (ok, stderr, port, pid_file) = serve_detached(&repo);
     assert!(!ok, "serve succeeded with clip unloadable:\n{stderr}");
     assert!(
         stderr.contains(&format!("error: no ready model for clip ({why}")),
@@ -697,13 +703,93 @@ fn a_network_that_fails_to_load_is_named_and_serve_stops() {
     let alternative = format!("clip={}", path(&models.join("clip")));
     package_cpu(&models, &repo, &["--alternative", &alternative]);
     break_clip(&repo);
-    let (ok, stderr, port, pid_file) = serve(&repo);
+    let (ok, stderr, port, pid_file) = serve_detached(&repo);
     assert!(ok, "serve with a loadable alternative failed:\n{stderr}");
     assert!(stderr.contains(&format!("warning: {why}")), "{stderr}");
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
     assert!(client.model_ready("flux").unwrap() && client.model_ready("clip_alt1").unwrap());
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
+/// Triton's Python backend sometimes aborts the whole server while it starts the stubs
+/// (triton-inference-server/server#8882). A model whose stub aborts the server (SIGABRT, as that
+/// crash does) at its first load only: serve starts the server once more, says so, and serves.
+/// One that aborts it every time: serve fails after the second attempt, naming the signal.
+#[test]
+fn a_server_that_aborts_while_starting_is_started_once_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    // The repository plus a model whose stub aborts its parent, tritonserver, at load: at every
+    // load, or at the first only (the stub leaves a marker file).
+    let with_aborting_model = |name: &str, every_load: bool| {
+        let repo = dir.path().join(name);
+        package_cpu(&models, &repo, &[]);
+        let model = repo.join("aborts_tritonserver");
+        std::fs::create_dir_all(model.join("1")).unwrap();
+        let config = r#"backend: "python"
+max_batch_size: 0
+input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]
+instance_group [{ kind: KIND_CPU count: 1 }]
+"#;
+        std::fs::write(model.join("config.pbtxt"), config).unwrap();
+        let marker = dir.path().join(format!("{name}.aborted"));
+        let script = format!(
+            r#"import os, signal
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if {every_load} or not os.path.exists({marker:?}):
+            open({marker:?}, "w").close()
+            os.kill(os.getppid(), signal.SIGABRT)
+
+    def execute(self, requests):
+        return []
+"#,
+            every_load = if every_load { "True" } else { "False" },
+        );
+        std::fs::write(model.join("1/model.py"), script).unwrap();
+        (repo, marker)
+    };
+    let restarts = |repo: &Path| {
+        let log = std::fs::read_to_string(repo.with_extension("log")).unwrap();
+        log.matches("fluxbuild: tritonserver was killed (signal: 6").count()
+    };
+
+    let (repo, marker) = with_aborting_model("aborts-once", false);
+    let (ok, stderr, port, pid_file) = serve_detached(&repo);
+    assert!(ok, "serve after one abort failed:\n{stderr}");
+    assert!(marker.exists(), "the model never aborted the server");
+    assert!(
+        stderr.contains(
+            "warning: tritonserver was killed (signal: 6 (SIGABRT)) before it was ready; started it once more"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        restarts(&repo),
+        1,
+        "{}",
+        std::fs::read_to_string(repo.with_extension("log")).unwrap()
+    );
+    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    assert!(client.model_ready("flux").unwrap());
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+
+    let (repo, _) = with_aborting_model("aborts-always", true);
+    let (ok, stderr, port, pid_file) = serve_detached(&repo);
+    assert!(!ok, "serve succeeded with a server that aborts at every start");
+    assert!(
+        stderr.contains("error: serving")
+            && stderr.contains("tritonserver exited (signal: 6 (SIGABRT)) before it was ready"),
+        "{stderr}"
+    );
+    assert_eq!(restarts(&repo), 1, "one more attempt, not more:\n{stderr}");
+    assert!(!pid_file.exists(), "a pid file for a server that never started");
+    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    assert!(client.model_ready("flux").is_err(), "a server still answers on {port}");
 }
 
 /// With Triton's tracing on, the orchestrator's network calls (BLS) are traced as children of the

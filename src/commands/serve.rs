@@ -81,6 +81,9 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     }
     let mut server = Server::start(&install, &options).with_context(|| format!("serving {}", args.repo.display()))?;
     server.keep_log();
+    if let Some(why) = &server.restarted {
+        out.warn(why);
+    }
     let supervisor = Supervisor::new(server.client(), &args.repo, server.pid().context("running")?)?;
     every_network_loaded(&mut server, &supervisor, Duration::from_secs(args.timeout), out)?;
     let (url, metrics, log) = (
