@@ -231,11 +231,11 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
         .source
         .iter()
         .map(|f| {
-            let absolute = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            // Older exports recorded the source as given, relative to the folder export ran in.
             manifest
                 .inputs
                 .iter()
-                .find(|i| i.path == absolute)
+                .find(|i| i.path == *f || (f.is_relative() && i.path.ends_with(f)))
                 .map(|i| i.sha256.clone())
                 .with_context(|| {
                     format!(

@@ -434,7 +434,13 @@ fn plan_all<'a>(
 
 fn describe(p: &Planned<'_>, written: &fluxbuild_exporters::onnx::WrittenModel) -> ExportedSubmodel {
     ExportedSubmodel {
-        source: p.ckpt.source_files(),
+        // Absolute, like the inputs' paths: calibrate finds a source's hash from any folder.
+        source: p
+            .ckpt
+            .source_files()
+            .into_iter()
+            .map(|f| std::path::absolute(&f).unwrap_or(f))
+            .collect(),
         source_kind: format!("{:?}", p.ckpt.located.kind),
         all_in_one_part: p.ckpt.all_in_one_part.clone(),
         scaled_fp8: p.ckpt.scaled_fp8.clone(),

@@ -217,6 +217,26 @@ fn the_cli_builds_four_plans_and_a_manifest_then_reuses_them() {
         assert_eq!(b["reused"], true, "{second}");
         assert_eq!(a["key"], b["key"]);
     }
+    // A plan changed since (one byte, same size) is not reused: built again, and recorded as it is.
+    let plan = out.join("t5/model.plan");
+    let mut bytes = std::fs::read(&plan).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&plan, bytes).unwrap();
+    let repaired = json(build_rtx(&models, &out, &["--json"]), "build over a corrupted plan");
+    let reused: Vec<bool> = repaired["built"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["reused"].as_bool().unwrap())
+        .collect();
+    assert_eq!(reused, [true, false, true, true], "{repaired}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["submodels"]["t5"]["plan_sha256"].as_str().unwrap(),
+        fluxbuild_contract::files::sha256_file(&plan).unwrap()
+    );
     // Other targets are other engines: a new key, built again.
     let ada = ["--json", "--compute-capability", "8.9", "--only", "clip"];
     let third = json(build_rtx(&models, &out, &ada), "8.9 build");

@@ -14,6 +14,7 @@
 //! The first engine of a network is its primary model; the later ones are fallbacks the
 //! orchestrator uses, in order, when the primary is not ready (e.g. fp16 when fp8 failed to load).
 
+use crate::manifest::FileEntry;
 use crate::Network;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,12 @@ pub struct EnginesManifest {
     /// What built them (absent from hand-written lists, which stand for TensorRT plans).
     #[serde(default)]
     pub settings: Option<BuiltWith>,
+    /// The graph files they were built from (as given then) and the plans (relative to the
+    /// folder), with sizes and sha256: what `fluxbuild build` records; absent from hand-written lists.
+    #[serde(default)]
+    pub inputs: Vec<FileEntry>,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
 }
 
 /// The part of the engines stage's settings a reader of the list needs.

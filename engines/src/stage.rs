@@ -10,6 +10,7 @@ use crate::settings::{list, BuildSettings, Runtime};
 use crate::toolchain::{Gpu, Toolchain};
 use anyhow::Result;
 use fluxbuild_contract::engines::{Engine, EnginesManifest, Profile, Shapes};
+use fluxbuild_contract::files::sha256_file;
 use fluxbuild_contract::manifest::{FileEntry, Manifest, StageKind};
 use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
 use fluxbuild_contract::Network;
@@ -56,8 +57,13 @@ pub fn build_engines(
     warn: &dyn Fn(&str),
 ) -> Result<Vec<Built>> {
     let mut records = previous_records(&request.out.join("manifest.json"))?;
-    // A record whose plan is gone (or was replaced by hand) describes nothing any more.
-    records.retain(|_, r| std::fs::metadata(request.out.join(&r.plan)).is_ok_and(|m| m.len() == r.plan_bytes));
+    // A record whose plan is gone, or was changed since (truncated, replaced, corrupted: its size
+    // or sha256 differs), describes nothing any more: that engine is built again.
+    records.retain(|_, r| {
+        let plan = request.out.join(&r.plan);
+        std::fs::metadata(&plan).is_ok_and(|m| m.len() == r.plan_bytes)
+            && sha256_file(&plan).is_ok_and(|sha256| sha256 == r.plan_sha256)
+    });
     let plans = build::plan(request, graphs, toolchain, &records)?;
     build::check_disk(request, &plans)?;
 
@@ -203,5 +209,7 @@ pub fn package_view(records: &BTreeMap<String, EngineRecord>) -> EnginesManifest
     EnginesManifest {
         engines,
         settings: None,
+        inputs: vec![],
+        files: vec![],
     }
 }

@@ -20,16 +20,17 @@ pub struct Args {
     #[arg(long)]
     engines: Option<PathBuf>,
     /// Prompts per batch: the orchestrator's max_batch_size (and the cpu networks').
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     max_batch: u32,
     /// How long the orchestrator's dynamic batcher waits to fill a batch, in microseconds.
     #[arg(long, default_value_t = 20_000)]
     queue_delay_us: u64,
-    /// Default image height and width (requests may ask for others within the limits).
-    #[arg(long, default_value_t = 1024)]
-    height: u32,
-    #[arg(long, default_value_t = 1024)]
-    width: u32,
+    /// Default image height and width (requests may ask for others within the limits)
+    /// [default: 1024, or the largest the deployment serves when smaller].
+    #[arg(long)]
+    height: Option<u32>,
+    #[arg(long)]
+    width: Option<u32>,
     /// cpu: the largest height and width served (gpu: taken from the engines' profiles).
     #[arg(long, default_value_t = 1024)]
     max_height: u32,
@@ -89,7 +90,7 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         out: args.out,
         target: args.target,
         engines: args.engines,
-        max_batch: args.max_batch.max(1),
+        max_batch: args.max_batch,
         queue_delay_us: args.queue_delay_us,
         height: args.height,
         width: args.width,

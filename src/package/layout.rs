@@ -8,7 +8,7 @@ use super::config::{
 };
 use super::source::{data_type, fixed, numpy_dtype, Exported, ExportedNetwork};
 use super::{Options, Target};
-use crate::generate::request::{Defaults, FluxParameters, Limits as RequestLimits};
+use crate::generate::request::{Defaults, FluxParameters, InitialNoise, Limits as RequestLimits, Request};
 use crate::generate::tokenize::{CLIP_PAD_TOKEN, T5_PAD_TOKEN};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::engines::Engine;
@@ -235,6 +235,30 @@ fn request_rules(options: &Options, limits: &Limits) -> Result<RequestLimits> {
     })
 }
 
+/// A deployment must serve a one-prompt request with its own defaults (else its settings
+/// contradict each other: a size it does not serve, steps beyond --max-steps, a memory budget below
+/// the smallest image, no prompt byte allowed); checked by the rules every request meets.
+fn check_default_request(parameters: &FluxParameters) -> Result<()> {
+    let size = |v: u32| v as usize;
+    let request = Request {
+        prompts: vec!["a".into()],
+        height: size(parameters.default_height),
+        width: size(parameters.default_width),
+        steps: size(parameters.default_steps),
+        guidance: parameters.default_guidance,
+        max_sequence_length: size(parameters.default_max_sequence_length),
+        noise: InitialNoise::Seed(0),
+    };
+    request.check(&parameters.request_rules).with_context(|| {
+        format!(
+            "the repository would refuse a request with its own defaults ({}x{} px, {} steps, T5 length {}); \
+             change --height/--width, --steps/--max-steps, --max-sequence-length, --memory-budget-mib or \
+             --max-prompt-bytes",
+            request.height, request.width, request.steps, request.max_sequence_length
+        )
+    })
+}
+
 /// The orchestrator: prompt in, image out, driving the networks by BLS.
 pub fn orchestrator(
     exported: &Exported,
@@ -293,13 +317,19 @@ pub fn orchestrator(
     let exported_models = &exported.models;
     // Local generation's defaults (FluxPipeline's), the T5 length capped by what the graphs or engines take.
     let defaults = Defaults::of(exported_models.variant.value);
-    let default_length = options
-        .max_sequence_length
-        .map(i64::from)
-        .unwrap_or(defaults.max_sequence_length as i64)
-        .clamp(limits.min_sequence_length, limits.max_sequence_length);
-    let default_height = i64::from(options.height).clamp(limits.min_height, limits.max_height);
-    let default_width = i64::from(options.width).clamp(limits.min_width, limits.max_width);
+    // FluxPipeline's defaults are clamped to what the deployment serves; given ones are not (the
+    // default request's check below names them).
+    let given_or = |given: Option<u32>, default: usize, low: i64, high: i64| {
+        given.map_or((default as i64).clamp(low, high), i64::from)
+    };
+    let default_length = given_or(
+        options.max_sequence_length,
+        defaults.max_sequence_length,
+        limits.min_sequence_length,
+        limits.max_sequence_length,
+    );
+    let default_height = given_or(options.height, defaults.height, limits.min_height, limits.max_height);
+    let default_width = given_or(options.width, defaults.width, limits.min_width, limits.max_width);
     let mut dtypes = BTreeMap::new();
     for value in &exported.network(Network::Transformer).interface.inputs {
         dtypes.insert(value.name.clone(), numpy_dtype(value.elem).to_string());
@@ -348,6 +378,7 @@ pub fn orchestrator(
         torch_on_cpu: None,
         step_order: None,
     };
+    check_default_request(&parameters)?;
     for (network, names) in models {
         parameters.set_models(fluxbuild_contract::Network::parse(network)?, names);
     }

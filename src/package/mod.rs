@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod layout;
+mod recorded;
 pub mod source;
 
 use crate::export::ExportManifest;
@@ -41,9 +42,10 @@ pub struct Options {
     pub max_batch: u32,
     /// How long the orchestrator's dynamic batcher waits to fill a batch.
     pub queue_delay_us: u64,
-    /// Default image size (clamped to what the deployment serves).
-    pub height: u32,
-    pub width: u32,
+    /// Default image size (else FluxPipeline's, clamped to what the deployment serves; a given
+    /// size must be one the deployment serves).
+    pub height: Option<u32>,
+    pub width: Option<u32>,
     /// cpu: the largest image served (gpu: from the engines' profiles).
     pub max_height: u32,
     pub max_width: u32,
@@ -170,6 +172,8 @@ pub struct Packaged {
 pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressBar) -> Result<Packaged> {
     let exported = Exported::read(&options.models)?;
     check_tokenizers(&exported)?;
+    let mut recorded = recorded::Recorded::default();
+    let export_files = recorded.add_export(&options.models)?;
     let mut dirs: Vec<ModelDir> = Vec::new();
     let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let limits = match options.target {
@@ -185,6 +189,7 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
                     bail!("--alternative {name}=...: unknown network (expected one of {names:?})");
                 };
                 let alternative = source::read_network(dir, network, dir)?;
+                recorded.add_export(dir)?;
                 let model = format!("{name}_alt{}", i + 1);
                 dirs.push(layout::cpu_network(&alternative, &model, options)?);
                 models.get_mut(name).expect("all networks").push(model);
@@ -210,6 +215,8 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
                     dir.display()
                 );
             }
+            recorded.add_folder(dir, StageKind::Engines, &manifest.files)?;
+            recorded::check_engines_built_from(&options.models, &export_files, dir, &manifest.inputs)?;
             for network in &exported.networks {
                 let engines = manifest.of(network.name);
                 if engines.is_empty() {
@@ -225,7 +232,7 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
         }
     };
     dirs.push(layout::orchestrator(&exported, options, &limits, &models)?);
-    write_repository(options, &exported, &dirs, &limits, progress)
+    write_repository(options, &exported, &dirs, &limits, &recorded, progress)
 }
 
 /// The orchestrator pads with the tokens local generation pads with: both must be there.
@@ -339,6 +346,7 @@ fn write_repository(
     exported: &Exported,
     dirs: &[ModelDir],
     limits: &Limits,
+    recorded: &recorded::Recorded,
     progress: &dyn Fn(u64) -> indicatif::ProgressBar,
 ) -> Result<Packaged> {
     let out = &options.out;
@@ -358,29 +366,39 @@ fn write_repository(
             let model = tmp.join(&dir.config.name);
             std::fs::create_dir_all(model.join("1"))?;
             std::fs::write(model.join("config.pbtxt"), dir.config.to_pbtxt())?;
-            files.push(PathBuf::from(&dir.config.name).join("config.pbtxt"));
+            files.push((PathBuf::from(&dir.config.name).join("config.pbtxt"), None));
             for (rel, source) in &dir.files {
                 let dest = model.join(rel);
                 std::fs::create_dir_all(dest.parent().expect("inside the model"))?;
-                match source {
-                    Source::Bytes(bytes) => std::fs::write(&dest, bytes)?,
-                    Source::Link(from) => link_or_copy(from, &dest)?,
-                }
-                files.push(PathBuf::from(&dir.config.name).join(rel));
+                let from = match source {
+                    Source::Bytes(bytes) => {
+                        std::fs::write(&dest, bytes)?;
+                        None
+                    }
+                    Source::Link(from) => {
+                        link_or_copy(from, &dest)?;
+                        Some(from)
+                    }
+                };
+                files.push((PathBuf::from(&dir.config.name).join(rel), from));
             }
             crash_point(&format!("package-wrote-{}", dir.config.name));
         }
         let total: u64 = files
             .iter()
-            .map(|f| std::fs::metadata(tmp.join(f)).map(|m| m.len()).unwrap_or(0))
+            .map(|(f, _)| std::fs::metadata(tmp.join(f)).map(|m| m.len()).unwrap_or(0))
             .sum();
         let bar = progress(total);
         bar.set_message("sha256");
         let mut listed = Vec::new();
-        for file in &files {
+        for (file, from) in &files {
             let path = tmp.join(file);
             let bytes = std::fs::metadata(&path)?.len();
-            listed.push(FileEntry::new(tmp, &path, bytes, sha256_file(&path)?));
+            let entry = FileEntry::new(tmp, &path, bytes, sha256_file(&path)?);
+            if let Some(from) = from {
+                recorded.check(from, &entry)?;
+            }
+            listed.push(entry);
             bar.inc(bytes);
         }
         bar.finish_and_clear();
