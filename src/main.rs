@@ -47,7 +47,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let out = fluxbuild::output::Output { json: cli.json };
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a, &out),
@@ -71,4 +74,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses: its text on stderr as usual and, with `--json` anywhere on the
+/// line, the one JSON document on stdout too (clap's diagnosis on one line), exit 2.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    let for_people = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if wants_json && !for_people {
+        // clap's first paragraph, on one line: "invalid value 'tpu' for '--target <TARGET>' [possible values: cpu, gpu]".
+        let text = error.render().to_string();
+        let first: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let joined = first.join(" ");
+        let message = joined.strip_prefix("error: ").unwrap_or(&joined);
+        println!(
+            "{}",
+            serde_json::json!({ "error": message, "causes": [message], "usage": true })
+        );
+    }
+    let _ = error.print();
+    ExitCode::from(if error.use_stderr() { 2 } else { 0 })
 }

@@ -281,3 +281,32 @@ fn checkpoint_file_that_is_not_all_in_one_names_what_it_holds() {
     );
     assert!(!out_dir.exists());
 }
+
+/// A command line clap refuses is, with `--json`, still exactly one JSON document on stdout (and
+/// clap's text on stderr), exit 2; `--help` stays text.
+#[test]
+fn json_usage_errors_are_one_document() {
+    for (args, expected) in [
+        (&["--json", "export", "--checkpoint", "x"][..], "--out <OUT>"),
+        (&["--json", "bogus"], "unrecognized subcommand 'bogus'"),
+        (
+            &["package", "--json", "--models", "m", "--out", "o", "--target", "tpu"],
+            "[possible values: cpu, gpu]",
+        ),
+        (
+            &["generate", "--prompt", "a", "--steps", "abc", "--json"],
+            "invalid value 'abc' for '--steps <STEPS>'",
+        ),
+    ] {
+        let out = fluxbuild(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let document: serde_json::Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {stdout}"));
+        let error = document["error"].as_str().unwrap();
+        assert!(error.contains(expected) && !error.contains('\n'), "{args:?}: {error}");
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "), "{args:?}");
+    }
+    let help = fluxbuild(&["--json", "export", "--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage: fluxbuild export"));
+}
