@@ -353,6 +353,27 @@ fn out_is_never_an_input_nor_a_folder_fluxbuild_did_not_write() {
         "{}",
         stderr(&into_models)
     );
+    // And build, whose --out holds earlier engines: checked before their records are read.
+    for (out, expected) in [
+        (&graphs, "is the input".to_string()),
+        (
+            &repo,
+            "holds the result of `fluxbuild package`, not of `fluxbuild build`".into(),
+        ),
+    ] {
+        let args = [
+            "build",
+            "--runtime",
+            "tensorrt-rtx",
+            "--models",
+            graphs.to_str().unwrap(),
+        ];
+        let output = fluxbuild(
+            &[&args[..], &["--profile", "tiny-check", "--out", out.to_str().unwrap()]].concat(),
+            &[],
+        );
+        assert!(stderr(&output).contains(&expected), "{}", stderr(&output));
+    }
 }
 
 /// sha256 of every file under `dir`, with its path.

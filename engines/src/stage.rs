@@ -12,7 +12,7 @@ use anyhow::Result;
 use fluxbuild_contract::engines::{Engine, EnginesManifest, Profile, Shapes};
 use fluxbuild_contract::files::sha256_file;
 use fluxbuild_contract::manifest::{FileEntry, Manifest, StageKind};
-use fluxbuild_contract::output_dir::{crash_point, Existing, Staged};
+use fluxbuild_contract::output_dir::{self, crash_point, Existing, Staged};
 use fluxbuild_contract::Network;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,6 +56,14 @@ pub fn build_engines(
     graphs: Vec<Graph>,
     warn: &dyn Fn(&str),
 ) -> Result<Vec<Built>> {
+    // The --out checks (not an input, nothing foreign, not another stage's result) come before
+    // reading an existing folder's records.
+    output_dir::check(
+        &request.out,
+        std::slice::from_ref(&request.models),
+        Existing::Update,
+        StageKind::Engines,
+    )?;
     let mut records = previous_records(&request.out.join("manifest.json"))?;
     // A record whose plan is gone, or was changed since (truncated, replaced, corrupted: its size
     // or sha256 differs), describes nothing any more: that engine is built again.
