@@ -629,3 +629,31 @@ fn tensorrt_rtx_build_killed_at_every_step_and_mid_build_leaves_a_complete_engin
     assert_eq!(engine_levels(&engines), ["2", "2", "2", "2"]);
     assert!(leftovers(&engines).is_empty(), "{:?}", leftovers(&engines));
 }
+
+/// A symbolic link as --out (to a folder on a bigger disk, say) is written through: the result
+/// lands in the folder it points to and the link stays, also when replaced with --force. A link
+/// to nothing is refused, naming it.
+#[test]
+fn a_symlinked_out_is_written_through_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("big-disk/graphs");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = dir.path().join("graphs");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        ok(export(&link, "fp32", extra, &[]));
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(complete_state(&real, export_label), "fp32");
+        assert!(leftovers(&real).is_empty(), "{:?}", leftovers(&real));
+        assert!(leftovers(&link).is_empty(), "{:?}", leftovers(&link));
+    }
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    let output = export(&dangling, "fp32", &[], &[]);
+    assert!(
+        stderr(&output).contains("a symbolic link to") && stderr(&output).contains("which does not exist"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("nowhere").exists());
+}

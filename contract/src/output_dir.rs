@@ -57,13 +57,20 @@ impl Staged {
     /// Checks `out` against `inputs` and `existing`, removes leftovers of dead runs beside it and
     /// creates the staging folder. `kind` names the manifest kind an existing `out` must have.
     pub fn begin(out: &Path, inputs: &[PathBuf], existing: Existing, kind: StageKind) -> Result<Staged> {
+        let out = &through_link(out)?;
         refuse_overlap(out, inputs)?;
         let (parent, name) = split(out)?;
         std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create", parent.display()))?;
         recover(&parent, &name)?;
         let owned = check_existing(out, existing, kind)?;
         let dir = parent.join(hidden(&name, STAGING, std::process::id()));
-        std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir(&dir).with_context(|| {
+            format!(
+                "--out {}: cannot write in {} (results are staged beside --out and swapped in whole)",
+                out.display(),
+                parent.display()
+            )
+        })?;
         let staged = Staged {
             out: out.to_path_buf(),
             dir,
@@ -143,8 +150,25 @@ impl Drop for Staged {
     }
 }
 
+/// A symbolic link at `out` stands for the folder it points to (say, on a bigger disk): the result
+/// goes there and the link stays (swapping the staging folder with `out` would replace the link).
+fn through_link(out: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(out) {
+        Ok(meta) if meta.file_type().is_symlink() => out.canonicalize().with_context(|| {
+            let target = std::fs::read_link(out).unwrap_or_default();
+            format!(
+                "--out {}: a symbolic link to {}, which does not exist; create it or give another --out",
+                out.display(),
+                target.display()
+            )
+        }),
+        _ => Ok(out.to_path_buf()),
+    }
+}
+
 /// The checks `Staged::begin` makes, without writing anything: for refusing early, before long work.
 pub fn check(out: &Path, inputs: &[PathBuf], existing: Existing, kind: StageKind) -> Result<()> {
+    let out = &through_link(out)?;
     refuse_overlap(out, inputs)?;
     split(out)?;
     check_existing(out, existing, kind).map(|_| ())
