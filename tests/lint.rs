@@ -369,4 +369,17 @@ fn bad_targets_and_paths_are_clear() {
     std::fs::write(dir.path().join("clip/model.onnx"), b"not a protobuf").unwrap();
     let o = fluxbuild(&["lint", dir.path().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("clip/model.onnx: not an ONNX model"));
+
+    // A graph the export's manifest lists and the folder lacks is a finding, not a graph less.
+    let models = dir.path().join("models");
+    assert_eq!(export(&models, "fp32").len(), 4);
+    assert!(fluxbuild(&["lint", models.to_str().unwrap()]).status.success());
+    std::fs::remove_file(models.join("vae_decoder/model.onnx")).unwrap();
+    let o = fluxbuild(&["lint", models.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("vae_decoder/model.onnx: missing ("),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -258,5 +258,23 @@ pub fn graph_paths(path: &Path) -> Result<Vec<PathBuf>> {
         "{}: no */model.onnx found (give an export folder or one .onnx file)",
         path.display()
     );
+    // An export folder's manifest says which graphs it holds: one of them gone is a finding, not
+    // a graph less to lint.
+    let manifest = path.join("manifest.json");
+    if let Some(listed) = std::fs::read(&manifest)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .and_then(|value| value["submodels"].as_object().map(|s| s.keys().cloned().collect::<Vec<_>>()))
+    {
+        for name in listed {
+            let graph = path.join(&name).join("model.onnx");
+            anyhow::ensure!(
+                found.contains(&graph),
+                "{}: missing ({} lists {name}); export it again",
+                graph.display(),
+                manifest.display()
+            );
+        }
+    }
     Ok(found)
 }
