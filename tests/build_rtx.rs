@@ -405,3 +405,48 @@ fn weightless_fp8_plans_are_built_for_one_gpu_at_a_time() {
         assert!(out.join(network).join("model.plan").is_file(), "no {network} plan");
     }
 }
+
+/// A truncated external data file is found for every graph before any engine is built: the
+/// error names the file, its size and what the graph reads; no engines folder is written.
+#[test]
+fn a_truncated_graph_is_refused_before_any_engine_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    for entry in walk(&exports().join("dev-fp32")) {
+        let to = models.join(entry.strip_prefix(exports().join("dev-fp32")).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    // The last network built: without the early check, three engines would be built first.
+    let data = models.join("vae_decoder/model.onnx.data");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let out = dir.path().join("engines");
+    let o = build_rtx(&models, &out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    let expected = format!(
+        "{}: 1000 bytes, but {} reads up to byte ",
+        data.display(),
+        models.join("vae_decoder/model.onnx").display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!out.exists(), "an engines folder was written");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -6,7 +6,7 @@ use crate::types::{Dim, ElemType, ValueInfo};
 use anyhow::{bail, Context, Result};
 use onnx_protobuf as pb;
 use protobuf::Message;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Parses `model.onnx` (the protobuf only).
@@ -174,6 +174,29 @@ pub fn external_files(model: &pb::ModelProto) -> BTreeSet<String> {
                 .map(|e| e.value.clone())
         })
         .collect()
+}
+
+/// Per external data file, the end of the furthest bytes an initializer reads from it
+/// (`offset + length`): what the file must hold at least.
+pub fn external_extents(model: &pb::ModelProto) -> BTreeMap<String, u64> {
+    let mut extents = BTreeMap::new();
+    for tensor in &model.graph.get_or_default().initializer {
+        let field = |key: &str| {
+            tensor
+                .external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.as_str())
+        };
+        let Some(location) = field("location") else {
+            continue;
+        };
+        let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let end = number("offset").saturating_add(number("length"));
+        let extent = extents.entry(location.to_string()).or_insert(0);
+        *extent = end.max(*extent);
+    }
+    extents
 }
 
 /// ONNX TensorProto.DataType names, as error messages and the lint print them.

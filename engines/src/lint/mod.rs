@@ -264,7 +264,11 @@ pub fn graph_paths(path: &Path) -> Result<Vec<PathBuf>> {
     if let Some(listed) = std::fs::read(&manifest)
         .ok()
         .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
-        .and_then(|value| value["submodels"].as_object().map(|s| s.keys().cloned().collect::<Vec<_>>()))
+        .and_then(|value| {
+            value["submodels"]
+                .as_object()
+                .map(|s| s.keys().cloned().collect::<Vec<_>>())
+        })
     {
         for name in listed {
             let graph = path.join(&name).join("model.onnx");
