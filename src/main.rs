@@ -51,6 +51,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    // The commands that stage an output folder; the others keep the signals' default actions
+    // (serve, say, lets its server see Ctrl-C and then removes its pid file).
+    if matches!(
+        cli.command,
+        Command::Export(_) | Command::Build(_) | Command::Package(_)
+    ) {
+        fluxbuild_contract::interrupted::remove_staging_on_interrupt();
+    }
     let out = fluxbuild::output::Output { json: cli.json };
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a, &out),

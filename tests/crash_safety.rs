@@ -657,3 +657,50 @@ fn a_symlinked_out_is_written_through_and_kept() {
     );
     assert!(!dir.path().join("nowhere").exists());
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM in the middle of a build (TensorRT-RTX at work on the second
+/// network) removes the unfinished staging folder at once and exits 128 + the signal; the
+/// engines folder holds what was committed before, complete.
+#[test]
+fn ctrl_c_and_sigterm_remove_the_staging_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let graphs = dir.path().join("graphs");
+    ok(export(&graphs, "fp32", &[], &[]));
+    let engines = dir.path().join("engines");
+    let rtx_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/tensorrt-rtx");
+    for (signal, level) in [(libc::SIGINT, "1"), (libc::SIGTERM, "2")] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+            .args([
+                "build",
+                "--runtime",
+                "tensorrt-rtx",
+                "--models",
+                graphs.to_str().unwrap(),
+            ])
+            .args(["--profile", "tiny-check", "--out", engines.to_str().unwrap()])
+            .args(["--builder-optimization-level", level])
+            .env("FLUXBUILD_TENSORRT_RTX_DIR", &rtx_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let what = format!("signal {signal} while building t5");
+        wait_for_commits(&engines, &mut child, level, 1, &what);
+        // Between two engines' commits the next staging folder is being made: wait until it is there.
+        while leftovers(&engines).is_empty() {
+            assert!(child.try_wait().unwrap().is_none(), "{what}: the build ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(128 + signal), "{what}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains("interrupted: removed the unfinished"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(leftovers(&engines).is_empty(), "{what}: {:?}", leftovers(&engines));
+        complete_state(&engines, build_label);
+        assert_eq!(engine_levels(&engines)[0], level, "{what}");
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod engines;
 pub mod files;
+pub mod interrupted;
 pub mod manifest;
 mod network;
 pub mod onnx_network;

@@ -64,6 +64,7 @@ impl Staged {
         recover(&parent, &name)?;
         let owned = check_existing(out, existing, kind)?;
         let dir = parent.join(hidden(&name, STAGING, std::process::id()));
+        crate::interrupted::staging_began(&dir);
         std::fs::create_dir(&dir).with_context(|| {
             format!(
                 "--out {}: cannot write in {} (results are staged beside --out and swapped in whole)",
@@ -137,6 +138,7 @@ impl Staged {
         }
         sync_dir(&parent);
         self.committed = true;
+        crate::interrupted::staging_ended(&self.dir);
         crash_point("committed");
         Ok(())
     }
@@ -146,6 +148,7 @@ impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.dir);
+            crate::interrupted::staging_ended(&self.dir);
         }
     }
 }
