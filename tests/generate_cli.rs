@@ -116,5 +116,8 @@ fn an_out_that_is_a_folder_is_refused_before_generating() {
         !ok && err.contains("is a folder or special file, not an image file"),
         "{err}"
     );
-    assert!(!dir.path().join("picture.png.tmp").exists());
+    let temporary = std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("picture.png.tmp"));
+    assert!(!temporary, "a temporary file was left");
 }

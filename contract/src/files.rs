@@ -6,7 +6,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// A file written under a temporary name (`NAME.tmp`) and renamed into place by `commit`.
+/// A file written under a temporary name (`NAME.tmp-PID-N`, new for every file: two writers of
+/// one path never share it, nor clobber a file of that name) and renamed into place by `commit`.
 /// Dropped without `commit` (an error on the way), the temporary file is removed.
 pub struct AtomicFile {
     file: Option<File>,
@@ -23,12 +24,16 @@ impl AtomicFile {
 
     /// Creates the temporary file with `options` (e.g. O_DIRECT flags).
     pub fn create_with(path: &Path, options: &std::fs::OpenOptions) -> Result<AtomicFile> {
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(".tmp-{}-{n}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let file = options
+            .clone()
+            .create_new(true)
             .open(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+            .with_context(|| format!("{}: cannot create (writing {})", path.display(), tmp.display()))?;
         Ok(AtomicFile {
             file: Some(file),
             tmp,
@@ -111,4 +116,35 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writers of one path, interleaved: each commits its whole content (the last rename
+    /// wins), and a user's file named like an old temporary (`x.png.tmp`) is not touched.
+    #[test]
+    fn writers_of_one_path_never_share_a_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("fluxbuild-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.png");
+        std::fs::write(dir.join("x.png.tmp"), b"mine").unwrap();
+        let mut first = AtomicFile::create(&path).unwrap();
+        let mut second = AtomicFile::create(&path).unwrap();
+        first.write_all(b"first, longer content").unwrap();
+        second.write_all(b"second").unwrap();
+        first.write_all(b" and more").unwrap();
+        second.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        first.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first, longer content and more");
+        assert_eq!(std::fs::read(dir.join("x.png.tmp")).unwrap(), b"mine");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
