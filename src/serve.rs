@@ -244,6 +244,7 @@ impl Server {
     /// Starts tritonserver and waits until it is ready (see START_ATTEMPTS; `restarted` says why
     /// when the first attempt died).
     pub fn start(install: &Installation, options: &ServerOptions) -> Result<Server> {
+        check_ports_free(options)?;
         let repo = options
             .repository
             .canonicalize()
@@ -397,6 +398,22 @@ impl Server {
         self.keep_log();
         self.child.take().expect("running").id()
     }
+}
+
+/// Triton exits at once when a port is taken, but a server already there would answer the
+/// readiness check first (and be "supervised"): refused before starting, naming the port.
+fn check_ports_free(options: &ServerOptions) -> Result<()> {
+    let ports = [
+        ("--http-port", options.http_port),
+        ("--grpc-port", options.grpc_port),
+        ("--metrics-port", options.metrics_port),
+    ];
+    for (flag, port) in ports {
+        if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+            bail!("{flag} {port}: 127.0.0.1:{port} is taken ({e}): another server there? choose another port");
+        }
+    }
+    Ok(())
 }
 
 /// One tritonserver process on `repo`, its output into `log`.

@@ -867,3 +867,48 @@ fn network_calls_carry_the_request_id_and_the_trace() {
         "the network calls traced under the flux request"
     );
 }
+
+/// Mistakes `serve` catches before it starts a server: a port another process holds (its server
+/// would otherwise answer the readiness check), port 0, and a pid file it could not write (which
+/// would otherwise leave a server nobody knows of).
+#[test]
+fn serve_refuses_taken_ports_and_unwritable_pid_files_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    let free = || fluxbuild::serve::free_port().unwrap().to_string();
+    let pid_file = dir.path().join("triton.pid");
+    let serve = |ports: [&str; 3], pid_file: &Path| {
+        let mut args = vec!["serve", "--repo", path(&repo), "--detach", "--pid-file", path(pid_file)];
+        args.extend([
+            "--http-port",
+            ports[0],
+            "--grpc-port",
+            ports[1],
+            "--metrics-port",
+            ports[2],
+        ]);
+        fluxbuild(&args)
+    };
+    let (http, metrics) = (free(), free());
+    let (ok, _, stderr) = serve([&http, &taken_port, &metrics], &pid_file);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("--grpc-port {taken_port}: 127.0.0.1:{taken_port} is taken")),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = serve(["0", &free(), &free()], &pid_file);
+    assert!(!ok && stderr.contains("0 is not a port to listen on"), "{stderr}");
+    let nowhere = dir.path().join("no-such-folder/triton.pid");
+    let (ok, _, stderr) = serve([&free(), &free(), &free()], &nowhere);
+    assert!(
+        !ok && stderr.contains("the folder") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(!pid_file.exists());
+    let client = Client::new(&format!("http://127.0.0.1:{http}")).unwrap();
+    assert!(client.live().is_err(), "a server answers on {http}");
+}

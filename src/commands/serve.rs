@@ -2,7 +2,7 @@
 //! `flux` model is ready, then keep serving until the server exits or this process is stopped;
 //! with `--detach`, return once it is ready and leave it running (stop it with `kill $(cat PID_FILE)`).
 
-use crate::output::Output;
+use crate::output::{AlreadyReported, Output};
 use crate::serve::{repository_max_request_bytes, Installation, Server, ServerOptions};
 use crate::supervise::{self, Supervisor};
 use anyhow::{bail, Context, Result};
@@ -15,13 +15,13 @@ pub struct Args {
     /// The model repository (`fluxbuild package --out`).
     #[arg(long)]
     repo: PathBuf,
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = port)]
     http_port: u16,
     /// [default: HTTP port + 1]
-    #[arg(long)]
+    #[arg(long, value_parser = port)]
     grpc_port: Option<u16>,
     /// [default: HTTP port + 2]
-    #[arg(long)]
+    #[arg(long, value_parser = port)]
     metrics_port: Option<u16>,
     /// The Triton venv (default: $FLUXBUILD_TRITON_VENV or .cache/triton-venv; `make triton-venv`).
     #[arg(long)]
@@ -42,6 +42,15 @@ pub struct Args {
     /// The server's log [default: a file in a temporary folder, reported].
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+}
+
+/// A port to listen on (0, "any free port", would leave us not knowing where the server is).
+fn port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(0) => Err("0 is not a port to listen on (give 1..=65535)".into()),
+        Ok(port) => Ok(port),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
@@ -79,6 +88,9 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
             }
         }
     }
+    if let Some(pid_file) = &args.pid_file {
+        check_writable(pid_file)?;
+    }
     let mut server = Server::start(&install, &options).with_context(|| format!("serving {}", args.repo.display()))?;
     server.keep_log();
     if let Some(why) = &server.restarted {
@@ -105,9 +117,12 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         });
         Ok::<_, anyhow::Error>(())
     };
+    // The pid file is written while the server is still ours: if that fails, it is stopped.
     if args.detach {
-        let pid = server.detach();
-        return report(pid, format!("`kill {pid}`"));
+        let pid = server.pid().context("running")?;
+        report(pid, format!("`kill {pid}`"))?;
+        server.detach();
+        return Ok(());
     }
     let pid = std::process::id();
     report(pid, format!("Ctrl-C or `kill {pid}`"))?;
@@ -115,12 +130,35 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
-    let status = status?;
-    anyhow::ensure!(
-        status.success(),
-        "tritonserver exited with {status}; see {}",
-        log.display()
-    );
+    // The ready document was --json's one document: a later failure is said on stderr only.
+    let ended = |e: anyhow::Error| anyhow::Error::new(AlreadyReported(format!("{e:#}")));
+    let status = status.map_err(ended)?;
+    if !status.success() {
+        return Err(ended(anyhow::anyhow!(
+            "tritonserver exited with {status}; see {}",
+            log.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The pid file can be written (its folder exists, it is not a folder), checked before the server
+/// starts rather than after.
+fn check_writable(pid_file: &std::path::Path) -> Result<()> {
+    if pid_file.is_dir() {
+        bail!("--pid-file {}: is a folder", pid_file.display());
+    }
+    let folder = match pid_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        bail!(
+            "--pid-file {}: the folder {} does not exist",
+            pid_file.display(),
+            folder.display()
+        );
+    }
     Ok(())
 }
 
