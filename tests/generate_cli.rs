@@ -101,7 +101,7 @@ fn a_missing_graph_or_manifest_is_named() {
 }
 
 #[test]
-fn an_out_that_is_a_folder_is_refused_before_generating() {
+fn an_out_that_is_a_folder_or_unwritable_is_refused_before_generating() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     fake_models(&models, None);
@@ -120,4 +120,11 @@ fn an_out_that_is_a_folder_is_refused_before_generating() {
         .unwrap()
         .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("picture.png.tmp"));
     assert!(!temporary, "a temporary file was left");
+
+    // A folder nothing can be written in (/proc, even for root): refused before the graphs too.
+    let (ok, err) = generate(&models, &["--prompt", "a cat", "--out", "/proc/fluxbuild-picture.png"]);
+    assert!(
+        !ok && err.contains("--out /proc/fluxbuild-picture.png: cannot write there"),
+        "{err}"
+    );
 }

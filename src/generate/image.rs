@@ -71,6 +71,9 @@ pub fn output_paths(out: &Path, count: usize) -> Result<Vec<PathBuf>> {
             );
         }
     }
+    // And a folder the images cannot be written in (read-only, immutable, full of inodes): tried
+    // with the temporary file the write uses, before minutes of denoising.
+    AtomicFile::create(&paths[0]).with_context(|| format!("--out {}: cannot write there", out.display()))?;
     Ok(paths)
 }
 
