@@ -51,13 +51,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    // The commands that stage an output folder; the others keep the signals' default actions
-    // (serve, say, lets its server see Ctrl-C and then removes its pid file).
+    // The commands that register cleanups (staging folders; serve's server and pid file); the
+    // others keep the signals' default actions.
     if matches!(
         cli.command,
-        Command::Export(_) | Command::Build(_) | Command::Package(_)
+        Command::Export(_) | Command::Build(_) | Command::Package(_) | Command::Serve(_)
     ) {
-        fluxbuild_contract::interrupted::remove_staging_on_interrupt();
+        fluxbuild_contract::interrupted::run_cleanups_on_interrupt();
     }
     let out = fluxbuild::output::Output { json: cli.json };
     let result = match cli.command {

@@ -7,6 +7,7 @@ use crate::client::Client;
 use crate::deploy::pbtxt::Message;
 use crate::generate::request::{FluxParameters, Limits as RequestLimits};
 use anyhow::{bail, Context, Result};
+use fluxbuild_contract::interrupted;
 use fluxbuild_contract::parameters::Parameters;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -223,6 +224,8 @@ pub struct Server {
     _log_dir: Option<tempfile_dir::TempDir>,
     /// Why the first start attempt was repeated (see START_ATTEMPTS).
     pub restarted: Option<String>,
+    /// Stops the server on Ctrl-C or SIGTERM, for as long as it is ours.
+    on_interrupt: Option<interrupted::Registered>,
 }
 
 mod tempfile_dir {
@@ -265,13 +268,22 @@ impl Server {
             log,
             _log_dir: log_dir,
             restarted: None,
+            on_interrupt: None,
         };
         std::fs::File::create(&server.log)
             .with_context(|| format!("{}: cannot create the server log", server.log.display()))?;
         for attempt in 1.. {
             // Appending: a dead attempt's stubs still write their last lines.
             let log_file = std::fs::OpenOptions::new().append(true).open(&server.log)?;
-            server.child = Some(spawn(install, options, &repo, log_file)?);
+            // Registered before the spawn (an interrupt then either comes first, and there is
+            // no server, or stops it); the pid is known once the spawn returns.
+            let pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(SPAWNING));
+            let spawned = pid.clone();
+            server.on_interrupt = Some(interrupted::on_interrupt(move || stop_spawned(&spawned)));
+            let child = spawn(install, options, &repo, log_file);
+            let started = child.as_ref().map_or(SPAWN_FAILED, |c| c.id() as i32);
+            pid.store(started, std::sync::atomic::Ordering::SeqCst);
+            server.child = Some(child?);
             let Some(status) = server.wait_ready(options.ready_model.as_deref(), options.ready_timeout)? else {
                 break;
             };
@@ -306,10 +318,14 @@ impl Server {
 
     /// Whether the server process has exited (with its status).
     pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        match self.child.as_mut() {
-            Some(child) => Ok(child.try_wait()?),
-            None => Ok(None),
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            kill_orphaned_stubs(child.id());
         }
+        Ok(status)
     }
 
     pub fn client(&self) -> Client {
@@ -338,7 +354,9 @@ impl Server {
         let client = self.client();
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().expect("running").try_wait()? {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait()? {
+                kill_orphaned_stubs(child.id());
                 self.child = None;
                 return Ok(Some(status));
             }
@@ -366,23 +384,12 @@ impl Server {
         Ok(self.child.take().expect("running").wait()?)
     }
 
-    /// Stops the server: SIGTERM, then SIGKILL if it has not exited after 10 s.
+    /// Stops the server (see `stop_server_process`).
     pub fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
+        if let Some(child) = self.child.take() {
+            self.on_interrupt = None;
+            stop_server_process(child.id() as i32);
         }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.kill()?;
-        child.wait()?;
         Ok(())
     }
 
@@ -396,6 +403,7 @@ impl Server {
     /// Leaves the server running on its own (started `detached`); returns its process id.
     pub fn detach(mut self) -> u32 {
         self.keep_log();
+        self.on_interrupt = None;
         self.child.take().expect("running").id()
     }
 }
@@ -414,6 +422,64 @@ fn check_ports_free(options: &ServerOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pid cell of a server being spawned, and of one whose spawn failed.
+const SPAWNING: i32 = 0;
+const SPAWN_FAILED: i32 = -1;
+
+/// The interrupt cleanup of a server: waits for a spawn in flight to return, then stops it.
+fn stop_spawned(pid: &std::sync::atomic::AtomicI32) {
+    let start = Instant::now();
+    while pid.load(std::sync::atomic::Ordering::SeqCst) == SPAWNING && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = pid.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        stop_server_process(pid);
+    }
+}
+
+/// Stops tritonserver `pid` (a child of this process): SIGTERM (Triton unloads its models), then
+/// SIGKILL if it has not exited after 10 s; then the stubs that outlived it.
+fn stop_server_process(pid: i32) {
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // waitpid: 0 while it runs; its pid once reaped, or -1 when it is no child of ours any more.
+    let ended = || unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } != 0;
+    let start = Instant::now();
+    while !ended() {
+        if start.elapsed() > Duration::from_secs(10) {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_orphaned_stubs(pid as u32);
+}
+
+/// Python-backend stubs outlive a tritonserver that did not shut them down (killed, crashed),
+/// forever and holding their models' memory (about 1 GB on the tiny fixture). Each names its
+/// server's pid in its arguments (`triton_python_backend_stub MODEL.py SHM SIZE GROWTH PID ...`);
+/// those of `server_pid` are killed.
+fn kill_orphaned_stubs(server_pid: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let server = server_pid.to_string();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_stub = argv[0].ends_with(b"/triton_python_backend_stub");
+        if is_stub && argv.get(5) == Some(&server.as_bytes()) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// One tritonserver process on `repo`, its output into `log`.

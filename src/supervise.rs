@@ -12,7 +12,7 @@ use crate::generate::request::FluxParameters;
 use anyhow::{Context, Result};
 use fluxbuild_contract::parameters::Parameters;
 use fluxbuild_contract::Network;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const ORCHESTRATOR: &str = "flux";
@@ -23,14 +23,14 @@ pub struct Supervisor {
     server_pid: u32,
     /// Network -> its models, primary first (from the `flux` config's model_X / fallback_X).
     networks: BTreeMap<String, Vec<String>>,
-    /// Models served by the Python backend (each has stub processes).
-    python: BTreeSet<String>,
+    /// Models served by the Python backend, with their instances (one stub process each).
+    python: BTreeMap<String, usize>,
 }
 
 /// What one check found and did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Repair {
-    /// Python-backend models READY without a live stub process.
+    /// Python-backend models READY with fewer live stub processes than instances.
     pub dead: Vec<String>,
     /// Networks with no READY model.
     pub missing: Vec<String>,
@@ -114,7 +114,7 @@ impl Supervisor {
             .into_iter()
             .map(|network| (network.name().to_string(), parameters.models(network)))
             .collect();
-        let mut python = BTreeSet::new();
+        let mut python = BTreeMap::new();
         for model in networks
             .values()
             .flatten()
@@ -122,7 +122,7 @@ impl Supervisor {
         {
             let config = std::fs::read_to_string(repo.join(model).join("config.pbtxt")).unwrap_or_default();
             if config.contains("backend: \"python\"") {
-                python.insert(model.clone());
+                python.insert(model.clone(), instances(&config));
             }
         }
         Ok(Supervisor {
@@ -197,9 +197,9 @@ impl Supervisor {
         loaded
     }
 
-    /// Models with a live (not zombie) backend stub among the server's children.
-    fn live_stubs(&self) -> BTreeSet<String> {
-        let mut live = BTreeSet::new();
+    /// Per model, its live (not zombie) backend stubs among the server's children.
+    fn live_stubs(&self) -> BTreeMap<String, usize> {
+        let mut live = BTreeMap::new();
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return live;
         };
@@ -220,7 +220,7 @@ impl Supervisor {
                 let path = Path::new(arg);
                 if path.file_name().is_some_and(|f| f == "model.py") && path.starts_with(&self.repo) {
                     if let Some(model) = path.parent().and_then(Path::parent).and_then(Path::file_name) {
-                        live.insert(model.to_string_lossy().to_string());
+                        *live.entry(model.to_string_lossy().to_string()).or_default() += 1;
                     }
                 }
             }
@@ -239,7 +239,9 @@ impl Supervisor {
             .iter()
             .chain(std::iter::once(&ORCHESTRATOR.to_string()))
         {
-            if ready(model) && self.python.contains(model) && !live.contains(model) {
+            // One dead instance fails every request routed to it (`flux` runs 8): it counts.
+            let stubs = live.get(model).copied().unwrap_or(0);
+            if ready(model) && self.python.get(model).is_some_and(|&instances| stubs < instances) {
                 repair.dead.push(model.clone());
             }
         }
@@ -282,4 +284,17 @@ impl Supervisor {
         }
         Ok(repair)
     }
+}
+
+/// A model's instances, all groups together (Triton's default: one group of one).
+fn instances(config: &str) -> usize {
+    let Ok(config) = Message::parse(config) else {
+        return 1;
+    };
+    let groups = config.all("instance_group");
+    let counts = groups.iter().map(|group| match group {
+        crate::deploy::pbtxt::Value::Message(m) => m.scalar("count").and_then(|c| c.parse().ok()).unwrap_or(1),
+        _ => 1,
+    });
+    counts.sum::<usize>().max(1)
 }

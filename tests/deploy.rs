@@ -130,6 +130,8 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
     assert_eq!(live(), (true, String::new()));
     let pid = stub_pid(&repo, "transformer");
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    // And one of `flux`'s instances: the others live on, but requests routed to it fail.
+    unsafe { libc::kill(stub_pid(&repo, "flux"), libc::SIGKILL) };
     let started = Instant::now();
     let why = loop {
         match live() {
@@ -141,7 +143,23 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
         "transformer stub killed: not live after {:.2} s: {why}",
         started.elapsed().as_secs_f64()
     );
-    assert!(why.contains("model(s) transformer READY without a live"), "{why}");
+    let config = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
+    let flux: usize = config
+        .split("count:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for expected in [
+        format!("flux ({} of {flux} instances)", flux - 1),
+        "transformer (0 of 1 instances)".into(),
+        "READY without a live".into(),
+    ] {
+        assert!(why.contains(&expected), "{why}");
+    }
     assert!(
         client.model_ready("transformer").unwrap(),
         "Triton itself still calls it ready"

@@ -18,7 +18,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use triton_support::{
-    assert_served_equals_local, export, fluxbuild, fluxbuild_ok, package_cpu, path, psnr, start, stub_pid,
+    assert_nothing_left, assert_served_equals_local, export, fluxbuild, fluxbuild_ok, package_cpu, path, processes_of,
+    psnr, start, stub_pid,
 };
 
 /// The package's default size and steps (`package_cpu`).
@@ -629,8 +630,40 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
         after[0].pixels == before[0].pixels,
         "after recovery the same seed gives another image"
     );
+    // One of `flux`'s instances (the others live on; requests routed to the dead one would fail).
+    // The recovery reloaded `flux`: its old instances' stubs exit a few seconds after the new
+    // ones are up (Triton drains the old version). Once only the new ones are left:
+    let config = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
+    let instances: usize = config
+        .split("count:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let started = Instant::now();
+    while processes_of(&repo.join("flux")).len() != instances {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "old flux stubs still there after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    unsafe { libc::kill(stub_pid(&repo, "flux"), libc::SIGKILL) };
+    let noticed = wait(false, 5.0);
+    let recovered = wait(true, 60.0);
+    eprintln!("killed one flux stub: flux not ready after {noticed:.2} s, ready again {recovered:.2} s later");
+    for seed in 0..8 {
+        let request = remote(&client, &PROMPTS[..1], seed);
+        client
+            .generate(&request)
+            .unwrap_or_else(|e| panic!("seed {seed} after recovery: {e:#}"));
+    }
     unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
     let _ = serve.wait();
+    assert_nothing_left(&repo, "serve stopped");
 }
 
 /// `fluxbuild serve --detach` on `repo` (free ports, the pid file beside it): whether it
@@ -777,6 +810,9 @@ class TritonPythonModel:
     assert!(client.model_ready("flux").unwrap());
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGTERM) };
+    // The first attempt's stubs outlived it (Triton leaves them, and they then kept the second
+    // server from shutting down): killed, so nothing of either is left.
+    assert_nothing_left(&repo, "after the restarted server was stopped");
 
     let (repo, _) = with_aborting_model("aborts-always", true);
     let (ok, stderr, port, pid_file) = serve_detached(&repo);
@@ -790,6 +826,63 @@ class TritonPythonModel:
     assert!(!pid_file.exists(), "a pid file for a server that never started");
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
     assert!(client.model_ready("flux").is_err(), "a server still answers on {port}");
+    assert_nothing_left(&repo, "after both attempts died");
+}
+
+/// Ctrl-C or `kill PID` of a foreground serve stops its server (stubs included) and removes the
+/// pid file, exit 128 + the signal; SIGTERM while a detached serve is still starting its server
+/// stops that server too (it would otherwise run on, unknown: no pid file yet).
+#[test]
+fn an_interrupted_serve_leaves_no_server_nor_pid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    let serve = |extra: &[&str]| {
+        let port = fluxbuild::serve::free_port().unwrap().to_string();
+        let (grpc, metrics) = (
+            fluxbuild::serve::free_port().unwrap(),
+            fluxbuild::serve::free_port().unwrap(),
+        );
+        std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+            .args(["serve", "--repo", path(&repo), "--http-port", &port])
+            .args(["--grpc-port", &grpc.to_string(), "--metrics-port", &metrics.to_string()])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let pid_file = dir.path().join("serve.pid");
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = serve(&["--pid-file", path(&pid_file)]);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !pid_file.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "serve ended before it was ready");
+            assert!(Instant::now() < deadline, "serve was not ready in 180 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(child.wait().unwrap().code(), Some(128 + signal));
+        assert!(!pid_file.exists(), "the pid file is left after signal {signal}");
+        assert_nothing_left(&repo, &format!("serve stopped by signal {signal}"));
+    }
+
+    let detached_pid = dir.path().join("detached.pid");
+    let mut child = serve(&["--detach", "--pid-file", path(&detached_pid)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_of(&repo).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "serve ended before starting its server"
+        );
+        assert!(Instant::now() < deadline, "no server started in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert!(!detached_pid.exists());
+    assert_nothing_left(&repo, "detached serve stopped while starting");
 }
 
 /// With Triton's tracing on, the orchestrator's network calls (BLS) are traced as children of the

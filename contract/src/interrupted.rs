@@ -1,53 +1,71 @@
-//! Ctrl-C or SIGTERM during a stage removes its unfinished staging folder before the process
-//! ends (a kill -9 leaves it for the next run or `fluxbuild clean`, as before). The handler only
-//! writes a byte to a pipe (async-signal-safe); a watcher thread does the removal and exits with
-//! 128 + the signal, the shell's convention. The folder being written is removed under the
-//! writer's feet, which is safe: the output folder still holds the previous result, and a commit
-//! in flight leaves the old or the new one (the staging name holds the old one after the swap).
+//! Ctrl-C or SIGTERM runs the cleanups the running command registered before the process ends:
+//! export, build and package remove their unfinished staging folder, serve stops the server it
+//! started and removes its pid file (a kill -9 leaves staging for the next run or `fluxbuild
+//! clean`, as before). The handler only writes a byte to a pipe (async-signal-safe); a watcher
+//! thread runs the cleanups and exits with 128 + the signal, the shell's convention. A staging
+//! folder removed under the writer's feet is safe: the output folder still holds the previous
+//! result, and a commit in flight leaves the old or the new one (the staging name holds the old
+//! one after the swap).
 
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// The staging folders of this process not yet committed.
-static STAGING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-/// The pipe's write end, for the handler.
-static PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+type Cleanup = Box<dyn Fn() + Send>;
 
-pub(crate) fn staging_began(dir: &Path) {
-    STAGING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(dir.to_path_buf());
+/// The cleanups registered and not yet released, by id.
+static CLEANUPS: Mutex<Vec<(u64, Cleanup)>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+/// The pipe's write end, for the handler.
+static PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// A registered cleanup; dropped, it is released (the work it undoes is done or undone).
+pub struct Registered(u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        CLEANUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != self.0);
+    }
 }
 
-pub(crate) fn staging_ended(dir: &Path) {
-    STAGING.lock().unwrap_or_else(|e| e.into_inner()).retain(|d| d != dir);
+/// Runs `cleanup` if the process is interrupted while the returned guard lives.
+pub fn on_interrupt(cleanup: impl Fn() + Send + 'static) -> Registered {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, Box::new(cleanup)));
+    Registered(id)
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
     let byte = signal as u8;
-    let fd = PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let fd = PIPE.load(Ordering::Relaxed);
     unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
 }
 
-/// Installs the SIGINT and SIGTERM handling (once, at the start of a command that stages).
-pub fn remove_staging_on_interrupt() {
+/// Installs the SIGINT and SIGTERM handling (once, at the start of a command that registers
+/// cleanups).
+pub fn run_cleanups_on_interrupt() {
     let mut fds = [0; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         return;
     }
-    PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+    PIPE.store(fds[1], Ordering::Relaxed);
     let read_end = fds[0];
     std::thread::spawn(move || {
         let mut byte = 0u8;
         if unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) } != 1 {
             return;
         }
-        let staging = STAGING.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for dir in staging {
-            if std::fs::remove_dir_all(&dir).is_ok() {
-                eprintln!("interrupted: removed the unfinished {}", dir.display());
-            }
+        // Newest first: a pid file before the server it names. The lock is held until _exit: a
+        // registration after this point waits, so nothing it would undo (a server it is about
+        // to start) begins unregistered.
+        let cleanups = CLEANUPS.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, cleanup) in cleanups.iter().rev() {
+            cleanup();
         }
         // _exit, not exit: exit's atexit handlers and C++ static destructors (TensorRT's) would
         // run while the main thread is still inside those libraries, and abort.

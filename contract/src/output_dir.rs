@@ -51,6 +51,8 @@ pub struct Staged {
     out: PathBuf,
     dir: PathBuf,
     committed: bool,
+    /// Removes the staging folder on Ctrl-C or SIGTERM.
+    _on_interrupt: crate::interrupted::Registered,
 }
 
 impl Staged {
@@ -64,7 +66,12 @@ impl Staged {
         recover(&parent, &name)?;
         let owned = check_existing(out, existing, kind)?;
         let dir = parent.join(hidden(&name, STAGING, std::process::id()));
-        crate::interrupted::staging_began(&dir);
+        let removed = dir.clone();
+        let on_interrupt = crate::interrupted::on_interrupt(move || {
+            if std::fs::remove_dir_all(&removed).is_ok() {
+                eprintln!("interrupted: removed the unfinished {}", removed.display());
+            }
+        });
         std::fs::create_dir(&dir).with_context(|| {
             format!(
                 "--out {}: cannot write in {} (results are staged beside --out and swapped in whole)",
@@ -76,6 +83,7 @@ impl Staged {
             out: out.to_path_buf(),
             dir,
             committed: false,
+            _on_interrupt: on_interrupt,
         };
         if existing == Existing::Update {
             for entry in owned {
@@ -138,7 +146,6 @@ impl Staged {
         }
         sync_dir(&parent);
         self.committed = true;
-        crate::interrupted::staging_ended(&self.dir);
         crash_point("committed");
         Ok(())
     }
@@ -148,7 +155,6 @@ impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.dir);
-            crate::interrupted::staging_ended(&self.dir);
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::serve::{repository_max_request_bytes, Installation, Server, ServerOpt
 use crate::supervise::{self, Supervisor};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::write_atomic;
+use fluxbuild_contract::interrupted;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -126,6 +127,12 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     }
     let pid = std::process::id();
     report(pid, format!("Ctrl-C or `kill {pid}`"))?;
+    // Ctrl-C or `kill PID` stops the server (registered when it started) and removes the pid file.
+    let _remove_pid_file = args.pid_file.clone().map(|pid_file| {
+        interrupted::on_interrupt(move || {
+            let _ = std::fs::remove_file(&pid_file);
+        })
+    });
     let status = supervise(&mut server, &supervisor, out);
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::remove_file(pid_file);

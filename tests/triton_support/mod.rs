@@ -128,3 +128,39 @@ pub fn stub_pid(repo: &Path, model: &str) -> i32 {
         .unwrap_or_else(|| panic!("no backend stub runs {script}"));
     stub.file_name().to_string_lossy().parse().unwrap()
 }
+
+/// The live (not zombie) tritonserver and backend stub processes whose command line names `repo`.
+pub fn processes_of(repo: &Path) -> Vec<i32> {
+    let repo = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
+    let needle = repo.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let program = cmdline.split(|b| *b == 0).next()?;
+            let triton = program.ends_with(b"/tritonserver") || program.ends_with(b"/triton_python_backend_stub");
+            (triton && state != "Z" && String::from_utf8_lossy(&cmdline).contains(&needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits (20 s at most) until no process serves `repo` any more: the server and every stub gone.
+pub fn assert_nothing_left(repo: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = processes_of(repo);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: processes of {} left: {left:?}",
+            repo.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
