@@ -100,14 +100,19 @@ pub struct Client {
 impl Client {
     /// `http://HOST:PORT` (or `HOST:PORT`).
     pub fn new(url: &str) -> Result<Client> {
-        let rest = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
         if url.starts_with("https://") {
             bail!("--server {url}: https is not supported (Triton's HTTP endpoint is plain http)");
         }
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow!("--server {url}: expected http://HOST:PORT"))?;
+        let rest = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
+        let expected = || anyhow!("--server {url}: expected http://HOST:PORT (the server's address, no path)");
+        if rest.contains("://") || rest.contains('/') {
+            return Err(expected());
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(expected)?;
         let port: u16 = port.parse().map_err(|_| anyhow!("--server {url}: bad port {port:?}"))?;
+        if host.is_empty() || port == 0 {
+            return Err(expected());
+        }
         Ok(Client {
             host: host.to_string(),
             port,
@@ -257,4 +262,35 @@ fn error_text(value: &Value) -> String {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Client;
+
+    #[test]
+    fn server_addresses_are_http_host_port() {
+        for (url, host, port) in [
+            ("http://127.0.0.1:8000", "127.0.0.1", 8000),
+            ("triton:18000/", "triton", 18000),
+        ] {
+            let client = Client::new(url).unwrap();
+            assert_eq!((client.host.as_str(), client.port), (host, port), "{url}");
+        }
+        for (url, why) in [
+            ("https://h:1", "https is not supported"),
+            ("ftp://h:1", "expected http://HOST:PORT"),
+            ("http://h:1/v2", "expected http://HOST:PORT"),
+            ("http://:1", "expected http://HOST:PORT"),
+            ("http://h:0", "expected http://HOST:PORT"),
+            ("http://h", "expected http://HOST:PORT"),
+            ("http://h:port", "bad port \"port\""),
+        ] {
+            let error = Client::new(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"))
+                .to_string();
+            assert!(error.contains(why), "{url}: {error}");
+        }
+    }
 }
