@@ -261,7 +261,9 @@ fn request_size_args(install: &Installation, repo: &std::path::Path, out: &Outpu
     }
     out.warn(&format!(
         "{} has no {flag}: request bodies beyond the {bytes} bytes the request limits allow reach `flux` \
-         (which refuses them) instead of being refused by the front end",
+         (which refuses them) instead of being refused by the front end, and a plain-JSON body above about \
+         4 MB crashes this server (triton-inference-server/server#5840): send tensors as binary data \
+         (tritonclient's default, `fluxbuild generate --server`) or over gRPC",
         install.server.display()
     ));
     Ok(vec![])
