@@ -297,6 +297,23 @@ fn json_usage_errors_are_one_document() {
             &["generate", "--prompt", "a", "--steps", "abc", "--json"],
             "invalid value 'abc' for '--steps <STEPS>'",
         ),
+        (
+            &[
+                "generate",
+                "--server",
+                "http://h:1",
+                "--prompt",
+                "a",
+                "--concurrency",
+                "0",
+                "--json",
+            ],
+            "0 is not in 1..=1024",
+        ),
+        (
+            &["serve", "--repo", "r", "--timeout", "0", "--json"],
+            "0 is not in 1..=86400",
+        ),
     ] {
         let out = fluxbuild(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long)]
     engines: Option<PathBuf>,
     /// Prompts per batch: the orchestrator's max_batch_size (and the cpu networks').
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_batch: u32,
     /// How long the orchestrator's dynamic batcher waits to fill a batch, in microseconds.
     #[arg(long, default_value_t = 20_000)]

@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     explicit_model_control: bool,
     /// Seconds to wait for the server to be ready.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     /// Return once the server is ready and leave it running in the background.
     #[arg(long, requires = "pid_file")]
