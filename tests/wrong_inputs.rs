@@ -327,3 +327,19 @@ fn json_usage_errors_are_one_document() {
     let help = fluxbuild(&["--json", "export", "--help"]);
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage: fluxbuild export"));
 }
+
+/// A diffusers pipeline folder that lost its model_index.json (a partial download) is named as
+/// such, not taken for a ComfyUI folder (it has `vae/`) and answered with ComfyUI's file names.
+#[test]
+fn a_pipeline_without_model_index_json_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("FLUX.1-dev");
+    for file in fluxbuild::export::list_files(&fixtures().join("pipeline/dev")).unwrap() {
+        let to = pipeline.join(file.strip_prefix(fixtures().join("pipeline/dev")).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    std::fs::remove_file(pipeline.join("model_index.json")).unwrap();
+    refused("--checkpoint", &pipeline, "a diffusers pipeline folder");
+    refused("--checkpoint", &pipeline, "without model_index.json");
+}

@@ -51,6 +51,19 @@ pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
             snapshot.display()
         );
     }
+    // A diffusers pipeline that lost its model_index.json (a partial download, a copy of some
+    // folders) would otherwise read as a ComfyUI folder (it has `vae/`), with a misleading answer.
+    let diffusers_components = ["transformer", "text_encoder", "text_encoder_2"]
+        .iter()
+        .any(|c| path.join(c).join("config.json").is_file());
+    if diffusers_components && !path.join("model_index.json").is_file() {
+        bail!(
+            "{}: a diffusers pipeline folder (transformer/, text_encoder/, ... with config.json) without \
+             model_index.json; restore it (it comes with the model's files on the Hub) or pass each \
+             component folder (--transformer, --clip, --t5, --vae)",
+            path.display()
+        );
+    }
     if let Some(models) = comfy_models_folder(path) {
         return comfy_file(&models, subfolder);
     }
