@@ -704,3 +704,26 @@ fn ctrl_c_and_sigterm_remove_the_staging_folder() {
         assert_eq!(engine_levels(&engines)[0], level, "{what}");
     }
 }
+
+/// A second run writing the same --out while the first is at it (its staging folder there, its
+/// process alive) is refused, naming the other's pid; once that process is gone, its folder is a
+/// leftover the next run removes.
+#[test]
+fn a_second_writer_of_one_out_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("graphs");
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    let staging = dir.path().join(format!(".graphs.fluxbuild-staging-{}", other.id()));
+    std::fs::create_dir(&staging).unwrap();
+    let refused = export(&out, "fp32", &[], &[]);
+    assert!(
+        stderr(&refused).contains(&format!("another fluxbuild (pid {}) is writing it now", other.id())),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(staging.exists() && !out.exists());
+    other.kill().unwrap();
+    other.wait().unwrap();
+    ok(export(&out, "fp32", &[], &[]));
+    assert!(!staging.exists(), "the dead writer's staging folder is left");
+}

@@ -64,6 +64,12 @@ impl Staged {
         let (parent, name) = split(out)?;
         std::fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create", parent.display()))?;
         recover(&parent, &name)?;
+        if let Some(pid) = other_writer(&parent, &name) {
+            bail!(
+                "--out {}: another fluxbuild (pid {pid}) is writing it now; wait for it, or stop it and run again",
+                out.display()
+            );
+        }
         let owned = check_existing(out, existing, kind)?;
         let dir = parent.join(hidden(&name, STAGING, std::process::id()));
         let removed = dir.clone();
@@ -208,6 +214,16 @@ fn leftover_pid(entry: &str, name: &str, mark: &str) -> Option<u32> {
         .strip_prefix(mark)?
         .parse()
         .ok()
+}
+
+/// A live process other than this one with a staging folder for `name` in `parent`.
+fn other_writer(parent: &Path, name: &OsString) -> Option<u32> {
+    let name = name.to_string_lossy();
+    std::fs::read_dir(parent)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| leftover_pid(&e.file_name().to_string_lossy(), &name, STAGING))
+        .find(|&pid| pid != std::process::id() && alive(pid))
 }
 
 fn alive(pid: u32) -> bool {
