@@ -189,7 +189,14 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
                     bail!("--alternative {name}=...: unknown network (expected one of {names:?})");
                 };
                 let alternative = source::read_network(dir, network, dir)?;
-                recorded.add_export(dir)?;
+                // An alternative is a folder with a graph: an export's network folder, or one of
+                // its own; the export manifest that lists it, if any, vouches for its files.
+                if let Some(export) = [dir.as_path(), dir.parent().unwrap_or(dir)]
+                    .into_iter()
+                    .find(|d| d.join("manifest.json").is_file())
+                {
+                    recorded.add_export(export)?;
+                }
                 let model = format!("{name}_alt{}", i + 1);
                 dirs.push(layout::cpu_network(&alternative, &model, options)?);
                 models.get_mut(name).expect("all networks").push(model);
