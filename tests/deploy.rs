@@ -143,16 +143,7 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
         "transformer stub killed: not live after {:.2} s: {why}",
         started.elapsed().as_secs_f64()
     );
-    let config = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
-    let flux: usize = config
-        .split("count:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let flux = triton_support::instances(&repo, "flux");
     for expected in [
         format!("flux ({} of {flux} instances)", flux - 1),
         "transformer (0 of 1 instances)".into(),

@@ -238,34 +238,26 @@ fn serving_settings_that_refuse_their_own_defaults_are_refused() {
         args.extend_from_slice(settings);
         refused(&args, &out, &[&models], &[defaults, rule]);
     }
-    let zero_batch = fluxbuild(&[
-        "package",
-        "--models",
-        path(&models),
-        "--target",
-        "cpu",
-        "--out",
-        path(&out),
-        "--max-batch",
-        "0",
-    ]);
+    let package_cpu = |extra: &[&str]| {
+        let mut args = vec![
+            "package",
+            "--models",
+            path(&models),
+            "--target",
+            "cpu",
+            "--out",
+            path(&out),
+        ];
+        args.extend_from_slice(extra);
+        fluxbuild(&args)
+    };
+    let zero_batch = package_cpu(&["--max-batch", "0"]);
     assert!(!zero_batch.status.success());
     assert!(String::from_utf8_lossy(&zero_batch.stderr).contains("--max-batch"));
     assert!(!out.exists());
 
     // FluxPipeline's default size is clamped to a smaller deployment; a given one is not.
-    let small = ["--max-height", "64", "--max-width", "64"];
-    let mut args = vec![
-        "package",
-        "--models",
-        path(&models),
-        "--target",
-        "cpu",
-        "--out",
-        path(&out),
-    ];
-    args.extend_from_slice(&small);
-    ok(fluxbuild(&args));
+    ok(package_cpu(&["--max-height", "64", "--max-width", "64"]));
     let config = std::fs::read_to_string(out.join("flux/config.pbtxt")).unwrap();
     let at = config.find("key: \"default_height\"").expect("default_height");
     assert!(

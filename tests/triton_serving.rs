@@ -633,16 +633,7 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
     // One of `flux`'s instances (the others live on; requests routed to the dead one would fail).
     // The recovery reloaded `flux`: its old instances' stubs exit a few seconds after the new
     // ones are up (Triton drains the old version). Once only the new ones are left:
-    let config = std::fs::read_to_string(repo.join("flux/config.pbtxt")).unwrap();
-    let instances: usize = config
-        .split("count:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let instances = triton_support::instances(&repo, "flux");
     let started = Instant::now();
     while processes_of(&repo.join("flux")).len() != instances {
         assert!(

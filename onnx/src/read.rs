@@ -176,18 +176,21 @@ pub fn external_files(model: &pb::ModelProto) -> BTreeSet<String> {
         .collect()
 }
 
+/// An initializer's external data entry `key` (`location`, `offset`, `length`, ...).
+pub fn external_field<'a>(tensor: &'a pb::TensorProto, key: &str) -> Option<&'a str> {
+    tensor
+        .external_data
+        .iter()
+        .find(|e| e.key == key)
+        .map(|e| e.value.as_str())
+}
+
 /// Per external data file, the end of the furthest bytes an initializer reads from it
 /// (`offset + length`): what the file must hold at least.
 pub fn external_extents(model: &pb::ModelProto) -> BTreeMap<String, u64> {
     let mut extents = BTreeMap::new();
     for tensor in &model.graph.get_or_default().initializer {
-        let field = |key: &str| {
-            tensor
-                .external_data
-                .iter()
-                .find(|e| e.key == key)
-                .map(|e| e.value.as_str())
-        };
+        let field = |key: &str| external_field(tensor, key);
         let Some(location) = field("location") else {
             continue;
         };

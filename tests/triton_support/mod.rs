@@ -164,3 +164,10 @@ pub fn assert_nothing_left(repo: &Path, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The instances `repo`'s `model` runs (its config's instance_group count).
+pub fn instances(repo: &Path, model: &str) -> usize {
+    let config = std::fs::read_to_string(repo.join(model).join("config.pbtxt")).unwrap();
+    let count = config.split("count:").nth(1).expect("an instance_group count");
+    count.split_whitespace().next().unwrap().parse().unwrap()
+}

@@ -166,13 +166,7 @@ fn map_external_data(model: &pb::ModelProto, folder: &Path) -> Result<(Vec<Mmap>
         if tensor.data_location.enum_value() != Ok(external) {
             continue;
         }
-        let field = |key: &str| {
-            tensor
-                .external_data
-                .iter()
-                .find(|e| e.key == key)
-                .map(|e| e.value.as_str())
-        };
+        let field = |key: &str| fluxbuild_onnx::external_field(tensor, key);
         let location = field("location")
             .ok_or_else(|| anyhow!("initializer {}: external data without a location", tensor.name))?;
         let number = |key: &str| -> Result<Option<usize>> {
