@@ -53,9 +53,9 @@ pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
     }
     // A diffusers pipeline that lost its model_index.json (a partial download, a copy of some
     // folders) would otherwise read as a ComfyUI folder (it has `vae/`), with a misleading answer.
-    let diffusers_components = ["transformer", "text_encoder", "text_encoder_2"]
+    let diffusers_components = [Network::Transformer, Network::Clip, Network::T5]
         .iter()
-        .any(|c| path.join(c).join("config.json").is_file());
+        .any(|n| path.join(n.folder()).join("config.json").is_file());
     if diffusers_components && !path.join("model_index.json").is_file() {
         bail!(
             "{}: a diffusers pipeline folder (transformer/, text_encoder/, ... with config.json) without \
