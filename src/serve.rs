@@ -461,9 +461,10 @@ fn stop_server_process(pid: i32) {
 }
 
 /// Python-backend stubs outlive a tritonserver that did not shut them down (killed, crashed),
-/// forever and holding their models' memory (about 1 GB on the tiny fixture). Each names its
-/// server's pid in its arguments (`triton_python_backend_stub MODEL.py SHM SIZE GROWTH PID ...`);
-/// those of `server_pid` are killed.
+/// forever and holding their models' memory (about 1 GB on the tiny fixture), and so do their
+/// shared memory regions. Each names its server's pid and its region in its arguments
+/// (`triton_python_backend_stub MODEL.py SHM SIZE GROWTH PID ...`); those of `server_pid` are
+/// killed and their regions removed.
 fn kill_orphaned_stubs(server_pid: u32) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
@@ -478,6 +479,12 @@ fn kill_orphaned_stubs(server_pid: u32) {
         let is_stub = argv[0].ends_with(b"/triton_python_backend_stub");
         if is_stub && argv.get(5) == Some(&server.as_bytes()) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
+            // And its shared memory region (1 MB and up, in RAM), which the dead server would
+            // have removed: the stub's second argument names it.
+            let region = String::from_utf8_lossy(argv[2]);
+            if region.starts_with("triton_python_backend_shm_region_") && !region.contains('/') {
+                let _ = std::fs::remove_file(Path::new("/dev/shm").join(region.as_ref()));
+            }
         }
     }
 }
