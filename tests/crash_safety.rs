@@ -593,8 +593,9 @@ fn tensorrt_rtx_build_killed_at_every_step_and_mid_build_leaves_a_complete_engin
     );
     let mut before = engine_levels(&engines);
     // Each kill waits until the run has committed the networks before its target (progress, not
-    // a clock: CI's load varies), then lets TensorRT work on the target for a fraction of its
-    // level-2 time. Each at a level no engine has yet, so every run builds all four.
+    // a clock: CI's load varies), then lets TensorRT work for a fraction of the target's level-2
+    // time (a guide only: levels and the first build's set-up differ), and must find the build
+    // still running. Each at a level no engine has yet, so every run builds all four.
     for (target, fraction, level) in [
         (0, 0.5, "0"),
         (1, 0.3, "3"),
@@ -613,13 +614,14 @@ fn tensorrt_rtx_build_killed_at_every_step_and_mid_build_leaves_a_complete_engin
         assert!(child.try_wait().unwrap().is_none(), "{kill}: the build had ended");
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        // Complete, and the networks in build order: those before the kill from the killed run
-        // (the target's too if it committed just then), the rest as they were.
+        // Complete, and the networks in build order: those committed before the kill (at least
+        // the target's predecessors; a level faster than level 2 may have got further) from the
+        // killed run, the rest as they were.
         complete_state(&engines, build_label);
         let now = engine_levels(&engines);
         let updated = now.iter().take_while(|l| l.as_str() == level).count();
         assert!(
-            (target..=target + 1).contains(&updated) && now[updated..] == before[updated..],
+            updated >= target && now[updated..] == before[updated..],
             "{kill}: {before:?} -> {now:?}"
         );
         before = now;
