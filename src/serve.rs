@@ -460,31 +460,59 @@ fn stop_server_process(pid: i32) {
     kill_orphaned_stubs(pid as u32);
 }
 
-/// Python-backend stubs outlive a tritonserver that did not shut them down (killed, crashed),
-/// forever and holding their models' memory (about 1 GB on the tiny fixture), and so do their
-/// shared memory regions. Each names its server's pid and its region in its arguments
-/// (`triton_python_backend_stub MODEL.py SHM SIZE GROWTH PID ...`); those of `server_pid` are
-/// killed and their regions removed.
-fn kill_orphaned_stubs(server_pid: u32) {
+/// A Python-backend stub process: `triton_python_backend_stub MODEL.py SHM_REGION SIZE GROWTH
+/// SERVER_PID ...`.
+pub struct Stub {
+    pub pid: i32,
+    /// `REPOSITORY/MODEL/VERSION/model.py`.
+    pub script: PathBuf,
+    /// Its shared memory region in /dev/shm.
+    region: String,
+}
+
+impl Stub {
+    /// The model it serves.
+    pub fn model(&self) -> Option<String> {
+        let model = self.script.parent()?.parent()?.file_name()?;
+        Some(model.to_string_lossy().into_owned())
+    }
+}
+
+/// The stubs of tritonserver `server_pid`, by the server pid in their arguments: also once the
+/// server is gone (zombies have no arguments left, so they are not listed).
+pub fn stubs_of(server_pid: u32) -> Vec<Stub> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
     let server = server_pid.to_string();
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_stub = argv[0].ends_with(b"/triton_python_backend_stub");
-        if is_stub && argv.get(5) == Some(&server.as_bytes()) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            // And its shared memory region (1 MB and up, in RAM), which the dead server would
-            // have removed: the stub's second argument names it.
-            let region = String::from_utf8_lossy(argv[2]);
-            if region.starts_with("triton_python_backend_shm_region_") && !region.contains('/') {
-                let _ = std::fs::remove_file(Path::new("/dev/shm").join(region.as_ref()));
-            }
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let argv: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_stub = argv[0].ends_with("/triton_python_backend_stub");
+            (is_stub && argv.get(5) == Some(&server)).then(|| Stub {
+                pid,
+                script: PathBuf::from(&argv[1]),
+                region: argv[2].clone(),
+            })
+        })
+        .collect()
+}
+
+/// Python-backend stubs outlive a tritonserver that did not shut them down (killed, crashed),
+/// forever and holding their models' memory (about 1 GB on the tiny fixture), and so do their
+/// shared memory regions. Those of `server_pid` are killed and their regions removed.
+fn kill_orphaned_stubs(server_pid: u32) {
+    for stub in stubs_of(server_pid) {
+        unsafe { libc::kill(stub.pid, libc::SIGKILL) };
+        // The region (1 MB and up, in RAM) the dead server would have removed.
+        if stub.region.starts_with("triton_python_backend_shm_region_") && !stub.region.contains('/') {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(&stub.region));
         }
     }
 }

@@ -9,6 +9,7 @@
 use crate::client::Client;
 use crate::deploy::pbtxt::Message;
 use crate::generate::request::FluxParameters;
+use crate::serve::stubs_of;
 use anyhow::{Context, Result};
 use fluxbuild_contract::parameters::Parameters;
 use fluxbuild_contract::Network;
@@ -200,29 +201,9 @@ impl Supervisor {
     /// Per model, its live (not zombie) backend stubs among the server's children.
     fn live_stubs(&self) -> BTreeMap<String, usize> {
         let mut live = BTreeMap::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return live;
-        };
-        for entry in entries.flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.len() < 2 || fields[0] == "Z" || fields[1] != self.server_pid.to_string() {
-                continue;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            for arg in cmdline.split(|b| *b == 0).filter_map(|a| std::str::from_utf8(a).ok()) {
-                let path = Path::new(arg);
-                if path.file_name().is_some_and(|f| f == "model.py") && path.starts_with(&self.repo) {
-                    if let Some(model) = path.parent().and_then(Path::parent).and_then(Path::file_name) {
-                        *live.entry(model.to_string_lossy().to_string()).or_default() += 1;
-                    }
-                }
+        for stub in stubs_of(self.server_pid) {
+            if let Some(model) = stub.model().filter(|_| stub.script.starts_with(&self.repo)) {
+                *live.entry(model).or_default() += 1;
             }
         }
         live
