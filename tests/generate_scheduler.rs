@@ -161,6 +161,13 @@ fn variant_defaults_and_refused_settings() {
         (r#"{"use_karras_sigmas": true}"#, "use_karras_sigmas"),
         (r#"{"stochastic_sampling": true}"#, "stochastic_sampling"),
         (r#"{"time_shift_type": "cosine"}"#, "time_shift_type"),
+        // Another file given as the scheduler config is refused, not read as the defaults.
+        (r#"{"shift": 3.0, "foo": 1}"#, "unknown field `foo`"),
+        (
+            r#"{"_class_name": "FluxTransformer2DModel", "in_channels": 64}"#,
+            "the config of a \"FluxTransformer2DModel\"",
+        ),
+        (r#"[1, 2]"#, "not a scheduler config"),
     ] {
         std::fs::write(&path, json).unwrap();
         let err = format!("{:#}", SchedulerConfig::read(&path).unwrap_err());

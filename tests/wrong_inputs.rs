@@ -343,3 +343,53 @@ fn a_pipeline_without_model_index_json_is_named_as_such() {
     refused("--checkpoint", &pipeline, "a diffusers pipeline folder");
     refused("--checkpoint", &pipeline, "without model_index.json");
 }
+
+/// Options that shape another precision or target than the one asked for would be ignored, and
+/// the user would believe them applied: refused before any work, naming the flag and the way out.
+#[test]
+fn options_for_another_precision_or_target_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out_arg = out_dir.to_str().unwrap();
+    let pipeline = fixtures().join("pipeline/dev");
+    let pipeline = pipeline.to_str().unwrap();
+    let calibration = dir.path().join("calibration.json");
+    std::fs::write(&calibration, "{}").unwrap();
+    let calibration = calibration.to_str().unwrap();
+    for (extra, flag) in [
+        (&["--calibration", calibration][..], "--calibration"),
+        (&["--fp8-weights", "per-channel"], "--fp8-weights"),
+        (&["--fp8-keep", "*.norm1.linear.weight"], "--fp8-keep"),
+        (
+            &["--precision", "fp8", "--only", "clip,t5", "--calibration", calibration],
+            "--calibration",
+        ),
+    ] {
+        let mut args = vec!["export", "--checkpoint", pipeline, "--out", out_arg];
+        args.extend(extra);
+        let out = fluxbuild(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: exported");
+        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} applies to fp8 submodels")) && stderr.contains("or drop"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!out_dir.exists(), "{extra:?}: nothing in --out");
+    }
+
+    let models = dir.path().join("models");
+    let models = models.to_str().unwrap();
+    for (target, extra, expected) in [
+        ("cpu", ["--engines", models], "--engines is for --target gpu"),
+        ("gpu", ["--alternative", "clip=x"], "--alternative is for --target cpu"),
+    ] {
+        let mut args = vec!["package", "--models", models, "--out", out_arg, "--target", target];
+        args.extend(extra);
+        let out = fluxbuild(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{target}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!out_dir.exists());
+    }
+}

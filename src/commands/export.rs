@@ -65,9 +65,9 @@ pub struct Args {
     /// Activation scales for fp8 submodels (written by `fluxbuild calibrate`).
     #[arg(long)]
     calibration: Option<PathBuf>,
-    /// FP8 weight scales: one per tensor, or one per output channel.
-    #[arg(long, value_enum, default_value = "per-tensor")]
-    fp8_weights: Fp8WeightsArg,
+    /// FP8 weight scales: one per tensor, or one per output channel [default: per-tensor].
+    #[arg(long, value_enum)]
+    fp8_weights: Option<Fp8WeightsArg>,
     /// Linear layers (weight-name patterns, `*` = anything) kept in 16-bit besides the defaults
     /// (embedders and final projection), e.g. `*.norm1.linear.weight`.
     #[arg(long = "fp8-keep", value_delimiter = ',')]
@@ -158,8 +158,9 @@ fn request(args: &Args) -> Result<ExportRequest> {
         });
     }
     check_single_file_checkpoint(args, &submodels)?;
+    check_fp8_options(args, &submodels)?;
     assign_configs(&args.configs, &mut submodels)?;
-    let weights = match args.fp8_weights {
+    let weights = match args.fp8_weights.unwrap_or(Fp8WeightsArg::PerTensor) {
         Fp8WeightsArg::PerTensor => WeightScaling::PerTensor,
         Fp8WeightsArg::PerChannel => WeightScaling::PerChannel,
     };
@@ -189,6 +190,30 @@ fn request(args: &Args) -> Result<ExportRequest> {
         opset: args.opset,
         precision: settings,
     })
+}
+
+/// The fp8 options shape only fp8 submodels: given for an export without one, they would be
+/// ignored, and the user would believe the graphs quantized.
+fn check_fp8_options(args: &Args, submodels: &[SubmodelSource]) -> Result<()> {
+    if submodels.iter().any(|s| s.plan.precision.is_fp8()) {
+        return Ok(());
+    }
+    let given = [
+        ("--calibration", args.calibration.is_some()),
+        ("--fp8-weights", args.fp8_weights.is_some()),
+        ("--fp8-keep", !args.fp8_keep.is_empty()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+        let names: Vec<&str> = submodels.iter().map(|s| s.network.name()).collect();
+        bail!(
+            "{flag} applies to fp8 submodels, and none of this export's ({}) is fp8 under --precision {} (a global \
+             fp8 quantizes the transformer only): give a submodel fp8 (`--precision fp8` with the transformer, \
+             or `NAME=fp8`), or drop {flag}",
+            names.join(", "),
+            args.precision
+        );
+    }
+    Ok(())
 }
 
 /// `--checkpoint FILE` stands for all four submodels only when the file is an all-in-one

@@ -6,14 +6,22 @@
 
 use super::Variant;
 use anyhow::{bail, Context, Result};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::path::Path;
 
 /// The settings of `scheduler/scheduler_config.json` that FluxPipeline's schedule depends on;
-/// absent keys take diffusers' defaults.
+/// absent keys take diffusers' defaults. Unknown keys are refused: another file given as the
+/// scheduler config (a model's config.json) would otherwise read as the defaults, a wrong schedule
+/// without a word.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
+    /// diffusers' own keys: the class is checked before (`read`), the version says nothing here.
+    #[serde(rename = "_class_name", skip_serializing)]
+    _class_name: Option<IgnoredAny>,
+    #[serde(rename = "_diffusers_version", skip_serializing)]
+    _diffusers_version: Option<IgnoredAny>,
     pub num_train_timesteps: u32,
     pub shift: f64,
     pub use_dynamic_shifting: bool,
@@ -38,10 +46,14 @@ pub struct SchedulerConfig {
     use_flow_sigmas: bool,
 }
 
+const SCHEDULER_CLASS: &str = "FlowMatchEulerDiscreteScheduler";
+
 /// `FlowMatchEulerDiscreteScheduler.__init__`'s defaults.
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
+            _class_name: None,
+            _diffusers_version: None,
             num_train_timesteps: 1000,
             shift: 1.0,
             use_dynamic_shifting: false,
@@ -77,8 +89,20 @@ impl SchedulerConfig {
     /// Reads and checks `scheduler_config.json`.
     pub fn read(path: &Path) -> Result<SchedulerConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        if !value.is_object() {
+            // serde would fill the struct's fields from an array, in order.
+            bail!("{}: not a scheduler config: expected a JSON object", path.display());
+        }
+        if let Some(class) = value.get("_class_name").filter(|c| *c != SCHEDULER_CLASS) {
+            bail!(
+                "{}: the config of a {class}, not of FLUX.1's scheduler ({SCHEDULER_CLASS})",
+                path.display()
+            );
+        }
         let config: SchedulerConfig =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a scheduler config", path.display()))?;
+            serde_json::from_value(value).with_context(|| format!("{}: not a scheduler config", path.display()))?;
         config
             .check()
             .with_context(|| format!("{}: unsupported scheduler setting", path.display()))?;

@@ -170,6 +170,7 @@ pub struct Packaged {
 }
 
 pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressBar) -> Result<Packaged> {
+    check_target_options(options)?;
     let exported = Exported::read(&options.models)?;
     check_tokenizers(&exported)?;
     let mut recorded = recorded::Recorded::default();
@@ -240,6 +241,22 @@ pub fn package(options: &Options, progress: &dyn Fn(u64) -> indicatif::ProgressB
     };
     dirs.push(layout::orchestrator(&exported, options, &limits, &models)?);
     write_repository(options, &exported, &dirs, &limits, &recorded, progress)
+}
+
+/// `--engines` feeds only the gpu target and `--alternative` only the cpu one: either given to the
+/// other target would be ignored, and the repository would not serve what the user asked for.
+fn check_target_options(options: &Options) -> Result<()> {
+    match options.target {
+        Target::Cpu if options.engines.is_some() => bail!(
+            "--engines is for --target gpu (Triton's TensorRT backend); --target cpu serves the ONNX graphs \
+             of --models: drop --engines or use --target gpu"
+        ),
+        Target::Gpu if !options.alternatives.is_empty() => bail!(
+            "--alternative is for --target cpu (another ONNX graph served when the primary fails); \
+             --target gpu serves the engines' profiles from --engines: drop --alternative or use --target cpu"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The orchestrator pads with the tokens local generation pads with: both must be there.

@@ -168,7 +168,7 @@ pub fn scheduler(sources: &PipelineFileSources, variant: Variant) -> Result<Pipe
             } else {
                 path.clone()
             };
-            SchedulerConfig::read(&path).with_context(|| format!("--scheduler {}", path.display()))?;
+            SchedulerConfig::read(&path).context("--scheduler")?;
             let form = "scheduler_config.json".to_string();
             (
                 Origin::Override {
