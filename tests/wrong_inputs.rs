@@ -16,25 +16,30 @@ fn fluxbuild(args: &[&str]) -> Output {
 }
 
 fn refused(flag: &str, file: &Path, expected: &str) {
-    let out_dir = file.with_file_name("out");
+    refused_naming(flag, file, file, expected)
+}
+
+/// `given` is refused with `expected` on the first line, naming `named` (a file in it) once.
+fn refused_naming(flag: &str, given: &Path, named: &Path, expected: &str) {
+    let out_dir = given.with_file_name("out");
     let out = fluxbuild(&[
         "export",
         flag,
-        file.to_str().unwrap(),
+        given.to_str().unwrap(),
         "--out",
         out_dir.to_str().unwrap(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{}: exported", file.display());
+    assert!(!out.status.success(), "{}: exported", given.display());
     let first = stderr.lines().next().unwrap_or_default();
     assert!(
         first.contains(expected),
         "{}: first line {first:?}\n{stderr}",
-        file.display()
+        given.display()
     );
-    let name = file.display().to_string();
+    let name = named.display().to_string();
     assert_eq!(stderr.matches(&name).count(), 1, "the path once:\n{stderr}");
-    assert!(!out_dir.exists(), "{}: nothing in --out", file.display());
+    assert!(!out_dir.exists(), "{}: nothing in --out", given.display());
 }
 
 #[test]
@@ -339,9 +344,45 @@ fn a_pipeline_without_model_index_json_is_named_as_such() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&file, &to).unwrap();
     }
-    std::fs::remove_file(pipeline.join("model_index.json")).unwrap();
+    let index = pipeline.join("model_index.json");
+    let original = std::fs::read_to_string(&index).unwrap();
+
+    // Truncated (an interrupted download), another family's: named by the index file.
+    std::fs::write(&index, &original[..original.len() / 2]).unwrap();
+    refused_naming("--checkpoint", &pipeline, &index, "not JSON (an interrupted download?)");
+    std::fs::write(&index, original.replace("FluxPipeline", "StableDiffusion3Pipeline")).unwrap();
+    refused_naming(
+        "--checkpoint",
+        &pipeline,
+        &index,
+        "the pipeline of a StableDiffusion3Pipeline, not a FLUX.1 pipeline",
+    );
+
+    std::fs::remove_file(&index).unwrap();
     refused("--checkpoint", &pipeline, "a diffusers pipeline folder");
     refused("--checkpoint", &pipeline, "without model_index.json");
+}
+
+/// The folder above the pipelines (a models/ folder with FLUX.1-dev/ and FLUX.1-schnell/ in it)
+/// is answered with the pipelines to choose from.
+#[test]
+fn a_folder_of_pipelines_names_them() {
+    let parent = fixtures().join("pipeline");
+    let out_dir = tempfile::tempdir().unwrap().path().join("out");
+    let out = fluxbuild(&[
+        "export",
+        "--checkpoint",
+        parent.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("it holds the pipelines dev/, schnell/: give one of them"),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists());
 }
 
 /// Options that shape another precision or target than the one asked for would be ignored, and

@@ -68,6 +68,7 @@ pub fn locate(path: &Path, subfolder: &str) -> Result<Located> {
         return comfy_file(&models, subfolder);
     }
     if path.join("model_index.json").is_file() {
+        check_pipeline_index(&path.join("model_index.json"))?;
         let component = path.join(subfolder);
         if !component.is_dir() {
             bail!("{}: pipeline folder has no `{subfolder}/` component", path.display());
@@ -258,9 +259,50 @@ fn component_folder(dir: &Path) -> Result<Located> {
         );
     }
     bail!(
-        "{}: no weights found (expected diffusion_pytorch_model.safetensors, model.safetensors or a *.safetensors.index.json)",
-        dir.display()
+        "{}: no weights found (expected diffusion_pytorch_model.safetensors, model.safetensors or a *.safetensors.index.json){}",
+        dir.display(),
+        what_the_folder_holds(dir)
     )
+}
+
+/// A diffusers pipeline's `model_index.json` must be readable and name a FLUX pipeline class: a
+/// truncated download or another model family is said as such, not as missing tensors later.
+fn check_pipeline_index(index: &Path) -> Result<()> {
+    let text = std::fs::read(index).with_context(|| format!("{}: cannot read", index.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not JSON (an interrupted download?)", index.display()))?;
+    let class = value.get("_class_name").and_then(|c| c.as_str()).unwrap_or_default();
+    // FluxPipeline, FluxKontextPipeline, FluxFillPipeline, ...: not a network name.
+    if !class.to_lowercase().starts_with("flux") {
+        bail!(
+            "{}: the pipeline of a {}, not a FLUX.1 pipeline (expected _class_name FluxPipeline or another Flux*Pipeline)",
+            index.display(),
+            if class.is_empty() { "model it does not name" } else { class }
+        );
+    }
+    Ok(())
+}
+
+/// Why a folder without a component's weights was still given: it holds pipelines (a parent of
+/// `FLUX.1-dev/`) or single files (ComfyUI-style), each to be given itself.
+fn what_the_folder_holds(dir: &Path) -> String {
+    let mut pipelines = Vec::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+        if path.join("model_index.json").is_file() {
+            pipelines.push(format!("{name}/"));
+        } else if name.ends_with(".safetensors") || name.ends_with(".sft") {
+            files.push(name);
+        }
+    }
+    pipelines.sort();
+    files.sort();
+    match (&pipelines[..], &files[..]) {
+        ([], []) => String::new(),
+        ([], files) => format!("; it holds {}: give the file itself", files.join(", ")),
+        (pipelines, _) => format!("; it holds the pipelines {}: give one of them", pipelines.join(", ")),
+    }
 }
 
 /// The shard files an index names, in first-seen order. A shard name must stay inside its folder;
