@@ -20,17 +20,11 @@ pid_file=$out/triton.pid
 
 step() { printf '\n== %s\n' "$*"; }
 
-# Stops the server this script started (SIGTERM, then SIGKILL after 30 s).
+# Stops the server this script started (SIGTERM, SIGKILL after 30 s; then the stubs of a killed
+# one); a stale pid file (its pid reused by another program) is only removed.
 stop_server() {
   [[ -f "$pid_file" ]] || return 0
-  local pid
-  pid=$(cat "$pid_file")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-    echo "stopped the Triton server (pid $pid)"
-  fi
-  rm -f "$pid_file"
+  "$fluxbuild" stop --pid-file "$pid_file" || rm -f "$pid_file"
 }
 
 [[ -x "$fluxbuild" ]] || { echo "error: $fluxbuild not found (run \`make demo\`, or cargo build first)" >&2; exit 1; }

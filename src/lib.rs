@@ -14,4 +14,5 @@ pub mod package;
 pub mod pipeline_files;
 pub mod runtime;
 pub mod serve;
+pub mod server_process;
 pub mod supervise;

@@ -32,6 +32,8 @@ enum Command {
     PerfData(commands::perf_data::Args),
     /// Start a Triton server on a model repository and wait until it is ready.
     Serve(commands::serve::Args),
+    /// Stop what `serve --pid-file` started (detached or not) and what a killed server left behind.
+    Stop(commands::stop::Args),
     /// Build TensorRT engines from exported graphs with an optimization profile.
     Build(commands::build::Args),
     /// Show or validate optimization-profile presets.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Package(a) => commands::package::run(a, &out),
         Command::PerfData(a) => commands::perf_data::run(a, &out),
         Command::Serve(a) => commands::serve::run(a, &out),
+        Command::Stop(a) => commands::stop::run(a, &out),
         Command::Build(a) => commands::build::run(a, &out),
         Command::Profile(a) => commands::profile::run(a, &out),
         Command::Lint(a) => commands::lint::run(a, &out),

@@ -6,6 +6,7 @@
 use crate::client::Client;
 use crate::deploy::pbtxt::Message;
 use crate::generate::request::{FluxParameters, Limits as RequestLimits};
+use crate::server_process::{kill_orphaned_stubs, stop_server_process, SHUTDOWN_GRACE};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::interrupted;
 use fluxbuild_contract::parameters::Parameters;
@@ -388,7 +389,7 @@ impl Server {
     pub fn stop(&mut self) -> Result<()> {
         if let Some(child) = self.child.take() {
             self.on_interrupt = None;
-            stop_server_process(child.id() as i32);
+            stop_server_process(child.id() as i32, SHUTDOWN_GRACE);
         }
         Ok(())
     }
@@ -436,84 +437,7 @@ fn stop_spawned(pid: &std::sync::atomic::AtomicI32) {
     }
     let pid = pid.load(std::sync::atomic::Ordering::SeqCst);
     if pid > 0 {
-        stop_server_process(pid);
-    }
-}
-
-/// Stops tritonserver `pid` (a child of this process): SIGTERM (Triton unloads its models), then
-/// SIGKILL if it has not exited after 10 s; then the stubs that outlived it.
-fn stop_server_process(pid: i32) {
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    // waitpid: 0 while it runs; its pid once reaped, or -1 when it is no child of ours any more.
-    let ended = || unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } != 0;
-    let start = Instant::now();
-    while !ended() {
-        if start.elapsed() > Duration::from_secs(10) {
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    kill_orphaned_stubs(pid as u32);
-}
-
-/// A Python-backend stub process: `triton_python_backend_stub MODEL.py SHM_REGION SIZE GROWTH
-/// SERVER_PID ...`.
-pub struct Stub {
-    pub pid: i32,
-    /// `REPOSITORY/MODEL/VERSION/model.py`.
-    pub script: PathBuf,
-    /// Its shared memory region in /dev/shm.
-    region: String,
-}
-
-impl Stub {
-    /// The model it serves.
-    pub fn model(&self) -> Option<String> {
-        let model = self.script.parent()?.parent()?.file_name()?;
-        Some(model.to_string_lossy().into_owned())
-    }
-}
-
-/// The stubs of tritonserver `server_pid`, by the server pid in their arguments: also once the
-/// server is gone (zombies have no arguments left, so they are not listed).
-pub fn stubs_of(server_pid: u32) -> Vec<Stub> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let server = server_pid.to_string();
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let argv: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_stub = argv[0].ends_with("/triton_python_backend_stub");
-            (is_stub && argv.get(5) == Some(&server)).then(|| Stub {
-                pid,
-                script: PathBuf::from(&argv[1]),
-                region: argv[2].clone(),
-            })
-        })
-        .collect()
-}
-
-/// Python-backend stubs outlive a tritonserver that did not shut them down (killed, crashed),
-/// forever and holding their models' memory (about 1 GB on the tiny fixture), and so do their
-/// shared memory regions. Those of `server_pid` are killed and their regions removed.
-fn kill_orphaned_stubs(server_pid: u32) {
-    for stub in stubs_of(server_pid) {
-        unsafe { libc::kill(stub.pid, libc::SIGKILL) };
-        // The region (1 MB and up, in RAM) the dead server would have removed.
-        if stub.region.starts_with("triton_python_backend_shm_region_") && !stub.region.contains('/') {
-            let _ = std::fs::remove_file(Path::new("/dev/shm").join(&stub.region));
-        }
+        stop_server_process(pid, SHUTDOWN_GRACE);
     }
 }
 

@@ -9,7 +9,7 @@
 use crate::client::Client;
 use crate::deploy::pbtxt::Message;
 use crate::generate::request::FluxParameters;
-use crate::serve::stubs_of;
+use crate::server_process::stubs_of;
 use anyhow::{Context, Result};
 use fluxbuild_contract::parameters::Parameters;
 use fluxbuild_contract::Network;

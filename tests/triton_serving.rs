@@ -732,8 +732,8 @@ fn a_network_that_fails_to_load_is_named_and_serve_stops() {
     assert!(stderr.contains(&format!("warning: {why}")), "{stderr}");
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
     assert!(client.model_ready("flux").unwrap() && client.model_ready("clip_alt1").unwrap());
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    fluxbuild_ok(&["stop", "--pid-file", path(&pid_file)]);
+    assert_nothing_left(&repo, "fluxbuild stop");
 }
 
 /// Triton's Python backend sometimes aborts the whole server while it starts the stubs
@@ -799,8 +799,7 @@ class TritonPythonModel:
     );
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
     assert!(client.model_ready("flux").unwrap());
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    fluxbuild_ok(&["stop", "--pid-file", path(&pid_file)]);
     // The first attempt's stubs outlived it (Triton leaves them, and they then kept the second
     // server from shutting down): killed, so nothing of either is left.
     assert_nothing_left(&repo, "after the restarted server was stopped");
@@ -874,6 +873,101 @@ fn an_interrupted_serve_leaves_no_server_nor_pid_file() {
     assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
     assert!(!detached_pid.exists());
     assert_nothing_left(&repo, "detached serve stopped while starting");
+}
+
+/// `fluxbuild stop --pid-file FILE` ends what serve started: a detached server (its stubs end with
+/// it), a foreground serve (which stops its own server), and after a server was killed (kill -9)
+/// the stubs and step table it left. The pid file goes; a stale one naming another program is
+/// left alone, and a missing one is said as such.
+#[test]
+fn fluxbuild_stop_ends_what_serve_started_and_what_a_killed_server_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = export("schnell", &dir.path().join("models"));
+    let repo = dir.path().join("repo");
+    package_cpu(&models, &repo, &[]);
+    let stop = |pid_file: &Path| -> serde_json::Value {
+        let stdout = fluxbuild_ok(&["stop", "--pid-file", path(pid_file), "--json"]);
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let step_table = |server_pid: &str| Path::new("/dev/shm").join(format!("fluxbuild-steps-{server_pid}-flux"));
+
+    let (ok, stderr, _, pid_file) = serve_detached(&repo);
+    assert!(ok, "{stderr}");
+    let server = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    assert!(
+        step_table(&server).exists(),
+        "no step table named as server_process.rs expects"
+    );
+    let stopped = stop(&pid_file);
+    assert_eq!(
+        (stopped["was"].as_str(), stopped["forced"].as_bool()),
+        (Some("tritonserver"), Some(false))
+    );
+    assert!(!pid_file.exists());
+    assert_nothing_left(&repo, "fluxbuild stop");
+    assert!(!step_table(&server).exists());
+
+    // A killed server leaves its stubs (one per instance) and its step table, forever.
+    let (ok, stderr, _, pid_file) = serve_detached(&repo);
+    assert!(ok, "{stderr}");
+    let server = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    unsafe { libc::kill(server.parse().unwrap(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(1));
+    let stubs = processes_of(&repo).len();
+    assert!(
+        stubs > 0,
+        "the killed server's stubs ended by themselves: nothing to test"
+    );
+    let stopped = stop(&pid_file);
+    assert_eq!(stopped["was"], "not_running");
+    assert_eq!(stopped["stubs_killed"], stubs);
+    assert_nothing_left(&repo, "fluxbuild stop after kill -9");
+    assert!(!step_table(&server).exists(), "the killed server's step table is left");
+    let (ok, _, stderr) = fluxbuild(&["stop", "--pid-file", path(&pid_file)]);
+    assert!(!ok && stderr.contains("no such file, so nothing to stop"), "{stderr}");
+
+    // A foreground serve: it stops its server and removes the pid file itself.
+    let foreground_pid = dir.path().join("foreground.pid");
+    let port = fluxbuild::serve::free_port().unwrap().to_string();
+    let (grpc, metrics) = (
+        fluxbuild::serve::free_port().unwrap(),
+        fluxbuild::serve::free_port().unwrap(),
+    );
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+        .args([
+            "serve",
+            "--repo",
+            path(&repo),
+            "--http-port",
+            &port,
+            "--pid-file",
+            path(&foreground_pid),
+        ])
+        .args(["--grpc-port", &grpc.to_string(), "--metrics-port", &metrics.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !foreground_pid.exists() {
+        assert!(serve.try_wait().unwrap().is_none(), "serve ended before it was ready");
+        assert!(Instant::now() < deadline, "serve was not ready in 180 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stop(&foreground_pid)["was"], "fluxbuild_serve");
+    assert_eq!(serve.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert!(!foreground_pid.exists());
+    assert_nothing_left(&repo, "fluxbuild stop of a foreground serve");
+
+    // A stale pid file whose pid another program has now (this test): both left alone.
+    let stale = dir.path().join("stale.pid");
+    std::fs::write(&stale, format!("{}\n", std::process::id())).unwrap();
+    let (ok, _, stderr) = fluxbuild(&["stop", "--pid-file", path(&stale)]);
+    assert!(
+        !ok && stderr.contains("not a tritonserver or `fluxbuild serve`"),
+        "{stderr}"
+    );
+    assert!(stale.exists());
 }
 
 /// With Triton's tracing on, the orchestrator's network calls (BLS) are traced as children of the

@@ -14,3 +14,4 @@ pub mod package;
 pub mod perf_data;
 pub mod profile;
 pub mod serve;
+pub mod stop;

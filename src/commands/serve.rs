@@ -1,6 +1,6 @@
 //! `fluxbuild serve`: start a Triton server on a model repository (127.0.0.1), wait until the
 //! `flux` model is ready, then keep serving until the server exits or this process is stopped;
-//! with `--detach`, return once it is ready and leave it running (stop it with `kill $(cat PID_FILE)`).
+//! with `--detach`, return once it is ready and leave it running (`fluxbuild stop --pid-file FILE`).
 
 use crate::output::{AlreadyReported, Output};
 use crate::serve::{repository_max_request_bytes, Installation, Server, ServerOptions};
@@ -119,14 +119,20 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     };
     // The pid file is written while the server is still ours: if that fails, it is stopped.
+    let stop_command = |pid_file: &std::path::Path| format!("`fluxbuild stop --pid-file {}`", pid_file.display());
     if args.detach {
         let pid = server.pid().context("running")?;
-        report(pid, format!("`kill {pid}`"))?;
+        let pid_file = args.pid_file.as_deref().context("--detach requires --pid-file")?;
+        report(pid, stop_command(pid_file))?;
         server.detach();
         return Ok(());
     }
     let pid = std::process::id();
-    report(pid, format!("Ctrl-C or `kill {pid}`"))?;
+    let stop_with = match &args.pid_file {
+        Some(pid_file) => format!("Ctrl-C, `kill {pid}` or {}", stop_command(pid_file)),
+        None => format!("Ctrl-C or `kill {pid}`"),
+    };
+    report(pid, stop_with)?;
     // Ctrl-C or `kill PID` stops the server (registered when it started) and removes the pid file.
     let _remove_pid_file = args.pid_file.clone().map(|pid_file| {
         interrupted::on_interrupt(move || {
