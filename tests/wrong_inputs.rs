@@ -434,3 +434,37 @@ fn options_for_another_precision_or_target_are_refused() {
         assert!(!out_dir.exists());
     }
 }
+
+/// A pipeline with one truncated component (an interrupted download): inspect reports every
+/// component, the unreadable one with its file and why, and exits non-zero.
+#[test]
+fn inspect_reports_every_component_of_a_pipeline_with_a_truncated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("FLUX.1-dev");
+    let source = fixtures().join("pipeline/dev");
+    for file in fluxbuild::export::list_files(&source).unwrap() {
+        let to = pipeline.join(file.strip_prefix(&source).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    let truncated = pipeline.join("text_encoder/model.safetensors");
+    std::fs::File::options()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let out = fluxbuild(&["--json", "inspect", pipeline.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let submodels = report["submodels"].as_array().unwrap();
+    let names: Vec<&str> = submodels.iter().map(|s| s["submodel"].as_str().unwrap()).collect();
+    assert_eq!(names, ["clip", "t5", "transformer", "vae_decoder"]);
+    assert_eq!(report["problems"], 1, "{report}");
+    let clip = &submodels[0]["problems"][0].as_str().unwrap();
+    assert!(
+        clip.contains(truncated.to_str().unwrap()) && clip.contains("truncated"),
+        "{clip}"
+    );
+    assert!(submodels[1..].iter().all(|s| s["tensors"].as_u64().unwrap() > 0));
+}

@@ -43,6 +43,27 @@ struct Report {
     problems: Vec<String>,
 }
 
+impl Report {
+    /// A component whose files cannot be read: its folder and why.
+    fn unreadable(submodel: &'static str, folder: &Path, error: &anyhow::Error) -> Report {
+        Report {
+            submodel,
+            files: vec![folder.to_path_buf()],
+            source_kind: "unreadable".into(),
+            all_in_one_part: None,
+            scaled_fp8: None,
+            layout: None,
+            variant: None,
+            tensors: 0,
+            parameters: 0,
+            bytes: 0,
+            dtypes: BTreeMap::new(),
+            config: None,
+            problems: vec![format!("{error:#}")],
+        }
+    }
+}
+
 /// Problems shown in the text report (`--json` has all).
 const LISTED: usize = 20;
 
@@ -57,11 +78,16 @@ struct Inspection {
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
     let reports = if args.path.join("model_index.json").is_file() {
+        // Every component is reported: one that cannot be read (a truncated download) is one
+        // problem among the others, not the end of the inspection.
         EXPORTERS
             .iter()
             .filter(|e| args.path.join(e.subfolder()).is_dir())
-            .map(|e| inspect(*e, &args.path, args.config.as_deref()))
-            .collect::<Result<Vec<_>>>()?
+            .map(|e| {
+                inspect(*e, &args.path, args.config.as_deref())
+                    .unwrap_or_else(|error| Report::unreadable(e.name(), &args.path.join(e.subfolder()), &error))
+            })
+            .collect()
     } else {
         detect(&args.path)?
             .into_iter()
