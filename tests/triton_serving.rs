@@ -657,9 +657,22 @@ fn a_killed_backend_is_noticed_and_the_deployment_recovers() {
     assert_nothing_left(&repo, "serve stopped");
 }
 
+/// Stops, when dropped, the server a detached serve left running: a failing test does not leave
+/// it serving (and holding about 1 GB) for the tests after it.
+struct StopOnDrop(std::path::PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fluxbuild(&["stop", "--pid-file", path(&self.0)]);
+        }
+    }
+}
+
 /// `fluxbuild serve --detach` on `repo` (free ports, the pid file beside it): whether it
-/// succeeded, its stderr, the HTTP port and the pid file.
-fn serve_detached(repo: &Path) -> (bool, String, String, std::path::PathBuf) {
+/// succeeded, its stderr, the HTTP port and the pid file (whose server is stopped at the end of
+/// the calling test, also when it fails; see `StopOnDrop`).
+fn serve_detached(repo: &Path) -> (bool, String, String, std::path::PathBuf, StopOnDrop) {
     let port = fluxbuild::serve::free_port().unwrap().to_string();
     let pid_file = repo.with_extension("pid");
     let log = repo.with_extension("log");
@@ -681,7 +694,8 @@ fn serve_detached(repo: &Path) -> (bool, String, String, std::path::PathBuf) {
         "--timeout",
         "180",
     ]);
-    (ok, stderr, port, pid_file)
+    let stop = StopOnDrop(pid_file.clone());
+    (ok, stderr, port, pid_file, stop)
 }
 
 /// `fluxbuild serve` on a repository where a network's only model fails to load: Triton still
@@ -709,7 +723,7 @@ fn a_network_that_fails_to_load_is_named_and_serve_stops() {
     let repo = dir.path().join("repo");
     package_cpu(&models, &repo, &[]);
     break_clip(&repo);
-    let (ok, stderr, port, pid_file) = serve_detached(&repo);
+    let (ok, stderr, port, pid_file, _stop) = serve_detached(&repo);
     assert!(!ok, "serve succeeded with clip unloadable:\n{stderr}");
     assert!(
         stderr.contains(&format!("error: no ready model for clip ({why}")),
@@ -727,7 +741,7 @@ fn a_network_that_fails_to_load_is_named_and_serve_stops() {
     let alternative = format!("clip={}", path(&models.join("clip")));
     package_cpu(&models, &repo, &["--alternative", &alternative]);
     break_clip(&repo);
-    let (ok, stderr, port, pid_file) = serve_detached(&repo);
+    let (ok, stderr, port, pid_file, _stop) = serve_detached(&repo);
     assert!(ok, "serve with a loadable alternative failed:\n{stderr}");
     assert!(stderr.contains(&format!("warning: {why}")), "{stderr}");
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
@@ -782,7 +796,7 @@ class TritonPythonModel:
     };
 
     let (repo, marker) = with_aborting_model("aborts-once", false);
-    let (ok, stderr, port, pid_file) = serve_detached(&repo);
+    let (ok, stderr, port, pid_file, _stop) = serve_detached(&repo);
     assert!(ok, "serve after one abort failed:\n{stderr}");
     assert!(marker.exists(), "the model never aborted the server");
     assert!(
@@ -805,7 +819,7 @@ class TritonPythonModel:
     assert_nothing_left(&repo, "after the restarted server was stopped");
 
     let (repo, _) = with_aborting_model("aborts-always", true);
-    let (ok, stderr, port, pid_file) = serve_detached(&repo);
+    let (ok, stderr, port, pid_file, _stop) = serve_detached(&repo);
     assert!(!ok, "serve succeeded with a server that aborts at every start");
     assert!(
         stderr.contains("error: serving")
@@ -891,7 +905,7 @@ fn fluxbuild_stop_ends_what_serve_started_and_what_a_killed_server_left() {
     };
     let step_table = |server_pid: &str| Path::new("/dev/shm").join(format!("fluxbuild-steps-{server_pid}-flux"));
 
-    let (ok, stderr, _, pid_file) = serve_detached(&repo);
+    let (ok, stderr, _, pid_file, _stop) = serve_detached(&repo);
     assert!(ok, "{stderr}");
     let server = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
     assert!(
@@ -908,7 +922,7 @@ fn fluxbuild_stop_ends_what_serve_started_and_what_a_killed_server_left() {
     assert!(!step_table(&server).exists());
 
     // A killed server leaves its stubs (one per instance) and its step table, forever.
-    let (ok, stderr, _, pid_file) = serve_detached(&repo);
+    let (ok, stderr, _, pid_file, _stop) = serve_detached(&repo);
     assert!(ok, "{stderr}");
     let server = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
     unsafe { libc::kill(server.parse().unwrap(), libc::SIGKILL) };
