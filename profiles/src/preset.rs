@@ -126,7 +126,8 @@ impl Preset {
 
     /// Parses and validates a preset; `default_name` is used when the file has no `name`.
     pub fn parse(text: &str, default_name: &str, source: &str) -> Result<Preset> {
-        let raw: RawPreset = toml::from_str(text).map_err(|e| anyhow!("profile preset {source}: {e}"))?;
+        let raw: RawPreset =
+            toml::from_str(text).map_err(|e| anyhow!("profile preset {source}: {}", one_line(&e, text)))?;
         let name = raw.name.unwrap_or_else(|| default_name.to_string());
         let at = |what: &str| format!("profile preset {name:?} ({source}): {what}");
         let mut own = BTreeMap::new();
@@ -213,6 +214,20 @@ fn validate(raw: &RawProfile, network: Network, strict: bool) -> Result<OptProfi
 }
 
 /// `N` (static), `{ min = .., opt = .., max = .. }` or `[min, opt, max]`.
+/// toml's error on one line: "line L, column C: MESSAGE" (its own text draws the line with a caret).
+fn one_line(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn range(value: &toml::Value) -> Result<Range> {
     let int = |v: &toml::Value, what: &str| -> Result<u32> {
         let i = v

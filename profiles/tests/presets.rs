@@ -202,10 +202,15 @@ fn validation_names_the_field_and_what_was_expected() {
             full("").replace("description = \"d\"", "description = \"d\"\nvariant = \"pro\""),
             "unknown variant",
         ),
+        (
+            format!("{BASE}batch = [1, 2\n"),
+            "test.toml: line 3, column 14: unclosed array, expected `]`",
+        ),
     ];
     for (text, expected) in cases {
         let e = err(&text);
         assert!(e.contains(expected), "expected {expected:?} in: {e}");
         assert!(e.contains("test.toml"), "the error names the file: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 }
