@@ -15,6 +15,18 @@ fn fluxbuild(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// A copy of the dev fixture pipeline in `dir` (`FLUX.1-dev/`), to break.
+fn copy_dev_pipeline(dir: &Path) -> std::path::PathBuf {
+    let source = fixtures().join("pipeline/dev");
+    let pipeline = dir.join("FLUX.1-dev");
+    for file in fluxbuild::export::list_files(&source).unwrap() {
+        let to = pipeline.join(file.strip_prefix(&source).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    pipeline
+}
+
 fn refused(flag: &str, file: &Path, expected: &str) {
     refused_naming(flag, file, file, expected)
 }
@@ -338,12 +350,7 @@ fn json_usage_errors_are_one_document() {
 #[test]
 fn a_pipeline_without_model_index_json_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("FLUX.1-dev");
-    for file in fluxbuild::export::list_files(&fixtures().join("pipeline/dev")).unwrap() {
-        let to = pipeline.join(file.strip_prefix(fixtures().join("pipeline/dev")).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&file, &to).unwrap();
-    }
+    let pipeline = copy_dev_pipeline(dir.path());
     let index = pipeline.join("model_index.json");
     let original = std::fs::read_to_string(&index).unwrap();
 
@@ -440,13 +447,7 @@ fn options_for_another_precision_or_target_are_refused() {
 #[test]
 fn inspect_reports_every_component_of_a_pipeline_with_a_truncated_one() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("FLUX.1-dev");
-    let source = fixtures().join("pipeline/dev");
-    for file in fluxbuild::export::list_files(&source).unwrap() {
-        let to = pipeline.join(file.strip_prefix(&source).unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&file, &to).unwrap();
-    }
+    let pipeline = copy_dev_pipeline(dir.path());
     let truncated = pipeline.join("text_encoder/model.safetensors");
     std::fs::File::options()
         .write(true)
