@@ -38,9 +38,10 @@ fn wait_gone(pid: i32, limit: Duration) -> bool {
     }
 }
 
-/// Whether `pid` is a live process (a zombie has ended: only its parent's wait is missing).
+/// Whether `pid` is a live process (a zombie has ended: only its parent's wait is missing). One
+/// we may not signal (another user's) is alive too.
 fn running(pid: i32) -> bool {
-    if unsafe { libc::kill(pid, 0) } != 0 {
+    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
         return false;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -164,6 +165,13 @@ pub fn stop_by_pid_file(pid_file: &Path, grace: Duration) -> Result<Stopped> {
         );
     };
     let program = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if running(pid) && unsafe { libc::kill(pid, 0) } != 0 {
+        bail!(
+            "--pid-file {}: process {pid} (`{}`) belongs to another user: not permitted to stop it",
+            pid_file.display(),
+            program.trim()
+        );
+    }
     let (was, forced) = match program.trim() {
         _ if !running(pid) => (Found::NotRunning, false),
         "tritonserver" => (Found::Tritonserver, stop_server_process(pid, grace)),
