@@ -22,10 +22,10 @@ pid_file=$out/triton.pid
 
 step() { printf '\n== %s\n' "$*"; }
 # Stops the server this script started (SIGTERM, SIGKILL after 30 s; then the stubs of a killed
-# one); a stale pid file (its pid reused by another program) is only removed.
+# one). A pid file `fluxbuild stop` refuses (stale, another user's) is said and kept.
 stop_server() {
   [[ -f "$pid_file" ]] || return 0
-  "$fluxbuild" stop --pid-file "$pid_file" || rm -f "$pid_file"
+  "$fluxbuild" stop --pid-file "$pid_file" || true
 }
 
 [[ -x "$fluxbuild" ]] || { echo "error: $fluxbuild not found (make bench-serve builds it)" >&2; exit 1; }

@@ -11,6 +11,7 @@ pub mod export;
 pub mod generate;
 pub mod output;
 pub mod package;
+pub mod pid_file;
 pub mod pipeline_files;
 pub mod runtime;
 pub mod serve;

@@ -1,7 +1,7 @@
 //! A tritonserver process and the Python-backend stubs it starts: stopping it (our child, or one
 //! a detached `fluxbuild serve` left running) and cleaning up what it leaves behind.
 
-use anyhow::{bail, Context, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,44 +12,121 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// models), then SIGKILL if it has not exited after `grace`; then the stubs that outlived it.
 /// Returns whether it took SIGKILL.
 pub fn stop_server_process(pid: i32, grace: Duration) -> bool {
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let forced = !wait_gone(pid, grace);
-    if forced {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        wait_gone(pid, Duration::from_secs(5));
-    }
+    let server = Process::hold(pid);
+    let forced = !server.terminate(grace);
     kill_orphaned_stubs(pid as u32);
     forced
 }
 
-/// Waits up to `limit` for `pid` to end; whether it did.
-fn wait_gone(pid: i32, limit: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        // Reaps it when it is our child (a no-op otherwise), so that it does not linger as a zombie.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        if !running(pid) {
+/// A process held by a pidfd where the kernel has them (Linux 5.3+), so that no signal or wait
+/// reaches another process that took its pid after it ended; by its pid otherwise.
+pub struct Process {
+    pub pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    pub fn hold(pid: i32) -> Process {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a non-negative result is a descriptor we own.
+        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        Process { pid, pidfd }
+    }
+
+    /// Sends `signal`; whether it was delivered (false: ended, or not ours to signal).
+    pub fn signal(&self, signal: i32) -> bool {
+        let sent = match &self.pidfd {
+            // SAFETY: the descriptor is open; no siginfo, no flags.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            },
+            // SAFETY: kill only sends a signal.
+            None => libc::c_long::from(unsafe { libc::kill(self.pid, signal) }),
+        };
+        sent == 0
+    }
+
+    /// SIGTERM, then SIGKILL if it has not ended after `grace`; whether SIGTERM was enough.
+    pub fn terminate(&self, grace: Duration) -> bool {
+        self.signal(libc::SIGTERM);
+        if self.wait_exit(grace) {
             return true;
         }
-        if start.elapsed() >= limit {
-            return false;
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(5));
+        false
+    }
+
+    /// Waits up to `limit` for it to end (a child of ours is reaped); whether it did.
+    pub fn wait_exit(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.ended() {
+                // Reaps it when it is our child (a no-op otherwise): it held its pid until now.
+                unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) };
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn ended(&self) -> bool {
+        match &self.pidfd {
+            // A pidfd is readable once its process has ended (reaped or not).
+            Some(fd) => {
+                let mut poll = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no wait.
+                unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+            }
+            None => {
+                // Without a pidfd, a child of ours is reaped here, or it would stay a zombie.
+                let reaped = unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG) } == self.pid;
+                reaped || liveness(self.pid) == Liveness::Gone
+            }
+        }
     }
 }
 
-/// Whether `pid` is a live process (a zombie has ended: only its parent's wait is missing). One
-/// we may not signal (another user's) is alive too.
-fn running(pid: i32) -> bool {
-    if unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
+/// Whether a pid is a live process: a zombie has ended (only its parent's wait is missing); one
+/// we may not signal belongs to another user.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Gone,
+    Ours,
+    OtherUser,
+}
+
+pub fn liveness(pid: i32) -> Liveness {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EPERM) => Liveness::OtherUser,
+            _ => Liveness::Gone,
+        };
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // "PID (COMM) STATE ...": the state follows the last ')'.
-    let state = stat
+    match stat
         .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    state != Some('Z')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+    {
+        Some('Z') | None => Liveness::Gone,
+        _ => Liveness::Ours,
+    }
 }
 
 /// A Python-backend stub process: `triton_python_backend_stub MODEL.py SHM_REGION SIZE GROWTH
@@ -121,89 +198,4 @@ pub fn kill_orphaned_stubs(server_pid: u32) -> usize {
         }
     }
     stubs.len()
-}
-
-/// What `fluxbuild stop` found behind a pid file and did.
-#[derive(Debug, serde::Serialize)]
-pub struct Stopped {
-    pub pid: i32,
-    pub was: Found,
-    /// Whether it had to be killed (SIGKILL) after the grace period.
-    pub forced: bool,
-    /// Stubs of the server that outlived it, killed (a server killed by a signal leaves them).
-    pub stubs_killed: usize,
-}
-
-/// The process a pid file names.
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Found {
-    /// A server `fluxbuild serve --detach` left running.
-    Tritonserver,
-    /// A foreground `fluxbuild serve`, which stops its own server and removes the pid file.
-    FluxbuildServe,
-    /// Nothing: the server ended (or was killed) before; only its leftovers were cleaned.
-    NotRunning,
-}
-
-/// Stops what `fluxbuild serve --pid-file FILE` started: a detached tritonserver (SIGTERM, SIGKILL
-/// after `grace`, then its stubs) or a foreground serve (SIGTERM; it stops its server itself), and
-/// removes the pid file. A pid that now belongs to another program is left alone, as is its file.
-pub fn stop_by_pid_file(pid_file: &Path, grace: Duration) -> Result<Stopped> {
-    let text = match std::fs::read_to_string(pid_file) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "--pid-file {}: no such file, so nothing to stop (stopped before, or started with another --pid-file?)",
-            pid_file.display()
-        ),
-        read => read.with_context(|| format!("--pid-file {}: cannot read", pid_file.display()))?,
-    };
-    let Some(pid) = text.trim().parse::<i32>().ok().filter(|p| *p > 0) else {
-        bail!(
-            "--pid-file {}: holds {:?}, not a process id (what `fluxbuild serve --pid-file` writes)",
-            pid_file.display(),
-            text.trim()
-        );
-    };
-    let program = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if running(pid) && unsafe { libc::kill(pid, 0) } != 0 {
-        bail!(
-            "--pid-file {}: process {pid} (`{}`) belongs to another user: not permitted to stop it",
-            pid_file.display(),
-            program.trim()
-        );
-    }
-    let (was, forced) = match program.trim() {
-        _ if !running(pid) => (Found::NotRunning, false),
-        "tritonserver" => (Found::Tritonserver, stop_server_process(pid, grace)),
-        "fluxbuild" => {
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            // It gives its server SHUTDOWN_GRACE before SIGKILL, then cleans up.
-            if !wait_gone(pid, grace + SHUTDOWN_GRACE + Duration::from_secs(5)) {
-                bail!(
-                    "--pid-file {}: `fluxbuild serve` (pid {pid}) did not stop within {} s of SIGTERM",
-                    pid_file.display(),
-                    (grace + SHUTDOWN_GRACE).as_secs() + 5
-                );
-            }
-            (Found::FluxbuildServe, false)
-        }
-        other => bail!(
-            "--pid-file {}: process {pid} is `{other}`, not a tritonserver or `fluxbuild serve`: the file is \
-             stale (its server ended and the pid was reused); left both alone",
-            pid_file.display()
-        ),
-    };
-    let stubs_killed = kill_orphaned_stubs(pid as u32);
-    match std::fs::remove_file(pid_file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("--pid-file {}: cannot remove", pid_file.display()))
-        }
-        _ => {}
-    }
-    Ok(Stopped {
-        pid,
-        was,
-        forced,
-        stubs_killed,
-    })
 }

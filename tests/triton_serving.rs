@@ -669,6 +669,18 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// A foreground `fluxbuild serve`, stopped (SIGTERM: it stops its server) if its test ends first.
+struct ServeChild(std::process::Child);
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `fluxbuild serve --detach` on `repo` (free ports, the pid file beside it): whether it
 /// succeeded, its stderr, the HTTP port and the pid file (whose server is stopped at the end of
 /// the calling test, also when it fails; see `StopOnDrop`).
@@ -912,6 +924,20 @@ fn fluxbuild_stop_ends_what_serve_started_and_what_a_killed_server_left() {
         step_table(&server).exists(),
         "no step table named as server_process.rs expects"
     );
+    // A pid file older than its process (a pid taken since) is refused, the server left running.
+    let older = dir.path().join("older.pid");
+    std::fs::copy(&pid_file, &older).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let (ok, _, stderr) = fluxbuild(&["stop", "--pid-file", path(&older)]);
+    assert!(!ok && stderr.contains("started after the file was written"), "{stderr}");
+    assert!(older.exists() && !processes_of(&repo).is_empty());
+
     let stopped = stop(&pid_file);
     assert_eq!(
         (stopped["was"].as_str(), stopped["forced"].as_bool()),
@@ -947,29 +973,31 @@ fn fluxbuild_stop_ends_what_serve_started_and_what_a_killed_server_left() {
         fluxbuild::serve::free_port().unwrap(),
         fluxbuild::serve::free_port().unwrap(),
     );
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
-        .args([
-            "serve",
-            "--repo",
-            path(&repo),
-            "--http-port",
-            &port,
-            "--pid-file",
-            path(&foreground_pid),
-        ])
-        .args(["--grpc-port", &grpc.to_string(), "--metrics-port", &metrics.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut serve = ServeChild(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fluxbuild"))
+            .args([
+                "serve",
+                "--repo",
+                path(&repo),
+                "--http-port",
+                &port,
+                "--pid-file",
+                path(&foreground_pid),
+            ])
+            .args(["--grpc-port", &grpc.to_string(), "--metrics-port", &metrics.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(180);
     while !foreground_pid.exists() {
-        assert!(serve.try_wait().unwrap().is_none(), "serve ended before it was ready");
+        assert!(serve.0.try_wait().unwrap().is_none(), "serve ended before it was ready");
         assert!(Instant::now() < deadline, "serve was not ready in 180 s");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(stop(&foreground_pid)["was"], "fluxbuild_serve");
-    assert_eq!(serve.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert_eq!(serve.0.wait().unwrap().code(), Some(128 + libc::SIGTERM));
     assert!(!foreground_pid.exists());
     assert_nothing_left(&repo, "fluxbuild stop of a foreground serve");
 

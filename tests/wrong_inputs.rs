@@ -375,7 +375,8 @@ fn a_pipeline_without_model_index_json_is_named_as_such() {
 #[test]
 fn a_folder_of_pipelines_names_them() {
     let parent = fixtures().join("pipeline");
-    let out_dir = tempfile::tempdir().unwrap().path().join("out");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
     let out = fluxbuild(&[
         "export",
         "--checkpoint",
@@ -390,6 +391,19 @@ fn a_folder_of_pipelines_names_them() {
         "{stderr}"
     );
     assert!(!out_dir.exists());
+
+    // Shards whose index an interrupted download lost: the index is what to restore.
+    let shards = dir.path().join("vae");
+    std::fs::create_dir(&shards).unwrap();
+    for i in 1..=2 {
+        let shard = shards.join(format!("diffusion_pytorch_model-0000{i}-of-00002.safetensors"));
+        std::fs::copy(fixtures().join("vae/ae.safetensors"), shard).unwrap();
+    }
+    refused(
+        "--vae",
+        &shards,
+        "without their *.safetensors.index.json: restore the index",
+    );
 }
 
 /// Options that shape another precision or target than the one asked for would be ignored, and
@@ -431,6 +445,7 @@ fn options_for_another_precision_or_target_are_refused() {
     for (target, extra, expected) in [
         ("cpu", ["--engines", models], "--engines is for --target gpu"),
         ("gpu", ["--alternative", "clip=x"], "--alternative is for --target cpu"),
+        ("gpu", ["--max-height", "512"], "--max-height is for --target cpu"),
     ] {
         let mut args = vec!["package", "--models", models, "--out", out_arg, "--target", target];
         args.extend(extra);

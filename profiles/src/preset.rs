@@ -213,21 +213,18 @@ fn validate(raw: &RawProfile, network: Network, strict: bool) -> Result<OptProfi
     })
 }
 
-/// `N` (static), `{ min = .., opt = .., max = .. }` or `[min, opt, max]`.
 /// toml's error on one line: "line L, column C: MESSAGE" (its own text draws the line with a caret).
 fn one_line(error: &toml::de::Error, text: &str) -> String {
     let message = error.message().trim();
-    match error.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message.to_string(),
-    }
+    let Some(before) = error.span().and_then(|span| text.get(..span.start)) else {
+        return message.to_string();
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
+/// `N` (static), `{ min = .., opt = .., max = .. }` or `[min, opt, max]`.
 fn range(value: &toml::Value) -> Result<Range> {
     let int = |v: &toml::Value, what: &str| -> Result<u32> {
         let i = v

@@ -5,7 +5,7 @@ use crate::output::{AlreadyReported, Output};
 use crate::pipeline_files::{self, pipeline_folder, PipelineFileSources};
 use anyhow::{bail, Result};
 use fluxbuild_contract::Variant;
-use fluxbuild_exporters::checkpoint::{diagnose, read_json, Checkpoint, ScaledFp8};
+use fluxbuild_exporters::checkpoint::{check_pipeline_index, diagnose, read_json, Checkpoint, ScaledFp8};
 use fluxbuild_exporters::models::{self, Exporter, EXPORTERS};
 use fluxbuild_exporters::onnx::{Problem, DEFAULT_OPSET};
 use fluxbuild_exporters::precision::{NetworkPrecision, Precision};
@@ -77,21 +77,24 @@ struct Inspection {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
-    let reports = if args.path.join("model_index.json").is_file() {
+    let config = read_json(args.config.as_deref())?;
+    let index = args.path.join("model_index.json");
+    let reports = if index.is_file() {
+        check_pipeline_index(&index)?;
         // Every component is reported: one that cannot be read (a truncated download) is one
         // problem among the others, not the end of the inspection.
         EXPORTERS
             .iter()
             .filter(|e| args.path.join(e.subfolder()).is_dir())
             .map(|e| {
-                inspect(*e, &args.path, args.config.as_deref())
+                inspect(*e, &args.path, config.as_ref())
                     .unwrap_or_else(|error| Report::unreadable(e.name(), &args.path.join(e.subfolder()), &error))
             })
             .collect()
     } else {
         detect(&args.path)?
             .into_iter()
-            .map(|e| inspect(e, &args.path, args.config.as_deref()))
+            .map(|e| inspect(e, &args.path, config.as_ref()))
             .collect::<Result<Vec<_>>>()?
     };
     let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
@@ -161,10 +164,10 @@ fn detect(path: &Path) -> Result<Vec<&'static dyn Exporter>> {
     )
 }
 
-fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&Path>) -> Result<Report> {
+fn inspect(exporter: &'static dyn Exporter, path: &Path, config: Option<&serde_json::Value>) -> Result<Report> {
     let ckpt = Checkpoint::load(path, exporter.subfolder(), exporter.key_prefixes())?;
     let config = match config {
-        Some(c) => read_json(Some(c))?,
+        Some(c) => Some(c.clone()),
         None => ckpt.config()?,
     };
     let options = graph_options(

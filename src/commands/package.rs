@@ -2,7 +2,7 @@
 
 use crate::output::{Output, BYTES_BAR};
 use crate::package::{package, Options, Serving, Target};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -31,11 +31,11 @@ pub struct Args {
     height: Option<u32>,
     #[arg(long)]
     width: Option<u32>,
-    /// cpu: the largest height and width served (gpu: taken from the engines' profiles).
-    #[arg(long, default_value_t = 1024)]
-    max_height: u32,
-    #[arg(long, default_value_t = 1024)]
-    max_width: u32,
+    /// cpu: the largest height and width served [default: 1024] (gpu: the engines' profiles decide).
+    #[arg(long)]
+    max_height: Option<u32>,
+    #[arg(long)]
+    max_width: Option<u32>,
     /// Default denoising steps (else 28 for dev, 4 for schnell).
     #[arg(long)]
     steps: Option<u32>,
@@ -77,6 +77,9 @@ pub struct Args {
     network_timeout_ms: u64,
 }
 
+/// The cpu target's largest height and width when none is given.
+const DEFAULT_MAX_SIZE: u32 = 1024;
+
 fn parse_alternative(s: &str) -> Result<(String, PathBuf), String> {
     let (network, dir) = s
         .split_once('=')
@@ -85,6 +88,18 @@ fn parse_alternative(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
+    // The engines' profiles bound a gpu repository's sizes: a given maximum would be ignored.
+    if let (Target::Gpu, Some(flag)) = (
+        args.target,
+        [("--max-height", args.max_height), ("--max-width", args.max_width)]
+            .into_iter()
+            .find_map(|(flag, given)| given.map(|_| flag)),
+    ) {
+        bail!(
+            "{flag} is for --target cpu; a gpu repository serves the sizes its engines' profiles allow \
+             (`fluxbuild build --profile`): drop {flag}"
+        );
+    }
     let options = Options {
         models: args.models,
         out: args.out,
@@ -94,8 +109,8 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         queue_delay_us: args.queue_delay_us,
         height: args.height,
         width: args.width,
-        max_height: args.max_height,
-        max_width: args.max_width,
+        max_height: args.max_height.unwrap_or(DEFAULT_MAX_SIZE),
+        max_width: args.max_width.unwrap_or(DEFAULT_MAX_SIZE),
         steps: args.steps,
         max_steps: args.max_steps,
         max_sequence_length: args.max_sequence_length,

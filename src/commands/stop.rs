@@ -2,7 +2,7 @@
 //! what a killed server left behind (its Python-backend stubs, their shared memory).
 
 use crate::output::Output;
-use crate::server_process::{stop_by_pid_file, Found};
+use crate::pid_file::{stop_by_pid_file, Found};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +12,8 @@ pub struct Args {
     /// The pid file `fluxbuild serve --pid-file` wrote.
     #[arg(long, value_name = "FILE")]
     pid_file: PathBuf,
-    /// Seconds Triton gets to unload its models before it is killed.
+    /// Seconds a detached server gets to unload its models before it is killed (a foreground
+    /// `serve` gives its server 10 s itself).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
 }

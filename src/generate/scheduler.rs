@@ -6,22 +6,15 @@
 
 use super::Variant;
 use anyhow::{bail, Context, Result};
-use serde::de::IgnoredAny;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The settings of `scheduler/scheduler_config.json` that FluxPipeline's schedule depends on;
-/// absent keys take diffusers' defaults. Unknown keys are refused: another file given as the
-/// scheduler config (a model's config.json) would otherwise read as the defaults, a wrong schedule
-/// without a word.
+/// absent keys take diffusers' defaults.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SchedulerConfig {
-    /// diffusers' own keys: the class is checked before (`read`), the version says nothing here.
-    #[serde(rename = "_class_name", skip_serializing)]
-    _class_name: Option<IgnoredAny>,
-    #[serde(rename = "_diffusers_version", skip_serializing)]
-    _diffusers_version: Option<IgnoredAny>,
     pub num_train_timesteps: u32,
     pub shift: f64,
     pub use_dynamic_shifting: bool,
@@ -44,6 +37,12 @@ pub struct SchedulerConfig {
     stochastic_sampling: bool,
     #[serde(skip_serializing)]
     use_flow_sigmas: bool,
+    /// Keys the schedule does not read: diffusers' own (`_class_name`, `_diffusers_version`, ...)
+    /// and the settings of a newer diffusers, fine while off (false or null). One that is set is
+    /// refused: it would change the schedule, or the file is another one (`{"foo": 1}`, a model's
+    /// config.json without its class), which would otherwise read as the defaults.
+    #[serde(flatten, skip_serializing)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 const SCHEDULER_CLASS: &str = "FlowMatchEulerDiscreteScheduler";
@@ -52,8 +51,6 @@ const SCHEDULER_CLASS: &str = "FlowMatchEulerDiscreteScheduler";
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
-            _class_name: None,
-            _diffusers_version: None,
             num_train_timesteps: 1000,
             shift: 1.0,
             use_dynamic_shifting: false,
@@ -69,6 +66,7 @@ impl Default for SchedulerConfig {
             invert_sigmas: false,
             stochastic_sampling: false,
             use_flow_sigmas: false,
+            other: BTreeMap::new(),
         }
     }
 }
@@ -97,8 +95,9 @@ impl SchedulerConfig {
         }
         if let Some(class) = value.get("_class_name").filter(|c| *c != SCHEDULER_CLASS) {
             bail!(
-                "{}: the config of a {class}, not of FLUX.1's scheduler ({SCHEDULER_CLASS})",
-                path.display()
+                "{}: the config of a {}, not of FLUX.1's scheduler ({SCHEDULER_CLASS})",
+                path.display(),
+                class.as_str().map_or_else(|| class.to_string(), str::to_string)
             );
         }
         let config: SchedulerConfig =
@@ -110,6 +109,19 @@ impl SchedulerConfig {
     }
 
     fn check(&self) -> Result<()> {
+        let set: Vec<&str> = self
+            .other
+            .iter()
+            // diffusers' own keys, and settings left off.
+            .filter(|(key, value)| !(key.starts_with('_') || value.is_null() || **value == false))
+            .map(|(key, _)| key.as_str())
+            .collect();
+        if !set.is_empty() {
+            bail!(
+                "{} set, which FLUX.1's schedule does not read (a newer diffusers' setting, or another file?)",
+                set.join(", ")
+            );
+        }
         let refused = [
             ("use_karras_sigmas", self.use_karras_sigmas),
             ("use_exponential_sigmas", self.use_exponential_sigmas),

@@ -267,17 +267,23 @@ fn component_folder(dir: &Path) -> Result<Located> {
 
 /// A diffusers pipeline's `model_index.json` must be readable and name a FLUX pipeline class: a
 /// truncated download or another model family is said as such, not as missing tensors later.
-fn check_pipeline_index(index: &Path) -> Result<()> {
+pub fn check_pipeline_index(index: &Path) -> Result<()> {
     let text = std::fs::read(index).with_context(|| format!("{}: cannot read", index.display()))?;
     let value: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("{}: not JSON (an interrupted download?)", index.display()))?;
     let class = value.get("_class_name").and_then(|c| c.as_str()).unwrap_or_default();
-    // FluxPipeline, FluxKontextPipeline, FluxFillPipeline, ...: not a network name.
-    if !class.to_lowercase().starts_with("flux") {
+    // FluxPipeline, FluxKontextPipeline, FluxFillPipeline, ... (FLUX.2's are Flux2*): not a network name.
+    let flux1 = class.starts_with("Flux") && !class.starts_with("Flux2");
+    if class.is_empty() {
         bail!(
-            "{}: the pipeline of a {}, not a FLUX.1 pipeline (expected _class_name FluxPipeline or another Flux*Pipeline)",
-            index.display(),
-            if class.is_empty() { "model it does not name" } else { class }
+            "{}: names no pipeline class (_class_name); expected FluxPipeline or another FLUX.1 pipeline",
+            index.display()
+        );
+    }
+    if !flux1 {
+        bail!(
+            "{}: the pipeline of a {class}, not a FLUX.1 pipeline (expected _class_name FluxPipeline or another Flux*Pipeline)",
+            index.display()
         );
     }
     Ok(())
@@ -298,8 +304,23 @@ fn what_the_folder_holds(dir: &Path) -> String {
     }
     pipelines.sort();
     files.sort();
+    // `model-00001-of-00002.safetensors`: the shards of a download that lost its index.
+    let is_shard = |name: &String| {
+        let stem = name.trim_end_matches(".safetensors");
+        stem.rsplit_once("-of-").is_some_and(|(head, total)| {
+            total.chars().all(|c| c.is_ascii_digit())
+                && head
+                    .rsplit('-')
+                    .next()
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+        })
+    };
     match (&pipelines[..], &files[..]) {
         ([], []) => String::new(),
+        ([], files) if files.iter().all(is_shard) => format!(
+            "; it holds the shards {} without their *.safetensors.index.json: restore the index (it comes with the shards)",
+            files.join(", ")
+        ),
         ([], files) => format!("; it holds {}: give the file itself", files.join(", ")),
         (pipelines, _) => format!("; it holds the pipelines {}: give one of them", pipelines.join(", ")),
     }

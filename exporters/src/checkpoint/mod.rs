@@ -10,7 +10,7 @@ mod scaled_fp8;
 
 pub use dtype::DType;
 pub use index::read_weight_map;
-pub use locate::{locate, Located, SourceKind};
+pub use locate::{check_pipeline_index, locate, Located, SourceKind};
 pub use safetensors_file::{
     parse_header, refuse_pickle_name, require_regular_file, shorten, why_not_a_file, SafetensorsFile, TensorInfo,
 };
