@@ -484,3 +484,38 @@ fn inspect_reports_every_component_of_a_pipeline_with_a_truncated_one() {
     );
     assert!(submodels[1..].iter().all(|s| s["tensors"].as_u64().unwrap() > 0));
 }
+
+/// calibrate and perf-data write one file: never over what they read (the export's manifest or a
+/// graph, the prompts file, the repository's configs), refused before any work.
+#[test]
+fn single_file_outputs_over_their_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = copy_dev_pipeline(dir.path());
+    let manifest = models.join("model_index.json");
+    let before = std::fs::read(&manifest).unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a cat\n").unwrap();
+    let (m, p, o) = (
+        models.to_str().unwrap(),
+        prompts.to_str().unwrap(),
+        manifest.to_str().unwrap(),
+    );
+    for (args, why) in [
+        (&["calibrate", "--models", m, "--out", o][..], "lies inside the input"),
+        (
+            &["calibrate", "--models", m, "--prompts", p, "--out", p],
+            "is the input",
+        ),
+        (
+            &["perf-data", "--repo", m, "--prompt", "a", "--out", o],
+            "lies inside the input",
+        ),
+    ] {
+        let out = fluxbuild(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{args:?}: {stderr}");
+        assert!(stderr.contains("fluxbuild never writes over its inputs"), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&manifest).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(&prompts).unwrap(), "a cat\n");
+}

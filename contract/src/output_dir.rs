@@ -314,7 +314,7 @@ pub fn refuse_overlap(out: &Path, inputs: &[PathBuf]) -> Result<()> {
             continue;
         };
         bail!(
-            "--out {} {why} the input {}: fluxbuild never writes over its inputs; choose another folder",
+            "--out {} {why} the input {}: fluxbuild never writes over its inputs; choose another place",
             out.display(),
             input.display()
         );

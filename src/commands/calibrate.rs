@@ -5,6 +5,7 @@ use crate::calibrate::{calibrate, CalibrationRequest, Prompts, DEFAULT_PROMPTS};
 use crate::output::{Output, STEPS_BAR};
 use anyhow::Result;
 use fluxbuild_contract::files::sha256_file;
+use fluxbuild_contract::output_dir::refuse_overlap;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -38,6 +39,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
+    let inputs: Vec<PathBuf> = [Some(args.models.clone()), args.prompts.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    refuse_overlap(&args.out, &inputs)?;
     let prompts = match &args.prompts {
         Some(path) => Prompts::read(path)?,
         None => Prompts::bundled().first(DEFAULT_PROMPTS),

@@ -4,6 +4,7 @@ use crate::deploy::perf_data::{input_data, Field, MODEL};
 use crate::output::Output;
 use anyhow::{Context, Result};
 use fluxbuild_contract::files::write_atomic;
+use fluxbuild_contract::output_dir::refuse_overlap;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: &Output) -> Result<()> {
+    refuse_overlap(&args.out, std::slice::from_ref(&args.repo))?;
     let fields: Vec<Field> = [
         ("height", args.height.map(f64::from)),
         ("width", args.width.map(f64::from)),
