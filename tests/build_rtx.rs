@@ -244,6 +244,48 @@ fn the_cli_builds_four_plans_and_a_manifest_then_reuses_them() {
     assert_ne!(third["built"][0]["key"], built[0]["key"]);
 }
 
+/// Weights copied over an export's with their old time kept (`cp -p`, `rsync -a`, `tar x`) are
+/// hashed again, not taken for the ones the export manifest records: the plan is built anew.
+#[test]
+fn weights_copied_in_with_their_old_time_are_hashed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let source = exports().join("dev-bf16");
+    for file in walk(&source) {
+        let to = models.join(file.strip_prefix(&source).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &to).unwrap();
+    }
+    // The copy's manifest last, as an export writes it: its recorded digests are trusted.
+    let manifest = models.join("manifest.json");
+    std::fs::copy(source.join("manifest.json"), &manifest).unwrap();
+    let out = dir.path().join("engines");
+    let json = |o: Output, what: &str| -> serde_json::Value { serde_json::from_slice(&ok(o, what).stdout).unwrap() };
+    let first = json(build_rtx(&models, &out, &["--json", "--only", "t5"]), "first build");
+    let again = json(build_rtx(&models, &out, &["--json", "--only", "t5"]), "second build");
+    assert_eq!(again["built"][0]["reused"], true, "{again}");
+
+    // Other weights of the same size, with the time the old ones had.
+    let data = models.join("t5/model.onnx.data");
+    let old_time = std::fs::metadata(&data).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&data, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(old_time)
+        .unwrap();
+    let swapped = json(
+        build_rtx(&models, &out, &["--json", "--only", "t5"]),
+        "build after the swap",
+    );
+    assert_eq!(swapped["built"][0]["reused"], false, "{swapped}");
+    assert_ne!(swapped["built"][0]["key"], first["built"][0]["key"]);
+}
+
 fn toolchain_version() -> String {
     rtx::probe().unwrap().tensorrt.to_string()
 }

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -470,6 +471,9 @@ fn run_builder(
 struct ExportFiles {
     files: BTreeMap<PathBuf, (u64, String)>,
     written: SystemTime,
+    /// The manifest's inode change time (seconds, nanoseconds): unlike the modification time, no
+    /// copy (`cp -p`, `rsync -a`, `tar x`) can set a file's to the past.
+    changed: (i64, i64),
     /// Submodel -> precision label ("bf16", ...).
     precision: BTreeMap<String, String>,
 }
@@ -485,7 +489,8 @@ struct ExportedPrecision {
 impl ExportFiles {
     fn read(models: &Path) -> Option<ExportFiles> {
         let path = models.join("manifest.json");
-        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let meta = std::fs::metadata(&path).ok()?;
+        let (written, changed) = (meta.modified().ok()?, (meta.ctime(), meta.ctime_nsec()));
         let manifest = Manifest::<IgnoredAny, ExportedPrecision>::read(&path).ok()?;
         Some(ExportFiles {
             files: manifest
@@ -494,16 +499,19 @@ impl ExportFiles {
                 .map(|f| (f.path, (f.bytes, f.sha256)))
                 .collect(),
             written,
+            changed,
             precision: manifest.submodels.into_iter().map(|(k, v)| (k, v.precision)).collect(),
         })
     }
 
-    /// The recorded digest of `rel`, if the file on disk still looks like what was recorded
-    /// (same size, not modified after the manifest was written).
+    /// The recorded digest of `rel`, if the file on disk still looks like what was recorded: same
+    /// size, neither modified nor changed (written, copied in, renamed in) after the manifest. A
+    /// file copied over it with its old time kept is hashed again.
     fn digest(&self, rel: &Path, path: &Path) -> Option<&String> {
         let (bytes, sha) = self.files.get(rel)?;
         let meta = std::fs::metadata(path).ok()?;
-        (meta.len() == *bytes && meta.modified().ok()? <= self.written).then_some(sha)
+        let unchanged = meta.modified().ok()? <= self.written && (meta.ctime(), meta.ctime_nsec()) <= self.changed;
+        (meta.len() == *bytes && unchanged).then_some(sha)
     }
 }
 
