@@ -331,6 +331,11 @@ fn json_usage_errors_are_one_document() {
             &["serve", "--repo", "r", "--timeout", "0", "--json"],
             "0 is not in 1..=86400",
         ),
+        // Older opsets lack LayerNormalization: their graphs would not load.
+        (
+            &["export", "--checkpoint", "c", "--out", "o", "--opset", "13", "--json"],
+            "13 is not in 17..=21",
+        ),
     ] {
         let out = fluxbuild(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -76,8 +76,9 @@ pub struct Args {
     /// on ONNX Runtime's CPU (no bf16 kernels; fp16 ops run in fp32). Not for deployment.
     #[arg(long)]
     emulate: bool,
-    /// ONNX opset of the graphs.
-    #[arg(long, default_value_t = DEFAULT_OPSET)]
+    /// ONNX opset of the graphs: 17 (LayerNormalization, which the graphs use) to 21 (the newest
+    /// whose graphs are checked to give the same images); fp8 graphs get at least 19.
+    #[arg(long, default_value_t = DEFAULT_OPSET, value_parser = clap::value_parser!(i64).range(17..=21))]
     opset: i64,
 }
 
