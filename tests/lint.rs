@@ -382,4 +382,25 @@ fn bad_targets_and_paths_are_clear() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    // The parser reads the weights too: a data file missing or cut short fails the graph.
+    let models = dir.path().join("models-data");
+    assert_eq!(export(&models, "fp32").len(), 4);
+    std::fs::remove_file(models.join("clip/model.onnx.data")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(models.join("t5/model.onnx.data"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let o = fluxbuild(&["lint", models.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(
+        stdout.contains("[external data]: ")
+            && stdout
+                .contains("clip/model.onnx.data: external data file model.onnx.data (named in the graph) is missing"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("t5/model.onnx.data: 1000 bytes, but"), "{stdout}");
 }

@@ -10,7 +10,7 @@ use crate::toolchain::Toolchain;
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{sha256_file, write_atomic};
 use fluxbuild_contract::manifest::Manifest;
-use fluxbuild_onnx::{external_extents, external_files, pb, read_model};
+use fluxbuild_onnx::{check_external_data, external_files, pb, read_model};
 use fluxbuild_profiles::{Network, OptProfile, Preset, PresetVariant, ProfileShapes};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::IgnoredAny;
@@ -535,36 +535,10 @@ fn graph_digests(graph: &Graph, export: Option<&ExportFiles>) -> Result<(Vec<Fil
     let trusted = export.filter(|e| e.digest(&rel("model.onnx"), &graph.onnx) == Some(&model.sha256));
     let mut files = vec![model];
     let mut from_manifest = trusted.is_some();
-    let extents = external_extents(&graph.model);
+    // Checked for every graph before any engine is built, not by the parser at its turn.
+    check_external_data(&graph.onnx, &graph.model)?;
     for name in external_files(&graph.model) {
         let path = folder.join(&name);
-        if Path::new(&name)
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            bail!(
-                "{}: external data location {name:?} leaves the graph's folder",
-                graph.onnx.display()
-            );
-        }
-        if !path.is_file() {
-            bail!(
-                "{}: external data file {name} (named in the graph) is missing",
-                path.display()
-            );
-        }
-        // Checked for every graph before any engine is built, not by the parser at its turn.
-        let (bytes, needed) = (
-            std::fs::metadata(&path)?.len(),
-            extents.get(&name).copied().unwrap_or(0),
-        );
-        if bytes < needed {
-            bail!(
-                "{}: {bytes} bytes, but {} reads up to byte {needed} of it: truncated; export it again",
-                path.display(),
-                graph.onnx.display()
-            );
-        }
         let known = trusted.and_then(|e| e.digest(&rel(&name), &path)).cloned();
         from_manifest &= known.is_some();
         let sha = match known {

@@ -16,7 +16,8 @@ pub use proto::{
     write_model_proto, Outline,
 };
 pub use read::{
-    declared, declared_inputs, default_opset, elem_name, external_extents, external_field, external_files,
-    initializers, nodes, parse_model, read_interface, read_model, Declared, Interface, NodeDecl, TensorDecl,
+    check_external_data, declared, declared_inputs, default_opset, elem_name, external_extents, external_field,
+    external_files, initializers, nodes, parse_model, read_interface, read_model, Declared, Interface, NodeDecl,
+    TensorDecl,
 };
 pub use types::{Attr, Dim, ElemType, Node, ValueInfo};

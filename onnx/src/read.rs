@@ -202,6 +202,40 @@ pub fn external_extents(model: &pb::ModelProto) -> BTreeMap<String, u64> {
     extents
 }
 
+/// The graph at `onnx` can read its external data: each file it names stays in its folder,
+/// exists, and holds the furthest bytes an initializer reads (else truncated). The first problem,
+/// naming the file.
+pub fn check_external_data(onnx: &Path, model: &pb::ModelProto) -> Result<()> {
+    let folder = onnx.parent().unwrap_or(Path::new("."));
+    for (name, needed) in external_extents(model) {
+        let path = folder.join(&name);
+        if Path::new(&name)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "{}: external data location {name:?} leaves the graph's folder",
+                onnx.display()
+            );
+        }
+        let Some(meta) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) else {
+            bail!(
+                "{}: external data file {name} (named in the graph) is missing",
+                path.display()
+            );
+        };
+        if meta.len() < needed {
+            bail!(
+                "{}: {} bytes, but {} reads up to byte {needed} of it: truncated; export it again",
+                path.display(),
+                meta.len(),
+                onnx.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// ONNX TensorProto.DataType names, as error messages and the lint print them.
 pub fn elem_name(code: i32) -> &'static str {
     match code {

@@ -10,7 +10,7 @@ mod types;
 pub use table::{TrtVersion, TABLE_VERSION};
 
 use anyhow::Result;
-use fluxbuild_onnx::{declared, default_opset, elem_name, pb, read_model};
+use fluxbuild_onnx::{check_external_data, declared, default_opset, elem_name, pb, read_model};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use types::Facts;
@@ -48,7 +48,16 @@ const DOUBLE: i32 = 11;
 
 pub fn lint_file(path: &Path, target: TrtVersion) -> Result<GraphReport> {
     let model = read_model(path)?;
-    Ok(lint_model(&model, path, target))
+    let mut report = lint_model(&model, path, target);
+    // The parser reads the weights too: a graph whose data file is missing or cut short fails there.
+    if let Err(problem) = check_external_data(path, &model) {
+        report.findings.push(Finding {
+            node: "(model)".into(),
+            op: "external data".into(),
+            reason: format!("{problem:#}"),
+        });
+    }
+    Ok(report)
 }
 
 pub fn lint_model(model: &pb::ModelProto, path: &Path, target: TrtVersion) -> GraphReport {
