@@ -92,19 +92,23 @@ fn main() -> ExitCode {
 fn usage_error(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let wants_json = std::env::args_os().any(|a| a == "--json");
-    let for_people = matches!(
-        error.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    );
+    let for_people = matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
     if wants_json && !for_people {
         // clap's first paragraph, on one line: "invalid value 'tpu' for '--target <TARGET>' [possible values: cpu, gpu]".
+        // A command given without its subcommand renders as help: said as what it is.
         let text = error.render().to_string();
         let first: Vec<&str> = text
             .lines()
             .take_while(|l| !l.trim().is_empty())
             .map(str::trim)
             .collect();
-        let joined = first.join(" ");
+        let joined = match error.kind() {
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let usage = text.lines().find(|l| l.starts_with("Usage: ")).unwrap_or_default();
+                format!("a subcommand is missing ({usage})")
+            }
+            _ => first.join(" "),
+        };
         let message = joined.strip_prefix("error: ").unwrap_or(&joined);
         println!(
             "{}",

@@ -331,6 +331,26 @@ fn json_usage_errors_are_one_document() {
             &["serve", "--repo", "r", "--timeout", "0", "--json"],
             "0 is not in 1..=86400",
         ),
+        (
+            &["--json", "profile"],
+            "a subcommand is missing (Usage: fluxbuild profile",
+        ),
+        // --server's options with local generation would be ignored.
+        (
+            &[
+                "generate",
+                "--models",
+                "m",
+                "--prompt",
+                "a",
+                "--out",
+                "a.png",
+                "--concurrency",
+                "8",
+                "--json",
+            ],
+            "cannot be used with '--concurrency <CONCURRENCY>'",
+        ),
         // Older opsets lack LayerNormalization: their graphs would not load.
         (
             &["export", "--checkpoint", "c", "--out", "o", "--opset", "13", "--json"],
@@ -344,7 +364,9 @@ fn json_usage_errors_are_one_document() {
             serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {stdout}"));
         let error = document["error"].as_str().unwrap();
         assert!(error.contains(expected) && !error.contains('\n'), "{args:?}: {error}");
-        assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "), "{args:?}");
+        // clap's own text on stderr: its error, or the help a missing subcommand shows.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("error: ") || stderr.contains("Usage: "), "{args:?}");
     }
     let help = fluxbuild(&["--json", "export", "--help"]);
     assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage: fluxbuild export"));
@@ -523,4 +545,10 @@ fn single_file_outputs_over_their_inputs_are_refused() {
     }
     assert_eq!(std::fs::read(&manifest).unwrap(), before);
     assert_eq!(std::fs::read_to_string(&prompts).unwrap(), "a cat\n");
+
+    // A folder that is not there (a typo) is said, not reported clean.
+    let missing = dir.path().join("no-such-out");
+    let out = fluxbuild(&["clean", missing.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no such folder"), "{stderr}");
 }

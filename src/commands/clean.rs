@@ -3,7 +3,7 @@
 //! crash left moved aside. Runs of live processes are left alone.
 
 use crate::output::Output;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use fluxbuild_contract::output_dir;
 use std::path::PathBuf;
 
@@ -18,9 +18,18 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
     let mut cleaned = Vec::new();
     for folder in &args.folders {
         let absolute = std::path::absolute(folder)?;
+        let mut recovered = Vec::new();
         if let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) {
-            cleaned.extend(output_dir::recover(parent, &name.to_owned())?);
+            recovered = output_dir::recover(parent, &name.to_owned())?;
         }
+        // A typo would otherwise read as a folder with nothing to clean.
+        if recovered.is_empty() && std::fs::symlink_metadata(&absolute).is_err() {
+            bail!(
+                "{}: no such folder, and no staging folder of a killed run beside it",
+                folder.display()
+            );
+        }
+        cleaned.extend(recovered);
         if absolute.is_dir() {
             cleaned.extend(output_dir::clean(&absolute)?);
         }

@@ -22,10 +22,10 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// With --server: requests in flight at once (the prompts are split among them).
-    #[arg(long, default_value_t = 1, requires = "server", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    #[arg(long, default_value_t = 1, conflicts_with = "models", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub concurrency: usize,
     /// With --server: seconds each request may take (a large image on a CPU server takes minutes).
-    #[arg(long, default_value_t = 600, requires = "server", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, default_value_t = 600, conflicts_with = "models", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub server_timeout_s: u64,
     /// Text prompt; repeat for a batch (one image per prompt).
     #[arg(long = "prompt", value_name = "TEXT", required = true)]
