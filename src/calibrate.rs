@@ -6,7 +6,7 @@
 //! input) and keeps, for every linear layer, the largest value over all prompts and steps.
 
 use crate::export::{ExportManifest, ExportedSubmodel};
-use crate::generate::request::Defaults;
+use crate::generate::request::{check_prompt, Defaults, Limits};
 use crate::generate::{generate, Event, ExportedModels, RequestOptions};
 use anyhow::{bail, Context, Result};
 use fluxbuild_contract::files::{hex, sha256_file};
@@ -63,13 +63,16 @@ impl Prompts {
         Prompts::parse(&path.display().to_string(), &text)
     }
 
+    /// One prompt a line, each checked here with the rules every prompt meets (not after the
+    /// prompts before it have run); a byte-order mark (Windows editors write one) is not text.
     fn parse(source: &str, text: &str) -> Result<Prompts> {
-        let prompts: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
+        let mut prompts: Vec<String> = Vec::new();
+        let lines = text.strip_prefix('\u{feff}').unwrap_or(text).lines().map(str::trim);
+        for (line, prompt) in lines.enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
+            check_prompt(prompts.len(), prompt.as_bytes(), &Limits::pipeline())
+                .with_context(|| format!("{source}, line {}", line + 1))?;
+            prompts.push(prompt.to_string());
+        }
         if prompts.is_empty() {
             bail!("{source}: no prompts (one a line; blank lines and lines starting with # are skipped)");
         }
@@ -252,4 +255,23 @@ fn calibrated_model(dir: &Path) -> Result<CalibratedModel> {
         data_sha256: file_sha("model.onnx.data")?,
         checkpoint_sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prompts;
+
+    #[test]
+    fn prompts_are_checked_by_line_and_a_byte_order_mark_is_not_text() {
+        let with_mark = Prompts::parse("p.txt", "\u{feff}a cat\r\n# skipped\n\nb dog\n").unwrap();
+        assert_eq!(with_mark.prompts, ["a cat", "b dog"]);
+        let long = format!("a cat\n# skipped\n{}\n", "x".repeat(5000));
+        let error = format!("{:#}", Prompts::parse("p.txt", &long).unwrap_err());
+        assert!(error.starts_with("p.txt, line 3: prompt 1 is 5000 bytes"), "{error}");
+        let error = format!("{:#}", Prompts::parse("p.txt", "a\u{7}b\n").unwrap_err());
+        assert!(
+            error.contains("line 1: prompt 0 contains the control character U+0007"),
+            "{error}"
+        );
+    }
 }
