@@ -204,6 +204,11 @@ fn profile_show_reads_the_graphs() {
         "schnell graph: no guidance"
     );
     assert_eq!(inputs[2]["max"], serde_json::json!([2, support::POOLED]));
+    // A folder without graphs (a typo, a repository) is said, not read as FLUX.1's own sizes.
+    let nowhere = dir.path().join("no-such-export");
+    let o = fluxbuild(&["profile", "show", "tiny-check", "--models", nowhere.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no exported graph (clip/model.onnx"));
     let text = fluxbuild(&["profile", "show", "static-1024"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(

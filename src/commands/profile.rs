@@ -2,7 +2,7 @@
 //! the exact min/opt/max shape of every input they give each network.
 
 use crate::output::Output;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use fluxbuild_engines::interface;
 use fluxbuild_onnx::read_model;
 use fluxbuild_profiles::{InputShape, ModelDims, Network, OptProfile, Preset, ProfileShapes};
@@ -108,6 +108,18 @@ fn show(name: &str, models: Option<PathBuf>, out: &Output) -> Result<()> {
 /// Model sizes from the graphs in `dir`, each present graph checked against the shapes.
 fn graph_dims(preset: &Preset, dir: &std::path::Path) -> Result<ModelDims> {
     let path = |n: Network| dir.join(n.name()).join("model.onnx");
+    // A path with no graph would read as FLUX.1's own sizes, unchecked.
+    if !Network::ALL.iter().any(|n| path(*n).is_file()) {
+        let expected: Vec<String> = Network::ALL
+            .iter()
+            .map(|n| format!("{}/model.onnx", n.name()))
+            .collect();
+        bail!(
+            "--models {}: no exported graph ({}) there; give the folder `fluxbuild export --out` wrote",
+            dir.display(),
+            expected.join(", ")
+        );
+    }
     let read = |n: Network| path(n).is_file().then(|| read_model(&path(n))).transpose();
     let (transformer, vae) = (read(Network::Transformer)?, read(Network::VaeDecoder)?);
     let dims = interface::model_dims(transformer.as_ref(), vae.as_ref());
