@@ -158,6 +158,13 @@ pub fn max_request_bytes(limits: &RequestLimits, prompts: usize) -> u64 {
 /// `max_request_bytes` of a repository's `flux` model, from its config.pbtxt (`max_batch_size`
 /// prompts per request, the rules table `request_rules`).
 pub fn repository_max_request_bytes(repo: &Path) -> Result<u64> {
+    let (rules, prompts) = repository_request_rules(repo)?;
+    Ok(max_request_bytes(&rules, prompts.max(1)))
+}
+
+/// The rules every request to a repository's `flux` meets (its config's `request_rules`), and
+/// the prompts one request may carry (`max_batch_size`).
+pub fn repository_request_rules(repo: &Path) -> Result<(RequestLimits, usize)> {
     let path = repo.join("flux/config.pbtxt");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let config = Message::parse(&text).with_context(|| format!("{}: not protobuf text format", path.display()))?;
@@ -167,7 +174,7 @@ pub fn repository_max_request_bytes(repo: &Path) -> Result<u64> {
         .with_context(|| format!("{}: no max_batch_size", path.display()))?;
     let parameters = FluxParameters::from_strings(config.string_parameters())
         .with_context(|| format!("{}: not the parameters `fluxbuild package` writes", path.display()))?;
-    Ok(max_request_bytes(&parameters.request_rules, prompts.max(1)))
+    Ok((parameters.request_rules, prompts))
 }
 
 #[derive(Clone, Debug)]

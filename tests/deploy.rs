@@ -105,6 +105,22 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
         .map(|r| r.iter().find(|t| t.name == "seed").unwrap().data.as_slice())
         .collect();
     assert_eq!(seeds, [&7i64.to_le_bytes()[..], &8i64.to_le_bytes()[..]]);
+    // Requests the server would refuse are refused here, with its rule: not written for the load.
+    let long = "x".repeat(5000);
+    for (extra, rule) in [
+        (&["--prompt", ""][..], "[rule prompt_empty]"),
+        (&["--prompt", &long], "[rule prompt_too_long]"),
+        (&["--prompt", "a", "--guidance", "nan"], "[rule guidance_range]"),
+    ] {
+        let rejected = dir.path().join("rejected.json");
+        let mut args = vec!["perf-data", "--repo", path(&repo), "--out", path(&rejected)];
+        args.extend(extra);
+        let (ok, _, stderr) = fluxbuild(&args);
+        assert!(
+            !ok && stderr.contains(rule) && !rejected.exists(),
+            "{extra:?}: {stderr}"
+        );
+    }
 
     let mut server = start(&repo, true);
     let client = server.client();

@@ -4,7 +4,9 @@
 //! is one the server accepts.
 
 use super::pbtxt::{Message, Value};
+use crate::generate::request::{check_guidance, check_prompt};
 use crate::package::RepositoryManifest;
+use crate::serve::repository_request_rules;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map};
 use std::path::Path;
@@ -97,6 +99,14 @@ pub fn input_data(repo: &Path, prompts: &[String], fields: &[Field]) -> Result<s
         );
     }
     check_limits(repo, fields)?;
+    // The rules `flux` applies to every request: no request the load generator sends is a 400.
+    let (rules, _) = repository_request_rules(repo)?;
+    for (i, text) in prompts.iter().enumerate() {
+        check_prompt(i, text.as_bytes(), &rules)?;
+    }
+    if let Some((_, guidance)) = fields.iter().find(|(name, _)| name == "guidance") {
+        check_guidance(*guidance as f32, &rules)?;
+    }
     let mut entries = Vec::new();
     for (i, text) in prompts.iter().enumerate() {
         let mut entry = Map::new();

@@ -152,6 +152,20 @@ pub fn check_prompt(index: usize, bytes: &[u8], limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// The guidance rule: a finite scale within the limits (NaN compares as in range otherwise).
+pub fn check_guidance(guidance: f32, limits: &Limits) -> Result<()> {
+    if !(guidance.is_finite() && (limits.min_guidance..=limits.max_guidance).contains(&guidance)) {
+        return Err(refuse(
+            "guidance_range",
+            format!(
+                "guidance {guidance} is out of range {}..={}",
+                limits.min_guidance, limits.max_guidance
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Limits {
     pub fn pipeline() -> Limits {
         Limits {
@@ -331,15 +345,7 @@ impl Request {
                 ),
             ));
         }
-        if !(self.guidance.is_finite() && (limits.min_guidance..=limits.max_guidance).contains(&self.guidance)) {
-            return Err(refuse(
-                "guidance_range",
-                format!(
-                    "guidance {} is out of range {}..={}",
-                    self.guidance, limits.min_guidance, limits.max_guidance
-                ),
-            ));
-        }
+        check_guidance(self.guidance, limits)?;
         if !(limits.min_sequence_length..=limits.max_sequence_length).contains(&self.max_sequence_length) {
             return Err(refuse(
                 "sequence_length_range",
