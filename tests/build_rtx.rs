@@ -284,6 +284,21 @@ fn weights_copied_in_with_their_old_time_are_hashed_again() {
     );
     assert_eq!(swapped["built"][0]["reused"], false, "{swapped}");
     assert_ne!(swapped["built"][0]["key"], first["built"][0]["key"]);
+
+    // --only from another export keeps t5's engine from this one: said, naming both.
+    let other = exports().join("dev-fp32");
+    let mixed = ok(
+        build_rtx(&other, &out, &["--only", "clip"]),
+        "build from another export",
+    );
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "keeps engines built from another export than {}: t5 (",
+            other.display()
+        )),
+        "{stderr}"
+    );
 }
 
 fn toolchain_version() -> String {

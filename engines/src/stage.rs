@@ -74,6 +74,9 @@ pub fn build_engines(
     });
     let plans = build::plan(request, graphs, toolchain, &records)?;
     build::check_disk(request, &plans)?;
+    if let Some(warning) = kept_from_another_export(request, &records, &plans) {
+        warn(&warning);
+    }
 
     let mut built = Vec::new();
     for plan in &plans {
@@ -116,6 +119,33 @@ pub fn build_engines(
         staged.commit()?;
     }
     Ok(built)
+}
+
+/// `--only` keeps the other networks' engines: said when they were built from another export
+/// than `--models` (the folder would then mix two exports; `fluxbuild package` refuses that).
+fn kept_from_another_export(
+    request: &BuildRequest,
+    records: &BTreeMap<String, EngineRecord>,
+    plans: &[build::EnginePlan],
+) -> Option<String> {
+    let models = request.models.canonicalize().ok()?;
+    let other: Vec<String> = records
+        .iter()
+        .filter(|(network, _)| !plans.iter().any(|p| p.graph.network.name() == network.as_str()))
+        .filter_map(|(network, record)| {
+            let export = record.onnx.parent()?.parent()?;
+            (export.canonicalize().ok().as_ref() != Some(&models)).then(|| format!("{network} ({})", export.display()))
+        })
+        .collect();
+    (!other.is_empty()).then(|| {
+        format!(
+            "{} keeps engines built from another export than {}: {}; build every network from one export \
+             (without --only) before packaging",
+            request.out.display(),
+            request.models.display(),
+            other.join(", ")
+        )
+    })
 }
 
 /// Records of an earlier engines manifest in the same folder (none if absent).
