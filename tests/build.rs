@@ -180,6 +180,25 @@ fn bad_requests_are_refused_before_probing() {
     assert!(String::from_utf8_lossy(&r.stderr)
         .contains("missing clip/model.onnx, t5/model.onnx, transformer/model.onnx, vae_decoder/model.onnx"));
     assert!(!out.exists());
+    // Not a folder at all: said as such, not as four missing graphs.
+    let file = dir.path().join("model.onnx");
+    std::fs::write(&file, b"").unwrap();
+    for (models, expected) in [
+        (dir.path().join("no-such-export"), "no such folder"),
+        (file, "a file; give the folder `fluxbuild export` wrote"),
+    ] {
+        let r = fluxbuild(&[
+            "build",
+            "--models",
+            models.to_str().unwrap(),
+            "--profile",
+            "tiny-check",
+            "--out",
+            o,
+        ]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
 }
 
 #[test]

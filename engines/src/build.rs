@@ -88,6 +88,15 @@ pub fn networks(request: &BuildRequest) -> Vec<Network> {
 
 /// Reads every requested graph (protobuf only) and checks it against the preset's shapes.
 pub fn read_graphs(request: &BuildRequest) -> Result<Vec<Graph>> {
+    let models = &request.models;
+    match std::fs::metadata(models) {
+        Err(_) => bail!("--models {}: no such folder", models.display()),
+        Ok(m) if !m.is_dir() => bail!(
+            "--models {}: a file; give the folder `fluxbuild export` wrote (it holds */model.onnx)",
+            models.display()
+        ),
+        Ok(_) => {}
+    }
     let wanted = networks(request);
     let path = |n: Network| request.models.join(n.name()).join("model.onnx");
     let missing: Vec<String> = wanted

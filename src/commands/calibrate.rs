@@ -3,7 +3,7 @@
 
 use crate::calibrate::{calibrate, CalibrationRequest, Prompts, DEFAULT_PROMPTS};
 use crate::output::{Output, STEPS_BAR};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use fluxbuild_contract::files::sha256_file;
 use fluxbuild_contract::output_dir::refuse_overlap;
 use serde_json::json;
@@ -44,6 +44,12 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         .flatten()
         .collect();
     refuse_overlap(&args.out, &inputs)?;
+    if args.out.is_dir() {
+        bail!(
+            "--out {}: a folder; give the calibration file's name (e.g. calibration.json)",
+            args.out.display()
+        );
+    }
     let prompts = match &args.prompts {
         Some(path) => Prompts::read(path)?,
         None => Prompts::bundled().first(DEFAULT_PROMPTS),
