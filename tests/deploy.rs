@@ -105,6 +105,31 @@ fn perf_data_requests_are_served_and_the_readiness_probe_tells_the_truth() {
         .map(|r| r.iter().find(|t| t.name == "seed").unwrap().data.as_slice())
         .collect();
     assert_eq!(seeds, [&7i64.to_le_bytes()[..], &8i64.to_le_bytes()[..]]);
+    // Seeds count as `generate` counts them (u64, wrapping) and go as its client sends them (the
+    // bits as an INT64): not through a float, which lost every seed above 2^53.
+    let wide = dir.path().join("wide-seeds.json");
+    let seed = u64::MAX.to_string();
+    fluxbuild_ok(&[
+        "perf-data",
+        "--repo",
+        path(&repo),
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+        "--seed",
+        &seed,
+        "--out",
+        path(&wide),
+    ]);
+    let data: serde_json::Value = serde_json::from_slice(&std::fs::read(&wide).unwrap()).unwrap();
+    let seeds: Vec<i64> = data["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seed"][0].as_i64().unwrap())
+        .collect();
+    assert_eq!(seeds, [-1, 0]);
     // Requests the server would refuse are refused here, with its rule: not written for the load.
     let long = "x".repeat(5000);
     for (extra, rule) in [

@@ -39,12 +39,11 @@ pub fn run(args: Args, out: &Output) -> Result<()> {
         ("width", args.width.map(f64::from)),
         ("steps", args.steps.map(f64::from)),
         ("guidance", args.guidance.map(f64::from)),
-        ("seed", args.seed.map(|s| s as f64)),
     ]
     .into_iter()
     .filter_map(|(name, value)| Some((name.to_string(), value?)))
     .collect();
-    let data = input_data(&args.repo, &args.prompts, &fields)?;
+    let data = input_data(&args.repo, &args.prompts, &fields, args.seed)?;
     let text = serde_json::to_string_pretty(&data)?;
     write_atomic(&args.out, text.as_bytes()).with_context(|| format!("{}: cannot write", args.out.display()))?;
     let report = json!({ "file": args.out, "model": MODEL, "requests": args.prompts.len() });

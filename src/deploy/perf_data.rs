@@ -65,8 +65,9 @@ pub fn model_inputs(repo: &Path, model: &str) -> Result<Vec<Input>> {
 }
 
 /// The `--input-data` document: `{"data": [{"prompt": ["..."], "steps": [4], ...}, ...]}`, one
-/// entry per prompt. With `seed` in `fields`, entry i gets seed + i (different, reproducible images).
-pub fn input_data(repo: &Path, prompts: &[String], fields: &[Field]) -> Result<serde_json::Value> {
+/// entry per prompt. With a `seed`, entry i gets seed + i (wrapping, as `generate` counts: different,
+/// reproducible images), sent as `generate --server` sends a u64 seed: its bits as an INT64.
+pub fn input_data(repo: &Path, prompts: &[String], fields: &[Field], seed: Option<u64>) -> Result<serde_json::Value> {
     if prompts.is_empty() {
         bail!("no prompt: perf_analyzer needs at least one request");
     }
@@ -111,10 +112,22 @@ pub fn input_data(repo: &Path, prompts: &[String], fields: &[Field]) -> Result<s
     for (i, text) in prompts.iter().enumerate() {
         let mut entry = Map::new();
         entry.insert("prompt".into(), json!([text]));
+        if let Some(seed) = seed {
+            let input = declared("seed")?;
+            check_one_element(input, &config)?;
+            if input.data_type != "TYPE_INT64" {
+                bail!(
+                    "{}: input \"seed\" is {}, expected TYPE_INT64",
+                    config.display(),
+                    input.data_type
+                );
+            }
+            entry.insert("seed".into(), json!([seed.wrapping_add(i as u64) as i64]));
+        }
         for (name, value) in fields {
             let input = declared(name)?;
             check_one_element(input, &config)?;
-            let value = if name == "seed" { value + i as f64 } else { *value };
+            let value = *value;
             let number = match input.data_type.as_str() {
                 "TYPE_INT32" | "TYPE_INT64" | "TYPE_UINT32" | "TYPE_UINT64" => {
                     if value.fract() != 0.0 || value < 0.0 {
