@@ -218,9 +218,25 @@ impl ServerOptions {
     }
 }
 
-/// A port the kernel just handed out (free unless someone takes it before the server binds it).
+/// Where `free_port` looks: below the kernel's ephemeral range (32768 and up by default), so that
+/// no outgoing connection (a client's, a server's) holds the port by the time a server binds it.
+const FREE_PORTS: std::ops::Range<u32> = 20_000..32_768;
+
+/// A loopback port free now (free unless someone takes it before the server binds it). Each call
+/// moves on from the last, from a start that differs per process, so that tests running side by
+/// side do not hand out the same ports.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = FREE_PORTS.end - FREE_PORTS.start;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FREE_PORTS.start + (start + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {FREE_PORTS:?}")
 }
 
 /// A running tritonserver; dropped, it is stopped (SIGTERM, then SIGKILL after 10 s).

@@ -854,6 +854,7 @@ fn an_interrupted_serve_leaves_no_server_nor_pid_file() {
     let models = export("schnell", &dir.path().join("models"));
     let repo = dir.path().join("repo");
     package_cpu(&models, &repo, &[]);
+    let serve_stderr = dir.path().join("serve.stderr");
     let serve = |extra: &[&str]| {
         let port = fluxbuild::serve::free_port().unwrap().to_string();
         let (grpc, metrics) = (
@@ -865,7 +866,7 @@ fn an_interrupted_serve_leaves_no_server_nor_pid_file() {
             .args(["--grpc-port", &grpc.to_string(), "--metrics-port", &metrics.to_string()])
             .args(extra)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&serve_stderr).unwrap())
             .spawn()
             .unwrap()
     };
@@ -874,7 +875,11 @@ fn an_interrupted_serve_leaves_no_server_nor_pid_file() {
         let mut child = serve(&["--pid-file", path(&pid_file)]);
         let deadline = Instant::now() + Duration::from_secs(180);
         while !pid_file.exists() {
-            assert!(child.try_wait().unwrap().is_none(), "serve ended before it was ready");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "serve ended before it was ready: {}",
+                std::fs::read_to_string(&serve_stderr).unwrap_or_default()
+            );
             assert!(Instant::now() < deadline, "serve was not ready in 180 s");
             std::thread::sleep(Duration::from_millis(100));
         }
