@@ -17,6 +17,8 @@ use triton_support::{export, package_cpu, path, start};
 
 const LONG_STEPS: i32 = 50;
 const SHORT_STEPS: i32 = 2;
+/// Not SHORT_STEPS: the warm-up's log line must not be taken for a short job's.
+const WARM_UP_STEPS: i32 = 1;
 
 /// The inputs of one request (every request sends the same set: Triton batches only those).
 fn inputs(prompt: &str, steps: i32, guidance: f32) -> [Tensor; 4] {
@@ -49,11 +51,13 @@ fn wait_for_calls(client: &Client, at_least: u64) {
 }
 
 /// The server log's line about the job of `steps` steps (the orchestrator logs one per job).
-fn job_line(server: &Server, steps: i32) -> String {
+/// The log line of the `nth` job (1 = the first) of `steps` steps the server ran: counted, because
+/// a job's line may reach the log after its response, and an earlier job's would be taken for it.
+fn job_line(server: &Server, steps: i32, nth: usize) -> String {
     let needle = format!("flux: job of 1 prompts, {steps} steps:");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(line) = server.log_text().lines().rev().find(|l| l.contains(&needle)) {
+        if let Some(line) = server.log_text().lines().filter(|l| l.contains(&needle)).nth(nth - 1) {
             return line.to_string();
         }
         assert!(
@@ -77,7 +81,7 @@ fn short_requests_overtake_long_ones_and_cancelled_ones_stop() {
     options.ready_timeout = Duration::from_secs(180);
     let server = Server::start(&install, &options).unwrap();
     let client = server.client();
-    generate(&client, "warm up", SHORT_STEPS);
+    generate(&client, "warm up", WARM_UP_STEPS);
 
     a_refusal_does_not_wait_for_its_batch(&server, &client);
     a_short_request_runs_while_the_long_one_waits(&server, &client);
@@ -95,7 +99,7 @@ fn a_free_instance_refuses_while_every_running_slot_is_busy() {
     package_cpu(&models, &repo, &["--instances", "3", "--running-jobs", "1"]);
     let server = start(&repo, false);
     let client = server.client();
-    generate(&client, "warm up", SHORT_STEPS);
+    generate(&client, "warm up", WARM_UP_STEPS);
 
     let calls = transformer_calls(&client);
     let url = server.url();
@@ -120,8 +124,8 @@ fn a_free_instance_refuses_while_every_running_slot_is_busy() {
         long_done < short_done,
         "the waiting request finished before the running one"
     );
-    let long = job_line(&server, LONG_STEPS);
-    let short = job_line(&server, SHORT_STEPS);
+    let long = job_line(&server, LONG_STEPS, 1);
+    let short = job_line(&server, SHORT_STEPS, 1);
     eprintln!("{long}\n{short}");
     assert!(
         long.contains("; 0 steps of other jobs started meanwhile"),
@@ -184,8 +188,9 @@ fn a_short_request_runs_while_the_long_one_waits(server: &Server, client: &Clien
     let long_done = long.join().unwrap();
     assert!(short_done < long_done, "the short request finished after the long one");
 
-    let short = job_line(server, SHORT_STEPS);
-    let long = job_line(server, LONG_STEPS);
+    // The second long job: a_refusal_does_not_wait_for_its_batch ran the first.
+    let short = job_line(server, SHORT_STEPS, 1);
+    let long = job_line(server, LONG_STEPS, 2);
     eprintln!("{short}\n{long}");
     assert!(
         short.contains("; 0 steps of other jobs started meanwhile"),
